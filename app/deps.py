@@ -1,0 +1,29 @@
+"""FastAPI dependency aliases: what a route may ask for, built once in the app's lifespan."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.clock import Clock
+from app.settings import Settings
+from app.store import Store
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClockDep = Annotated[Clock, Depends(get_clock)]

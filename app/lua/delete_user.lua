@@ -1,0 +1,21 @@
+-- Remove a user's personal data on `user.deleted` and leave a tombstone, once per delivery.
+-- KEYS[1] tombstone        P{uid}:tombstone
+-- KEYS[2] delivery marker  P{uid}:webhook:<svix-id>
+-- KEYS[3..] every key holding the user's personal data (Keys.personal)
+-- ARGV[1] now, epoch ms
+-- ARGV[2] delivery marker TTL, seconds
+-- Returns "duplicate" (this svix-id was applied before), "deleted" (data removed) or "tombstoned"
+-- (nothing stored yet: the tombstone keeps a late user.created from bringing the user back).
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return 'duplicate'
+end
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local unpack = unpack or table.unpack  -- Lua 5.1 on Redis; 5.4 in fakeredis
+local removed = 0
+if #KEYS > 2 then
+  removed = redis.call('DEL', unpack(KEYS, 3))
+end
+if removed > 0 then
+  return 'deleted'
+end
+return 'tombstoned'

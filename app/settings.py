@@ -1,0 +1,113 @@
+"""The service's configuration: one pydantic-settings class, read from the environment and `.env`.
+
+Built once by the entry points (`create_app`, the worker) and passed down; nothing else reads
+`os.environ`. Unsafe combinations are refused at startup with a message naming the variable.
+"""
+
+import base64
+import binascii
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageKind(StrEnum):
+    UPSTASH = "upstash"
+    REDIS = "redis"
+    EMBEDDED = "embedded"
+
+
+class Settings(BaseSettings):
+    """Every setting, named as its environment variable (upper-cased)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    clerk_webhook_signing_secret: SecretStr | None = None
+    upstash_redis_rest_url: str | None = None
+    upstash_redis_rest_token: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    resend_api_key: SecretStr | None = None
+    resend_api_url: str = "https://api.resend.com"
+    email_from: str | None = None
+    activation_api_key: SecretStr | None = None
+    app_url: str = "http://localhost:3000"
+    public_url: str = "http://localhost:8000"
+    loops_dir: Path = Path("loops")
+    worker_in_process: bool = True
+    key_prefix: str = "activation:"
+    storage_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    webhook_dedupe_ttl_s: int = Field(default=3 * 24 * 3600, ge=2 * 24 * 3600)
+    log_level: str = "INFO"
+
+    @field_validator(
+        "clerk_webhook_signing_secret",
+        "upstash_redis_rest_token",
+        "redis_url",
+        "resend_api_key",
+        "activation_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # `FOO=` in a .env file means "not set", not "the empty secret".
+        return None if value == "" else value
+
+    @field_validator("upstash_redis_rest_url", "email_from", mode="before")
+    @classmethod
+    def _empty_text_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("upstash_redis_rest_url", "app_url", "public_url", "resend_api_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        # A trailing slash on the Upstash URL breaks its /pipeline endpoint; links join cleanly too.
+        return value.rstrip("/") if value else value
+
+    @field_validator("clerk_webhook_signing_secret")
+    @classmethod
+    def _signing_secret_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _decode_signing_secret(value.get_secret_value())
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_has_no_hash_tag(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("KEY_PREFIX must not contain { or }: keys carry their own hash tag")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_combinations(self) -> Self:
+        if self.upstash_redis_rest_url and self.upstash_redis_rest_token is None:
+            raise ValueError("UPSTASH_REDIS_REST_URL is set but UPSTASH_REDIS_REST_TOKEN is not")
+        if self.upstash_redis_rest_token is not None and not self.upstash_redis_rest_url:
+            raise ValueError("UPSTASH_REDIS_REST_TOKEN is set but UPSTASH_REDIS_REST_URL is not")
+        if self.resend_api_key is not None and not self.email_from:
+            raise ValueError("EMAIL_FROM is required when RESEND_API_KEY is set")
+        return self
+
+    @property
+    def storage_kind(self) -> StorageKind:
+        if self.upstash_redis_rest_url:
+            return StorageKind.UPSTASH
+        if self.redis_url is not None:
+            return StorageKind.REDIS
+        return StorageKind.EMBEDDED
+
+
+def _decode_signing_secret(secret: str) -> bytes:
+    raw = secret.removeprefix("whsec_").rstrip("=")
+    try:
+        decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except binascii.Error:
+        decoded = b""
+    if not decoded:
+        raise ValueError(
+            "CLERK_WEBHOOK_SIGNING_SECRET must be the endpoint's signing secret, whsec_ followed "
+            "by base64 (copy it from Clerk's dashboard: Webhooks > your endpoint > Signing Secret)"
+        )
+    return decoded

@@ -1,0 +1,148 @@
+"""`POST /webhooks/clerk`: Svix-verified Clerk user events, stored once per delivery.
+
+Order of checks: size, UTF-8, signature (svix), JSON shape, storage. Anything wrong before storage
+is a 4xx with a short JSON reason and nothing stored; storage trouble is a 503 so Svix retries; a
+2xx is only sent once the event is stored (or is a duplicate, or a type we ignore).
+"""
+
+import json
+import logging
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ValidationError
+from svix.webhooks import Webhook, WebhookVerificationError
+
+from app.deps import ClockDep, StoreDep
+from app.errors import NotConfigured, PayloadTooLarge, WebhookRejected
+from app.store import Store
+from app.users import ClerkDeletedUser, ClerkEvent, ClerkUser, EventType
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DELIVERY_ID_CHARS = 256
+
+router = APIRouter(tags=["webhooks"])
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class WebhookAck(BaseModel):
+    """What the endpoint did: created, updated, stale, deleted, tombstoned, duplicate or ignored."""
+
+    status: str
+
+
+class WebhookError(BaseModel):
+    error: str
+
+
+def get_verifier(request: Request) -> Webhook:
+    verifier: Webhook | None = request.app.state.clerk_verifier
+    if verifier is None:
+        raise NotConfigured("not configured: set CLERK_WEBHOOK_SIGNING_SECRET")
+    return verifier
+
+
+VerifierDep = Annotated[Webhook, Depends(get_verifier)]
+
+
+@router.post(
+    "/webhooks/clerk",
+    response_model=WebhookAck,
+    responses={
+        400: {"model": WebhookError, "description": "bad signature, stale timestamp, bad body"},
+        413: {"model": WebhookError, "description": "body over 1 MiB"},
+        503: {"model": WebhookError, "description": "not configured, or storage unavailable"},
+    },
+)
+async def receive_clerk_webhook(
+    request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep
+) -> WebhookAck:
+    """Receive a Clerk webhook (subscribe to user.created, user.updated, user.deleted)."""
+    body = await read_body(request, MAX_BODY_BYTES)
+    delivery_id = verify(verifier, body, dict(request.headers))
+    event = parse_event(body)
+    status = await apply_event(store, event, delivery_id, now_ms=clock())
+    logger.info("clerk webhook %s delivery=%s: %s", event.type, delivery_id, status)
+    return WebhookAck(status=status)
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The raw body, refused as soon as it is known to exceed the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"body over {limit_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"body over {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def verify(verifier: Webhook, body: bytes, headers: dict[str, str]) -> str:
+    """Check the Svix signature and timestamp (±5 min); returns the delivery id (`svix-id`)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookRejected("body is not UTF-8") from None
+    try:
+        verifier.verify(body, headers)
+    except WebhookVerificationError as exc:
+        raise WebhookRejected(f"signature check failed: {exc}") from None
+    except ValueError:
+        # svix raises bare ValueError (binascii.Error included) on some malformed headers.
+        raise WebhookRejected("signature check failed: malformed svix-signature") from None
+    return delivery_id(headers)
+
+
+def delivery_id(headers: dict[str, str]) -> str:
+    value = headers.get("svix-id") or headers.get("webhook-id") or ""
+    if not value or len(value) > MAX_DELIVERY_ID_CHARS or not value.isprintable():
+        raise WebhookRejected("malformed svix-id")
+    return value
+
+
+def parse_event(body: bytes) -> ClerkEvent:
+    try:
+        payload: Any = json.loads(body)
+    except ValueError:
+        raise WebhookRejected("body is not JSON") from None
+    try:
+        return ClerkEvent.model_validate(payload)
+    except ValidationError as exc:
+        raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
+
+
+def first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "body"
+    return f"{where}: {error['msg']}"
+
+
+async def apply_event(store: Store, event: ClerkEvent, delivery_id: str, *, now_ms: int) -> str:
+    """Store what a user event says; other event types are acknowledged and ignored."""
+    if event.type in (EventType.USER_CREATED, EventType.USER_UPDATED):
+        user = parse_data(ClerkUser, event)
+        profile = user.to_profile()
+        version_ms = profile.updated_at or event.timestamp_ms or now_ms
+        created = event.type == EventType.USER_CREATED
+        write = await store.record_user(
+            delivery_id, profile, created=created, version_ms=version_ms, now_ms=now_ms
+        )
+        return write.value
+    if event.type == EventType.USER_DELETED:
+        deleted = parse_data(ClerkDeletedUser, event)
+        return (await store.delete_user(delivery_id, deleted.id, now_ms=now_ms)).value
+    return "ignored"
+
+
+def parse_data(model: type[DataT], event: ClerkEvent) -> DataT:
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise WebhookRejected(f"malformed {event.type}: data.{first_error(exc)}") from None

@@ -1,0 +1,238 @@
+"""Shared fixtures: a real redis-server, the Upstash REST stand-in, apps on each transport.
+
+Redis: `TEST_REDIS_URL` if given, else a `redis-server` this session starts on a free port. Without
+one, Redis tests skip with the reason, except under `CI=true`, where that is a failure.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+from svix.webhooks import Webhook
+
+from app.main import create_app
+from app.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+UPSTASH_TOKEN = "test-upstash-token"
+TRANSPORTS = ["embedded", "redis", "upstash"]
+
+
+def load_fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url, socket_timeout=0.5)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def no_redis(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: TEST_REDIS_URL, or a redis-server started for this session."""
+    given = os.environ.get("TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    yield from run_redis_server(redis_binary(), tmp_path_factory.mktemp("redis"))
+
+
+class RedisProcess:
+    """A redis-server of the tests' own, that a test may stop and start again on the same port."""
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        args += ["--logfile", str(self.workdir / "redis.log")]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_redis(self.url)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        no_redis("no redis-server binary on PATH and no TEST_REDIS_URL given")
+    return str(binary)
+
+
+def run_redis_server(binary: str, workdir: Path) -> Iterator[str]:
+    server = RedisProcess(binary, workdir)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A private redis-server for a test that stops and restarts it."""
+    server = RedisProcess(redis_binary(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def upstash_standin(redis_url: str) -> Iterator[tuple[str, FastAPI]]:
+    """The Upstash REST stand-in, served on a real port, forwarding to the test Redis."""
+    from tests.upstash_standin import create_standin, serve
+
+    standin = create_standin(redis_url, UPSTASH_TOKEN)
+    with serve(standin) as url:
+        yield url, standin
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A prefix of its own for each test, so tests sharing one Redis never see each other."""
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_settings(
+    request: pytest.FixtureRequest, transport: str, key_prefix: str
+) -> Callable[..., Settings]:
+    """Settings for the test's transport; keyword arguments override any setting."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "key_prefix": key_prefix,
+            "clerk_webhook_signing_secret": SIGNING_SECRET,
+            "storage_timeout_s": 1.0,
+        }
+        values.update(storage_settings(request, transport))
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+def storage_settings(request: pytest.FixtureRequest, transport: str) -> dict[str, Any]:
+    if transport == "redis":
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    if transport == "upstash":
+        url, _ = request.getfixturevalue("upstash_standin")
+        return {"upstash_redis_rest_url": url, "upstash_redis_rest_token": UPSTASH_TOKEN}
+    return {}
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+class FakeClock:
+    """An injected clock in epoch ms that tests move by hand."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(int(time.time() * 1000))
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FakeClock) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan running (storage connected)."""
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def sign(
+    body: bytes | str,
+    *,
+    secret: str = SIGNING_SECRET,
+    msg_id: str | None = None,
+    timestamp: datetime | None = None,
+) -> dict[str, str]:
+    """Svix headers for a body, signed by the real svix library."""
+    text = body.decode() if isinstance(body, bytes) else body
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = timestamp or datetime.now(tz=UTC)
+    signature = Webhook(secret).sign(msg_id, timestamp, text)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(timestamp.timestamp())),
+        "svix-signature": signature,
+        "content-type": "application/json",
+    }

@@ -1,0 +1,120 @@
+"""Settings: contract names, safe defaults, unsafe combinations refused, no secret logged."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.errors import ConfigError
+from app.main import load_settings
+from app.settings import Settings, StorageKind
+from app.startup import describe_configuration, host_of
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def build(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_defaults_are_the_contract() -> None:
+    settings = build()
+    assert settings.storage_kind is StorageKind.EMBEDDED
+    assert settings.resend_api_url == "https://api.resend.com"
+    assert settings.app_url == "http://localhost:3000"
+    assert settings.public_url == "http://localhost:8000"
+    assert settings.loops_dir == Path("loops")
+    assert settings.worker_in_process is True
+    assert settings.key_prefix == "activation:"
+    assert settings.clerk_webhook_signing_secret is None
+    assert settings.activation_api_key is None
+
+
+def test_environment_variables_use_the_contract_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "https://eu1-x.upstash.io/")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "tok")
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379")
+    monkeypatch.setenv("CLERK_WEBHOOK_SIGNING_SECRET", SECRET)
+    monkeypatch.setenv("KEY_PREFIX", "acme:")
+    monkeypatch.setenv("WORKER_IN_PROCESS", "false")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.storage_kind is StorageKind.UPSTASH  # Upstash REST wins over REDIS_URL
+    assert settings.upstash_redis_rest_url == "https://eu1-x.upstash.io"
+    assert settings.key_prefix == "acme:"
+    assert settings.worker_in_process is False
+
+
+def test_redis_url_alone_chooses_tcp() -> None:
+    settings = build(redis_url="rediss://default:pw@x.upstash.io:6379")
+    assert settings.storage_kind is StorageKind.REDIS
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("REDIS_URL=redis://127.0.0.1:6390/0\nCLERK_WEBHOOK_SIGNING_SECRET=\n")
+    settings = Settings(_env_file=env)  # type: ignore[call-arg]
+    assert settings.storage_kind is StorageKind.REDIS
+    assert settings.clerk_webhook_signing_secret is None  # empty means unset
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"upstash_redis_rest_url": "https://x.upstash.io"}, "UPSTASH_REDIS_REST_TOKEN is not"),
+        ({"upstash_redis_rest_token": "t"}, "UPSTASH_REDIS_REST_URL is not"),
+        ({"resend_api_key": "re_123"}, "EMAIL_FROM is required"),
+        ({"clerk_webhook_signing_secret": "whsec_!!!"}, "signing secret"),
+        ({"clerk_webhook_signing_secret": "whsec_"}, "signing secret"),
+        ({"key_prefix": "a{b}:"}, "KEY_PREFIX"),
+        ({"storage_timeout_s": 0}, "greater than 0"),
+        ({"webhook_dedupe_ttl_s": 3600}, "greater than or equal"),
+    ],
+)
+def test_unsafe_configuration_is_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        build(**values)
+
+
+def test_signing_secret_without_prefix_or_padding_is_accepted() -> None:
+    assert build(clerk_webhook_signing_secret="MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    assert build(clerk_webhook_signing_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw==")
+
+
+def test_startup_refuses_bad_environment_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("RESEND_API_KEY", "re_live_secret")
+    with pytest.raises(ConfigError, match="EMAIL_FROM is required") as raised:
+        load_settings()
+    assert "re_live_secret" not in str(raised.value)
+
+
+def test_summary_of_the_embedded_default_is_a_loud_warning() -> None:
+    level, _, text = describe_configuration(build())
+    assert level == logging.WARNING
+    assert "NOT persisted" in text
+    assert "outbox" in text
+    assert "POST /webhooks/clerk answers 503" in text
+    assert "/v1/* refuses every request" in text
+
+
+def test_summary_names_hosts_but_never_secrets() -> None:
+    settings = build(
+        redis_url="rediss://default:redis-password@eu1-x.upstash.io:6379",
+        resend_api_key="re_secret_key",
+        email_from="Acme <hello@acme.dev>",
+        clerk_webhook_signing_secret=SECRET,
+        activation_api_key="api-secret",
+    )
+    level, _, text = describe_configuration(settings)
+    assert level == logging.INFO
+    assert "rediss://eu1-x.upstash.io:6379" in text
+    for secret in ("redis-password", "re_secret_key", SECRET, "api-secret"):
+        assert secret not in text
+
+
+def test_host_of_drops_credentials_and_paths() -> None:
+    assert host_of("https://user:pw@x.upstash.io/path?token=1") == "https://x.upstash.io"
