@@ -137,7 +137,7 @@ class UpstashConnection:
             return await self._call_with_retry(list(command))
         except UpstashError as exc:
             raise classify_reply_error(str(exc)) from exc
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # ValueError/KeyError/TypeError: a non-JSON or unexpected body, e.g. a proxy's 502 page.
             raise StorageUnavailable(f"upstash: {type(exc).__name__}: {exc}") from exc
 

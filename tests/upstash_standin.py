@@ -67,7 +67,7 @@ Reply: TypeAlias = bytes | int | list["Reply"] | ResponseError | None
 Json: TypeAlias = str | int | list["Json"] | dict[str, "Json"] | None
 
 DEFAULT_HANG_S = 30.0
-GRACEFUL_SHUTDOWN_S = 5.0
+GRACEFUL_SHUTDOWN_S = 5
 RECEIVED_LIMIT = 1000
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 
@@ -244,7 +244,7 @@ async def exchange(redis: aioredis.Redis, commands: Sequence[Command]) -> list[R
     what the server sent (status replies as bytes, e.g. ``b"OK"``).
     """
     pool = redis.connection_pool
-    connection = await pool.get_connection()
+    connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await connection.send_packed_command(connection.pack_commands(commands))
         return [await read_reply(connection) for _ in commands]
