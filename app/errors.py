@@ -2,9 +2,14 @@
 
     ActivationError
     ├── ConfigError              unsafe or invalid settings, bad loop files: refuse to start
-    ├── NotConfigured            a feature whose settings are missing was asked for: 503
-    ├── WebhookRejected          a webhook we must not accept (bad signature, stale, bad body): 4xx
-    │   └── PayloadTooLarge      the body is over the limit: 413
+    ├── RequestRefused           a request answered with its `status_code` and a short reason
+    │   ├── NotConfigured        a feature whose settings are missing was asked for: 503
+    │   ├── BadToken             a forged, altered or malformed unsubscribe token: 400
+    │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
+    │       └── PayloadTooLarge  the body is over the limit: 413
+    ├── SendError                Resend refused or failed (app.mailer): TransientSendError is
+    │                            retried, PermanentSendError goes to the dead-letter set
+    ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
         └── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
                                  transient, so requests answer 503 and work is retried
@@ -21,16 +26,24 @@ class ConfigError(ActivationError):
     """The configuration cannot be used; the process must not start."""
 
 
-class NotConfigured(ActivationError):
+class RequestRefused(ActivationError):
+    """A request refused with `status_code` and the message as its short JSON reason."""
+
+    status_code = 400
+
+
+class NotConfigured(RequestRefused):
     """A request for a feature the operator has not configured (e.g. no signing secret)."""
 
     status_code = 503
 
 
-class WebhookRejected(ActivationError):
-    """A webhook request that must be refused with a 4xx and nothing stored."""
+class BadToken(RequestRefused):
+    """An unsubscribe token that is malformed, forged or altered."""
 
-    status_code = 400
+
+class WebhookRejected(RequestRefused):
+    """A webhook request that must be refused with a 4xx and nothing stored."""
 
 
 class PayloadTooLarge(WebhookRejected):

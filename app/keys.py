@@ -3,26 +3,57 @@
 Every key of one user carries the hash tag `{<user_id>}`, so a script touching one user's keys runs
 on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
 
-| key                          | type   | TTL                  | writer          | reader         |
-|------------------------------|--------|----------------------|-----------------|----------------|
-| `P{<uid>}:user`              | hash   | none                 | record_user.lua | Store.get_user |
-| `P{<uid>}:tombstone`         | string | none                 | delete_user.lua | record_user.lua|
-| `P{<uid>}:webhook:<svix_id>` | string | WEBHOOK_DEDUPE_TTL_S | both scripts    | both scripts   |
+| key                          | type   | TTL                  | written by            |
+|------------------------------|--------|----------------------|-----------------------|
+| `P{<uid>}:user`              | hash   | none                 | record_user.lua       |
+| `P{<uid>}:tombstone`         | string | none                 | delete_user.lua       |
+| `P{<uid>}:webhook:<svix_id>` | string | WEBHOOK_DEDUPE_TTL_S | record/delete_user    |
+| `P{<uid>}:activity`          | hash   | none                 | record_actions.lua    |
+| `P{<uid>}:action:<id>`       | string | ACTION_DEDUPE_TTL_S  | record_actions.lua    |
+| `P{<uid>}:loops`             | hash   | none                 | apply.lua             |
+| `P{<uid>}:jobs`              | hash   | none                 | apply.lua, settle.lua |
+| `P{<uid>}:attempts`          | hash   | none                 | begin_attempt.lua     |
+| `P{<uid>}:timeline`          | list   | none (capped)        | every writer          |
+| `P:schedule`                 | zset   | none                 | intake, apply, claim  |
+| `P:leases`                   | zset   | none                 | claim.lua             |
+| `P:dead`                     | zset   | none                 | settle.lua            |
+| `P:outbox`                   | list   | none (capped)        | settle.lua            |
+
+Reads: `snapshot.lua` reads every per-user key at once; intake scripts read the tombstone; the
+worker's `claim.lua` reads `schedule` and `leases`.
 
 - `user`: field `profile` is the UserProfile as JSON; `version` the epoch ms of the Clerk data it
   holds (older events never overwrite newer data); `registered_at` the epoch ms a verified
   `user.created` was first stored (absent until then).
-- `tombstone`: epoch ms of the `user.deleted`; a late `user.created`/`updated` is then ignored.
-- `webhook:<svix_id>`: epoch ms the delivery was applied; a redelivery is a duplicate.
+- `tombstone`: epoch ms of the `user.deleted`; a late `user.created`/`updated` or action is ignored.
+- `webhook:<svix_id>` / `action:<id>`: a delivery or client action id already applied.
+- `activity`: `rev` (bumped by every change, so a decision made on an old snapshot is refused);
+  per action `n:<a>` (count), `first:<a>` and `last:<a>` (epoch ms), `at:<a>:<n>` (when the count
+  reached n, for the counts some loop waits for).
+- `loops`: field `<loop_id>/<step>` holds that step's state as JSON (engine.StepState).
+- `jobs`: field `<job_id>` holds the email job as JSON (jobs.EmailJob), its rendered email included;
+  it is also the user's send ledger: a job id is queued once and a sent job is never sent again.
+- `attempts`: `<job_id>` how many sends were started, `<job_id>@` when the last one started (ms).
+- `user` field `unsubscribed_at` (ms): no further loop email for this user.
+- `timeline`: the newest events first, JSON, capped at TIMELINE_LENGTH.
+- `schedule`: job ids by due time (epoch ms): `eval|<uid>` (look at the user's loops) and
+  `email|<uid>|<loop>|<step>|<kind>` (send one email). `leases`: claimed job ids by lease expiry;
+  an expired lease (a crashed worker) puts the job back on the schedule. `dead`: email jobs that
+  failed for good, by when; an operator retries them. `outbox`: emails "sent" without a Resend
+  key, newest first, JSON.
 - `Keys.personal(uid)` lists every key with personal data; `user.deleted` removes them all.
+
+Scripts that touch `schedule`/`leases` and a user's keys together span two hash slots: they run
+on Upstash and on a single Redis, not on Redis Cluster.
 """
 
 import re
 from dataclasses import dataclass
 
 # Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`; anything printable without braces or
-# whitespace is allowed so other identity providers' ids fit, but braces would break the hash tag.
-USER_ID_PATTERN = r"^[^\s{}]{1,128}$"
+# whitespace is allowed so other identity providers' ids fit; braces would break the hash tag and
+# `|` separates the parts of a job id.
+USER_ID_PATTERN = r"^[^\s{}|]{1,128}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
 
 
@@ -50,6 +81,61 @@ class Keys:
     def webhook_seen(self, user_id: str, delivery_id: str) -> str:
         return f"{self._user_scope(user_id)}:webhook:{delivery_id}"
 
+    def activity(self, user_id: str) -> str:
+        return f"{self._user_scope(user_id)}:activity"
+
+    def action_seen(self, user_id: str, action_id: str) -> str:
+        return f"{self._user_scope(user_id)}:action:{action_id}"
+
+    def loops(self, user_id: str) -> str:
+        return f"{self._user_scope(user_id)}:loops"
+
+    def jobs(self, user_id: str) -> str:
+        return f"{self._user_scope(user_id)}:jobs"
+
+    def attempts(self, user_id: str) -> str:
+        return f"{self._user_scope(user_id)}:attempts"
+
+    def timeline(self, user_id: str) -> str:
+        return f"{self._user_scope(user_id)}:timeline"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.prefix}schedule"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}dead"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}outbox"
+
     def personal(self, user_id: str) -> list[str]:
         """Every key holding the user's personal data (removed on `user.deleted`)."""
-        return [self.user(user_id)]
+        return [
+            self.user(user_id),
+            self.activity(user_id),
+            self.loops(user_id),
+            self.jobs(user_id),
+            self.attempts(user_id),
+            self.timeline(user_id),
+        ]
+
+
+TIMELINE_LENGTH = 200
+OUTBOX_LENGTH = 1000
+
+
+def eval_job(user_id: str) -> str:
+    """The schedule member that makes a worker look at one user's loops."""
+    return f"eval|{user_id}"
+
+
+def job_user(job_id: str) -> str:
+    """The user a job id belongs to (`eval|<uid>` or `email|<uid>|...`)."""
+    return job_id.split("|", 2)[1]

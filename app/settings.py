@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     resend_api_url: str = "https://api.resend.com"
     email_from: str | None = None
     activation_api_key: SecretStr | None = None
+    unsubscribe_secret: SecretStr | None = None
+    resend_rate_limit_per_s: float = Field(default=2.0, ge=0)
+    resend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     app_url: str = "http://localhost:3000"
     public_url: str = "http://localhost:8000"
     loops_dir: Path = Path("loops")
@@ -40,6 +43,9 @@ class Settings(BaseSettings):
     key_prefix: str = "activation:"
     storage_timeout_s: float = Field(default=2.0, gt=0, le=30)
     webhook_dedupe_ttl_s: int = Field(default=3 * 24 * 3600, ge=2 * 24 * 3600)
+    action_dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=3600)
+    worker_idle_s: float = Field(default=120.0, ge=1, le=3600)
+    worker_lease_s: float = Field(default=60.0, ge=5, le=3600)
     log_level: str = "INFO"
 
     @field_validator(
@@ -48,6 +54,7 @@ class Settings(BaseSettings):
         "redis_url",
         "resend_api_key",
         "activation_api_key",
+        "unsubscribe_secret",
         mode="before",
     )
     @classmethod

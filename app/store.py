@@ -5,15 +5,19 @@ know it yet), so the three transports behave the same and each request costs one
 """
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 from app.connections import CommandArg, Connection, NoScript
+from app.engine import ActionStats, StepState
 from app.errors import StorageError
-from app.keys import Keys
+from app.jobs import EmailJob, JobStatus
+from app.keys import OUTBOX_LENGTH, TIMELINE_LENGTH, Keys, eval_job, job_user
 from app.users import UserProfile
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,75 @@ class Script:
 
 RECORD_USER = Script.load("record_user")
 DELETE_USER = Script.load("delete_user")
+RECORD_ACTIONS = Script.load("record_actions")
+SNAPSHOT = Script.load("snapshot")
+APPLY = Script.load("apply")
+CLAIM = Script.load("claim")
+BEGIN_ATTEMPT = Script.load("begin_attempt")
+SETTLE = Script.load("settle")
+UNSUBSCRIBE = Script.load("unsubscribe")
+RETRY_DEAD = Script.load("retry_dead")
+
+
+def timeline_entry(at_ms: int, event: str, **details: Any) -> str:
+    """One timeline line: when, what, and the details that matter (JSON)."""
+    return json.dumps({"at": at_ms, "event": event, **details}, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class NewAction:
+    """One "user did X" to record."""
+
+    user_id: str
+    action: str
+    occurred_at_ms: int
+    id: str | None = None
+    properties: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """Everything stored about one user, parsed."""
+
+    user_id: str
+    profile: UserProfile | None
+    registered_at_ms: int | None
+    unsubscribed_at_ms: int | None
+    rev: str
+    actions: dict[str, ActionStats]
+    steps: dict[str, StepState]
+    jobs: dict[str, EmailJob] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    deleted: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.profile is not None or bool(self.actions) or bool(self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An email job about to be sent, and what decides whether it may be."""
+
+    job: EmailJob | None
+    previous_attempts: int
+    last_started_at_ms: int | None
+    unsubscribed: bool
+
+
+class Outcome(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Jobs claimed under a lease, and when the schedule next needs a look."""
+
+    job_ids: list[str]
+    wake_at_ms: int | None
 
 
 class UserWrite(StrEnum):
@@ -58,10 +131,18 @@ class StoredUser:
 class Store:
     """Typed access to everything the service keeps in Redis."""
 
-    def __init__(self, conn: Connection, keys: Keys, *, webhook_dedupe_ttl_s: int) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        keys: Keys,
+        *,
+        webhook_dedupe_ttl_s: int,
+        action_dedupe_ttl_s: int = 7 * 24 * 3600,
+    ) -> None:
         self.conn = conn
         self.keys = keys
         self.webhook_dedupe_ttl_s = webhook_dedupe_ttl_s
+        self.action_dedupe_ttl_s = action_dedupe_ttl_s
 
     def __repr__(self) -> str:
         return f"Store(kind={self.conn.kind.value}, prefix={self.keys.prefix!r})"
@@ -84,18 +165,26 @@ class Store:
         self, delivery_id: str, profile: UserProfile, *, created: bool, version_ms: int, now_ms: int
     ) -> UserWrite:
         """Store the profile of `user.created` (created=True) or `user.updated`, once."""
+        uid = profile.id
         keys = [
-            self.keys.user(profile.id),
-            self.keys.tombstone(profile.id),
-            self.keys.webhook_seen(profile.id, delivery_id),
+            self.keys.user(uid),
+            self.keys.tombstone(uid),
+            self.keys.webhook_seen(uid, delivery_id),
+            self.keys.activity(uid),
+            self.keys.timeline(uid),
+            self.keys.schedule,
         ]
         kind = "created" if created else "updated"
+        entry = timeline_entry(now_ms, f"user.{kind}", delivery=delivery_id)
         args: list[CommandArg] = [
             profile.model_dump_json(),
             version_ms,
             kind,
             now_ms,
             self.webhook_dedupe_ttl_s,
+            entry,
+            TIMELINE_LENGTH,
+            eval_job(uid),
         ]
         return _as_write(RECORD_USER, await self.run(RECORD_USER, keys, args))
 
@@ -104,9 +193,13 @@ class Store:
         keys = [
             self.keys.tombstone(user_id),
             self.keys.webhook_seen(user_id, delivery_id),
+            self.keys.schedule,
+            self.keys.leases,
+            self.keys.jobs(user_id),
             *self.keys.personal(user_id),
         ]
-        reply = await self.run(DELETE_USER, keys, [now_ms, self.webhook_dedupe_ttl_s])
+        args: list[CommandArg] = [now_ms, self.webhook_dedupe_ttl_s, eval_job(user_id)]
+        reply = await self.run(DELETE_USER, keys, args)
         return _as_write(DELETE_USER, reply)
 
     async def get_user(self, user_id: str) -> StoredUser | None:
@@ -121,6 +214,164 @@ class Store:
             registered_at_ms=int(registered_at) if registered_at is not None else None,
         )
 
+    async def record_actions(
+        self, actions: Sequence[NewAction], *, now_ms: int, tracked: Mapping[str, Iterable[int]]
+    ) -> tuple[int, int]:
+        """Record actions once per client id; returns (accepted, duplicates)."""
+        keys: list[str] = []
+        args: list[CommandArg] = [now_ms, self.action_dedupe_ttl_s, TIMELINE_LENGTH]
+        for action in actions:
+            keys += self._action_keys(action)
+            args += self._action_args(action, tracked.get(action.action, ()))
+        keys.append(self.keys.schedule)
+        accepted, duplicates = await self.run(RECORD_ACTIONS, keys, args)
+        return int(accepted), int(duplicates)
+
+    def _action_keys(self, action: NewAction) -> list[str]:
+        uid = action.user_id
+        marker = self.keys.action_seen(uid, action.id) if action.id else self.keys.activity(uid)
+        return [marker, self.keys.tombstone(uid), self.keys.activity(uid), self.keys.timeline(uid)]
+
+    def _action_args(self, action: NewAction, counts: Iterable[int]) -> list[CommandArg]:
+        details = {"action": action.action, "id": action.id, "properties": action.properties or {}}
+        entry = timeline_entry(action.occurred_at_ms, "action", **details)
+        return [
+            "1" if action.id else "0",
+            action.action,
+            action.occurred_at_ms,
+            ",".join(str(count) for count in sorted(counts)),
+            entry,
+            eval_job(action.user_id),
+        ]
+
+    async def snapshot(self, user_id: str, *, full: bool = False) -> UserRecord:
+        """One user's stored state in one round trip (jobs and timeline only when `full`)."""
+        keys = [
+            self.keys.user(user_id),
+            self.keys.activity(user_id),
+            self.keys.loops(user_id),
+            self.keys.jobs(user_id),
+            self.keys.timeline(user_id),
+            self.keys.tombstone(user_id),
+        ]
+        reply = await self.run(SNAPSHOT, keys, ["full" if full else "engine"])
+        return parse_snapshot(user_id, reply)
+
+    async def apply_decisions(
+        self,
+        user_id: str,
+        *,
+        rev: str,
+        states: Mapping[str, StepState],
+        jobs: Sequence[EmailJob],
+        timeline: Sequence[str],
+        wake_at_ms: int | None,
+    ) -> bool:
+        """Write the engine's decisions unless the user changed meanwhile (then False)."""
+        keys = [
+            self.keys.activity(user_id),
+            self.keys.loops(user_id),
+            self.keys.jobs(user_id),
+            self.keys.timeline(user_id),
+            self.keys.schedule,
+            self.keys.leases,
+        ]
+        args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH]
+        args.append(len(states))
+        for name, state in states.items():
+            args += [name, state.model_dump_json()]
+        args.append(len(jobs))
+        for job in jobs:
+            args += [job.id, job.model_dump_json(), job.due_at]
+        args += [len(timeline), *timeline]
+        reply = await self.run(APPLY, keys, args)
+        return bool(reply == "applied")
+
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> Claim:
+        """Take due jobs under a lease (expired leases first go back on the schedule)."""
+        keys = [self.keys.schedule, self.keys.leases]
+        wake_at, *job_ids = await self.run(CLAIM, keys, [now_ms, lease_ms, limit])
+        return Claim(job_ids=[str(job) for job in job_ids], wake_at_ms=_int_or_none(wake_at))
+
+    async def begin_attempt(self, job_id: str, *, now_ms: int) -> Attempt:
+        uid = job_user(job_id)
+        keys = [self.keys.jobs(uid), self.keys.attempts(uid), self.keys.user(uid), self.keys.leases]
+        job, before, last, unsubscribed = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms])
+        return Attempt(
+            job=EmailJob.model_validate_json(job) if job else None,
+            previous_attempts=int(before),
+            last_started_at_ms=_int_or_none(last),
+            unsubscribed=unsubscribed is not None,
+        )
+
+    async def settle(  # the outcome's parts, each a separate field
+        self,
+        job: EmailJob,
+        outcome: Outcome,
+        *,
+        now_ms: int,
+        retry_at_ms: int | None = None,
+        outbox_entry: str = "",
+    ) -> bool:
+        """Record the job's outcome and release its lease; False when its user is gone."""
+        uid = job.user_id
+        keys = [
+            self.keys.jobs(uid),
+            self.keys.leases,
+            self.keys.schedule,
+            self.keys.dead,
+            self.keys.timeline(uid),
+            self.keys.outbox,
+        ]
+        entry = timeline_entry(
+            now_ms, f"email.{job.status.value}", email=job.id, attempts=job.attempts,
+            error=job.last_error,
+        )  # fmt: skip
+        args: list[CommandArg] = [
+            job.id, job.model_dump_json(), outcome.value, retry_at_ms or "", now_ms, entry,
+            TIMELINE_LENGTH, outbox_entry, OUTBOX_LENGTH,
+        ]  # fmt: skip
+        return bool(await self.run(SETTLE, keys, args) == "settled")
+
+    async def unsubscribe(self, user_id: str, *, now_ms: int) -> int:
+        """Stop loop email for the user; queued jobs are dropped. Returns how many."""
+        record = await self.snapshot(user_id, full=True)
+        keys = [
+            self.keys.user(user_id),
+            self.keys.jobs(user_id),
+            self.keys.schedule,
+            self.keys.timeline(user_id),
+        ]
+        args: list[CommandArg] = [now_ms, timeline_entry(now_ms, "unsubscribed"), TIMELINE_LENGTH]
+        for job in record.jobs.values():
+            if not job.terminal:
+                dropped = job.model_copy(update={"status": JobStatus.DROPPED,
+                                                 "last_error": "unsubscribed"})  # fmt: skip
+                args += [job.id, dropped.model_dump_json()]
+        return int(await self.run(UNSUBSCRIBE, keys, args))
+
+    async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
+        """Dead-letter jobs, oldest first, with their last error."""
+        job_ids = await self.conn.call("ZRANGE", self.keys.dead, 0, limit - 1)
+        jobs = []
+        for job_id in job_ids:
+            raw = await self.conn.call("HGET", self.keys.jobs(job_user(job_id)), job_id)
+            if raw is not None:
+                jobs.append(EmailJob.model_validate_json(raw))
+        return jobs
+
+    async def retry_dead(self, job: EmailJob, *, now_ms: int) -> bool:
+        """Queue a dead-letter job again, attempts reset; False when it was not dead."""
+        uid = job.user_id
+        again = job.model_copy(update={"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms})
+        keys = [self.keys.dead, self.keys.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
+        return bool(await self.run(RETRY_DEAD, keys, [job.id, again.model_dump_json(), now_ms]))
+
+    async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Emails written to the outbox (no Resend key), newest first."""
+        entries = await self.conn.call("LRANGE", self.keys.outbox, 0, limit - 1)
+        return [json.loads(entry) for entry in entries]
+
     async def is_deleted(self, user_id: str) -> bool:
         return bool(await self.conn.call("EXISTS", self.keys.tombstone(user_id)))
 
@@ -130,3 +381,54 @@ def _as_write(script: Script, reply: object) -> UserWrite:
         return UserWrite(str(reply))
     except ValueError:
         raise StorageError(f"script {script.name} answered {reply!r}") from None
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def parse_snapshot(user_id: str, reply: Sequence[Any]) -> UserRecord:
+    (
+        (profile, _version, registered_at, unsubscribed_at),
+        activity,
+        loops,
+        jobs,
+        timeline,
+        deleted,
+    ) = reply
+    fields = _pairs(activity)
+    return UserRecord(
+        user_id=user_id,
+        profile=UserProfile.model_validate_json(profile) if profile else None,
+        registered_at_ms=_int_or_none(registered_at),
+        unsubscribed_at_ms=_int_or_none(unsubscribed_at),
+        rev=fields.get("rev", "0"),
+        actions=parse_activity(fields),
+        steps={name: StepState.model_validate_json(raw) for name, raw in _pairs(loops).items()},
+        jobs={job_id: EmailJob.model_validate_json(raw) for job_id, raw in _pairs(jobs).items()},
+        timeline=[json.loads(line) for line in timeline],
+        deleted=bool(deleted),
+    )
+
+
+def parse_activity(fields: Mapping[str, str]) -> dict[str, ActionStats]:
+    """`n:<a>`, `first:<a>`, `last:<a>`, `at:<a>:<n>` fields into per-action stats."""
+    reached: dict[str, dict[int, int]] = {}
+    for name, value in fields.items():
+        if name.startswith("at:"):
+            action, _, count = name[3:].rpartition(":")
+            reached.setdefault(action, {})[int(count)] = int(value)
+    return {
+        name[2:]: ActionStats(
+            count=int(value),
+            first_at=_int_or_none(fields.get(f"first:{name[2:]}")),
+            last_at=_int_or_none(fields.get(f"last:{name[2:]}")),
+            reached_at=reached.get(name[2:], {}),
+        )
+        for name, value in fields.items()
+        if name.startswith("n:")
+    }

@@ -26,6 +26,8 @@ from app.main import create_app
 from app.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SHIPPED_LOOPS = Path(__file__).parent.parent / "loops"
+API_KEY = "test-activation-api-key"
 SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 UPSTASH_TOKEN = "test-upstash-token"
 TRANSPORTS = ["embedded", "redis", "upstash"]
@@ -163,6 +165,10 @@ def make_settings(
             "key_prefix": key_prefix,
             "clerk_webhook_signing_secret": SIGNING_SECRET,
             "storage_timeout_s": 1.0,
+            "loops_dir": SHIPPED_LOOPS,
+            "activation_api_key": API_KEY,
+            # tests drive the worker by hand (`app.state.worker.drain()`) on a fake clock
+            "worker_in_process": False,
         }
         values.update(storage_settings(request, transport))
         values.update(overrides)
@@ -236,3 +242,6 @@ def sign(
         "svix-signature": signature,
         "content-type": "application/json",
     }
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}

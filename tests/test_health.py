@@ -20,7 +20,11 @@ async def test_liveness(client: httpx.AsyncClient) -> None:
 async def test_ready_when_storage_answers(client: httpx.AsyncClient) -> None:
     response = await client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"storage": "ok"}, "failing": []}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"storage": "ok", "loops": "ok", "worker": "ok"},
+        "failing": [],
+    }
 
 
 def unreachable_storage(transport: str) -> dict[str, Any]:

@@ -7,9 +7,10 @@ import pytest
 import redis
 
 from app.connections import connect
+from app.engine import StepState, StepStatus
 from app.keys import Keys
 from app.settings import Settings
-from app.store import RECORD_USER, Store, UserWrite
+from app.store import RECORD_USER, Claim, NewAction, Store, UserWrite
 from app.users import UserProfile
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
@@ -66,9 +67,14 @@ async def test_delete_removes_every_personal_key(store: Store) -> None:
 
 def test_every_user_key_carries_the_user_hash_tag() -> None:
     keys = Keys("activation:")
-    user_keys = [keys.user("u1"), keys.tombstone("u1"), keys.webhook_seen("u1", "msg_1")]
+    user_keys = [
+        keys.tombstone("u1"),
+        keys.webhook_seen("u1", "msg_1"),
+        keys.action_seen("u1", "a_1"),
+        *keys.personal("u1"),
+    ]
     assert all(key.startswith("activation:{u1}:") for key in user_keys)
-    assert set(keys.personal("u1")) <= set(user_keys)
+    assert {keys.user("u1"), keys.activity("u1"), keys.jobs("u1")} <= set(keys.personal("u1"))
 
 
 @pytest.mark.parametrize("user_id", ["", "user_{1}", "has space", "x" * 129])
@@ -91,15 +97,27 @@ def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
-async def test_user_created_costs_one_round_trip_and_six_commands(
+async def test_user_created_costs_one_round_trip_and_ten_commands(
     store: Store, redis_client: redis.Redis
 ) -> None:
-    await record(store, "msg_warm")  # loads the script once
+    await record(store, "msg_warm", id="user_warm")  # loads the script once
     before = command_calls(redis_client)
-    await record(store, "msg_measured", version_ms=2)
+    await record(store, "msg_measured")
     delta = calls_between(before, command_calls(redis_client))
 
-    assert delta == {"evalsha": 1, "set": 1, "exists": 1, "hget": 1, "hsetnx": 1, "hset": 1}
+    # dedupe, tombstone, version, registration (+rev, +schedule), timeline (+trim), profile
+    assert delta == {
+        "evalsha": 1,
+        "set": 1,
+        "exists": 1,
+        "hget": 1,
+        "hsetnx": 1,
+        "hincrby": 1,
+        "zadd": 1,
+        "lpush": 1,
+        "ltrim": 1,
+        "hset": 1,
+    }
 
 
 @pytest.mark.parametrize("transport", ["upstash"], indirect=True)
@@ -117,3 +135,84 @@ async def test_scripts_name_their_keys_and_arguments() -> None:
     header = RECORD_USER.source.split("\n", 12)
     assert any("KEYS[1]" in line for line in header)
     assert any("ARGV[1]" in line for line in header)
+
+
+# --- actions, snapshots, the schedule and leases --------------------------------------------------
+
+
+async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store) -> None:
+    actions = [
+        NewAction("user_a", "project_created", 1_000, id="a1"),
+        NewAction("user_a", "project_created", 2_000, id="a2"),
+        NewAction("user_a", "project_created", 1_500, id="a1"),  # a repeat of a1
+        NewAction("user_a", "invited", 3_000),
+    ]
+    tracked = {"project_created": [2]}
+    assert await store.record_actions(actions, now_ms=5_000, tracked=tracked) == (3, 1)
+
+    record = await store.snapshot("user_a", full=True)
+    projects = record.actions["project_created"]
+    assert (projects.count, projects.first_at, projects.last_at) == (2, 1_000, 2_000)
+    assert projects.reached_at == {2: 2_000}
+    assert record.actions["invited"].count == 1
+    assert [entry["event"] for entry in record.timeline] == ["action"] * 3
+    assert record.rev == "3"
+
+
+async def test_actions_before_the_user_exists_are_kept(store: Store) -> None:
+    await store.record_actions([NewAction("user_early", "x", 1)], now_ms=1, tracked={})
+    record = await store.snapshot("user_early")
+    assert record.profile is None
+    assert record.actions["x"].count == 1
+    assert record.known
+
+
+async def test_actions_for_a_deleted_user_are_accepted_and_dropped(store: Store) -> None:
+    await store.delete_user("msg_d", "user_gone", now_ms=1)
+    assert await store.record_actions([NewAction("user_gone", "x", 1)], now_ms=1, tracked={}) == (
+        1,
+        0,
+    )
+    assert not (await store.snapshot("user_gone")).known
+
+
+async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Store) -> None:
+    await store.record_actions([NewAction("user_s", "x", 10)], now_ms=100, tracked={})
+    assert (await store.claim_due(now_ms=99, lease_ms=1_000, limit=10)).job_ids == []
+
+    claim = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    assert claim.job_ids == ["eval|user_s"]
+    assert claim.wake_at_ms == 1_100  # the lease's end
+    # while leased, nobody else gets it
+    assert (await store.claim_due(now_ms=500, lease_ms=1_000, limit=10)).job_ids == []
+    # a crashed worker's lease runs out: the job comes back
+    assert (await store.claim_due(now_ms=1_100, lease_ms=1_000, limit=10)).job_ids == [
+        "eval|user_s"
+    ]
+
+
+async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> None:
+    await store.record_actions([NewAction("user_c", "x", 10)], now_ms=100, tracked={})
+    old = await store.snapshot("user_c")
+    await store.record_actions([NewAction("user_c", "x", 20)], now_ms=200, tracked={})
+    state = StepState(status=StepStatus.WAITING, started_at=100)
+
+    applied = await store.apply_decisions(
+        "user_c", rev=old.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=None
+    )
+    assert not applied
+    assert (await store.snapshot("user_c")).steps == {}
+
+
+async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(store: Store) -> None:
+    await store.record_actions([NewAction("user_w", "x", 10)], now_ms=100, tracked={})
+    await store.claim_due(now_ms=100, lease_ms=60_000, limit=10)
+    record = await store.snapshot("user_w")
+    state = StepState(status=StepStatus.WAITING, started_at=100, deadline_at=400)
+
+    assert await store.apply_decisions(
+        "user_w", rev=record.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=400
+    )
+    assert (await store.snapshot("user_w")).steps == {"l/0": state}
+    claim = await store.claim_due(now_ms=200, lease_ms=60_000, limit=10)
+    assert claim == Claim(job_ids=[], wake_at_ms=400)  # lease settled, next look at the deadline

@@ -1,9 +1,14 @@
--- Remove a user's personal data on `user.deleted` and leave a tombstone, once per delivery.
+-- Remove a user's personal data on `user.deleted`, cancel their pending jobs and leave a
+-- tombstone, once per delivery.
 -- KEYS[1] tombstone        P{uid}:tombstone
 -- KEYS[2] delivery marker  P{uid}:webhook:<svix-id>
--- KEYS[3..] every key holding the user's personal data (Keys.personal)
+-- KEYS[3] schedule zset    P:schedule
+-- KEYS[4] leases zset      P:leases
+-- KEYS[5] jobs hash        P{uid}:jobs (its fields name the user's email jobs)
+-- KEYS[6..] every key holding the user's personal data (Keys.personal)
 -- ARGV[1] now, epoch ms
 -- ARGV[2] delivery marker TTL, seconds
+-- ARGV[3] the user's evaluation job id (eval|<uid>)
 -- Returns "duplicate" (this svix-id was applied before), "deleted" (data removed) or "tombstoned"
 -- (nothing stored yet: the tombstone keeps a late user.created from bringing the user back).
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -11,10 +16,11 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local unpack = unpack or table.unpack  -- Lua 5.1 on Redis; 5.4 in fakeredis
-local removed = 0
-if #KEYS > 2 then
-  removed = redis.call('DEL', unpack(KEYS, 3))
-end
+local jobs = redis.call('HKEYS', KEYS[5])
+table.insert(jobs, ARGV[3])
+redis.call('ZREM', KEYS[3], unpack(jobs))
+redis.call('ZREM', KEYS[4], unpack(jobs))
+local removed = redis.call('DEL', unpack(KEYS, 6))
 if removed > 0 then
   return 'deleted'
 end

@@ -1,0 +1,105 @@
+"""`POST /v1/actions`: "user did X" from the app's server, one action or a batch, idempotent by id.
+
+The route records the actions (one Lua script, one round trip) and wakes the worker; loops are
+looked at by the worker, never inside the request.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request, status
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+
+from app.auth import ApiKeyDep
+from app.deps import ClockDep, StoreDep
+from app.keys import USER_ID_PATTERN
+from app.store import NewAction
+from app.users import to_epoch_ms
+
+MAX_BATCH = 1000
+MAX_PROPERTIES_BYTES = 4096
+ACTION_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+ACTION_ID_PATTERN = r"^[^\s]{1,128}$"
+
+router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
+
+
+class ActionIn(BaseModel):
+    """One action; `id` is your idempotency key (a repeat is counted as a duplicate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=USER_ID_PATTERN, examples=["user_29w83sxmDNGwOuEthce5gg56FcC"])
+    action: str = Field(pattern=ACTION_PATTERN, examples=["first_project_created"])
+    properties: dict[str, Any] | None = None
+    occurred_at: datetime | int | None = Field(
+        default=None, description="RFC 3339, or epoch milliseconds; defaults to now"
+    )
+    id: str | None = Field(default=None, pattern=ACTION_ID_PATTERN)
+
+    @field_validator("properties")
+    @classmethod
+    def _small_properties(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(str(value).encode()) > MAX_PROPERTIES_BYTES:
+            raise ValueError(f"properties over {MAX_PROPERTIES_BYTES} bytes")
+        return value
+
+    def to_new_action(self, now_ms: int) -> NewAction:
+        return NewAction(
+            user_id=self.user_id,
+            action=self.action,
+            occurred_at_ms=min(occurred_ms(self.occurred_at, now_ms), now_ms),
+            id=self.id,
+            properties=self.properties,
+        )
+
+
+class ActionBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actions: list[ActionIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def _shape(value: Any) -> Literal["batch", "single"]:
+    return "batch" if isinstance(value, dict) and "actions" in value else "single"
+
+
+ActionsBody = Annotated[
+    Annotated[ActionIn, Tag("single")] | Annotated[ActionBatch, Tag("batch")],
+    Discriminator(_shape),
+]
+
+
+class Accepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
+    """RFC 3339 (naive means UTC) or epoch ms; a time in the future counts as now."""
+    if value is None:
+        return now_ms
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(aware.timestamp() * 1000)
+    return to_epoch_ms(value) or now_ms
+
+
+@router.post(
+    "/actions",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={401: {"description": "missing or wrong API key"}},
+)
+async def post_actions(
+    request: Request, store: StoreDep, clock: ClockDep, body: Annotated[ActionsBody, Body()]
+) -> Accepted:
+    """Record one action or a batch of up to 1,000."""
+    now_ms = clock()
+    items = body.actions if isinstance(body, ActionBatch) else [body]
+    actions = [item.to_new_action(now_ms) for item in items]
+    accepted, duplicates = await store.record_actions(
+        actions, now_ms=now_ms, tracked=request.app.state.tracked_counts
+    )
+    request.app.state.wake_worker()
+    return Accepted(accepted=accepted, duplicates=duplicates)

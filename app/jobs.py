@@ -1,0 +1,58 @@
+"""Email jobs as data: their lifecycle, stored as JSON in the user's `jobs` hash.
+
+A job's id is deterministic (`email|<uid>|<loop>|<step>|<kind>`): the same decision queues it once,
+and the id doubles as Resend's Idempotency-Key.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting for its due time or a retry
+    SENT = "sent"  # accepted by Resend, or written to the outbox
+    FAILED = "failed"  # permanent error or retries exhausted: in the dead-letter set
+    DROPPED = "dropped"  # not sent on purpose: the user unsubscribed or has no email
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SENT, JobStatus.FAILED, JobStatus.DROPPED})
+
+
+class RenderedEmail(BaseModel):
+    """An email rendered once, at its first attempt, and sent identically on every retry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sender: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class EmailJob(BaseModel):
+    """One email a loop decided to send to one user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    user_id: str
+    loop_id: str
+    step: int
+    kind: str
+    template: str
+    personalization: dict[str, str] = Field(default_factory=dict)
+    status: JobStatus = JobStatus.QUEUED
+    queued_at: int
+    due_at: int
+    attempts: int = 0
+    last_error: str | None = None
+    sent_at: int | None = None
+    provider_id: str | None = None
+    rendered: RenderedEmail | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES

@@ -1,0 +1,43 @@
+-- Apply the engine's decisions for one user, unless the user changed since the snapshot they
+-- were made from; then settle the user's evaluation lease and schedule the next look.
+-- KEYS[1] activity hash (rev)  KEYS[2] loops hash  KEYS[3] jobs hash  KEYS[4] timeline list
+-- KEYS[5] schedule zset        KEYS[6] leases zset
+-- ARGV[1] the rev the decisions were made from; ARGV[2] the evaluation job id (eval|<uid>)
+-- ARGV[3] wake at (epoch ms) or ""; ARGV[4] timeline length cap
+-- ARGV[5] n step states, then n pairs: field, state JSON
+-- then m email jobs: count, then m triples: job id, job JSON, due at (epoch ms)
+-- then t timeline entries: count, then t JSON entries
+-- Returns "conflict" (nothing written: the caller evaluates again) or "applied".
+local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
+if rev ~= ARGV[1] then
+  return 'conflict'
+end
+local a = 5
+local states = tonumber(ARGV[a])
+for i = 1, states do
+  redis.call('HSET', KEYS[2], ARGV[a + 2 * i - 1], ARGV[a + 2 * i])
+end
+a = a + 2 * states + 1
+local jobs = tonumber(ARGV[a])
+for i = 1, jobs do
+  local id, job, due = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
+  -- a job id is deterministic: the same decision made twice queues one email
+  if redis.call('HSETNX', KEYS[3], id, job) == 1 then
+    redis.call('ZADD', KEYS[5], 'NX', due, id)
+  end
+end
+a = a + 3 * jobs + 1
+for i = 1, tonumber(ARGV[a]) do
+  redis.call('LPUSH', KEYS[4], ARGV[a + i])
+end
+if tonumber(ARGV[a]) > 0 then
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
+end
+if states + jobs > 0 then
+  redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)
+end
+redis.call('ZREM', KEYS[6], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[5], 'LT', ARGV[3], ARGV[2])
+end
+return 'applied'

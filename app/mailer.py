@@ -1,0 +1,283 @@
+"""Sending one email through Resend's SDK: a pooled HTTP client, a rate limit, errors translated.
+
+This module is the only one that touches the `resend` SDK's module globals (API key, base URL,
+async HTTP client). Resend's failures enter here and leave as these types:
+
+    SendError (ActivationError)
+    ├── TransientSendError   429, 5xx, 408, 409 concurrent_idempotent_requests, timeouts,
+    │                        refused or dropped connections: retry later (`retry_after_s`)
+    └── PermanentSendError   every other 4xx: 400/422 bad payload, 401/403 bad key: dead-letter
+    AlreadySent (ActivationError)
+                             409 invalid_idempotent_request: an earlier attempt with this
+                             Idempotency-Key was accepted, so the email counts as sent
+"""
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import httpx
+import resend
+from resend.exceptions import ResendError
+from resend.http_client_async import AsyncHTTPClient
+
+from app.errors import ActivationError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RATE_PER_S = 2.0  # Resend's default limit, shared by every sender of the team
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+_SDK_DEFAULT_ASYNC_CLIENT = resend.default_async_http_client
+_ADDRESS = re.compile(r"[^\s<>()\"',;:]+@")
+
+
+class SendError(ActivationError):
+    """Resend did not take the email."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientSendError(SendError):
+    """Worth retrying later; `retry_after_s` is Resend's `retry-after`, when it sent one."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentSendError(SendError):
+    """The same request will fail again: the payload or the API key is wrong."""
+
+
+class AlreadySent(ActivationError):
+    """Resend already accepted an email under this Idempotency-Key (with another payload)."""
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(f"Resend already accepted an email with idempotency key {idempotency_key}")
+        self.idempotency_key = idempotency_key
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """One rendered email to one recipient."""
+
+    from_: str
+    to: str
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class RateLimiter:
+    """Starts requests at least `1 / rate_per_s` apart; `rate_per_s <= 0` means no spacing.
+
+    `hold_off(delay_s)` pushes the next start back (a 429's `retry-after`) even when spacing is
+    off. A slot is reserved before sleeping, so concurrent callers queue up without a lock.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.interval_s = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next_start_s = -math.inf
+
+    async def acquire(self) -> None:
+        delay_s = self.reserve()
+        if delay_s > 0:
+            await self._sleep(delay_s)
+
+    def reserve(self) -> float:
+        """Take the next free slot; return how long to wait for it, in seconds."""
+        now_s = self._clock()
+        start_s = max(now_s, self._next_start_s)
+        self._next_start_s = start_s + self.interval_s
+        return start_s - now_s
+
+    def hold_off(self, delay_s: float) -> None:
+        self._next_start_s = max(self._next_start_s, self._clock() + delay_s)
+
+
+class _TransportFailure(ResendError):
+    """No HTTP answer (refused, dropped, timed out). A ResendError, so the SDK lets it through."""
+
+    def __init__(self, cause: Exception) -> None:
+        message = f"no answer from Resend: {type(cause).__name__}"
+        super().__init__(code=0, error_type="transport", message=message, suggested_action="")
+        # httpx refused to send what we built (e.g. a bad header): retrying cannot help.
+        self.permanent = isinstance(cause, httpx.LocalProtocolError)
+
+
+class _PooledClient(AsyncHTTPClient):
+    """The SDK's async HTTP interface over one long-lived httpx client (the SDK's own client
+    opens a new connection for every request)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.http = httpx.AsyncClient(timeout=timeout_s)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        json: dict[str, object] | list[object] | None = None,
+        files: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        try:
+            # httpx's timeout bounds each phase; this bounds the whole exchange.
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.http.request(
+                    method, url, headers=headers, json=json, files=files, data=data
+                )
+        except (httpx.TransportError, TimeoutError) as exc:
+            raise _TransportFailure(exc) from exc
+        return response.content, response.status_code, response.headers
+
+
+class ResendMailer:
+    """Sends `OutgoingEmail`s through Resend, each with an Idempotency-Key, over one HTTP pool."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_url: str,
+        timeout_s: float,
+        *,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        if not api_key or api_key != api_key.strip():
+            raise ConfigError("RESEND_API_KEY must be a key, without spaces around it")
+        if not api_url.startswith(("https://", "http://")):
+            raise ConfigError("RESEND_API_URL must start with https:// (or http:// for tests)")
+        self._api_key = api_key
+        self.api_url = api_url.rstrip("/")
+        self.rate_limiter = rate_limiter or RateLimiter(DEFAULT_RATE_PER_S)
+        self.http_client = _PooledClient(timeout_s)
+
+    def __repr__(self) -> str:
+        return f"ResendMailer(api_url={self.api_url!r}, timeout_s={self.http_client.timeout_s})"
+
+    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str:
+        """Send `email`; return Resend's email id. Raises the types drawn in the docstring."""
+        _check_idempotency_key(idempotency_key)
+        await self.rate_limiter.acquire()
+        try:
+            response = await self._call_sdk(_send_params(email), idempotency_key)
+        except _TransportFailure as exc:
+            failure = PermanentSendError if exc.permanent else TransientSendError
+            raise failure(exc.message) from exc
+        except ResendError as exc:
+            raise self._translate(exc, idempotency_key) from exc
+        return _email_id(response, idempotency_key)
+
+    async def close(self) -> None:
+        await self.http_client.http.aclose()
+        if resend.default_async_http_client is self.http_client:
+            resend.default_async_http_client = _SDK_DEFAULT_ASYNC_CLIENT
+            resend.api_key = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _call_sdk(
+        self, params: resend.Emails.SendParams, idempotency_key: str
+    ) -> resend.Emails.SendResponse:
+        # The SDK reads these globals when the request starts, before its first await; set just
+        # before each call, several mailers can send concurrently on one event loop.
+        resend.api_key = self._api_key
+        resend.api_url = self.api_url
+        resend.default_async_http_client = self.http_client
+        return await resend.Emails.send_async(params, {"idempotency_key": idempotency_key})
+
+    def _translate(self, exc: ResendError, idempotency_key: str) -> ActivationError:
+        error = translate(exc, idempotency_key)
+        if isinstance(error, TransientSendError) and error.retry_after_s is not None:
+            # The limit is per team: hold every send back, not only this one's retry.
+            self.rate_limiter.hold_off(error.retry_after_s)
+        logger.debug("resend refused key=%s: %s", idempotency_key, error)
+        return error
+
+
+def translate(exc: ResendError, idempotency_key: str) -> ActivationError:
+    """Our type for an error answer from Resend, decided by HTTP status and Resend's `name`."""
+    status = _status(exc.code)
+    message = f"Resend answered {status} {exc.error_type}: {redact(exc.message)}"
+    if status == 409 and exc.error_type == "invalid_idempotent_request":
+        return AlreadySent(idempotency_key)
+    if status in (408, 409, 429) or status >= 500:
+        retry_after_s = parse_retry_after(exc.headers)
+        return TransientSendError(message, status=status, retry_after_s=retry_after_s)
+    return PermanentSendError(message, status=status)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """`retry-after` in seconds (Resend sends seconds); None if absent or not a number."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def redact(text: str) -> str:
+    """Resend's error messages may quote addresses: keep only their domains."""
+    return _ADDRESS.sub("***@", text)
+
+
+def _status(code: int | str) -> int:
+    try:
+        return int(code)
+    except ValueError:
+        return 500
+
+
+def _check_idempotency_key(key: str) -> None:
+    # Resend takes 1-256 characters; anything but printable ASCII cannot go in a header.
+    if not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and key.isascii() and key.isprintable()):
+        raise PermanentSendError("the idempotency key must be 1-256 printable ASCII characters")
+
+
+def _send_params(email: OutgoingEmail) -> resend.Emails.SendParams:
+    params: resend.Emails.SendParams = {
+        "from": email.from_,
+        "to": [email.to],
+        "subject": email.subject,
+        "html": email.html,
+        "text": email.text,
+    }
+    if email.headers:
+        params["headers"] = dict(email.headers)
+    if email.tags:
+        params["tags"] = [{"name": name, "value": value} for name, value in email.tags.items()]
+    return params
+
+
+def _email_id(response: resend.Emails.SendResponse, idempotency_key: str) -> str:
+    email_id = response.get("id")
+    if not isinstance(email_id, str) or not email_id:
+        # Retrying with the same key is safe: Resend answers with the first attempt's id.
+        raise TransientSendError("Resend answered 200 without an email id")
+    logger.debug("resend accepted key=%s id=%s", idempotency_key, email_id)
+    return email_id

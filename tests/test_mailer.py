@@ -1,0 +1,534 @@
+"""`app.mailer`: the real `resend` SDK, through `ResendMailer`, against the Resend stand-in served
+on a real port; and `RateLimiter` on a fake clock."""
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+import resend
+
+from app.errors import ConfigError
+from app.mailer import (
+    AlreadySent,
+    OutgoingEmail,
+    PermanentSendError,
+    RateLimiter,
+    ResendMailer,
+    TransientSendError,
+)
+from tests.resend_standin import ResendStandin, run_standin
+
+EMAIL = OutgoingEmail(
+    from_="Acme <hello@acme.dev>",
+    to="ann@example.com",
+    subject="Welcome aboard, Ann!",
+    html='<p>Hi Ann, <a href="https://app.acme.dev/p/1">keep going</a></p>',
+    text="Hi Ann, keep going: https://app.acme.dev/p/1",
+    headers={
+        "List-Unsubscribe": "<https://loops.acme.dev/unsubscribe?token=abc>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    },
+    tags={"loop": "activation", "step": "welcome-1"},
+)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ResendStandin]:
+    with run_standin() as standin:
+        yield standin
+
+
+@pytest.fixture
+def standin(served: ResendStandin) -> Iterator[ResendStandin]:
+    served.reset()
+    yield served
+    served.reset()
+
+
+@pytest.fixture
+async def mailer(standin: ResendStandin) -> AsyncIterator[ResendMailer]:
+    async with ResendMailer(
+        standin.api_key, standin.url, timeout_s=2.0, rate_limiter=RateLimiter(0)
+    ) as sender:
+        yield sender
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def key() -> str:
+    return f"job-{time.monotonic_ns()}"
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    """Wait (bounded) for something the stand-in's thread does."""
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not true within {timeout_s}s")
+
+
+# --- delivery and idempotency ---------------------------------------------------------------
+
+
+async def test_send_arrives_in_the_inbox_exactly(mailer: ResendMailer, standin: ResendStandin):
+    email_id = await mailer.send(EMAIL, "welcome/user_1")
+
+    [entry] = standin.inbox
+    assert entry["id"] == email_id
+    assert entry["idempotency_key"] == "welcome/user_1"
+    assert entry["body"] == {
+        "from": "Acme <hello@acme.dev>",
+        "to": ["ann@example.com"],
+        "subject": "Welcome aboard, Ann!",
+        "html": EMAIL.html,
+        "text": EMAIL.text,
+        "headers": EMAIL.headers,
+        "tags": [{"name": "loop", "value": "activation"}, {"name": "step", "value": "welcome-1"}],
+    }
+
+
+async def test_same_key_twice_is_one_email_with_one_id(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    job = key()
+    first = await mailer.send(EMAIL, job)
+    second = await mailer.send(EMAIL, job)
+
+    assert first == second
+    assert len(standin.inbox) == 1
+    assert standin.requests == 2
+
+
+async def test_same_key_with_another_payload_counts_as_already_sent(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    job = key()
+    await mailer.send(EMAIL, job)
+
+    with pytest.raises(AlreadySent) as caught:
+        await mailer.send(replace(EMAIL, subject="Another subject"), job)
+
+    assert caught.value.idempotency_key == job
+    assert len(standin.inbox) == 1
+
+
+async def test_a_request_still_in_flight_with_the_key_is_transient(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    job = key()
+    standin.script(("hang", 1.0))
+    first = asyncio.create_task(mailer.send(EMAIL, job))
+    await eventually(lambda: job in standin.app.state.in_flight)
+
+    with pytest.raises(TransientSendError) as caught:
+        await mailer.send(EMAIL, job)
+
+    assert caught.value.status == 409
+    assert await first == standin.inbox[0]["id"]
+    assert len(standin.inbox) == 1
+
+
+# --- error translation ----------------------------------------------------------------------
+
+
+async def test_scripted_500s_are_transient_then_the_send_goes_through(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    job = key()
+    standin.script(("status", 500), ("status", 500))
+
+    for _ in range(2):
+        with pytest.raises(TransientSendError) as caught:
+            await mailer.send(EMAIL, job)
+        assert caught.value.status == 500
+    email_id = await mailer.send(EMAIL, job)
+
+    assert [entry["id"] for entry in standin.inbox] == [email_id]
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_proxy_error_page_is_transient(
+    mailer: ResendMailer, standin: ResendStandin, status: int
+):
+    standin.script(("status", status))
+
+    with pytest.raises(TransientSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert caught.value.status == status
+
+
+async def test_429_is_transient_with_retry_after(mailer: ResendMailer, standin: ResendStandin):
+    standin.script(("status", 429, 7))
+
+    with pytest.raises(TransientSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert caught.value.status == 429
+    assert caught.value.retry_after_s == 7.0
+
+
+async def test_429_without_retry_after_has_none(mailer: ResendMailer, standin: ResendStandin):
+    standin.script(("status", 429))
+
+    with pytest.raises(TransientSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert caught.value.retry_after_s is None
+
+
+async def test_429_holds_every_later_send_back(standin: ResendStandin):
+    fake = FakeTime()
+    limiter = RateLimiter(0, clock=fake, sleep=fake.sleep)
+    standin.script(("status", 429, 7))
+    async with ResendMailer(standin.api_key, standin.url, 2.0, rate_limiter=limiter) as sender:
+        with pytest.raises(TransientSendError):
+            await sender.send(EMAIL, key())
+        await sender.send(EMAIL, key())
+
+    assert fake.sleeps == [7.0]
+
+
+async def test_422_is_permanent(mailer: ResendMailer, standin: ResendStandin):
+    standin.script(("status", 422))
+
+    with pytest.raises(PermanentSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert caught.value.status == 422
+
+
+async def test_concurrent_request_409_is_transient(mailer: ResendMailer, standin: ResendStandin):
+    standin.script(("status", 409))
+
+    with pytest.raises(TransientSendError):
+        await mailer.send(EMAIL, key())
+
+
+async def test_a_wrong_api_key_is_permanent(standin: ResendStandin):
+    async with ResendMailer("re_wrong", standin.url, 2.0, rate_limiter=RateLimiter(0)) as sender:
+        with pytest.raises(PermanentSendError) as caught:
+            await sender.send(EMAIL, key())
+
+    assert caught.value.status == 403
+    assert standin.inbox == []
+
+
+async def test_a_401_is_permanent(mailer: ResendMailer, standin: ResendStandin):
+    standin.script(("status", 401))
+
+    with pytest.raises(PermanentSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert caught.value.status == 401
+
+
+@pytest.mark.parametrize("api_key", ["", " re_key", "re_key\n"])
+def test_a_blank_or_padded_api_key_is_a_config_error(api_key: str):
+    with pytest.raises(ConfigError, match="RESEND_API_KEY"):
+        ResendMailer(api_key, "https://api.resend.com", 2.0)
+
+
+@pytest.mark.parametrize("bad_key", ["", "k" * 257, "job\n1", "jöb-1"])
+async def test_an_idempotency_key_resend_would_refuse_is_permanent_and_never_sent(
+    mailer: ResendMailer, standin: ResendStandin, bad_key: str
+):
+    with pytest.raises(PermanentSendError):
+        await mailer.send(EMAIL, bad_key)
+
+    assert standin.requests == 0
+
+
+async def test_addresses_in_resend_messages_are_redacted(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    # Resend's 403 for a test key quotes the account's address.
+    message = "You can only send testing emails to your own email address (youremail@domain.com)."
+    standin.script(("status", 403, None, "validation_error", message))
+
+    with pytest.raises(PermanentSendError) as caught:
+        await mailer.send(EMAIL, key())
+
+    assert "***@domain.com" in str(caught.value)
+    assert "youremail@" not in str(caught.value)
+
+
+async def test_a_hang_longer_than_the_timeout_is_transient_within_the_timeout(
+    standin: ResendStandin,
+):
+    standin.script(("hang", 10))
+    async with ResendMailer(standin.api_key, standin.url, 0.3, rate_limiter=RateLimiter(0)) as m:
+        started_s = time.monotonic()
+        with pytest.raises(TransientSendError):
+            await m.send(EMAIL, key())
+        elapsed_s = time.monotonic() - started_s
+
+    assert 0.25 < elapsed_s < 1.5
+    assert standin.inbox == []
+
+
+async def test_connection_refused_is_transient():
+    url = f"http://127.0.0.1:{free_port()}"
+    async with ResendMailer("re_key", url, 1.0, rate_limiter=RateLimiter(0)) as sender:
+        with pytest.raises(TransientSendError, match="ConnectError"):
+            await sender.send(EMAIL, key())
+
+
+@pytest.mark.parametrize("failure", [500, "drop"])
+async def test_accepted_but_unanswered_is_transient_and_the_retry_gets_the_same_id(
+    mailer: ResendMailer, standin: ResendStandin, failure: int | str
+):
+    job = key()
+    standin.script(("accept_then_fail", failure))
+
+    with pytest.raises(TransientSendError):
+        await mailer.send(EMAIL, job)
+    email_id = await mailer.send(EMAIL, job)
+
+    assert [entry["id"] for entry in standin.inbox] == [email_id]
+
+
+# --- the payload is checked against Resend's schema -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": None},
+        {"from_": "Acme hello-at-acme.dev"},
+        {"to": "not an address"},
+        {"tags": {"loop": "activation.v2"}},
+    ],
+)
+async def test_a_payload_resend_would_refuse_is_a_permanent_422(
+    mailer: ResendMailer, standin: ResendStandin, change: dict[str, Any]
+):
+    with pytest.raises(PermanentSendError) as caught:
+        await mailer.send(replace(EMAIL, **change), key())
+
+    assert caught.value.status == 422
+    assert standin.inbox == []
+
+
+GOOD_BODY = {"from": "a@acme.dev", "to": "b@example.com", "subject": "Hi", "text": "Hello"}
+NO_SUBJECT = {name: value for name, value in GOOD_BODY.items() if name != "subject"}
+FIFTY_ONE = [f"u{i}@example.com" for i in range(51)]
+BAD_VARIABLE = {"id": "tmpl_1", "variables": {"a": [1]}}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "name", "field"),
+    [
+        (NO_SUBJECT, 422, "missing_required_field", "subject"),
+        ({**GOOD_BODY, "to": []}, 422, "validation_error", "to"),
+        ({**GOOD_BODY, "to": FIFTY_ONE}, 422, "validation_error", "to"),
+        ({**GOOD_BODY, "headers": ["X-A: 1"]}, 422, "validation_error", "headers"),
+        ({**GOOD_BODY, "tags": [{"name": 1}]}, 422, "validation_error", "tags[0].name"),
+        ({**GOOD_BODY, "template": {}}, 422, "missing_required_field", "template.id"),
+        ({**GOOD_BODY, "template": BAD_VARIABLE}, 422, "validation_error", "template.variables.a"),
+        ({**GOOD_BODY, "cc": 5}, 422, "validation_error", "cc"),
+        (["not", "an", "object"], 400, "validation_error", None),
+    ],
+)
+def test_the_standin_refuses_bodies_against_the_schema(
+    standin: ResendStandin, body: Any, status: int, name: str, field: str | None
+):
+    response = post(standin, json=body)
+
+    assert response.status_code == status
+    error = response.json()
+    assert (error["statusCode"], error["name"]) == (status, name)
+    if field is not None:
+        assert f"`{field}`" in error["message"]
+    assert standin.inbox == []
+
+
+def test_the_standin_accepts_a_minimal_valid_body(standin: ResendStandin):
+    response = post(standin, json=GOOD_BODY)
+
+    assert response.status_code == 200
+    assert standin.inbox[0]["id"] == response.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "name"),
+    [
+        ("POST", "/emails", {"Authorization": ""}, 401, "missing_api_key"),
+        ("POST", "/emails", {"Idempotency-Key": "k" * 257}, 400, "invalid_idempotency_key"),
+        ("POST", "/emails", {"Idempotency-Key": ""}, 400, "invalid_idempotency_key"),
+        ("GET", "/emails", {}, 405, "method_not_allowed"),
+        ("POST", "/nowhere", {}, 404, "not_found"),
+    ],
+)
+def test_the_standin_answers_errors_like_resend(
+    standin: ResendStandin, method: str, path: str, headers: dict[str, str], status: int, name: str
+):
+    response = post(standin, json=GOOD_BODY, method=method, path=path, headers=headers)
+
+    assert response.status_code == status
+    assert response.json()["name"] == name
+    assert standin.requests == 1
+
+
+def test_the_standin_forgets_keys_after_the_window(standin: ResendStandin):
+    standin.app.state.idempotency_window_s = 0
+    first = post(standin, json=GOOD_BODY, headers={"Idempotency-Key": "k1"})
+    time.sleep(0.01)
+    second = post(standin, json=GOOD_BODY, headers={"Idempotency-Key": "k1"})
+
+    assert first.json()["id"] != second.json()["id"]
+    assert len(standin.inbox) == 2
+
+
+def test_an_unknown_fault_is_refused(standin: ResendStandin):
+    with pytest.raises(ValueError, match="unknown fault"):
+        standin.script(("explode",))
+
+
+def post(
+    standin: ResendStandin,
+    *,
+    json: Any,
+    method: str = "POST",
+    path: str = "/emails",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    sent = {"Authorization": f"Bearer {standin.api_key}", **(headers or {})}
+    with httpx.Client(base_url=standin.url, timeout=5.0) as http:
+        return http.request(method, path, json=json, headers=sent)
+
+
+# --- one connection pool, the SDK's globals contained ---------------------------------------
+
+
+async def test_many_sends_share_one_pooled_connection(mailer: ResendMailer, standin: ResendStandin):
+    for _ in range(5):
+        await mailer.send(EMAIL, key())
+
+    assert standin.requests == 5
+    assert standin.connections == 1
+    assert resend.default_async_http_client is mailer.http_client
+
+
+async def test_two_mailers_send_concurrently_each_with_its_own_key(
+    mailer: ResendMailer, standin: ResendStandin
+):
+    async with ResendMailer("re_other", standin.url, 2.0, rate_limiter=RateLimiter(0)) as other:
+        sends = [sender.send(EMAIL, key()) for _ in range(5) for sender in (mailer, other)]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+
+    assert all(isinstance(result, str) for result in results[0::2])
+    assert all(isinstance(result, PermanentSendError) for result in results[1::2])
+    assert len(standin.inbox) == 5
+
+
+async def test_close_closes_the_pool_and_gives_the_sdk_its_default_back(standin: ResendStandin):
+    sdk_default = resend.default_async_http_client
+    sender = ResendMailer(standin.api_key, standin.url, 2.0, rate_limiter=RateLimiter(0))
+    await sender.send(EMAIL, key())
+    await sender.close()
+
+    assert sender.http_client.http.is_closed
+    assert resend.default_async_http_client is sdk_default
+    assert resend.api_key is None
+
+
+def test_an_api_url_without_scheme_is_a_config_error():
+    with pytest.raises(ConfigError, match="RESEND_API_URL"):
+        ResendMailer("re_key", "api.resend.com", 2.0)
+
+
+async def test_the_mailer_spaces_its_requests(standin: ResendStandin):
+    async with ResendMailer(standin.api_key, standin.url, 2.0, rate_limiter=RateLimiter(10)) as m:
+        started_s = time.monotonic()
+        for _ in range(3):
+            await m.send(EMAIL, key())
+        elapsed_s = time.monotonic() - started_s
+
+    assert elapsed_s >= 0.2
+
+
+# --- RateLimiter ----------------------------------------------------------------------------
+
+
+class FakeTime:
+    """A monotonic clock in seconds that only `sleep` moves; sleeps are recorded."""
+
+    def __init__(self, now_s: float = 100.0) -> None:
+        self.now_s = now_s
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        self.sleeps.append(delay_s)
+        self.now_s += delay_s
+
+
+def limiter(rate_per_s: float) -> tuple[RateLimiter, FakeTime]:
+    fake = FakeTime()
+    return RateLimiter(rate_per_s, clock=fake, sleep=fake.sleep), fake
+
+
+async def test_the_limiter_spaces_calls_by_the_rate():
+    rate, fake = limiter(2.0)
+
+    for _ in range(3):
+        await rate.acquire()
+
+    assert fake.sleeps == [0.5, 0.5]
+
+
+def test_concurrent_callers_each_get_their_own_slot():
+    rate, _ = limiter(4.0)
+
+    assert [rate.reserve() for _ in range(4)] == [0.0, 0.25, 0.5, 0.75]
+
+
+async def test_the_limiter_does_not_wait_after_a_quiet_spell():
+    rate, fake = limiter(2.0)
+    await rate.acquire()
+    fake.now_s += 10
+
+    await rate.acquire()
+
+    assert fake.sleeps == []
+
+
+async def test_a_rate_of_zero_turns_spacing_off():
+    rate, fake = limiter(0)
+
+    for _ in range(5):
+        await rate.acquire()
+
+    assert fake.sleeps == []
+
+
+async def test_hold_off_delays_the_next_call_even_with_spacing_off():
+    rate, fake = limiter(0)
+    rate.hold_off(3.0)
+
+    await rate.acquire()
+    await rate.acquire()
+
+    assert fake.sleeps == [3.0]
+
+
+def test_hold_off_never_brings_the_next_slot_forward():
+    rate, _ = limiter(1.0)
+    rate.hold_off(5.0)
+    rate.hold_off(1.0)
+
+    assert rate.reserve() == 5.0
