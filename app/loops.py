@@ -140,6 +140,8 @@ class EmailAction:
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One step of a loop; `index` is its place in `Loop.steps` (and in the file's `steps`)."""
+
     index: int
     trigger: Trigger | None
     condition: ActionCondition | None
@@ -169,6 +171,8 @@ class Recovery:
 
 @dataclass(frozen=True, slots=True)
 class Loop:
+    """One loop file, checked and normalised; `id` is the file stem."""
+
     id: str
     type: LoopType
     opinion: str

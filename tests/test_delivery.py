@@ -1,0 +1,418 @@
+"""Email delivery end to end: the shipped loops, the real resend SDK against the local Resend
+stand-in, the worker driven by hand on a fake clock. Every fault ends in exactly one email."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.delivery import Delivery, OutboxMailer, mask, retry_delay_ms
+from app.loops import Backoff, Recovery
+from app.mailer import OutgoingEmail, RateLimiter
+from app.main import create_app
+from app.settings import Settings
+from app.store import Store
+from app.worker import Worker
+from tests.conftest import AUTH, FakeClock, load_fixture, sign
+from tests.resend_standin import ResendStandin, run_standin
+
+SEC = 1000
+MIN = 60 * SEC
+USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+SENDER = "Acme <hello@acme.dev>"
+
+
+@pytest.fixture(scope="module")
+def resend_server() -> Iterator[ResendStandin]:
+    with run_standin() as standin:
+        yield standin
+
+
+@pytest.fixture
+def resend(resend_server: ResendStandin) -> ResendStandin:
+    resend_server.reset()
+    return resend_server
+
+
+@pytest.fixture
+async def app(
+    make_settings: Callable[..., Settings], clock: FakeClock, resend: ResendStandin
+) -> AsyncIterator[FastAPI]:
+    settings = make_settings(
+        resend_api_key=resend.api_key,
+        resend_api_url=resend.url,
+        email_from=SENDER,
+        resend_rate_limit_per_s=0,
+        resend_timeout_s=1.0,
+        app_url="https://app.acme.dev",
+        public_url="https://loops.acme.dev",
+    )
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        # the fake clock drives the mailer's 429 hold-off too, so no test sleeps for real
+        mailer = application.state.worker.send_email.mailer
+        mailer.rate_limiter = RateLimiter(0, clock=lambda: clock.now_ms / 1000, sleep=no_sleep)
+        yield application
+
+
+async def no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+def worker_of(app: FastAPI) -> Worker:
+    worker: Worker = app.state.worker
+    return worker
+
+
+def store_of(app: FastAPI) -> Store:
+    store: Store = app.state.store
+    return store
+
+
+async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:
+    event = load_fixture("clerk_user_created.json")
+    event["data"]["id"] = user_id
+    body = json.dumps(event).encode()
+    response = await client.post("/webhooks/clerk", content=body, headers=sign(body))
+    assert response.status_code == 200
+
+
+async def activate(client: httpx.AsyncClient, user_id: str = USER) -> None:
+    body = {"user_id": user_id, "action": "first_project_created"}
+    assert (await client.post("/v1/actions", json=body, headers=AUTH)).status_code == 202
+
+
+async def emails(client: httpx.AsyncClient, user_id: str = USER) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/users/{user_id}", headers=AUTH)
+    found: list[dict[str, Any]] = response.json()["emails"]
+    return found
+
+
+async def test_signup_and_first_project_send_one_personalised_welcome(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+
+    assert len(resend.inbox) == 1
+    sent = resend.inbox[0]
+    body = sent["body"]
+    assert body["from"] == SENDER
+    assert body["to"] == ["example@example.org"]
+    assert body["subject"] == "Welcome aboard, Example Example!"
+    assert "Hi Example Example," in body["html"]
+    assert 'href="https://app.acme.dev"' in body["html"]
+    assert "Hi Example Example," in body["text"]
+    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert body["headers"]["List-Unsubscribe"].startswith("<https://loops.acme.dev/unsubscribe?")
+    assert sent["idempotency_key"] == f"email|{USER}|activation|0|action"
+    [email] = await emails(client)
+    assert (email["status"], email["attempts"], email["subject"]) == (
+        "sent",
+        1,
+        "Welcome aboard, Example Example!",
+    )
+
+
+async def test_no_first_project_in_five_minutes_sends_the_nudge_instead(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    await signup(client)
+    await worker_of(app).drain()
+    clock.advance(5 * MIN)
+    await worker_of(app).drain()
+    await activate(client)  # after the deadline: no welcome any more
+    await worker_of(app).drain()
+
+    assert [sent["idempotency_key"] for sent in resend.inbox] == [
+        f"email|{USER}|activation|0|timeout"
+    ]
+
+
+async def test_server_errors_are_retried_with_backoff_then_sent_once(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    resend.script(("status", 500), ("status", 503))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    [email] = await emails(client)
+    assert (email["status"], email["attempts"]) == ("queued", 1)
+    assert 8 * SEC <= email["due_at"] - clock.now_ms <= 12 * SEC  # about 10 s, jittered
+
+    clock.advance(12 * SEC)
+    await worker_of(app).drain()  # the second attempt fails too: about 20 s more
+    clock.advance(25 * SEC)
+    await worker_of(app).drain()
+
+    assert len(resend.inbox) == 1
+    [email] = await emails(client)
+    assert (email["status"], email["attempts"], email["last_error"]) == ("sent", 3, None)
+
+
+async def test_rate_limited_send_waits_for_retry_after(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    resend.script(("status", 429, 40))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    clock.advance(30 * SEC)
+    await worker_of(app).drain()
+    assert resend.inbox == []
+
+    clock.advance(11 * SEC)
+    await worker_of(app).drain()
+    assert len(resend.inbox) == 1
+
+
+async def test_permanent_error_goes_to_the_dead_letters_and_an_operator_retries_it(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    resend.script(("status", 422))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    [email] = await emails(client)
+    assert email["status"] == "failed"
+    assert "422" in email["last_error"] or "validation" in email["last_error"]
+    [dead] = await store_of(app).dead_jobs()
+    assert dead.id == email["id"]
+
+    assert await store_of(app).retry_dead(dead, now_ms=clock.now_ms)
+    await worker_of(app).drain()
+    assert len(resend.inbox) == 1
+    assert await store_of(app).dead_jobs() == []
+
+
+async def test_exhausted_retries_go_to_the_dead_letters(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    resend.script(*[("status", 500)] * 4)
+    await signup(client)
+    await activate(client)
+    for _ in range(5):
+        await worker_of(app).drain()
+        clock.advance(2 * MIN)
+    [email] = await emails(client)
+    assert (email["status"], email["attempts"]) == ("failed", 4)  # the first try + 3 retries
+    assert resend.inbox == []
+    assert [job.id for job in await store_of(app).dead_jobs()] == [email["id"]]
+
+
+@pytest.mark.parametrize("failure", [500, "drop"])
+async def test_accepted_but_the_answer_was_lost_sends_one_email(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    resend: ResendStandin,
+    clock: FakeClock,
+    failure: object,
+) -> None:
+    resend.script(("accept_then_fail", failure))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    clock.advance(MIN)
+    await worker_of(app).drain()
+
+    assert len(resend.inbox) == 1
+    [email] = await emails(client)
+    assert (email["status"], email["attempts"]) == ("sent", 2)
+
+
+class DiesAfterSending:
+    """A mailer whose worker dies the moment Resend accepted: the outcome is never recorded."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.deaths = 1
+
+    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str:
+        provider_id: str = await self.inner.send(email, idempotency_key)
+        if self.deaths:
+            self.deaths -= 1
+            raise RuntimeError("worker killed after Resend accepted")
+        return provider_id
+
+
+async def test_worker_killed_after_resend_accepted_resends_with_the_same_key_once(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    worker = worker_of(app)
+    delivery = worker.send_email
+    assert isinstance(delivery, Delivery)
+    delivery.mailer = DiesAfterSending(delivery.mailer)
+    await signup(client)
+    await activate(client)
+    await worker.drain()
+    assert len(resend.inbox) == 1
+    assert (await emails(client))[0]["status"] == "queued"  # the dead worker recorded nothing
+
+    clock.advance(61 * SEC)  # the lease runs out and the job comes back
+    await worker.drain()
+
+    assert len(resend.inbox) == 1
+    assert resend.requests >= 2
+    [email] = await emails(client)
+    assert email["status"] == "sent"
+
+
+async def test_attempt_outcome_unknown_past_resends_window_is_not_sent_again(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    worker = worker_of(app)
+    delivery = worker.send_email
+    assert isinstance(delivery, Delivery)
+    delivery.mailer = DiesAfterSending(delivery.mailer)
+    await signup(client)
+    await activate(client)
+    await worker.drain()
+    clock.advance(25 * 60 * MIN)  # the worker was down for a day: Resend forgot the key
+    await worker.drain()
+
+    assert len(resend.inbox) == 1
+    [email] = await emails(client)
+    assert email["status"] == "failed"
+    assert "outcome is unknown" in email["last_error"]
+
+
+async def test_several_workers_on_one_queue_send_each_email_once(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    users = [f"user_multi_{index}" for index in range(8)]
+    for user in users:
+        await signup(client, user)
+        await activate(client, user)
+    worker = worker_of(app)
+    await asyncio.gather(*(worker.drain() for _ in range(4)))
+
+    keys = [sent["idempotency_key"] for sent in resend.inbox]
+    assert sorted(keys) == sorted(f"email|{user}|activation|0|action" for user in users)
+
+
+async def test_user_without_an_email_address_is_recorded_not_sent(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    event = load_fixture("clerk_user_created.json")
+    event["data"]["primary_email_address_id"] = None
+    body = json.dumps(event).encode()
+    await client.post("/webhooks/clerk", content=body, headers=sign(body))
+    await activate(client)
+    await worker_of(app).drain()
+
+    assert resend.inbox == []
+    [email] = await emails(client)
+    assert email["status"] == "dropped"
+
+
+# --- unsubscribe ----------------------------------------------------------------------------
+
+
+def unsubscribe_token(sent: dict[str, Any]) -> str:
+    link = sent["body"]["headers"]["List-Unsubscribe"].strip("<>")
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+async def test_one_click_unsubscribe_stops_further_loop_email(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    token = unsubscribe_token(resend.inbox[0])
+
+    page = await client.get("/unsubscribe", params={"token": token})
+    assert page.status_code == 200
+    assert "<form method=post" in page.text
+    assert (await emails(client))[0]["status"] == "sent"  # opening the page changed nothing
+
+    response = await client.post(
+        "/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"}
+    )
+    assert response.status_code == 200
+    clock.advance(3 * 24 * 60 * MIN)  # the day-2 tips would be due now
+    await worker_of(app).drain()
+    assert len(resend.inbox) == 1
+
+
+async def test_unsubscribe_drops_emails_already_queued(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    resend.script(("status", 500))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()  # queued for a retry
+    token = app.state.unsubscribe_tokens.issue(USER)
+    await client.post("/unsubscribe", params={"token": token})
+    clock.advance(MIN)
+    await worker_of(app).drain()
+
+    assert resend.inbox == []
+    [email] = await emails(client)
+    assert (email["status"], email["last_error"]) == ("dropped", "unsubscribed")
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("garbage", id="garbage"),
+        pytest.param("dXNlcl8x.AAAA", id="forged-signature"),
+        pytest.param("!!!.???", id="not-base64"),
+    ],
+)
+async def test_bad_unsubscribe_token_is_refused(client: httpx.AsyncClient, token: str) -> None:
+    assert (await client.get("/unsubscribe", params={"token": token})).status_code == 400
+    assert (await client.post("/unsubscribe", params={"token": token})).status_code == 400
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_a_token_cannot_be_moved_to_another_user(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    import base64
+
+    token = app.state.unsubscribe_tokens.issue("user_a")
+    _, signature = token.split(".")
+    other = base64.urlsafe_b64encode(b"user_b").rstrip(b"=").decode()
+    response = await client.post("/unsubscribe", params={"token": f"{other}.{signature}"})
+    assert response.status_code == 400
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backoff", "retry", "retry_after_s", "jitter", "expected_ms"),
+    [
+        (Backoff.EXPONENTIAL, 1, None, 0.5, 10_000),
+        (Backoff.EXPONENTIAL, 3, None, 0.5, 40_000),
+        (Backoff.EXPONENTIAL, 30, None, 0.5, 3_600_000),  # capped at max_delay
+        (Backoff.LINEAR, 3, None, 0.5, 30_000),
+        (Backoff.FIXED, 3, None, 0.5, 10_000),
+        (Backoff.EXPONENTIAL, 1, None, 0.0, 8_000),  # jitter: -20 %
+        (Backoff.EXPONENTIAL, 1, None, 1.0, 12_000),  # jitter: +20 %
+        (Backoff.EXPONENTIAL, 1, 90.0, 0.5, 90_000),  # never sooner than retry-after
+    ],
+)
+def test_retry_delay(
+    backoff: Backoff, retry: int, retry_after_s: float | None, jitter: float, expected_ms: int
+) -> None:
+    recovery = Recovery(3, backoff, 10_000, 3_600_000)
+    assert retry_delay_ms(recovery, retry, retry_after_s, lambda: jitter) == expected_ms
+
+
+def test_addresses_are_masked_in_logs() -> None:
+    assert mask("ada@example.org") == "a***@example.org"
+    assert mask("nonsense") == "***"
+
+
+async def test_outbox_mailer_sends_nothing_and_names_the_key() -> None:
+    email = OutgoingEmail(from_=SENDER, to="ada@example.org", subject="Hi", html="<p>", text="")
+    assert await OutboxMailer().send(email, "email|u|l|0|action") == "outbox:email|u|l|0|action"
