@@ -12,25 +12,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from svix.webhooks import Webhook
 
 from app import __version__, actions, health, progress, unsubscribe, webhooks
 from app.clock import Clock, system_clock_ms
-from app.connections import connect
-from app.delivery import Delivery, Mailer, OutboxMailer
 from app.engine import tracked_counts
-from app.errors import ConfigError, RequestRefused, StorageError, StorageUnavailable
-from app.keys import Keys
-from app.loops import Loop, LoopFileError, load_loops
-from app.mailer import RateLimiter, ResendMailer
-from app.messages import DEFAULT_SENDER, Composer
+from app.errors import RequestRefused, StorageError, StorageUnavailable
+from app.loops import Loop
+from app.runtime import build_runtime, load_settings
 from app.settings import Settings
 from app.startup import configure_logging, describe_configuration
-from app.store import Store
-from app.templates import TemplateSet
-from app.unsubscribe import UnsubscribeTokens
-from app.worker import Evaluator, Worker, WorkerConfig
+from app.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +53,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.given_settings or load_settings()
     configure_logging(settings.log_level)
     logger.log(*describe_configuration(settings))
-    loops, templates = load_loop_files(settings)
-    store = build_store(settings)
-    tokens = UnsubscribeTokens.from_settings(settings)
-    mailer = build_mailer(settings)
-    composer = build_composer(settings, loops, templates, tokens)
-    worker = build_worker(settings, store, loops, composer, mailer, app.state.clock)
-    app.state.unsubscribe_tokens = tokens
+    runtime = build_runtime(settings, app.state.clock)
+    worker = runtime.worker
     app.state.settings = settings
-    app.state.store = store
-    app.state.loops = loops
-    app.state.tracked_counts = tracked_counts(loops.values())
+    app.state.runtime = runtime
+    app.state.store = runtime.store
+    app.state.loops = runtime.loops
+    app.state.tracked_counts = tracked_counts(runtime.loops.values())
     app.state.worker = worker
+    app.state.unsubscribe_tokens = runtime.tokens
     app.state.clerk_verifier = build_verifier(settings)
     app.state.wake_worker = worker.wake if settings.worker_in_process else lambda: None
     app.state.readiness = {
-        "storage": store.ping,
-        "loops": loops_check(loops),
+        "storage": runtime.store.ping,
+        "loops": loops_check(runtime.loops),
         "worker": worker_check(settings, worker),
     }
     task = asyncio.create_task(worker.run()) if settings.worker_in_process else None
@@ -85,94 +74,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await stop_worker(worker, task)
-        if isinstance(mailer, ResendMailer):
-            await mailer.close()
-        await store.close()
+        await runtime.close()
 
 
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {describe_validation(exc)}") from None
-
-
-def describe_validation(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]).upper()
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
-
-
-def load_loop_files(settings: Settings) -> tuple[dict[str, Loop], TemplateSet]:
-    """Loops and their templates, every use of a template checked: errors stop startup."""
-    try:
-        loops = load_loops(settings.loops_dir)
-    except LoopFileError as exc:
-        raise ConfigError(str(exc)) from None
-    templates = TemplateSet.load(settings.loops_dir / "templates")
-    for loop in loops.values():
-        check_templates(loop, templates)
-    logger.info("loaded %d loop(s) from %s: %s", len(loops), settings.loops_dir, ", ".join(loops))
-    return loops, templates
-
-
-def check_templates(loop: Loop, templates: TemplateSet) -> None:
-    for step in loop.steps:
-        for field, email in (("action", step.action), ("on_timeout", step.on_timeout)):
-            if email is not None:
-                where = f"{loop.source}: steps[{step.index}].{field}"
-                templates.check(email.template, email.personalization, where)
-
-
-def build_mailer(settings: Settings) -> Mailer:
-    if settings.resend_api_key is None:
-        return OutboxMailer()
-    return ResendMailer(
-        settings.resend_api_key.get_secret_value(),
-        settings.resend_api_url,
-        settings.resend_timeout_s,
-        rate_limiter=RateLimiter(settings.resend_rate_limit_per_s),
-    )
-
-
-def build_composer(
-    settings: Settings, loops: dict[str, Loop], templates: TemplateSet, tokens: UnsubscribeTokens
-) -> Composer:
-    return Composer(
-        templates=templates,
-        loops=loops,
-        tokens=tokens,
-        sender=settings.email_from or DEFAULT_SENDER,
-        app_url=settings.app_url,
-        public_url=settings.public_url,
-    )
-
-
-def build_store(settings: Settings) -> Store:
-    return Store(
-        connect(settings),
-        Keys(settings.key_prefix),
-        webhook_dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
-        action_dedupe_ttl_s=settings.action_dedupe_ttl_s,
-    )
-
-
-def build_worker(  # every part the worker drives
-    settings: Settings,
-    store: Store,
-    loops: dict[str, Loop],
-    composer: Composer,
-    mailer: Mailer,
-    clock: Clock,
-) -> Worker:
-    config = WorkerConfig(
-        lease_ms=int(settings.worker_lease_s * 1000), idle_s=settings.worker_idle_s
-    )
-    evaluator = Evaluator(store, loops, composer, clock)
-    delivery = Delivery(store, loops, mailer, clock)
-    return Worker(store, evaluator, clock, send_email=delivery, config=config)
+def build_verifier(settings: Settings) -> Webhook | None:
+    secret = settings.clerk_webhook_signing_secret
+    return Webhook(secret.get_secret_value()) if secret is not None else None
 
 
 def loops_check(loops: dict[str, Loop]) -> Callable[[], Awaitable[None]]:
@@ -206,11 +113,6 @@ async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None
             await asyncio.wait_for(task, timeout=30)
         except TimeoutError:
             logger.warning("worker did not stop within 30 s")
-
-
-def build_verifier(settings: Settings) -> Webhook | None:
-    secret = settings.clerk_webhook_signing_secret
-    return Webhook(secret.get_secret_value()) if secret is not None else None
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -151,10 +151,10 @@ class Worker:
     async def run_once(self) -> Claim:
         """Claim what is due now and run it; returns the claim (with when to look again)."""
         now = self.clock()
-        self.last_loop_at_ms = now
         claim = await self.store.claim_due(
             now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
         )
+        self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
         for job_id in claim.job_ids:
             if self._stopping:
                 break  # the lease brings the rest back for another worker

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.errors import ConfigError
-from app.main import load_settings
+from app.runtime import load_settings
 from app.settings import Settings, StorageKind
 from app.startup import describe_configuration, host_of
 

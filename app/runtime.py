@@ -1,0 +1,135 @@
+"""Everything a process needs, built from the settings: storage, loops and templates, the mailer,
+the worker. Shared by the web app's lifespan and the `activation worker` command.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from app.clock import Clock
+from app.connections import connect
+from app.delivery import Delivery, Mailer, OutboxMailer
+from app.errors import ConfigError
+from app.keys import Keys
+from app.loops import Loop, LoopFileError, load_loops
+from app.mailer import RateLimiter, ResendMailer
+from app.messages import DEFAULT_SENDER, Composer
+from app.settings import Settings
+from app.store import Store
+from app.templates import TemplateSet
+from app.unsubscribe import UnsubscribeTokens
+from app.worker import Evaluator, Worker, WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    loops: dict[str, Loop]
+    templates: TemplateSet
+    tokens: UnsubscribeTokens
+    mailer: Mailer
+    worker: Worker
+
+    async def close(self) -> None:
+        if isinstance(self.mailer, ResendMailer):
+            await self.mailer.close()
+        await self.store.close()
+
+
+def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+    loops, templates = load_loop_files(settings)
+    store = build_store(settings)
+    tokens = UnsubscribeTokens.from_settings(settings)
+    mailer = build_mailer(settings)
+    composer = build_composer(settings, loops, templates, tokens)
+    worker = build_worker(settings, store, loops, composer, mailer, clock)
+    return Runtime(settings, store, loops, templates, tokens, mailer, worker)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {describe_validation(exc)}") from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]).upper()
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def load_loop_files(settings: Settings) -> tuple[dict[str, Loop], TemplateSet]:
+    """Loops and their templates, every use of a template checked: errors stop startup."""
+    try:
+        loops = load_loops(settings.loops_dir)
+    except LoopFileError as exc:
+        raise ConfigError(str(exc)) from None
+    templates = TemplateSet.load(settings.loops_dir / "templates")
+    for loop in loops.values():
+        check_templates(loop, templates)
+    logger.info("loaded %d loop(s) from %s: %s", len(loops), settings.loops_dir, ", ".join(loops))
+    return loops, templates
+
+
+def check_templates(loop: Loop, templates: TemplateSet) -> None:
+    for step in loop.steps:
+        for field, email in (("action", step.action), ("on_timeout", step.on_timeout)):
+            if email is not None:
+                where = f"{loop.source}: steps[{step.index}].{field}"
+                templates.check(email.template, email.personalization, where)
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    if settings.resend_api_key is None:
+        return OutboxMailer()
+    return ResendMailer(
+        settings.resend_api_key.get_secret_value(),
+        settings.resend_api_url,
+        settings.resend_timeout_s,
+        rate_limiter=RateLimiter(settings.resend_rate_limit_per_s),
+    )
+
+
+def build_composer(
+    settings: Settings, loops: dict[str, Loop], templates: TemplateSet, tokens: UnsubscribeTokens
+) -> Composer:
+    return Composer(
+        templates=templates,
+        loops=loops,
+        tokens=tokens,
+        sender=settings.email_from or DEFAULT_SENDER,
+        app_url=settings.app_url,
+        public_url=settings.public_url,
+    )
+
+
+def build_store(settings: Settings) -> Store:
+    return Store(
+        connect(settings),
+        Keys(settings.key_prefix),
+        webhook_dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
+        action_dedupe_ttl_s=settings.action_dedupe_ttl_s,
+    )
+
+
+def build_worker(
+    settings: Settings,
+    store: Store,
+    loops: dict[str, Loop],
+    composer: Composer,
+    mailer: Mailer,
+    clock: Clock,
+) -> Worker:
+    config = WorkerConfig(
+        lease_ms=int(settings.worker_lease_s * 1000), idle_s=settings.worker_idle_s
+    )
+    evaluator = Evaluator(store, loops, composer, clock)
+    delivery = Delivery(store, loops, mailer, clock)
+    return Worker(store, evaluator, clock, send_email=delivery, config=config)

@@ -1,0 +1,159 @@
+"""The `activation` command: check, worker (burst, SIGTERM) and dead letters, as a user runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from app.cli import main
+from tests.conftest import SHIPPED_LOOPS
+
+REPO = Path(__file__).parent.parent
+
+
+def env_for(redis_url: str, key_prefix: str, **extra: str) -> dict[str, str]:
+    keep = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
+    return {
+        **keep,
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": key_prefix,
+        "LOOPS_DIR": str(SHIPPED_LOOPS),
+        "ACTIVATION_API_KEY": "cli-test-key",
+        **extra,
+    }
+
+
+def activation(
+    *args: str, env: dict[str, str], timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "app.cli", *args]
+    return subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def test_check_accepts_the_shipped_loops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(SHIPPED_LOOPS)]) == 0
+
+
+def test_check_names_the_file_and_field_of_a_bad_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "hi.html").write_text("---\nsubject: hi\n---\n<p>hi</p>\n")
+    (tmp_path / "welcome.yaml").write_text(
+        "type: activation\nopinion: x\nsteps:\n  - trigger: {type: clerk, event: user.created}\n"
+        "    condition: {type: action, action: a, timeout: 5 min}\n"
+        "    action: {type: email, template: hi}\n"
+    )
+    assert main(["check", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "welcome.yaml: steps[0].condition.timeout: '5 min' is not a duration" in error
+    assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "check", "dead"])
+def test_every_command_has_help_with_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def seed_activated_user(redis_url: str, key_prefix: str) -> None:
+    """A registered user whose first project was recorded: the worker has a welcome to send."""
+    from tests.conftest import load_fixture
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    profile = load_fixture("clerk_user_created.json")["data"]
+    uid = profile["id"]
+    user = {
+        "id": uid, "email": "example@example.org", "first_name": "Example",
+        "last_name": "Example",
+    }  # fmt: skip
+    now = int(time.time() * 1000)
+    client.hset(f"{key_prefix}{{{uid}}}:user", mapping={
+        "profile": json.dumps(user), "version": 1, "registered_at": now,
+    })  # fmt: skip
+    client.hset(f"{key_prefix}{{{uid}}}:activity", mapping={
+        "n:first_project_created": 1, "first:first_project_created": now,
+        "last:first_project_created": now, "at:first_project_created:1": now, "rev": 1,
+    })  # fmt: skip
+    client.zadd(f"{key_prefix}schedule", {f"eval|{uid}": now})
+    client.close()
+
+
+def outbox(redis_url: str, key_prefix: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [json.loads(entry) for entry in client.lrange(f"{key_prefix}outbox", 0, -1)]
+    finally:
+        client.close()
+
+
+def test_worker_burst_sends_what_is_due_and_exits(redis_url: str, key_prefix: str) -> None:
+    seed_activated_user(redis_url, key_prefix)
+    result = activation("worker", "--burst", env=env_for(redis_url, key_prefix))
+
+    assert result.returncode == 0, result.stderr
+    [sent] = outbox(redis_url, key_prefix)
+    assert sent["subject"] == "Welcome aboard, Example Example!"
+    assert "burst: 2 job(s) run" in result.stderr
+    assert "example@example.org" not in result.stderr  # addresses are masked in logs
+
+
+def test_worker_stops_on_sigterm(redis_url: str, key_prefix: str) -> None:
+    command = [sys.executable, "-m", "app.cli", "worker"]
+    process = subprocess.Popen(
+        command, env=env_for(redis_url, key_prefix), cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 30
+        while "worker running" not in process.stderr.readline():
+            assert time.monotonic() < deadline, "the worker did not start"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_dead_letters_are_listed_and_retried(
+    redis_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env_for(redis_url, key_prefix).items():
+        monkeypatch.setenv(name, value)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    job = {
+        "id": "email|user_d|activation|0|action", "user_id": "user_d", "loop_id": "activation",
+        "step": 0, "kind": "action", "template": "activation_welcome", "status": "failed",
+        "queued_at": 1, "due_at": 1, "attempts": 4, "last_error": "Resend 422: invalid from",
+    }  # fmt: skip
+    client.hset(f"{key_prefix}{{user_d}}:jobs", job["id"], json.dumps(job))
+    client.zadd(f"{key_prefix}dead", {job["id"]: 1})
+
+    assert main(["dead", "list"]) == 0
+    assert "email|user_d|activation|0|action\tattempts=4\tResend 422" in capsys.readouterr().out
+    assert main(["dead", "retry", "no-such-job"]) == 1
+    assert main(["dead", "retry", "--all"]) == 0
+    assert client.zcard(f"{key_prefix}dead") == 0
+    assert client.zscore(f"{key_prefix}schedule", job["id"]) is not None
+    client.close()

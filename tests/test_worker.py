@@ -1,0 +1,86 @@
+"""The worker as it runs in the web process: woken by new work, not by a poll; stops cleanly."""
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.clock import system_clock_ms
+from app.main import create_app
+from app.settings import Settings
+from app.store import NewAction
+from app.worker import Worker, WorkerConfig
+from tests.conftest import AUTH, load_fixture, sign
+
+
+async def wait_for(predicate: Callable[[], Any], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_in_process_worker_sends_a_due_email_without_waiting_for_its_poll(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # the idle poll is a minute: only the wake-up can make this pass within the 5 s allowed
+    settings = make_settings(worker_in_process=True, worker_idle_s=60)
+    app = create_app(settings, clock=system_clock_ms)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await asyncio.sleep(0.1)  # the worker is asleep now
+            event = load_fixture("clerk_user_created.json")
+            body = json.dumps(event).encode()
+            await client.post("/webhooks/clerk", content=body, headers=sign(body))
+            action = {"user_id": event["data"]["id"], "action": "first_project_created"}
+            await client.post("/v1/actions", json=action, headers=AUTH)
+
+            async def sent() -> bool:
+                state = await client.get(f"/v1/users/{event['data']['id']}", headers=AUTH)
+                return [e["status"] for e in state.json()["emails"]] == ["sent"]
+
+            await wait_for(sent, timeout_s=5)
+            ready = await client.get("/health/ready")
+    assert ready.json()["checks"]["worker"] == "ok"
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_stop_ends_run_promptly_even_while_idle(app: Any) -> None:
+    worker: Worker = app.state.worker
+    worker.config = WorkerConfig(idle_s=3600)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.05)
+    worker.stop()
+    await asyncio.wait_for(task, timeout=2)
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_run_survives_storage_outage_and_carries_on(
+    make_settings: Callable[..., Settings], own_redis: Any
+) -> None:
+    app = create_app(make_settings(redis_url=own_redis.url), clock=system_clock_ms)
+    async with app.router.lifespan_context(app):
+        worker: Worker = app.state.worker
+        own_redis.stop()
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.3)
+        assert not task.done()  # it logs, backs off and keeps trying
+        assert worker.last_loop_at_ms is None  # no claim has succeeded: readiness says so
+        own_redis.start()
+        now = system_clock_ms()
+        await app.state.store.record_actions(
+            [NewAction("user_x", "x", now)], now_ms=now, tracked={}
+        )
+        worker.wake()
+
+        async def ran_a_job() -> bool:
+            return worker.jobs_done >= 1
+
+        await wait_for(ran_a_job, timeout_s=10)
+        worker.stop()
+        await asyncio.wait_for(task, timeout=5)
