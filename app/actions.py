@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Request, status
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from app.auth import ApiKeyDep
+from app.conditions import ACTION_NAME_PATTERN
 from app.deps import ClockDep, StoreDep
 from app.keys import USER_ID_PATTERN
 from app.store import NewAction
@@ -18,7 +19,6 @@ from app.users import to_epoch_ms
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 4096
-ACTION_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 ACTION_ID_PATTERN = r"^[^\s]{1,128}$"
 
 router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
@@ -30,7 +30,7 @@ class ActionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: str = Field(pattern=USER_ID_PATTERN, examples=["user_29w83sxmDNGwOuEthce5gg56FcC"])
-    action: str = Field(pattern=ACTION_PATTERN, examples=["first_project_created"])
+    action: str = Field(pattern=ACTION_NAME_PATTERN, examples=["first_project_created"])
     properties: dict[str, Any] | None = None
     occurred_at: datetime | int | None = Field(
         default=None, description="RFC 3339, or epoch milliseconds; defaults to now"
