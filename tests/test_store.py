@@ -216,3 +216,39 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
     assert (await store.snapshot("user_w")).steps == {"l/0": state}
     claim = await store.claim_due(now_ms=200, lease_ms=60_000, limit=10)
     assert claim == Claim(job_ids=[], wake_at_ms=400)  # lease settled, next look at the deadline
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_an_idle_look_at_the_schedule_costs_three_commands(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    await store.claim_due(now_ms=1, lease_ms=1000, limit=10)  # loads the script
+    before = command_calls(redis_client)
+    claim = await store.claim_due(now_ms=2, lease_ms=1000, limit=10)
+    delta = calls_between(before, command_calls(redis_client))
+
+    assert claim == Claim(job_ids=[], wake_at_ms=None)
+    assert delta == {"evalsha": 1, "zrange": 2}
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_an_action_costs_one_round_trip_and_eight_commands(
+    store: Store, redis_client: redis.Redis
+) -> None:
+    await store.record_actions([NewAction("user_warm", "x", 1, id="w")], now_ms=1, tracked={})
+    before = command_calls(redis_client)
+    action = NewAction("user_cost", "first_project_created", 1, id="a1")
+    await store.record_actions([action], now_ms=1, tracked={"first_project_created": [1]})
+    delta = calls_between(before, command_calls(redis_client))
+
+    # id marker, tombstone, read counts, write counts, timeline (+trim), wake the user's loops
+    assert delta == {
+        "evalsha": 1,
+        "set": 1,
+        "exists": 1,
+        "hmget": 1,
+        "hset": 1,
+        "lpush": 1,
+        "ltrim": 1,
+        "zadd": 1,
+    }
