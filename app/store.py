@@ -7,7 +7,7 @@ know it yet), so the three transports behave the same and each request costs one
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
@@ -21,6 +21,9 @@ from app.keys import OUTBOX_LENGTH, TIMELINE_LENGTH, Keys, eval_job, job_user
 from app.users import UserProfile
 
 logger = logging.getLogger(__name__)
+
+# Upstash refuses a request over 1 MB (its smallest plan's limit); stay well under it.
+MAX_SCRIPT_PAYLOAD_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,15 +220,36 @@ class Store:
     async def record_actions(
         self, actions: Sequence[NewAction], *, now_ms: int, tracked: Mapping[str, Iterable[int]]
     ) -> tuple[int, int]:
-        """Record actions once per client id; returns (accepted, duplicates)."""
+        """Record actions once per client id; returns (accepted, duplicates).
+
+        One round trip, unless the batch is larger than one request may be (Upstash refuses
+        requests over 1 MB): then one per `MAX_SCRIPT_PAYLOAD_BYTES` of it.
+        """
+        accepted = duplicates = 0
+        for keys, args in self._action_chunks(actions, tracked):
+            header: list[CommandArg] = [now_ms, self.action_dedupe_ttl_s, TIMELINE_LENGTH]
+            added, repeated = await self.run(
+                RECORD_ACTIONS, [*keys, self.keys.schedule], [*header, *args]
+            )
+            accepted, duplicates = accepted + int(added), duplicates + int(repeated)
+        return accepted, duplicates
+
+    def _action_chunks(
+        self, actions: Sequence[NewAction], tracked: Mapping[str, Iterable[int]]
+    ) -> Iterator[tuple[list[str], list[CommandArg]]]:
         keys: list[str] = []
-        args: list[CommandArg] = [now_ms, self.action_dedupe_ttl_s, TIMELINE_LENGTH]
+        args: list[CommandArg] = []
+        size = 0
         for action in actions:
-            keys += self._action_keys(action)
-            args += self._action_args(action, tracked.get(action.action, ()))
-        keys.append(self.keys.schedule)
-        accepted, duplicates = await self.run(RECORD_ACTIONS, keys, args)
-        return int(accepted), int(duplicates)
+            action_keys = self._action_keys(action)
+            action_args = self._action_args(action, tracked.get(action.action, ()))
+            action_size = sum(len(str(part)) for part in (*action_keys, *action_args))
+            if keys and size + action_size > MAX_SCRIPT_PAYLOAD_BYTES:
+                yield keys, args
+                keys, args, size = [], [], 0
+            keys, args, size = keys + action_keys, args + action_args, size + action_size
+        if keys:
+            yield keys, args
 
     def _action_keys(self, action: NewAction) -> list[str]:
         uid = action.user_id

@@ -66,6 +66,7 @@ async def receive_clerk_webhook(
     event = parse_event(body)
     status = await apply_event(store, event, delivery_id, now_ms=clock())
     logger.info("clerk webhook %s delivery=%s: %s", event.type, delivery_id, status)
+    request.app.state.wake_worker()  # a registration starts loops: their clocks start now
     return WebhookAck(status=status)
 
 

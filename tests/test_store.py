@@ -252,3 +252,12 @@ async def test_an_action_costs_one_round_trip_and_eight_commands(
         "ltrim": 1,
         "zadd": 1,
     }
+
+
+async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.store.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
+    actions = [NewAction(f"user_big_{i % 3}", "x", 1, id=f"b{i}") for i in range(30)]
+    assert await store.record_actions([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
+    assert (await store.snapshot("user_big_1")).actions["x"].count == 10

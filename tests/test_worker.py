@@ -49,6 +49,27 @@ async def test_in_process_worker_sends_a_due_email_without_waiting_for_its_poll(
     assert ready.json()["checks"]["worker"] == "ok"
 
 
+async def test_in_process_worker_starts_a_new_users_loops_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(worker_in_process=True, worker_idle_s=60)
+    app = create_app(settings, clock=system_clock_ms)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await asyncio.sleep(0.1)  # the worker is asleep now
+            event = load_fixture("clerk_user_created.json")
+            body = json.dumps(event).encode()
+            await client.post("/webhooks/clerk", content=body, headers=sign(body))
+
+            async def waiting() -> bool:
+                state = await client.get(f"/v1/users/{event['data']['id']}", headers=AUTH)
+                steps = state.json()["loops"][0]["steps"]
+                return bool(steps[0]["status"] == "waiting")
+
+            await wait_for(waiting, timeout_s=5)
+
+
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 async def test_stop_ends_run_promptly_even_while_idle(app: Any) -> None:
     worker: Worker = app.state.worker
