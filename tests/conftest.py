@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import redis
 from fastapi import FastAPI
 from svix.webhooks import Webhook
 
+from app.clock import Clock
 from app.main import create_app
 from app.settings import Settings
 
@@ -207,6 +209,18 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(int(time.time() * 1000))
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, clock: Clock
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app with its lifespan running, and a client for it: for tests with their own settings."""
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield application, http
 
 
 @pytest.fixture

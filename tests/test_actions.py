@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.store import Store
-from tests.conftest import AUTH, FakeClock
+from tests.conftest import AUTH, FakeClock, running
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
@@ -126,13 +126,8 @@ async def test_missing_or_wrong_key_is_401(
 async def test_without_a_configured_key_every_request_is_401(
     make_settings: Any, clock: FakeClock
 ) -> None:
-    from app.main import create_app
-
-    application = create_app(make_settings(activation_api_key=None), clock=clock)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            response = await post(http, {"user_id": "user_1", "action": "x"})
+    async with running(make_settings(activation_api_key=None), clock) as (_, http):
+        response = await post(http, {"user_id": "user_1", "action": "x"})
     assert response.status_code == 401
 
 

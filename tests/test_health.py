@@ -6,9 +6,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.main import create_app
 from app.settings import Settings
-from tests.conftest import UPSTASH_TOKEN, FakeClock, free_port
+from tests.conftest import UPSTASH_TOKEN, FakeClock, free_port, running
 
 
 async def test_liveness(client: httpx.AsyncClient) -> None:
@@ -39,11 +38,7 @@ def unreachable_storage(transport: str) -> dict[str, Any]:
 async def test_not_ready_names_storage_when_it_is_down(
     make_settings: Callable[..., Settings], clock: FakeClock, transport: str
 ) -> None:
-    app = create_app(make_settings(**unreachable_storage(transport)), clock=clock)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
-    ):
+    async with running(make_settings(**unreachable_storage(transport)), clock) as (_, http):
         response = await http.get("/health/ready")
         liveness = await http.get("/health")
     assert response.status_code == 503

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.store import Store
-from tests.conftest import load_fixture, sign
+from tests.conftest import load_fixture, running, sign
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
@@ -429,13 +429,8 @@ async def test_overlong_delivery_id_is_refused(client: httpx.AsyncClient, app: F
 async def test_without_signing_secret_the_endpoint_answers_503(
     make_settings: Any, clock: Any
 ) -> None:
-    from app.main import create_app
-
-    application = create_app(make_settings(clerk_webhook_signing_secret=None), clock=clock)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            response = await post_signed(http, created_event())
+    async with running(make_settings(clerk_webhook_signing_secret=None), clock) as (_, http):
+        response = await post_signed(http, created_event())
     assert response.status_code == 503
     assert "CLERK_WEBHOOK_SIGNING_SECRET" in response.json()["error"]
 
@@ -475,16 +470,12 @@ async def test_storage_down_answers_503_quickly(
 ) -> None:
     import time
 
-    from app.main import create_app
     from tests.test_health import unreachable_storage
 
-    application = create_app(make_settings(**unreachable_storage(transport)), clock=clock)
-    async with application.router.lifespan_context(application):
-        transport_ = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-            started = time.monotonic()
-            response = await post_signed(http, created_event())
-            elapsed_s = time.monotonic() - started
+    async with running(make_settings(**unreachable_storage(transport)), clock) as (_, http):
+        started = time.monotonic()
+        response = await post_signed(http, created_event())
+        elapsed_s = time.monotonic() - started
     assert response.status_code == 503
     assert response.json() == {"error": "storage unavailable"}
     assert response.headers["retry-after"] == "5"
@@ -515,22 +506,17 @@ async def test_upstash_fault_answers_503_then_redelivery_stores(
 async def test_redis_stopped_mid_run_then_redelivery_completes(
     make_settings: Any, clock: Any, own_redis: Any
 ) -> None:
-    from app.main import create_app
-
-    application = create_app(make_settings(redis_url=own_redis.url), clock=clock)
     first = json.dumps(created_event("user_before")).encode()
     second = json.dumps(created_event("user_during")).encode()
     second_headers = sign(second, msg_id="msg_during_outage")
-    async with application.router.lifespan_context(application):
-        transport_ = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-            stored = await http.post("/webhooks/clerk", content=first, headers=sign(first))
-            own_redis.stop()
-            during = await http.post("/webhooks/clerk", content=second, headers=second_headers)
-            not_ready = await http.get("/health/ready")
-            own_redis.start()
-            redelivered = await http.post("/webhooks/clerk", content=second, headers=second_headers)
-            ready = await http.get("/health/ready")
+    async with running(make_settings(redis_url=own_redis.url), clock) as (_, http):
+        stored = await http.post("/webhooks/clerk", content=first, headers=sign(first))
+        own_redis.stop()
+        during = await http.post("/webhooks/clerk", content=second, headers=second_headers)
+        not_ready = await http.get("/health/ready")
+        own_redis.start()
+        redelivered = await http.post("/webhooks/clerk", content=second, headers=second_headers)
+        ready = await http.get("/health/ready")
 
     assert stored.json() == {"status": "created"}
     assert during.status_code == 503

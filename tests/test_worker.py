@@ -14,7 +14,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.store import NewAction
 from app.worker import Worker, WorkerConfig
-from tests.conftest import AUTH, load_fixture, sign
+from tests.conftest import AUTH, load_fixture, running, sign
 
 
 async def wait_for(predicate: Callable[[], Any], timeout_s: float) -> None:
@@ -24,28 +24,31 @@ async def wait_for(predicate: Callable[[], Any], timeout_s: float) -> None:
         await asyncio.sleep(0.02)
 
 
+async def signup(client: httpx.AsyncClient) -> str:
+    event = load_fixture("clerk_user_created.json")
+    body = json.dumps(event).encode()
+    await client.post("/webhooks/clerk", content=body, headers=sign(body))
+    user_id: str = event["data"]["id"]
+    return user_id
+
+
 async def test_in_process_worker_sends_a_due_email_without_waiting_for_its_poll(
     make_settings: Callable[..., Settings],
 ) -> None:
     # the idle poll is a minute: only the wake-up can make this pass within the 5 s allowed
     settings = make_settings(worker_in_process=True, worker_idle_s=60)
-    app = create_app(settings, clock=system_clock_ms)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            await asyncio.sleep(0.1)  # the worker is asleep now
-            event = load_fixture("clerk_user_created.json")
-            body = json.dumps(event).encode()
-            await client.post("/webhooks/clerk", content=body, headers=sign(body))
-            action = {"user_id": event["data"]["id"], "action": "first_project_created"}
-            await client.post("/v1/actions", json=action, headers=AUTH)
+    async with running(settings, system_clock_ms) as (_, client):
+        await asyncio.sleep(0.1)  # the worker is asleep now
+        user_id = await signup(client)
+        action = {"user_id": user_id, "action": "first_project_created"}
+        await client.post("/v1/actions", json=action, headers=AUTH)
 
-            async def sent() -> bool:
-                state = await client.get(f"/v1/users/{event['data']['id']}", headers=AUTH)
-                return [e["status"] for e in state.json()["emails"]] == ["sent"]
+        async def sent() -> bool:
+            state = await client.get(f"/v1/users/{user_id}", headers=AUTH)
+            return [e["status"] for e in state.json()["emails"]] == ["sent"]
 
-            await wait_for(sent, timeout_s=5)
-            ready = await client.get("/health/ready")
+        await wait_for(sent, timeout_s=5)
+        ready = await client.get("/health/ready")
     assert ready.json()["checks"]["worker"] == "ok"
 
 
@@ -53,21 +56,15 @@ async def test_in_process_worker_starts_a_new_users_loops_at_once(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(worker_in_process=True, worker_idle_s=60)
-    app = create_app(settings, clock=system_clock_ms)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            await asyncio.sleep(0.1)  # the worker is asleep now
-            event = load_fixture("clerk_user_created.json")
-            body = json.dumps(event).encode()
-            await client.post("/webhooks/clerk", content=body, headers=sign(body))
+    async with running(settings, system_clock_ms) as (_, client):
+        await asyncio.sleep(0.1)  # the worker is asleep now
+        user_id = await signup(client)
 
-            async def waiting() -> bool:
-                state = await client.get(f"/v1/users/{event['data']['id']}", headers=AUTH)
-                steps = state.json()["loops"][0]["steps"]
-                return bool(steps[0]["status"] == "waiting")
+        async def waiting() -> bool:
+            state = await client.get(f"/v1/users/{user_id}", headers=AUTH)
+            return bool(state.json()["loops"][0]["steps"][0]["status"] == "waiting")
 
-            await wait_for(waiting, timeout_s=5)
+        await wait_for(waiting, timeout_s=5)
 
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
