@@ -14,6 +14,7 @@ from app.auth import ApiKeyDep
 from app.conditions import ACTION_NAME_PATTERN
 from app.deps import ClockDep, StoreDep
 from app.keys import USER_ID_PATTERN
+from app.metrics import MetricsDep
 from app.store import NewAction
 from app.users import to_epoch_ms
 
@@ -92,7 +93,11 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     responses={401: {"description": "missing or wrong API key"}},
 )
 async def post_actions(
-    request: Request, store: StoreDep, clock: ClockDep, body: Annotated[ActionsBody, Body()]
+    request: Request,
+    store: StoreDep,
+    clock: ClockDep,
+    metrics: MetricsDep,
+    body: Annotated[ActionsBody, Body()],
 ) -> Accepted:
     """Record one action or a batch of up to 1,000."""
     now_ms = clock()
@@ -101,5 +106,6 @@ async def post_actions(
     accepted, duplicates = await store.record_actions(
         actions, now_ms=now_ms, tracked=request.app.state.tracked_counts
     )
+    metrics.actions_recorded(accepted, duplicates)
     request.app.state.wake_worker()
     return Accepted(accepted=accepted, duplicates=duplicates)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from app import tools
 from app.clock import system_clock_ms
 from app.errors import ActivationError
 from app.runtime import Runtime, build_runtime, load_loop_files, load_settings
@@ -23,6 +24,8 @@ EXAMPLES = {
     "worker": "activation worker          # until SIGTERM\n  activation worker --burst  # drain",
     "check": "activation check loops/",
     "dead": "activation dead list\n  activation dead retry --all",
+    **tools.EXAMPLES,
+    "suppress": "activation suppress list\n  activation suppress remove user_29w83sxmDNGwOuE",
 }
 
 
@@ -54,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("job", nargs="?", help="the job id to retry")
     dead.add_argument("--all", action="store_true", help="retry every dead-letter job")
     dead.set_defaults(handler=run_dead)
+    tools.add_commands(commands, _command)
+    add_suppress(commands)
     return root
 
 
@@ -91,7 +96,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 async def _worker(*, burst: bool) -> int:
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logger.log(*describe_configuration(settings))
     runtime = build_runtime(settings, system_clock_ms)
     try:
@@ -135,6 +140,38 @@ async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
         for job in chosen:
             await runtime.store.retry_dead(job, now_ms=system_clock_ms())
         print(f"{len(chosen)} job(s) queued again")
+        return 0
+    finally:
+        await runtime.close()
+
+
+def add_suppress(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    summary = "list users suppressed by a bounce or complaint, or lift a suppression"
+    suppress = _command(commands, "suppress", summary)
+    suppress.add_argument("action", choices=["list", "remove"])
+    suppress.add_argument("user_id", nargs="?", help="the user to send loop email to again")
+    suppress.set_defaults(handler=run_suppress)
+
+
+def run_suppress(args: argparse.Namespace) -> int:
+    if args.action == "remove" and not args.user_id:
+        raise ActivationError("which user? activation suppress remove USER_ID")
+    return asyncio.run(_suppress(args.user_id if args.action == "remove" else None))
+
+
+async def _suppress(user_id: str | None) -> int:
+    """List the suppressed users (no user id), or lift one user's suppression."""
+    runtime = build_runtime(load_settings(), system_clock_ms)
+    try:
+        if user_id is None:
+            users = await runtime.store.suppressed_users(limit=10_000)
+            for uid, at_ms in users:
+                print(f"{uid}\tsuppressed_at={at_ms}")
+            print(f"{len(users)} suppressed user(s)", file=sys.stderr)
+            return 0
+        if not await runtime.store.unsuppress(user_id, now_ms=system_clock_ms()):
+            raise ActivationError(f"user {user_id!r} is not suppressed")
+        print(f"{user_id}: suppression lifted; loop email may resume")
         return 0
     finally:
         await runtime.close()

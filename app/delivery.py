@@ -10,6 +10,7 @@ dead-letter set with the last error.
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from app.clock import Clock
 from app.jobs import EmailJob, JobStatus, RenderedEmail
 from app.loops import Loop, Recovery
 from app.mailer import AlreadySent, OutgoingEmail, PermanentSendError, TransientSendError
+from app.metrics import Metrics
 from app.store import Attempt, Outcome, Store
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 # Resend keeps an idempotency key for 24 h; an attempt older than this may be past its window.
 IDEMPOTENCY_WINDOW_MS = 23 * 3600 * 1000
 OUTBOX_ID_PREFIX = "outbox:"
+TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class Mailer(Protocol):
@@ -66,20 +69,32 @@ def outgoing(rendered: RenderedEmail, job: EmailJob) -> OutgoingEmail:
         html=rendered.html,
         text=rendered.text,
         headers=dict(rendered.headers),
-        tags={"loop": job.loop_id, "step": str(job.step), "kind": job.kind},
+        tags={"loop": job.loop_id, "step": str(job.step), "kind": job.kind, **user_tag(job)},
     )
+
+
+def user_tag(job: EmailJob) -> dict[str, str]:
+    """The `user` tag Resend echoes in its delivery events; only for ids Resend accepts as a
+    tag value (a refused tag would fail the send)."""
+    return {"user": job.user_id} if TAG_VALUE.fullmatch(job.user_id) else {}
 
 
 class Delivery:
     """The worker's handler for `email|...` jobs."""
 
     def __init__(
-        self, store: Store, loops: Mapping[str, Loop], mailer: Mailer, clock: Clock
+        self,
+        store: Store,
+        loops: Mapping[str, Loop],
+        mailer: Mailer,
+        clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.loops = loops
         self.mailer = mailer
         self.clock = clock
+        self.metrics = metrics or Metrics()
         self.outbox = isinstance(mailer, OutboxMailer)
 
     async def __call__(self, job_id: str) -> None:
@@ -89,8 +104,9 @@ class Delivery:
             return  # the user was deleted: nothing to send
         if job.terminal:
             await self._finish(job, Outcome(job.status.value))
-        elif attempt.unsubscribed:
-            await self._finish(job, Outcome.DROPPED, status=JobStatus.DROPPED, error="unsubscribed")
+        elif attempt.stop_reason is not None:
+            await self._finish(job, Outcome.DROPPED, status=JobStatus.DROPPED,
+                               error=attempt.stop_reason)  # fmt: skip
         elif self._outcome_unknown(attempt):
             error = "an earlier attempt's outcome is unknown and past Resend's 24 h window"
             await self._finish(job, Outcome.FAILED, status=JobStatus.FAILED, error=error)
@@ -124,6 +140,7 @@ class Delivery:
         )  # fmt: skip
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
         await self.store.settle(sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry)
+        self.metrics.email(Outcome.SENT, due_at_ms=job.due_at, now_ms=now)
         logger.info("email %s sent (attempt %d)", job.id, attempts)
 
     def _outbox_entry(self, job: EmailJob) -> str:
@@ -144,6 +161,7 @@ class Delivery:
         due = now + retry_delay_ms(recovery, attempts, retry_after_s)
         again = job.model_copy(update={"attempts": attempts, "last_error": error, "due_at": due})
         await self.store.settle(again, Outcome.RETRY, now_ms=now, retry_at_ms=due)
+        self.metrics.email(Outcome.RETRY)
         logger.info("email %s attempt %d failed (%s); retry at %d", job.id, attempts, error, due)
 
     async def _finish(
@@ -163,5 +181,7 @@ class Delivery:
         if attempts is not None:
             update["attempts"] = attempts
         final = job.model_copy(update=update)
-        await self.store.settle(final, outcome, now_ms=self.clock())
+        now = self.clock()
+        await self.store.settle(final, outcome, now_ms=now)
+        self.metrics.email(outcome, due_at_ms=job.due_at, now_ms=now)
         logger.info("email %s %s: %s", job.id, final.status.value, final.last_error or "-")

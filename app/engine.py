@@ -174,11 +174,7 @@ class _LoopRun:
         return state
 
     def _met_at(self, condition: ActionCondition) -> int | None:
-        times = [
-            self._stats(action).time_count_reached(condition.count) for action in condition.actions
-        ]
-        reached = [at for at in times if at is not None]
-        return min(reached) if reached else None
+        return condition_met_at(condition, self.snapshot.actions)
 
     def _stats(self, action: str) -> ActionStats:
         return self.snapshot.actions.get(action, ActionStats())
@@ -202,6 +198,17 @@ class _LoopRun:
         )
         self.out.emails.append(order)
         return job_id
+
+
+def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionStats]) -> int | None:
+    """When the condition first held (the earliest of its actions to reach the count), or None."""
+    empty = ActionStats()
+    times = [
+        actions.get(action, empty).time_count_reached(condition.count)
+        for action in condition.actions
+    ]
+    reached = [at for at in times if at is not None]
+    return min(reached) if reached else None
 
 
 def tracked_counts(loops: Iterable[Loop]) -> dict[str, frozenset[int]]:

@@ -18,6 +18,9 @@ on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
 | `P:leases`                   | zset   | none                 | claim.lua             |
 | `P:dead`                     | zset   | none                 | settle.lua            |
 | `P:outbox`                   | list   | none (capped)        | settle.lua            |
+| `P:suppressed`               | zset   | none                 | email_event.lua       |
+| `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua |
+| `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua            |
 
 Reads: `snapshot.lua` reads every per-user key at once; intake scripts read the tombstone; the
 worker's `claim.lua` reads `schedule` and `leases`.
@@ -35,12 +38,23 @@ worker's `claim.lua` reads `schedule` and `leases`.
   it is also the user's send ledger: a job id is queued once and a sent job is never sent again.
 - `attempts`: `<job_id>` how many sends were started, `<job_id>@` when the last one started (ms).
 - `user` field `unsubscribed_at` (ms): no further loop email for this user.
+- `user` fields `suppressed_at` (ms) and `suppression` (`bounced` or `complained`): a Resend hard
+  bounce or complaint stopped loop email for this user; `activation suppress remove` clears them.
+  `suppressed`: those user ids by when (for `activation suppress list`), removed with them.
 - `timeline`: the newest events first, JSON, capped at TIMELINE_LENGTH.
 - `schedule`: job ids by due time (epoch ms): `eval|<uid>` (look at the user's loops) and
   `email|<uid>|<loop>|<step>|<kind>` (send one email). `leases`: claimed job ids by lease expiry;
   an expired lease (a crashed worker) puts the job back on the schedule. `dead`: email jobs that
   failed for good, by when; an operator retries them. `outbox`: emails "sent" without a Resend
   key, newest first, JSON.
+- `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read
+  by `stats.lua` for the dashboard. Funnel of step 0: `entered` (started), `met` (condition met:
+  fired), `sent` (its email sent), `timed_out`, `nudged` (its on_timeout email sent),
+  `activated_after_nudge` (the condition met after the step timed out: counted once, when the
+  worker writes that `met_at` onto the timed-out state); `tta:<bucket>` a histogram of
+  time-to-activation (started to met, buckets `stats.TTA_BUCKETS`); `emails_sent` and
+  `emails_failed` count every email of the loop.
+- `daily:<yyyy-mm-dd>` (UTC day): `<loop_id>:sent` and `<loop_id>:failed`, emails that day.
 - `Keys.personal(uid)` lists every key with personal data; `user.deleted` removes them all.
 
 Scripts that touch `schedule`/`leases` and a user's keys together span two hash slots: they run
@@ -115,6 +129,17 @@ class Keys:
     def outbox(self) -> str:
         return f"{self.prefix}outbox"
 
+    @property
+    def suppressed(self) -> str:
+        return f"{self.prefix}suppressed"
+
+    def stats(self, loop_id: str) -> str:
+        return f"{self.prefix}stats:{loop_id}"
+
+    def daily(self, day: str) -> str:
+        """`day` is a UTC date, `yyyy-mm-dd`."""
+        return f"{self.prefix}daily:{day}"
+
     def personal(self, user_id: str) -> list[str]:
         """Every key holding the user's personal data (removed on `user.deleted`)."""
         return [
@@ -129,6 +154,7 @@ class Keys:
 
 TIMELINE_LENGTH = 200
 OUTBOX_LENGTH = 1000
+DAILY_TTL_S = 90 * 24 * 3600
 
 
 def eval_job(user_id: str) -> str:

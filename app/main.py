@@ -14,7 +14,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from svix.webhooks import Webhook
 
-from app import __version__, actions, health, progress, unsubscribe, webhooks
+from app import (
+    __version__,
+    actions,
+    dashboard,
+    health,
+    metrics,
+    progress,
+    resend_events,
+    unsubscribe,
+    webhooks,
+)
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import RequestRefused, StorageError, StorageUnavailable
@@ -44,6 +54,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_
     app.include_router(actions.router)
     app.include_router(progress.router)
     app.include_router(unsubscribe.router)
+    app.include_router(dashboard.router)
+    app.include_router(resend_events.router)
+    app.include_router(metrics.router)
     add_error_handlers(app)
     return app
 
@@ -51,7 +64,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.given_settings or load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logger.log(*describe_configuration(settings))
     runtime = build_runtime(settings, app.state.clock)
     worker = runtime.worker
@@ -63,6 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.worker = worker
     app.state.unsubscribe_tokens = runtime.tokens
     app.state.clerk_verifier = build_verifier(settings)
+    app.state.resend_verifier = resend_events.build_verifier(settings)
+    app.state.metrics = runtime.metrics
     app.state.wake_worker = worker.wake if settings.worker_in_process else lambda: None
     app.state.readiness = {
         "storage": runtime.store.ping,
@@ -126,12 +141,14 @@ async def on_refused(request: Request, exc: Any) -> JSONResponse:
 
 
 async def on_storage_unavailable(request: Request, exc: Any) -> JSONResponse:
+    request.app.state.metrics.storage_error(exc)
     logger.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
     headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
     return JSONResponse({"error": "storage unavailable"}, status_code=503, headers=headers)
 
 
 async def on_storage_error(request: Request, exc: Any) -> JSONResponse:
+    request.app.state.metrics.storage_error(exc)
     logger.error("storage error on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": "storage error"}, status_code=500)
 

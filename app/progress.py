@@ -51,6 +51,8 @@ class EmailView(BaseModel):
 class UserState(BaseModel):
     user_id: str
     registered_at: int | None
+    suppressed_at: int | None = None  # a Resend hard bounce or complaint stopped loop email
+    suppression: str | None = None  # "bounced" or "complained"
     profile: dict[str, Any] | None
     actions: dict[str, int]
     loops: list[LoopProgress]
@@ -78,6 +80,8 @@ def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:
     return UserState(
         user_id=record.user_id,
         registered_at=record.registered_at_ms,
+        suppressed_at=record.suppressed_at_ms,
+        suppression=record.suppression,
         profile={**profile.model_dump(), "name": profile.name} if profile else None,
         actions={name: stats.count for name, stats in sorted(record.actions.items())},
         loops=[loop_progress(loop, record.steps) for loop in loops.values()],

@@ -2,6 +2,7 @@
 the worker. Shared by the web app's lifespan and the `activation worker` command.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from app.keys import Keys
 from app.loops import Loop, LoopFileError, load_loops
 from app.mailer import RateLimiter, ResendMailer
 from app.messages import DEFAULT_SENDER, Composer
+from app.metrics import Metrics
 from app.settings import Settings
 from app.store import Store
 from app.templates import TemplateSet
@@ -33,6 +35,7 @@ class Runtime:
     tokens: UnsubscribeTokens
     mailer: Mailer
     worker: Worker
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     async def close(self) -> None:
         if isinstance(self.mailer, ResendMailer):
@@ -46,8 +49,9 @@ def build_runtime(settings: Settings, clock: Clock) -> Runtime:
     tokens = UnsubscribeTokens.from_settings(settings)
     mailer = build_mailer(settings)
     composer = build_composer(settings, loops, templates, tokens)
-    worker = build_worker(settings, store, loops, composer, mailer, clock)
-    return Runtime(settings, store, loops, templates, tokens, mailer, worker)
+    metrics = Metrics()
+    worker = build_worker(settings, store, loops, composer, mailer, clock, metrics)
+    return Runtime(settings, store, loops, templates, tokens, mailer, worker, metrics)
 
 
 def load_settings() -> Settings:
@@ -126,10 +130,12 @@ def build_worker(
     composer: Composer,
     mailer: Mailer,
     clock: Clock,
+    metrics: Metrics | None = None,
 ) -> Worker:
     config = WorkerConfig(
         lease_ms=int(settings.worker_lease_s * 1000), idle_s=settings.worker_idle_s
     )
-    evaluator = Evaluator(store, loops, composer, clock)
-    delivery = Delivery(store, loops, mailer, clock)
-    return Worker(store, evaluator, clock, send_email=delivery, config=config)
+    metrics = metrics or Metrics()
+    evaluator = Evaluator(store, loops, composer, clock, metrics)
+    delivery = Delivery(store, loops, mailer, clock, metrics)
+    return Worker(store, evaluator, clock, send_email=delivery, config=config, metrics=metrics)

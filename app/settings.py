@@ -8,7 +8,7 @@ import base64
 import binascii
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     clerk_webhook_signing_secret: SecretStr | None = None
+    resend_webhook_secret: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     upstash_redis_rest_url: str | None = None
     upstash_redis_rest_token: SecretStr | None = None
     redis_url: SecretStr | None = None
@@ -47,6 +49,7 @@ class Settings(BaseSettings):
     worker_idle_s: float = Field(default=120.0, ge=1, le=3600)
     worker_lease_s: float = Field(default=60.0, ge=5, le=3600)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator(
         "clerk_webhook_signing_secret",
@@ -55,6 +58,8 @@ class Settings(BaseSettings):
         "resend_api_key",
         "activation_api_key",
         "unsubscribe_secret",
+        "resend_webhook_secret",
+        "metrics_token",
         mode="before",
     )
     @classmethod
@@ -78,6 +83,16 @@ class Settings(BaseSettings):
     def _signing_secret_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _decode_signing_secret(value.get_secret_value())
+        return value
+
+    @field_validator("resend_webhook_secret")
+    @classmethod
+    def _resend_secret_is_base64(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _signing_key(value.get_secret_value()):
+            raise ValueError(
+                "RESEND_WEBHOOK_SECRET must be the webhook's signing secret, whsec_ followed by "
+                "base64 (Resend dashboard: Webhooks > your endpoint > Signing secret)"
+            )
         return value
 
     @field_validator("key_prefix")
@@ -106,12 +121,17 @@ class Settings(BaseSettings):
         return StorageKind.EMBEDDED
 
 
-def _decode_signing_secret(secret: str) -> bytes:
+def _signing_key(secret: str) -> bytes:
+    """The key of a Svix `whsec_<base64>` secret; empty when it is not one."""
     raw = secret.removeprefix("whsec_").rstrip("=")
     try:
-        decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        return base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
     except binascii.Error:
-        decoded = b""
+        return b""
+
+
+def _decode_signing_secret(secret: str) -> bytes:
+    decoded = _signing_key(secret)
     if not decoded:
         raise ValueError(
             "CLERK_WEBHOOK_SIGNING_SECRET must be the endpoint's signing secret, whsec_ followed "

@@ -4,19 +4,19 @@ import logging
 from urllib.parse import urlsplit
 
 from app import __version__
+from app.logs import build_handler
 from app.settings import Settings, StorageKind
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(level: str) -> None:
-    """Give the `app` loggers a handler unless the host (uvicorn, pytest) configured one."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Give the `app` loggers a handler (text or JSON, addresses masked) unless the host
+    (pytest, a root logging config) configured one."""
     root = logging.getLogger("app")
     root.setLevel(level.upper())
     if not root.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
+        root.addHandler(build_handler(log_format, LOG_FORMAT))
 
 
 def describe_configuration(settings: Settings) -> tuple[int, str, str]:
@@ -26,6 +26,7 @@ def describe_configuration(settings: Settings) -> tuple[int, str, str]:
         describe_storage(settings),
         describe_email(settings),
         describe_webhooks(settings),
+        describe_resend_events(settings),
         describe_api(settings),
     ]
     unsafe = settings.storage_kind is StorageKind.EMBEDDED
@@ -57,6 +58,12 @@ def describe_webhooks(settings: Settings) -> str:
             "Clerk webhooks: no CLERK_WEBHOOK_SIGNING_SECRET, so POST /webhooks/clerk answers 503."
         )
     return "Clerk webhooks: signature checks on at POST /webhooks/clerk."
+
+
+def describe_resend_events(settings: Settings) -> str:
+    if settings.resend_webhook_secret is None:
+        return "Resend events: no RESEND_WEBHOOK_SECRET, so POST /webhooks/resend answers 503."
+    return "Resend events: signature checks on at POST /webhooks/resend."
 
 
 def describe_api(settings: Settings) -> str:

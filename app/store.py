@@ -17,7 +17,8 @@ from app.connections import CommandArg, Connection, NoScript
 from app.engine import ActionStats, StepState
 from app.errors import StorageError
 from app.jobs import EmailJob, JobStatus
-from app.keys import OUTBOX_LENGTH, TIMELINE_LENGTH, Keys, eval_job, job_user
+from app.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH, Keys, eval_job, job_user
+from app.stats import Counter, parse_counters, send_counter, utc_day
 from app.users import UserProfile
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,32 @@ BEGIN_ATTEMPT = Script.load("begin_attempt")
 SETTLE = Script.load("settle")
 UNSUBSCRIBE = Script.load("unsubscribe")
 RETRY_DEAD = Script.load("retry_dead")
+STATS = Script.load("stats")
+EMAIL_EVENT = Script.load("email_event")
+UNSUPPRESS = Script.load("unsuppress")
 
 
 def timeline_entry(at_ms: int, event: str, **details: Any) -> str:
     """One timeline line: when, what, and the details that matter (JSON)."""
     return json.dumps({"at": at_ms, "event": event, **details}, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class EmailEvent:
+    """A Resend delivery event about one of our emails, matched to its user."""
+
+    delivery_id: str
+    user_id: str
+    type: str
+    job_id: str | None = None
+    provider_id: str | None = None
+    suppression: str | None = None  # "bounced" or "complained" when it stops loop email
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def timeline_entry(self, at_ms: int) -> str:
+        return timeline_entry(
+            at_ms, self.type, email=self.job_id, provider_id=self.provider_id, **self.details
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +104,8 @@ class UserRecord:
     jobs: dict[str, EmailJob] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     deleted: bool = False
+    suppressed_at_ms: int | None = None
+    suppression: str | None = None
 
     @property
     def known(self) -> bool:
@@ -96,6 +120,14 @@ class Attempt:
     previous_attempts: int
     last_started_at_ms: int | None
     unsubscribed: bool
+    suppressed: bool = False
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no loop email may go to this user now: "unsubscribed", "suppressed", or None."""
+        if self.unsubscribed:
+            return "unsubscribed"
+        return "suppressed" if self.suppressed else None
 
 
 class Outcome(StrEnum):
@@ -111,6 +143,16 @@ class Claim:
 
     job_ids: list[str]
     wake_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """The dashboard's counters as stored: per loop, per day, and the dead-letter set."""
+
+    loops: dict[str, dict[str, int]]
+    days: dict[str, dict[str, int]]
+    dead_count: int
+    dead_ids: list[str]
 
 
 class UserWrite(StrEnum):
@@ -199,9 +241,10 @@ class Store:
             self.keys.schedule,
             self.keys.leases,
             self.keys.jobs(user_id),
+            self.keys.suppressed,
             *self.keys.personal(user_id),
         ]
-        args: list[CommandArg] = [now_ms, self.webhook_dedupe_ttl_s, eval_job(user_id)]
+        args: list[CommandArg] = [now_ms, self.webhook_dedupe_ttl_s, eval_job(user_id), user_id]
         reply = await self.run(DELETE_USER, keys, args)
         return _as_write(DELETE_USER, reply)
 
@@ -290,6 +333,7 @@ class Store:
         jobs: Sequence[EmailJob],
         timeline: Sequence[str],
         wake_at_ms: int | None,
+        counters: Sequence[Counter] = (),
     ) -> bool:
         """Write the engine's decisions unless the user changed meanwhile (then False)."""
         keys = [
@@ -300,6 +344,8 @@ class Store:
             self.keys.schedule,
             self.keys.leases,
         ]
+        stats_keys = list(dict.fromkeys(self.keys.stats(counter.loop_id) for counter in counters))
+        keys += stats_keys
         args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH]
         args.append(len(states))
         for name, state in states.items():
@@ -307,7 +353,13 @@ class Store:
         args.append(len(jobs))
         for job in jobs:
             args += [job.id, job.model_dump_json(), job.due_at]
-        args += [len(timeline), *timeline]
+        args += [len(timeline), *timeline, len(counters)]
+        for counter in counters:
+            args += [
+                stats_keys.index(self.keys.stats(counter.loop_id)) + 1,
+                counter.field,
+                counter.by,
+            ]
         reply = await self.run(APPLY, keys, args)
         return bool(reply == "applied")
 
@@ -320,12 +372,14 @@ class Store:
     async def begin_attempt(self, job_id: str, *, now_ms: int) -> Attempt:
         uid = job_user(job_id)
         keys = [self.keys.jobs(uid), self.keys.attempts(uid), self.keys.user(uid), self.keys.leases]
-        job, before, last, unsubscribed = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms])
+        reply = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms])
+        job, before, last, unsubscribed, suppressed = reply
         return Attempt(
             job=EmailJob.model_validate_json(job) if job else None,
             previous_attempts=int(before),
             last_started_at_ms=_int_or_none(last),
             unsubscribed=unsubscribed is not None,
+            suppressed=suppressed is not None,
         )
 
     async def settle(  # the outcome's parts, each a separate field
@@ -346,6 +400,8 @@ class Store:
             self.keys.dead,
             self.keys.timeline(uid),
             self.keys.outbox,
+            self.keys.stats(job.loop_id),
+            self.keys.daily(utc_day(now_ms)),
         ]
         entry = timeline_entry(
             now_ms, f"email.{job.status.value}", email=job.id, attempts=job.attempts,
@@ -354,6 +410,7 @@ class Store:
         args: list[CommandArg] = [
             job.id, job.model_dump_json(), outcome.value, retry_at_ms or "", now_ms, entry,
             TIMELINE_LENGTH, outbox_entry, OUTBOX_LENGTH,
+            job.loop_id, send_counter(job), DAILY_TTL_S,
         ]  # fmt: skip
         return bool(await self.run(SETTLE, keys, args) == "settled")
 
@@ -391,6 +448,26 @@ class Store:
         keys = [self.keys.dead, self.keys.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
         return bool(await self.run(RETRY_DEAD, keys, [job.id, again.model_dump_json(), now_ms]))
 
+    async def read_stats(
+        self, loop_ids: Sequence[str], days: Sequence[str], *, dead_limit: int = 1000
+    ) -> "StatsReply":
+        """Every loop's counters, the daily hashes and the dead-letter ids, in one round trip."""
+        keys = [self.keys.dead]
+        keys += [self.keys.stats(loop_id) for loop_id in loop_ids]
+        keys += [self.keys.daily(day) for day in days]
+        count, dead_ids, *hashes = await self.run(STATS, keys, [dead_limit])
+        parsed = [parse_counters(flat) for flat in hashes]
+        return StatsReply(
+            loops=dict(zip(loop_ids, parsed[: len(loop_ids)], strict=True)),
+            days=dict(zip(days, parsed[len(loop_ids) :], strict=True)),
+            dead_count=int(count),
+            dead_ids=[str(job_id) for job_id in dead_ids],
+        )
+
+    async def get_job(self, job_id: str) -> EmailJob | None:
+        raw = await self.conn.call("HGET", self.keys.jobs(job_user(job_id)), job_id)
+        return None if raw is None else EmailJob.model_validate_json(raw)
+
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         """Emails written to the outbox (no Resend key), newest first."""
         entries = await self.conn.call("LRANGE", self.keys.outbox, 0, limit - 1)
@@ -398,6 +475,47 @@ class Store:
 
     async def is_deleted(self, user_id: str) -> bool:
         return bool(await self.conn.call("EXISTS", self.keys.tombstone(user_id)))
+
+    async def schedule_size(self) -> int:
+        """Jobs on the schedule (due or not): the queue depth."""
+        return int(await self.conn.call("ZCARD", self.keys.schedule))
+
+    async def dead_letter_count(self) -> int:
+        return int(await self.conn.call("ZCARD", self.keys.dead))
+
+    async def record_email_event(self, event: EmailEvent, *, now_ms: int) -> str:
+        """Put a Resend event on the user's timeline once per delivery, suppressing on a hard
+        bounce or complaint; returns the script's one-word outcome (see email_event.lua)."""
+        uid = event.user_id
+        keys = [
+            self.keys.user(uid),
+            self.keys.tombstone(uid),
+            self.keys.webhook_seen(uid, event.delivery_id),
+            self.keys.timeline(uid),
+            self.keys.suppressed,
+        ]
+        reason = event.suppression or ""
+        args: list[CommandArg] = [
+            now_ms, self.webhook_dedupe_ttl_s, event.timeline_entry(now_ms), TIMELINE_LENGTH,
+            reason, uid, timeline_entry(now_ms, "suppressed", reason=reason, email=event.job_id),
+        ]  # fmt: skip
+        return str(await self.run(EMAIL_EVENT, keys, args))
+
+    async def unsuppress(self, user_id: str, *, now_ms: int) -> bool:
+        """Lift the user's suppression; False when they were not suppressed."""
+        keys = [self.keys.user(user_id), self.keys.timeline(user_id), self.keys.suppressed]
+        entry = timeline_entry(now_ms, "unsuppressed")
+        return bool(await self.run(UNSUPPRESS, keys, [user_id, entry, TIMELINE_LENGTH]))
+
+    async def suppressed_users(self, limit: int = 1000) -> list[tuple[str, int]]:
+        """(user id, suppressed at ms) pairs, oldest first: an operator's listing, one read per
+        user (scores are not read: transports disagree on their shape)."""
+        users = []
+        for uid in await self.conn.call("ZRANGE", self.keys.suppressed, 0, limit - 1):
+            at = await self.conn.call("HGET", self.keys.user(str(uid)), "suppressed_at")
+            if at is not None:
+                users.append((str(uid), int(at)))
+        return users
 
 
 def _as_write(script: Script, reply: object) -> UserWrite:
@@ -417,7 +535,7 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 def parse_snapshot(user_id: str, reply: Sequence[Any]) -> UserRecord:
     (
-        (profile, _version, registered_at, unsubscribed_at),
+        (profile, _version, registered_at, unsubscribed_at, suppressed_at, suppression),
         activity,
         loops,
         jobs,
@@ -436,6 +554,8 @@ def parse_snapshot(user_id: str, reply: Sequence[Any]) -> UserRecord:
         jobs={job_id: EmailJob.model_validate_json(raw) for job_id, raw in _pairs(jobs).items()},
         timeline=[json.loads(line) for line in timeline],
         deleted=bool(deleted),
+        suppressed_at_ms=_int_or_none(suppressed_at),
+        suppression=suppression,
     )
 
 

@@ -15,6 +15,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from app.deps import ClockDep, StoreDep
 from app.errors import NotConfigured, PayloadTooLarge, WebhookRejected
+from app.metrics import MetricsDep
 from app.store import Store
 from app.users import ClerkDeletedUser, ClerkEvent, ClerkUser, EventType
 
@@ -58,14 +59,16 @@ VerifierDep = Annotated[Webhook, Depends(get_verifier)]
     },
 )
 async def receive_clerk_webhook(
-    request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep
+    request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep, metrics: MetricsDep
 ) -> WebhookAck:
     """Receive a Clerk webhook (subscribe to user.created, user.updated, user.deleted)."""
-    body = await read_body(request, MAX_BODY_BYTES)
-    delivery_id = verify(verifier, body, dict(request.headers))
-    event = parse_event(body)
-    status = await apply_event(store, event, delivery_id, now_ms=clock())
+    with metrics.webhook_failures("clerk"):
+        body = await read_body(request, MAX_BODY_BYTES)
+        delivery_id = verify(verifier, body, dict(request.headers))
+        event = parse_event(body)
+        status = await apply_event(store, event, delivery_id, now_ms=clock())
     logger.info("clerk webhook %s delivery=%s: %s", event.type, delivery_id, status)
+    metrics.webhook("clerk", event.type, status)
     request.app.state.wake_worker()  # a registration starts loops: their clocks start now
     return WebhookAck(status=status)
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from app.clock import Clock
 from app.engine import Decisions, EmailOrder, Snapshot, evaluate
-from app.errors import StorageUnavailable
+from app.errors import StorageError, StorageUnavailable
 from app.jobs import EmailJob, JobStatus
 from app.keys import job_user
 from app.loops import Loop
 from app.messages import Composer
+from app.metrics import Metrics
+from app.stats import late_activations, step_counters
 from app.store import Claim, Store, UserRecord, timeline_entry
 from app.templates import TemplateRenderError
 
@@ -41,12 +43,18 @@ class Evaluator:
     """Runs the engine for one user and applies the decisions, retrying on a concurrent change."""
 
     def __init__(
-        self, store: Store, loops: Mapping[str, Loop], composer: Composer, clock: Clock
+        self,
+        store: Store,
+        loops: Mapping[str, Loop],
+        composer: Composer,
+        clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.loops = loops
         self.composer = composer
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
     async def run(self, user_id: str) -> Decisions | None:
         for _ in range(MAX_CONFLICTS):
@@ -55,6 +63,7 @@ class Evaluator:
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)
             if await self._apply(record, decisions, now):
                 log_decisions(user_id, decisions)
+                self.metrics.transitions(decisions)
                 return decisions
         logger.warning(
             "user %s changed %d times while evaluated; lease left", user_id, MAX_CONFLICTS
@@ -68,13 +77,17 @@ class Evaluator:
             timeline_entry(now, f"step.{state.status.value}", step=name, email=state.email_job)
             for name, state in decisions.transitions.items()
         ]
+        # the loop funnel's counters move with the states (stats.py); a late activation too
+        late = late_activations(self.loops.values(), record.steps, record.actions)
+        timeline += [timeline_entry(now, "step.activated_late", step=name) for name in late]
         return await self.store.apply_decisions(
             uid,
             rev=record.rev,
-            states=decisions.transitions,
+            states={**late, **decisions.transitions},
             jobs=jobs,
             timeline=timeline,
             wake_at_ms=decisions.wake_at,
+            counters=step_counters(self.loops.values(), record.steps, decisions.transitions, late),
         )
 
     def _new_job(self, record: UserRecord, order: EmailOrder, now: int) -> EmailJob:
@@ -106,7 +119,7 @@ def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
 
 def to_snapshot(record: UserRecord) -> Snapshot:
     registered = None if record.deleted else record.registered_at_ms
-    suppressed = record.unsubscribed_at_ms is not None
+    suppressed = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
     return Snapshot(record.user_id, registered, record.actions, record.steps, suppressed)
 
 
@@ -126,12 +139,14 @@ class Worker:
         *,
         send_email: EmailHandler | None = None,
         config: WorkerConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.evaluator = evaluator
         self.clock = clock
         self.send_email = send_email
         self.config = config or WorkerConfig()
+        self.metrics = metrics or Metrics()
         self.jobs_done = 0
         self.last_loop_at_ms: int | None = None
         self._wake = asyncio.Event()
@@ -177,6 +192,7 @@ class Worker:
                 claim = await self.run_once()
                 backoff_s = 0.5
             except StorageUnavailable as exc:
+                self.metrics.storage_error(exc)
                 logger.warning(
                     "worker: storage unavailable (%s); retrying in %.1fs", exc, backoff_s
                 )
@@ -204,6 +220,9 @@ class Worker:
             self.jobs_done += 1
         except StorageUnavailable:
             raise
+        except StorageError as exc:
+            self.metrics.storage_error(exc)
+            logger.exception("job %s failed", job_id)  # its lease brings it back later
         except Exception:
             # one bad job must not stop the others; its lease brings it back later
             logger.exception("job %s failed", job_id)

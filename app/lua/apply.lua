@@ -1,12 +1,13 @@
 -- Apply the engine's decisions for one user, unless the user changed since the snapshot they
 -- were made from; then settle the user's evaluation lease and schedule the next look.
 -- KEYS[1] activity hash (rev)  KEYS[2] loops hash  KEYS[3] jobs hash  KEYS[4] timeline list
--- KEYS[5] schedule zset        KEYS[6] leases zset
+-- KEYS[5] schedule zset        KEYS[6] leases zset   KEYS[7..] the loops' stats hashes (P:stats:<loop>)
 -- ARGV[1] the rev the decisions were made from; ARGV[2] the evaluation job id (eval|<uid>)
 -- ARGV[3] wake at (epoch ms) or ""; ARGV[4] timeline length cap
 -- ARGV[5] n step states, then n pairs: field, state JSON
 -- then m email jobs: count, then m triples: job id, job JSON, due at (epoch ms)
 -- then t timeline entries: count, then t JSON entries
+-- then c counter increments: count, then c triples: stats key (1 = KEYS[7]), field, increment
 -- Returns "conflict" (nothing written: the caller evaluates again) or "applied".
 local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
 if rev ~= ARGV[1] then
@@ -32,6 +33,12 @@ for i = 1, tonumber(ARGV[a]) do
 end
 if tonumber(ARGV[a]) > 0 then
   redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
+end
+-- counters move with the states they describe: a refused (conflicting) decision counts nothing
+a = a + tonumber(ARGV[a]) + 1
+for i = 1, tonumber(ARGV[a] or '0') do
+  local k, counter, by = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
+  redis.call('HINCRBY', KEYS[6 + tonumber(k)], counter, by)
 end
 if states + jobs > 0 then
   redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)

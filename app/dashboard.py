@@ -1,0 +1,200 @@
+"""Operator pages, server-rendered (Jinja2, no JavaScript): `GET /dashboard` (each loop's funnel,
+activation rate, time to activation, sends and failures per day, dead letters), `GET /outbox` (the
+emails the outbox mode kept instead of sending) and the login form that opens them in a browser.
+"""
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app import sessions
+from app.deps import ClockDep, SettingsDep, StoreDep
+from app.jobs import EmailJob
+from app.loops import Loop
+from app.stats import LoopStats, day_counts, dead_loop, last_days
+from app.store import StatsReply, Store
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operator"])
+
+DAYS_SHOWN = 14
+DEAD_SHOWN = 3
+OUTBOX_SHOWN = 50
+PAGES = ("/dashboard", "/outbox")
+# Email HTML is shown in sandboxed iframes (no scripts, no same-origin); the pages run no script.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "img-src https: data:; form-action 'self'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+PAGE_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("app", "pages"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def page(name: str, status_code: int = 200, **variables: Any) -> HTMLResponse:
+    body = PAGE_ENV.get_template(name).render(**variables)
+    return HTMLResponse(body, status_code=status_code, headers=HEADERS)
+
+
+def refusal(request: Request, access: sessions.Access, error: str = "") -> HTMLResponse:
+    """401: the login form, or why nobody can log in."""
+    if access is sessions.Access.UNCONFIGURED:
+        return page("refused.html", 401, title="Not configured")
+    target = request.url.path if request.url.path in PAGES else "/dashboard"
+    return page("login.html", 401, title="Log in", next=target, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One bar of an inline SVG chart, in the chart's own units."""
+
+    label: str
+    value: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def bars(values: Sequence[tuple[str, int]], *, width: float, height: float) -> list[Bar]:
+    """Bars side by side filling `width`, scaled so the largest reaches `height`."""
+    top = max((value for _, value in values), default=0) or 1
+    slot = width / max(len(values), 1)
+    return [
+        Bar(label, value, i * slot + slot * 0.15, height - value / top * height, slot * 0.7,
+            value / top * height)
+        for i, (label, value) in enumerate(values)
+    ]  # fmt: skip
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else "n/a"
+
+
+def when(at_ms: int | None) -> str:
+    if at_ms is None:
+        return "n/a"
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+PAGE_ENV.globals.update(bars=bars, percent=percent, when=when)
+
+
+async def dead_by_loop(store: Store, dead_ids: Iterable[str]) -> dict[str, list[EmailJob]]:
+    """The first few dead-letter jobs of each loop, with their last error."""
+    chosen: dict[str, list[str]] = {}
+    for job_id in dead_ids:
+        ids = chosen.setdefault(dead_loop(job_id), [])
+        if len(ids) < DEAD_SHOWN:
+            ids.append(job_id)
+    jobs: dict[str, list[EmailJob]] = {}
+    for loop_id, ids in chosen.items():
+        found = [await store.get_job(job_id) for job_id in ids]
+        jobs[loop_id] = [job for job in found if job is not None]
+    return jobs
+
+
+def loop_stats(loop: Loop, reply: StatsReply, dead: dict[str, list[EmailJob]]) -> LoopStats:
+    days = list(reply.days)
+    dead_count = sum(1 for job_id in reply.dead_ids if dead_loop(job_id) == loop.id)
+    return LoopStats(
+        loop=loop,
+        counters=reply.loops.get(loop.id, {}),
+        days=day_counts(loop.id, days, reply.days),
+        dead_count=dead_count,
+        dead=dead.get(loop.id, []),
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse, responses={401: {"description": "log in"}})
+async def dashboard(
+    request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
+) -> HTMLResponse:
+    """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
+    granted = sessions.access(request, settings, clock())
+    if granted is not sessions.Access.GRANTED:
+        return refusal(request, granted)
+    loops: dict[str, Loop] = request.app.state.loops
+    reply = await store.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
+    dead = await dead_by_loop(store, reply.dead_ids)
+    return page(
+        "dashboard.html",
+        title="Activation loops",
+        loops=[loop_stats(loop, reply, dead) for loop in loops.values()],
+        dead_total=reply.dead_count,
+        storage=settings.storage_kind.value,
+        outbox_mode=settings.resend_api_key is None,
+        now=when(clock()),
+    )
+
+
+@router.get("/outbox", response_class=HTMLResponse, responses={401: {"description": "log in"}})
+async def outbox(
+    request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
+) -> HTMLResponse:
+    """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
+    granted = sessions.access(request, settings, clock())
+    if granted is not sessions.Access.GRANTED:
+        return refusal(request, granted)
+    entries = await store.outbox(limit=OUTBOX_SHOWN)
+    return page(
+        "outbox.html",
+        title="Outbox",
+        emails=[outbox_email(entry) for entry in entries],
+        outbox_mode=settings.resend_api_key is None,
+    )
+
+
+def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
+    """An outbox entry as the page shows it: the job id's parts named."""
+    parts = str(entry.get("job", "")).split("|")
+    loop_id, step, kind = parts[2:5] if len(parts) == 5 else ("?", "?", "?")
+    return {**entry, "loop": loop_id, "step": step, "kind": kind, "sent": when(entry.get("at"))}
+
+
+@router.post("/dashboard/login", response_class=HTMLResponse, include_in_schema=False)
+async def login(request: Request, settings: SettingsDep, clock: ClockDep) -> Response:
+    """The login form: the API key in, a session cookie out."""
+    if settings.activation_api_key is None:
+        return refusal(request, sessions.Access.UNCONFIGURED)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
+    api_key = settings.activation_api_key.get_secret_value()
+    if not sessions.key_matches(api_key, given):
+        logger.warning("dashboard login refused: wrong key")
+        return refusal(request, sessions.Access.LOGIN, "That is not the API key.")
+    response = RedirectResponse(target if target in PAGES else "/dashboard", status_code=303)
+    response.set_cookie(
+        sessions.COOKIE,
+        sessions.issue(api_key, clock()),
+        max_age=sessions.SESSION_S,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        # behind a TLS-terminating proxy the request says http: PUBLIC_URL tells the truth
+        secure=request.url.scheme == "https" or settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+@router.post("/dashboard/logout", include_in_schema=False)
+async def logout() -> Response:
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    return response

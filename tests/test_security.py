@@ -1,0 +1,590 @@
+"""Security: every `/v1/*` route wants the key, webhooks cannot be replayed, unsubscribe tokens
+cannot be forged or moved, and no secret, address or email body reaches the logs."""
+
+import asyncio
+import base64
+import copy
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from app.unsubscribe import UnsubscribeTokens
+from app.worker import Worker
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    SIGNING_SECRET,
+    UPSTASH_TOKEN,
+    FakeClock,
+    free_port,
+    load_fixture,
+    sign,
+)
+from tests.resend_standin import ResendStandin, run_standin
+from tests.upstash_standin import stop, wait_started
+
+USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+OTHER = "user_2other0000000000000000000"
+SENDER = "Acme <hello@acme.dev>"
+ADDRESS = "ada.lovelace-private@analytical-engine.example"
+BODY_TEXT = "the hardest step is behind you"  # from loops/templates/activation_welcome.html
+RESEND_WEBHOOK_SECRET = "whsec_QmVzdFJlc2VuZFdlYmhvb2tTZWNyZXQxMjM0NTY="
+METRICS_TOKEN = "metrics-token-secret-0123456789"
+embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def user_event(kind: str, user_id: str = USER, address: str = ADDRESS) -> bytes:
+    event: dict[str, Any] = copy.deepcopy(load_fixture(f"clerk_user_{kind}.json"))
+    event["data"]["id"] = user_id
+    if "email_addresses" in event["data"]:
+        event["data"]["email_addresses"][0]["email_address"] = address
+    return json.dumps(event).encode()
+
+
+async def webhook(
+    client: httpx.AsyncClient, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
+    return await client.post("/webhooks/clerk", content=body, headers=headers)
+
+
+async def act(client: httpx.AsyncClient, user_id: str = USER) -> None:
+    action = {"user_id": user_id, "action": "first_project_created"}
+    assert (await client.post("/v1/actions", json=action, headers=AUTH)).status_code == 202
+
+
+async def known(client: httpx.AsyncClient, user_id: str = USER) -> bool:
+    response = await client.get(f"/v1/users/{user_id}", headers=AUTH)
+    assert response.status_code in (200, 404)
+    return response.status_code == 200
+
+
+def worker_of(app: FastAPI) -> Worker:
+    worker: Worker = app.state.worker
+    return worker
+
+
+def served_routes(app: FastAPI) -> set[tuple[str, str]]:
+    """(path, method) of every route the app serves, documented or not, however it is mounted."""
+    found: set[tuple[str, str]] = set()
+    for route in app.routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        for item in contexts() if contexts is not None else [route]:
+            methods = getattr(item, "methods", None)
+            methods = methods or getattr(getattr(item, "original_route", None), "methods", None)
+            found |= {(str(item.path), method) for method in methods or () if method != "HEAD"}
+    for path, operations in app.openapi()["paths"].items():
+        found |= {(path, method.upper()) for method in operations}
+    return found
+
+
+def concrete(path: str) -> str:
+    """A path with every `{parameter}` filled in."""
+    while "{" in path:
+        start, end = path.index("{"), path.index("}")
+        path = f"{path[:start]}{USER}{path[end + 1 :]}"
+    return path
+
+
+# --- the API key ----------------------------------------------------------------------------
+
+WRONG_KEYS = {
+    "missing": {},
+    "empty bearer": {"Authorization": "Bearer "},
+    "wrong": {"Authorization": "Bearer not-the-key"},
+    "key plus a character": {"Authorization": f"Bearer {API_KEY}x"},
+    "key minus a character": {"Authorization": f"Bearer {API_KEY[:-1]}"},
+    "key upper-cased": {"Authorization": f"Bearer {API_KEY.upper()}"},
+    "no scheme": {"Authorization": API_KEY},
+    "basic scheme": {"Authorization": "Basic " + base64.b64encode(API_KEY.encode()).decode()},
+    "token scheme": {"Authorization": f"Token {API_KEY}"},
+    "in another header": {"X-API-Key": API_KEY},
+    "in the query": {},  # the key given as ?api_key=..., see below
+}
+
+
+@embedded_only
+@pytest.mark.parametrize("wrong", list(WRONG_KEYS))
+async def test_every_v1_route_refuses_a_missing_or_wrong_key(
+    client: httpx.AsyncClient, app: FastAPI, wrong: str
+) -> None:
+    routes = sorted(route for route in served_routes(app) if route[0].startswith("/v1/"))
+    assert ("/v1/actions", "POST") in routes
+    assert ("/v1/users/{user_id}", "GET") in routes
+    params = {"api_key": API_KEY, "token": API_KEY} if wrong == "in the query" else {}
+    action = {"user_id": USER, "action": "first_project_created"}
+    for path, method in routes:
+        response = await client.request(
+            method, concrete(path), json=action, headers=WRONG_KEYS[wrong], params=params
+        )
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert not await known(client)  # nothing was recorded on the way
+
+
+@embedded_only
+async def test_without_an_api_key_configured_every_v1_route_refuses_everyone(
+    make_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    app = create_app(make_settings(activation_api_key=None), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            routes = [route for route in served_routes(app) if route[0].startswith("/v1/")]
+            for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
+                for path, method in routes:
+                    response = await http.request(method, concrete(path), json={}, headers=headers)
+                    assert response.status_code == 401, (method, path, headers)
+
+
+@embedded_only
+async def test_the_right_key_is_let_through(client: httpx.AsyncClient) -> None:
+    await act(client)
+    lower_scheme = {"Authorization": f"bearer {API_KEY}"}
+    assert (await client.get(f"/v1/users/{USER}", headers=lower_scheme)).status_code == 200
+
+
+@embedded_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: without the key, a body that is not JSON (or not UTF-8) gets FastAPI's 422/400 "
+    "with the parser's detail before the key is checked; an unauthenticated caller should only "
+    "ever see 401",
+)
+@pytest.mark.parametrize("body", [b"{not json", b"\xd6\xd6"])
+async def test_a_malformed_body_without_the_key_is_still_401(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    headers = {"content-type": "application/json"}
+    response = await client.post("/v1/actions", content=body, headers=headers)
+    assert response.status_code == 401, response.text
+
+
+# --- operator pages -------------------------------------------------------------------------
+
+OPERATOR_PAGES = ("/dashboard", "/outbox", "/metrics")
+
+
+def forged_sessions(now_ms: int) -> dict[str, str]:
+    sessions = pytest.importorskip("app.sessions")
+    far = now_ms + 3_600_000
+    return {
+        "another key's session": sessions.issue("another-api-key", now_ms),
+        "expired session": sessions.issue(API_KEY, now_ms - 13 * 3_600_000),
+        "made-up signature": f"{far}.{b64('x' * 32)}",
+        "no signature": f"{far}.",
+        "not a time": "soon.abc",
+        "empty": "",
+    }
+
+
+@embedded_only
+async def test_operator_pages_refuse_without_the_key_and_show_nothing(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    """With no Resend key the outbox keeps whole emails: it must never be public."""
+    body = user_event("created")
+    assert (await webhook(client, body, sign(body))).status_code == 200
+    await act(client)
+    await worker_of(app).drain()
+    pages = [page for page in OPERATOR_PAGES if (page, "GET") in served_routes(app)]
+    assert pages, "no operator page found: update OPERATOR_PAGES"
+    cookie = getattr(pytest.importorskip("app.sessions"), "COOKIE", "activation_session")
+    attempts = list(WRONG_KEYS.values())
+    attempts += [{"Cookie": f"{cookie}={value}"} for value in forged_sessions(clock()).values()]
+    for page in pages:
+        for headers in attempts:
+            response = await client.get(page, headers=headers)
+            assert response.status_code == 401, (page, headers, response.status_code)
+            assert ADDRESS not in response.text
+            assert BODY_TEXT not in response.text
+        assert (await client.get(page, headers=AUTH)).status_code == 200, page
+
+
+# --- webhook replays ------------------------------------------------------------------------
+
+
+@embedded_only
+@pytest.mark.parametrize(
+    "age", [timedelta(minutes=5, seconds=30), timedelta(hours=1), timedelta(days=1)]
+)
+@pytest.mark.parametrize("direction", [-1, 1], ids=["past", "future"])
+async def test_a_webhook_signed_outside_five_minutes_is_refused(
+    client: httpx.AsyncClient, age: timedelta, direction: int
+) -> None:
+    body = user_event("created")
+    signed_at = datetime.now(tz=UTC) + direction * age
+    response = await webhook(client, body, sign(body, timestamp=signed_at))
+    assert response.status_code == 400
+    assert not await known(client)
+
+
+@embedded_only
+async def test_a_captured_webhook_replayed_with_a_fresh_timestamp_or_id_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    body = user_event("created")
+    captured = sign(body, timestamp=datetime.now(tz=UTC) - timedelta(minutes=10))
+    fresh_time = {**captured, "svix-timestamp": str(int(datetime.now(tz=UTC).timestamp()))}
+    fresh_id = {
+        **captured,
+        "svix-id": "msg_fresh_id",
+        "svix-timestamp": fresh_time["svix-timestamp"],
+    }
+    for headers in (captured, fresh_time, fresh_id):
+        assert (await webhook(client, body, headers)).status_code == 400
+    assert not await known(client)
+
+
+@embedded_only
+async def test_a_replay_inside_the_window_is_applied_once(client: httpx.AsyncClient) -> None:
+    created, deleted = user_event("created"), user_event("deleted")
+    created_headers = sign(created)
+    first = await webhook(client, created, created_headers)
+    assert (await webhook(client, deleted, sign(deleted))).status_code == 200
+    replayed = await webhook(client, created, created_headers)  # an attacker replays the signup
+
+    assert first.json() == {"status": "created"}
+    assert replayed.json() == {"status": "duplicate"}
+    assert not await known(client)
+
+
+@embedded_only
+async def test_a_webhook_signed_with_another_secret_is_refused(client: httpx.AsyncClient) -> None:
+    body = user_event("created")
+    other = "whsec_" + base64.b64encode(b"another endpoint's secret!").decode()
+    assert (await webhook(client, body, sign(body, secret=other))).status_code == 400
+    assert not await known(client)
+
+
+# --- unsubscribe tokens ---------------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def forged_tokens(app: FastAPI) -> dict[str, str]:
+    genuine: str = app.state.unsubscribe_tokens.issue(USER)
+    encoded, signature = genuine.split(".")
+    other_secret = UnsubscribeTokens(b"another deployment's secret")
+    return {
+        "another secret": other_secret.issue(USER),
+        "moved to another user": f"{b64(OTHER)}.{signature}",
+        "another user's token": app.state.unsubscribe_tokens.issue(OTHER).replace(
+            b64(OTHER), encoded
+        ),
+        "signature truncated": f"{encoded}.{signature[:-1]}",
+        "signature extended": f"{encoded}.{signature}A",
+        "signature only": f".{signature}",
+        "user only": f"{encoded}.",
+        "no dot": f"{encoded}{signature}",
+        "sha256 of the id": f"{encoded}.{b64('0' * 32)}",
+    }
+
+
+@embedded_only
+async def test_forged_or_moved_unsubscribe_tokens_are_refused(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    for name, token in forged_tokens(app).items():
+        for method in ("GET", "POST"):
+            response = await client.request(method, "/unsubscribe", params={"token": token})
+            assert response.status_code == 400, (name, method, response.text)
+
+
+@embedded_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an unsubscribe token whose signature part holds a non-ASCII character "
+    "(e.g. `dXNlcl9h.é`) makes hmac.compare_digest raise TypeError: 500, not 400",
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_token_with_a_non_ascii_signature_is_refused(
+    client: httpx.AsyncClient, method: str
+) -> None:
+    token = f"{b64('user_a')}.é"
+    response = await client.request(method, "/unsubscribe", params={"token": token})
+    assert response.status_code == 400, response.text
+
+
+@pytest.fixture(scope="module")
+def resend_server() -> Iterator[ResendStandin]:
+    with run_standin() as standin:
+        yield standin
+
+
+@pytest.fixture
+def resend(resend_server: ResendStandin) -> ResendStandin:
+    resend_server.reset()
+    return resend_server
+
+
+def sending_settings(resend: ResendStandin, **overrides: Any) -> dict[str, Any]:
+    return {
+        "resend_api_key": resend.api_key,
+        "resend_api_url": resend.url,
+        "email_from": SENDER,
+        "resend_rate_limit_per_s": 0,
+        "resend_timeout_s": 1.0,
+        "public_url": "https://loops.acme.dev",
+        "log_level": "DEBUG",
+        "resend_webhook_secret": RESEND_WEBHOOK_SECRET,
+        "metrics_token": METRICS_TOKEN,
+        **overrides,
+    }
+
+
+@pytest.fixture
+async def sending_app(
+    make_settings: Callable[..., Settings], clock: FakeClock, resend: ResendStandin
+) -> AsyncIterator[FastAPI]:
+    application = create_app(make_settings(**sending_settings(resend)), clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def sending_client(sending_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=sending_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        yield http
+
+
+def unsubscribe_token(sent: dict[str, Any]) -> str:
+    link = sent["body"]["headers"]["List-Unsubscribe"].strip("<>")
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+@embedded_only
+async def test_a_users_token_unsubscribes_that_user_only(
+    sending_client: httpx.AsyncClient, sending_app: FastAPI, resend: ResendStandin
+) -> None:
+    for user_id in (USER, OTHER):
+        body = user_event("created", user_id, address=f"{user_id}@example.org")
+        assert (await webhook(sending_client, body, sign(body))).status_code == 200
+    await act(sending_client, USER)
+    await worker_of(sending_app).drain()
+    token = unsubscribe_token(resend.inbox[0])
+    for _ in range(2):  # used twice: still only that user
+        response = await sending_client.post("/unsubscribe", params={"token": token})
+        assert response.status_code == 200
+    await act(sending_client, OTHER)
+    await worker_of(sending_app).drain()
+
+    assert [sent["body"]["to"] for sent in resend.inbox] == [
+        [f"{USER}@example.org"],
+        [f"{OTHER}@example.org"],
+    ]
+    mine = (await sending_client.get(f"/v1/users/{USER}", headers=AUTH)).json()
+    theirs = (await sending_client.get(f"/v1/users/{OTHER}", headers=AUTH)).json()
+    assert any(entry["event"] == "unsubscribed" for entry in mine["timeline"])
+    assert not any(entry["event"] == "unsubscribed" for entry in theirs["timeline"])
+
+
+# --- nothing secret in the logs -------------------------------------------------------------
+
+
+def record_texts(record: logging.LogRecord) -> Iterator[str]:
+    """Everything of a record a handler could print: message, raw args, exception, extras."""
+    yield record.getMessage()
+    yield str(record.msg)
+    yield repr(record.args)
+    if record.exc_info:
+        yield logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        yield record.exc_text
+    yield repr({k: v for k, v in vars(record).items() if k not in ("msg", "args", "exc_info")})
+
+
+def leaks(records: list[logging.LogRecord], secrets: dict[str, str]) -> list[tuple[str, str]]:
+    found = []
+    for record in records:
+        text = "\n".join(record_texts(record))
+        found += [(name, record.name) for name, secret in secrets.items() if secret in text]
+    return found
+
+
+def ours(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return [r for r in records if r.name.split(".")[0] in ("app", "uvicorn", "activation")]
+
+
+async def run_everything(
+    http: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> str:
+    """Signup, action, a send that fails once then goes out, a dead letter, the unsubscribe
+    page and click, a deletion, and a few refused requests: what a day in production logs."""
+    resend.script(("status", 500), ("status", 429, 1))
+    body = user_event("created")
+    assert (await webhook(http, body, sign(body))).status_code == 200
+    await webhook(http, body, sign(body, timestamp=datetime.now(tz=UTC) - timedelta(hours=1)))
+    await act(http)
+    await http.post("/v1/actions", json={"user_id": USER, "action": "x"}, headers={})
+    for _ in range(4):
+        await worker_of(app).drain()
+        clock.advance(10 * 60_000)
+    [sent] = resend.inbox
+    token = unsubscribe_token(sent)
+    assert (await http.get("/unsubscribe", params={"token": token})).status_code == 200
+    assert (await http.post("/unsubscribe", params={"token": token})).status_code == 200
+    other = user_event("created", OTHER, address=f"second-{ADDRESS}")
+    await webhook(http, other, sign(other))
+    resend.script(("status", 422))
+    await act(http, OTHER)
+    await worker_of(app).drain()
+    for path in ("/health/ready", "/metrics", "/dashboard", "/outbox"):
+        await http.get(path)
+        await http.get(path, headers={"Authorization": f"Bearer {API_KEY}"})
+    await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    deleted = user_event("deleted")
+    assert (await webhook(http, deleted, sign(deleted))).status_code == 200
+    return token
+
+
+@pytest.mark.parametrize("transport", ["embedded", "redis", "upstash"], indirect=True)
+async def test_no_secret_address_or_email_body_in_the_logs(
+    sending_client: httpx.AsyncClient,
+    sending_app: FastAPI,
+    resend: ResendStandin,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = await run_everything(sending_client, sending_app, resend, clock)
+
+    assert resend.inbox  # the flow really sent an email, with the body checked below
+    secrets = {
+        "Resend API key": resend.api_key,
+        "activation API key": API_KEY,
+        "Clerk signing secret": SIGNING_SECRET,
+        "Clerk signing secret (base64)": SIGNING_SECRET.removeprefix("whsec_"),
+        "Upstash token": UPSTASH_TOKEN,
+        "Resend webhook secret": RESEND_WEBHOOK_SECRET.removeprefix("whsec_"),
+        "metrics token": METRICS_TOKEN,
+        "email address": ADDRESS,
+        "email address (local part)": ADDRESS.partition("@")[0],
+        "email body": BODY_TEXT,
+        "unsubscribe token": token,
+    }
+    assert [record for record in caplog.records if record.name.startswith("app")]
+    assert leaks(ours(caplog.records), secrets) == []
+
+
+@pytest.mark.parametrize("transport", ["redis", "upstash"], indirect=True)
+async def test_storage_failures_do_not_log_credentials(
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+    transport: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = "redis-password-do-not-log"
+    port = free_port()
+    storage: dict[str, Any] = {"redis_url": f"redis://default:{password}@127.0.0.1:{port}/0"}
+    if transport == "upstash":
+        storage = {
+            "upstash_redis_rest_url": f"http://127.0.0.1:{port}",
+            "upstash_redis_rest_token": password,
+        }
+    caplog.set_level(logging.DEBUG)
+    app = create_app(make_settings(log_level="DEBUG", **storage), clock=clock)
+    async with app.router.lifespan_context(app):
+        transport_ = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
+            body = user_event("created")
+            assert (await webhook(http, body, sign(body))).status_code == 503
+            assert (await http.get("/health/ready")).status_code == 503
+            response = await http.post(
+                "/v1/actions", json={"user_id": USER, "action": "a"}, headers=AUTH
+            )
+            assert response.status_code == 503
+
+    assert leaks(caplog.records, {"storage password": password, "address": ADDRESS}) == []
+
+
+@contextmanager
+def serve_for_real(app: FastAPI) -> Iterator[str]:
+    """uvicorn as `uvicorn app.main:app` runs it: INFO level, access log on; our logging config."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, log_level="info", access_log=True
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="serve-for-real", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{wait_started(server, thread, 10.0)}"
+    finally:
+        stop(server, thread)
+
+
+def served_flow(url: str, resend: ResendStandin) -> str:
+    """Signup and first project through real HTTP; the in-process worker sends the welcome;
+    then the unsubscribe page and click. Returns the token."""
+    with httpx.Client(base_url=url, timeout=5) as http:
+        body = user_event("created")
+        assert http.post("/webhooks/clerk", content=body, headers=sign(body)).status_code == 200
+        action = {"user_id": USER, "action": "first_project_created"}
+        assert http.post("/v1/actions", json=action, headers=AUTH).status_code == 202
+        deadline = time.monotonic() + 10
+        while not resend.inbox:
+            assert time.monotonic() < deadline, "the in-process worker sent nothing"
+            time.sleep(0.05)
+        token = unsubscribe_token(resend.inbox[0])
+        assert http.get("/unsubscribe", params={"token": token}).status_code == 200
+        assert http.post("/unsubscribe", params={"token": token}).status_code == 200
+    return token
+
+
+@embedded_only
+async def test_served_for_real_no_secret_or_address_in_app_or_uvicorn_logs(
+    make_settings: Callable[..., Settings],
+    resend: ResendStandin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(**sending_settings(resend, worker_in_process=True))
+    caplog.set_level(logging.DEBUG)
+    with serve_for_real(create_app(settings)) as url:
+        await asyncio.to_thread(served_flow, url, resend)
+
+    assert [record for record in caplog.records if record.name == "uvicorn.access"]
+    secrets = {
+        "Resend API key": resend.api_key,
+        "activation API key": API_KEY,
+        "Clerk signing secret": SIGNING_SECRET.removeprefix("whsec_"),
+        "email address": ADDRESS,
+        "email body": BODY_TEXT,
+    }
+    assert leaks(ours(caplog.records), secrets) == []
+
+
+@embedded_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (low): uvicorn's access log, on by default in `uvicorn app.main:app`, prints "
+    "`/unsubscribe?token=...`: a token that unsubscribes its user lands in every log pipeline",
+)
+async def test_served_for_real_the_unsubscribe_token_is_not_in_the_access_log(
+    make_settings: Callable[..., Settings],
+    resend: ResendStandin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(**sending_settings(resend, worker_in_process=True))
+    caplog.set_level(logging.DEBUG)
+    with serve_for_real(create_app(settings)) as url:
+        token = await asyncio.to_thread(served_flow, url, resend)
+
+    assert leaks(ours(caplog.records), {"unsubscribe token": token}) == []

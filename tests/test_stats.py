@@ -1,0 +1,224 @@
+"""Loop counters kept as events happen, on all three transports: the funnel, time to activation,
+sends and failures per day, each counted once however often the worker looks."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from textwrap import dedent
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.jobs import EmailJob, JobStatus
+from app.main import create_app
+from app.settings import Settings
+from app.stats import LoopStats, last_days, send_counter, tta_bucket, utc_day
+from app.store import Outcome, Store
+from app.worker import Worker
+from tests.conftest import AUTH, FakeClock, load_fixture, sign
+
+MIN = 60_000
+DAY = 24 * 60 * MIN
+USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+
+LOOPS = {
+    "welcome": """
+        type: activation
+        opinion: welcome on the first project, nudge after 5 minutes, tips 2 days later
+        steps:
+          - trigger: {type: database, table: users, event: insert}
+            condition: {type: action, action: first_project_created, count: 1, timeout: 5m}
+            action: {type: email, template: welcome}
+            on_timeout: {type: email, template: nudge}
+          - delay: 2d
+            action: {type: email, template: tips}
+        """,
+    "ten": """
+        type: milestone
+        opinion: celebrate the tenth project
+        steps:
+          - trigger: {type: action, action: project_created, count: 10}
+            action: {type: email, template: ten}
+        """,
+}
+
+
+@pytest.fixture
+def loops_dir(tmp_path: Path) -> Path:
+    (tmp_path / "templates").mkdir()
+    for name in ("welcome", "nudge", "tips", "ten"):
+        html = f"---\nsubject: {name}\n---\n<p>{name}</p>\n"
+        (tmp_path / "templates" / f"{name}.html").write_text(html)
+    for loop_id, text in LOOPS.items():
+        (tmp_path / f"{loop_id}.yaml").write_text(dedent(text))
+    return tmp_path
+
+
+@pytest.fixture
+async def app(
+    make_settings: Callable[..., Settings], clock: FakeClock, loops_dir: Path
+) -> AsyncIterator[FastAPI]:
+    application = create_app(make_settings(loops_dir=loops_dir), clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def worker_of(app: FastAPI) -> Worker:
+    worker: Worker = app.state.worker
+    return worker
+
+
+def store_of(app: FastAPI) -> Store:
+    store: Store = app.state.store
+    return store
+
+
+async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:
+    event = load_fixture("clerk_user_created.json")
+    event["data"]["id"] = user_id
+    body = json.dumps(event).encode()
+    response = await client.post("/webhooks/clerk", content=body, headers=sign(body))
+    assert response.status_code == 200, response.text
+
+
+async def act(client: httpx.AsyncClient, action: str, user_id: str = USER) -> None:
+    body = {"user_id": user_id, "action": action}
+    response = await client.post("/v1/actions", json=body, headers=AUTH)
+    assert response.status_code == 202, response.text
+
+
+async def counters(app: FastAPI, loop_id: str = "welcome") -> dict[str, int]:
+    reply = await store_of(app).read_stats([loop_id], [])
+    return reply.loops[loop_id]
+
+
+async def test_activation_counts_the_funnel_and_the_time_to_activation(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    await signup(client)
+    await worker_of(app).drain()
+    assert await counters(app) == {"entered": 1}
+
+    clock.advance(2 * MIN)
+    await act(client, "first_project_created")
+    await worker_of(app).drain()
+    await worker_of(app).drain()  # looking again changes nothing
+
+    assert await counters(app) == {"entered": 1, "met": 1, "tta:5m": 1, "sent": 1, "emails_sent": 1}
+    today = utc_day(clock.now_ms)
+    reply = await store_of(app).read_stats(["welcome"], [today])
+    assert reply.days[today] == {"welcome:sent": 1}
+
+
+async def test_timeout_nudge_then_a_late_action_counts_once(
+    client: httpx.AsyncClient, app: FastAPI, clock: FakeClock
+) -> None:
+    await signup(client)
+    await worker_of(app).drain()
+    clock.advance(5 * MIN)
+    await worker_of(app).drain()
+    assert await counters(app) == {
+        "entered": 1, "timed_out": 1, "nudged": 1, "emails_sent": 1,
+    }  # fmt: skip
+
+    clock.advance(MIN)
+    await act(client, "first_project_created")
+    await worker_of(app).drain()
+    await act(client, "first_project_created")
+    await worker_of(app).drain()
+
+    assert (await counters(app))["activated_after_nudge"] == 1
+    body = (await client.get(f"/v1/users/{USER}", headers=AUTH)).json()
+    step = body["loops"][[loop["loop"] for loop in body["loops"]].index("welcome")]["steps"][0]
+    assert step["status"] == "timed_out"
+    assert step["condition_met_at"] == clock.now_ms
+    assert "step.activated_late" in [entry["event"] for entry in body["timeline"]]
+
+
+async def test_many_workers_at_once_count_each_event_once(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await signup(client)
+    await act(client, "first_project_created")
+    await asyncio.gather(*(worker_of(app).drain() for _ in range(4)))
+    assert await counters(app) == {"entered": 1, "met": 1, "tta:1m": 1, "sent": 1, "emails_sent": 1}
+
+
+async def test_milestone_enters_and_fires_at_once(client: httpx.AsyncClient, app: FastAPI) -> None:
+    await signup(client)
+    for _ in range(10):
+        await act(client, "project_created")
+    await worker_of(app).drain()
+    assert await counters(app, "ten") == {
+        "entered": 1, "met": 1, "tta:1m": 1, "sent": 1, "emails_sent": 1,
+    }  # fmt: skip
+
+
+def email_job(**update: object) -> EmailJob:
+    job = EmailJob(
+        id=f"email|{USER}|welcome|0|action", user_id=USER, loop_id="welcome", step=0,
+        kind="action", template="welcome", queued_at=1, due_at=1,
+    )  # fmt: skip
+    return job.model_copy(update=update)
+
+
+async def test_a_failure_counts_once_per_entry_into_the_dead_set(
+    app: FastAPI, clock: FakeClock
+) -> None:
+    store = store_of(app)
+    job = email_job()
+    await store.apply_decisions(USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None)
+    failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "Resend 422"})
+    for _ in range(2):
+        assert await store.settle(failed, Outcome.FAILED, now_ms=clock.now_ms)
+    today = utc_day(clock.now_ms)
+    reply = await store.read_stats(["welcome"], [today])
+    assert reply.loops["welcome"] == {"emails_failed": 1}
+    assert reply.days[today] == {"welcome:failed": 1}
+    assert (reply.dead_count, reply.dead_ids) == (1, [job.id])
+
+    await store.retry_dead(failed, now_ms=clock.now_ms)
+    sent = job.model_copy(update={"status": JobStatus.SENT, "sent_at": clock.now_ms})
+    for _ in range(2):
+        await store.settle(sent, Outcome.SENT, now_ms=clock.now_ms)
+    reply = await store.read_stats(["welcome"], [today])
+    assert reply.loops["welcome"] == {"emails_failed": 1, "emails_sent": 1, "sent": 1}
+    assert reply.days[today] == {"welcome:failed": 1, "welcome:sent": 1}
+
+
+async def test_daily_hashes_expire_after_90_days(app: FastAPI, clock: FakeClock) -> None:
+    store = store_of(app)
+    job = email_job()
+    await store.apply_decisions(USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None)
+    await store.settle(job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT,
+                       now_ms=clock.now_ms)  # fmt: skip
+    ttl = await store.conn.call("TTL", store.keys.daily(utc_day(clock.now_ms)))
+    assert 89 * 24 * 3600 < int(ttl) <= 90 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("elapsed_ms", "bucket"),
+    [(0, "tta:1m"), (MIN - 1, "tta:1m"), (MIN, "tta:5m"), (59 * MIN, "tta:1h"),
+     (DAY - 1, "tta:1d"), (6 * DAY, "tta:1w"), (7 * DAY, "tta:more")],
+)  # fmt: skip
+def test_time_to_activation_buckets(elapsed_ms: int, bucket: str) -> None:
+    assert tta_bucket(elapsed_ms) == bucket
+
+
+def test_last_days_end_today_oldest_first() -> None:
+    at = 1_764_115_200_000  # 2025-11-26T00:00:00Z
+    assert last_days(at, 3) == ["2025-11-24", "2025-11-25", "2025-11-26"]
+
+
+def test_only_step_zero_emails_move_the_funnel() -> None:
+    assert send_counter(email_job()) == "sent"
+    assert send_counter(email_job(kind="timeout")) == "nudged"
+    assert send_counter(email_job(step=1)) == ""
+
+
+async def test_activation_rate_is_none_before_anyone_entered(app: FastAPI) -> None:
+    loop = app.state.loops["welcome"]
+    assert LoopStats(loop, {}, []).activation_rate is None
+    assert LoopStats(loop, {"entered": 4, "met": 1}, []).activation_rate == 0.25
