@@ -4,6 +4,7 @@ The route records the actions (one Lua script, one round trip) and wakes the wor
 looked at by the worker, never inside the request.
 """
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,9 @@ from app.users import to_epoch_ms
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 4096
-ACTION_ID_PATTERN = r"^[^\s]{1,128}$"
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+LATEST_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z
+ACTION_ID_PATTERN = r"^[!-~]{1,128}$"  # printable ASCII: it becomes part of a Redis key
 
 router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
 
@@ -41,8 +44,24 @@ class ActionIn(BaseModel):
     @field_validator("properties")
     @classmethod
     def _small_properties(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(str(value).encode()) > MAX_PROPERTIES_BYTES:
+        if value is None:
+            return None
+        try:
+            size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(
+                "properties hold an invalid Unicode escape (a lone surrogate)"
+            ) from None
+        if size > MAX_PROPERTIES_BYTES:
             raise ValueError(f"properties over {MAX_PROPERTIES_BYTES} bytes")
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime | int | None) -> datetime | int | None:
+        # a far-off time is a client bug, and would not survive Lua's number formatting
+        if value is not None and not EARLIEST_MS <= occurred_ms(value, EARLIEST_MS) <= LATEST_MS:
+            raise ValueError("occurred_at must be between the years 2000 and 3000")
         return value
 
     def to_new_action(self, now_ms: int) -> NewAction:

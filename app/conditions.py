@@ -51,6 +51,14 @@ class QueryCondition:
 
 def translate_query(sql: str) -> QueryCondition:
     """The condition a query states, or `QueryError` with the reason it cannot be translated."""
+    try:
+        return _translate(sql)
+    except RecursionError:
+        # sqlglot's parser and tree walks recurse per nesting level
+        raise QueryError("the query is nested too deeply") from None
+
+
+def _translate(sql: str) -> QueryCondition:
     select = _parse_select(sql)
     _refuse_extra_clauses(select)
     qualifiers = _table_qualifiers(select)
@@ -136,6 +144,8 @@ def _filter_actions(term: exp.Expr, qualifiers: frozenset[str]) -> tuple[str, ..
     if isinstance(term, exp.EQ):
         return _equality(term, qualifiers)
     if isinstance(term, exp.In) and _is_column(term.this, "action_type", qualifiers):
+        if not term.expressions:
+            raise QueryError("action_type IN () names no action: the condition could never hold")
         return tuple(_action_name(value) for value in term.expressions)
     raise QueryError(f"unsupported condition: {term.sql(dialect='postgres')}")
 

@@ -64,10 +64,10 @@ on Upstash and on a single Redis, not on Redis Cluster.
 import re
 from dataclasses import dataclass
 
-# Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`; anything printable without braces or
-# whitespace is allowed so other identity providers' ids fit; braces would break the hash tag and
-# `|` separates the parts of a job id.
-USER_ID_PATTERN = r"^[^\s{}|]{1,128}$"
+# Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`. Any printable ASCII but `{`, `|` and `}`
+# (0x21-0x7A and `~`) is allowed so other providers' ids fit: braces would break the hash tag, `|`
+# separates a job id's parts, and ASCII reads the same in pydantic's and Python's regex engines.
+USER_ID_PATTERN = r"^[!-z~]{1,128}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
 
 

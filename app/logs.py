@@ -37,6 +37,21 @@ class MaskAddresses(logging.Filter):
         return True
 
 
+QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+class RedactTokens(logging.Filter):
+    """Blanks `token=` query values (unsubscribe links) in a record's final message: the access
+    log prints every path, and a token in a log pipeline is a working unsubscribe link."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = QUERY_TOKEN.sub(r"\1REDACTED", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the record's extra fields, and
     `exception` when there is one. String values are masked like the message."""

@@ -483,7 +483,11 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _Invalid(None, f"cannot read the file: {exc}") from None
-    loader = _StrictLoader(text)
+    try:
+        # the reader checks the characters as the loader is built: inside the try
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as exc:
+        raise _Invalid(None, f"invalid YAML: {exc}") from None
     try:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from svix.webhooks import Webhook
 
@@ -25,6 +26,7 @@ from app import (
     unsubscribe,
     webhooks,
 )
+from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import RequestRefused, StorageError, StorageUnavailable
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_
     app.include_router(resend_events.router)
     app.include_router(metrics.router)
     add_error_handlers(app)
+    app.add_middleware(RequireApiKey)
     return app
 
 
@@ -131,9 +134,25 @@ async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.add_exception_handler(RequestRefused, on_refused)
     app.add_exception_handler(StorageUnavailable, on_storage_unavailable)
     app.add_exception_handler(StorageError, on_storage_error)
+
+
+def _printable(part: object) -> str | int:
+    # a JSON body may carry lone surrogates, which no response can encode: replace them
+    return part if isinstance(part, int) else str(part).encode("utf-8", "replace").decode()
+
+
+async def on_invalid_request(request: Request, exc: Any) -> JSONResponse:
+    """422 naming each failing field; the offending input is not echoed back."""
+    errors = [
+        {"loc": [_printable(part) for part in error["loc"]], "msg": _printable(error["msg"]),
+         "type": error["type"]}
+        for error in exc.errors()
+    ]  # fmt: skip
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def on_refused(request: Request, exc: Any) -> JSONResponse:

@@ -7,7 +7,6 @@ every loop. The user is the `user` tag every loop email carries (Resend echoes t
 `POST /webhooks/clerk`: 400 bad signature or body, 503 not configured or storage unavailable.
 """
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -22,7 +21,15 @@ from app.keys import valid_user_id
 from app.metrics import MetricsDep
 from app.settings import Settings
 from app.store import EmailEvent, Store
-from app.webhooks import MAX_BODY_BYTES, WebhookAck, WebhookError, first_error, read_body, verify
+from app.webhooks import (
+    MAX_BODY_BYTES,
+    WebhookAck,
+    WebhookError,
+    first_error,
+    load_json,
+    read_body,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +92,11 @@ async def receive_resend_event(
 
 
 def parse_event(body: bytes) -> ResendEvent:
+    payload = load_json(body)
     try:
-        return ResendEvent.model_validate(json.loads(body))
-    except ValueError as exc:  # json's errors and pydantic's ValidationError both
-        reason = first_error(exc) if isinstance(exc, ValidationError) else "body is not JSON"
-        raise WebhookRejected(f"malformed event: {reason}") from None
+        return ResendEvent.model_validate(payload)
+    except ValidationError as exc:
+        raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
 
 
 async def apply_event(store: Store, event: ResendEvent, delivery_id: str, *, now_ms: int) -> str:

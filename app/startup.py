@@ -4,7 +4,7 @@ import logging
 from urllib.parse import urlsplit
 
 from app import __version__
-from app.logs import build_handler
+from app.logs import RedactTokens, build_handler
 from app.settings import Settings, StorageKind
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -17,6 +17,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
     if not root.handlers and not logging.getLogger().handlers:
         root.addHandler(build_handler(log_format, LOG_FORMAT))
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(known, RedactTokens) for known in access.filters):
+        access.addFilter(RedactTokens())
 
 
 def describe_configuration(settings: Settings) -> tuple[int, str, str]:

@@ -62,7 +62,8 @@ class UnsubscribeTokens:
         except (ValueError, UnicodeDecodeError):
             raise BadToken("malformed unsubscribe token") from None
         expected = self._signature(user_id)
-        if not valid_user_id(user_id) or not hmac.compare_digest(signature, expected):
+        given = signature.encode("utf-8", "surrogateescape")
+        if not valid_user_id(user_id) or not hmac.compare_digest(given, expected.encode()):
             raise BadToken("invalid unsubscribe token")
         return user_id
 

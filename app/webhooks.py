@@ -111,11 +111,22 @@ def delivery_id(headers: dict[str, str]) -> str:
     return value
 
 
-def parse_event(body: bytes) -> ClerkEvent:
+def load_json(body: bytes) -> Any:
+    """The body's JSON; refused when it is not JSON or holds text that cannot be stored."""
     try:
-        payload: Any = json.loads(body)
+        payload = json.loads(body)
+        # JSON may escape a lone UTF-16 surrogate (\ud800): valid JSON, but no UTF-8 exists for
+        # it, so it could never be stored; refuse it now rather than fail on every retry
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise WebhookRejected("body holds an invalid Unicode escape (a lone surrogate)") from None
     except ValueError:
         raise WebhookRejected("body is not JSON") from None
+    return payload
+
+
+def parse_event(body: bytes) -> ClerkEvent:
+    payload = load_json(body)
     try:
         return ClerkEvent.model_validate(payload)
     except ValidationError as exc:
