@@ -26,6 +26,8 @@ from sqlglot import exp
 ACTION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 USER_ACTIONS_COLUMNS: tuple[str, ...] = ("user_id", "action_type", "created_at", "properties")
 TABLE = "user_actions"
+# Counts are stored and compared as Lua numbers; a million actions of one kind is past any loop.
+MAX_COUNT = 1_000_000
 ACTION_NAME = re.compile(ACTION_NAME_PATTERN)
 
 # Clause names as sqlglot (>= 30) spells them.
@@ -190,6 +192,8 @@ def _having_count(select: exp.Select) -> int | None:
     count = int(bound.this) + (1 if isinstance(term, exp.GT | exp.LT) else 0)
     if count < 1:
         raise QueryError(f"HAVING {term.sql(dialect='postgres')} always holds: ask for at least 1")
+    if count > MAX_COUNT:
+        raise QueryError(f"HAVING asks for {count} actions; at most {MAX_COUNT} can be counted")
     return count
 
 

@@ -50,7 +50,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
-from app.conditions import ACTION_NAME, ACTION_NAME_PATTERN, translate_query
+from app.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -229,7 +229,9 @@ VariableName = Annotated[
     BeforeValidator(_matching(_VARIABLE_NAME, "a variable name (letters, digits, _)")),
     WithJsonSchema({"type": "string", "pattern": VARIABLE_NAME_PATTERN}),
 ]
-Count = Annotated[int, Field(ge=1, description="How many times; at least 1.")]
+Count = Annotated[
+    int, Field(ge=1, le=MAX_COUNT, description="How many times; at least 1, at most a million.")
+]
 
 
 class _Spec(BaseModel):

@@ -273,3 +273,12 @@ def test_refuses_with_reason(query: str, reason: str) -> None:
 
 def test_query_error_is_a_value_error_so_pydantic_reports_it_as_the_reason() -> None:
     assert issubclass(QueryError, ValueError)
+
+
+def test_a_count_past_a_million_is_refused() -> None:
+    sql = (
+        "SELECT COUNT(*) FROM user_actions WHERE user_id = $1 AND action_type = 'x' "
+        "HAVING COUNT(*) >= 99999999999999999999999"
+    )
+    with pytest.raises(QueryError, match="at most 1000000"):
+        translate_query(sql)

@@ -884,6 +884,10 @@ class SchemaCheck:
         number = isinstance(value, int) and not isinstance(value, bool)
         return [f"{at}: below {rule}"] if number and value < rule else []
 
+    def check_maximum(self, rule: int, value: Any, at: str, _: Any) -> list[str]:
+        number = isinstance(value, int) and not isinstance(value, bool)
+        return [f"{at}: above {rule}"] if number and value > rule else []
+
     def check_pattern(self, rule: str, value: Any, at: str, _: Any) -> list[str]:
         return (
             [f"{at}: does not match {rule}"]
