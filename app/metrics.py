@@ -124,7 +124,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

@@ -56,7 +56,7 @@ def build_verifier(settings: Settings) -> Webhook | None:
     return Webhook(secret.get_secret_value()) if secret is not None else None
 
 
-def get_verifier(request: Request) -> Webhook:
+async def get_verifier(request: Request) -> Webhook:
     verifier: Webhook | None = request.app.state.resend_verifier
     if verifier is None:
         raise NotConfigured("not configured: set RESEND_WEBHOOK_SECRET")

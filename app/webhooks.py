@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from svix.webhooks import Webhook, WebhookVerificationError
 
 from app.deps import ClockDep, StoreDep
@@ -39,7 +40,7 @@ class WebhookError(BaseModel):
     error: str
 
 
-def get_verifier(request: Request) -> Webhook:
+async def get_verifier(request: Request) -> Webhook:
     verifier: Webhook | None = request.app.state.clerk_verifier
     if verifier is None:
         raise NotConfigured("not configured: set CLERK_WEBHOOK_SIGNING_SECRET")
@@ -80,11 +81,15 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         raise PayloadTooLarge(f"body over {limit_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise PayloadTooLarge(f"body over {limit_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit_bytes:
+                raise PayloadTooLarge(f"body over {limit_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # the sender gave up (a Svix timeout): nothing was stored, it will retry
+        raise WebhookRejected("the client disconnected before the body arrived") from None
     return b"".join(chunks)
 
 

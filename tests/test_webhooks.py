@@ -525,3 +525,29 @@ async def test_redis_stopped_mid_run_then_redelivery_completes(
     assert not_ready.status_code == 503
     assert redelivered.json() == {"status": "created"}
     assert ready.status_code == 200
+
+
+@embedded_only
+async def test_a_sender_hanging_up_mid_body_is_refused_quietly(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    body, headers = signed_parts()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/webhooks/clerk", "raw_path": b"/webhooks/clerk",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body[:10], "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is None
