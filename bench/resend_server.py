@@ -1,0 +1,33 @@
+"""The tests' Resend stand-in in a process of its own (so it does not share the bench's GIL),
+plus `GET /_inbox`: each accepted email's Idempotency-Key and `received_at_ms`.
+
+usage: python -m bench.resend_server PORT
+"""
+
+import sys
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from tests.resend_standin import API_KEY, create_standin
+
+
+async def inbox(request: Request) -> JSONResponse:
+    entries = request.app.state.inbox
+    return JSONResponse([[e["idempotency_key"], e["received_at_ms"]] for e in entries])
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def main(port: int) -> None:
+    app = create_standin(API_KEY)
+    app.add_route("/_inbox", inbox, methods=["GET"])
+    app.add_route("/health", health, methods=["GET"])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

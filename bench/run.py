@@ -1,0 +1,451 @@
+"""`make bench`: every figure measured beside its limit in one run; a table and results.json.
+
+Phases, each against this run's own redis-server and Resend stand-in (127.0.0.1 only):
+intake (webhooks, actions) beside a bare FastAPI endpoint; Redis cost per operation; delivery
+latency and rate beside the stand-in's own rate; the same intake and costs with 100,000 users and
+1,000,000 actions stored; idle workers polling in the background for the whole run.
+"""
+
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from app.keys import Keys
+from bench import flows, load, procs, seed
+from bench.cost import Monitor, command_calls
+from bench.load import LoadResult
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"  # a smoke run: short loads, fewer stored users
+MEASURE_S = 2.0 if QUICK else 6.0
+WARM_S = 2
+TARGET_SHARE = 0.60
+IDLE_TARGET_PER_MONTH = 100_000
+MONTH_S = 30 * 24 * 3600
+DEFAULT_IDLE_S = 120
+SIGNUPS_PER_MONTH = 10_000
+USD_PER_100K_COMMANDS = 0.20
+SCALE_USERS = 2_000 if QUICK else 100_000
+ACTIONS_PER_USER = 10
+RESULTS = procs.ROOT / "bench/results.json"
+
+
+@dataclass
+class Figure:
+    """One measured figure; `limit` was measured in the same run, `ratio` = value / limit."""
+
+    name: str
+    value: float
+    unit: str
+    limit: float | None = None
+    limit_name: str = ""
+    target: str = ""
+    ratio: float | None = None
+    met: bool | None = None
+    notes: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Report:
+    def __init__(self) -> None:
+        self.figures: list[Figure] = []
+        self.notes: dict[str, Any] = {}
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures.append(figure)
+        print(f"  {figure.name}: {figure.value:,.2f} {figure.unit} {figure.notes}", flush=True)
+        return figure
+
+    def against(self, figure: Figure, share: float | None = None) -> Figure:
+        """Add a figure with a limit; `share` is the target's least ratio (None: no target)."""
+        assert figure.limit is not None
+        figure.ratio = figure.value / figure.limit if figure.limit else None
+        if share is not None and figure.ratio is not None:
+            figure.target, figure.met = f">= {share:.0%} of limit", figure.ratio >= share
+        return self.add(figure)
+
+    def table(self) -> str:
+        rows = [("figure", "value", "unit", "limit (same run)", "ratio", "target", "met", "notes")]
+        for f in self.figures:
+            limit = f"{f.limit:,.1f} {f.limit_name}" if f.limit is not None else ""
+            ratio = f"{f.ratio:.2f}" if f.ratio is not None else ""
+            met = {True: "yes", False: "NO", None: ""}[f.met]
+            rows.append((f.name, f"{f.value:,.1f}", f.unit, limit, ratio, f.target, met, f.notes))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        ]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> None:
+        figures = [vars(f) for f in self.figures]
+        path.write_text(json.dumps({"figures": figures, "notes": self.notes}, indent=2) + "\n")
+
+
+# --- intake ------------------------------------------------------------------------------------
+
+
+class Intake:
+    """wrk runs against `uvicorn <target>`: a warm-up sizes the request file of the measured run."""
+
+    def __init__(self, redis_url: str, workdir: Path, prefix: str) -> None:
+        self.redis_url = redis_url
+        self.file = workdir / "requests.txt"
+        self.prefix = prefix
+        self.users: list[str] = []
+
+    def env(self, worker: bool = True) -> dict[str, str]:
+        return flows.app_env(self.redis_url, self.prefix, worker=worker)
+
+    def run(
+        self,
+        target: str,
+        path: str,
+        lines: Callable[[int], list[str]],
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        unique: bool = True,
+    ) -> LoadResult:
+        with procs.uvicorn(target, env or {}, workers) as (url, pid):
+            warm = load.wrk(url, path, lines(3000), self.file, WARM_S)
+            n = int(warm.per_s * MEASURE_S * 1.5) + 1000 if unique else 5000
+            cpu_before_s = procs.cpu_s(pid)
+            result = load.wrk(url, path, lines(n), self.file, MEASURE_S)
+            result = replace(result, server_cpu_s=procs.cpu_s(pid) - cpu_before_s)
+        if unique and result.requests > n:
+            raise RuntimeError(f"{path}: the request file ran out ({result.requests} > {n})")
+        if result.errors:
+            raise RuntimeError(f"{path}: {result.errors} requests failed (non-2xx or socket)")
+        return result
+
+    def webhooks(self, count: int) -> list[str]:
+        tag = uuid.uuid4().hex[:8]
+        self.users = [f"user_{tag}{i:019d}" for i in range(count)]
+        return load.signed_lines(self.users)
+
+    def actions(self, batch: int) -> Callable[[int], list[str]]:
+        users = self.users or [f"user_{i:027d}" for i in range(1000)]
+        return lambda count: load.action_lines(users, count, batch, "project_created")
+
+    def bare(self, path: str, lines: Callable[[int], list[str]], workers: int) -> LoadResult:
+        """The limit: the same requests to bench/bare.py (repeats are fine there)."""
+        return self.run("bench.bare:app", path, lines, workers=workers, unique=False)
+
+
+def report_load(
+    report: Report, name: str, app: LoadResult, bare: LoadResult, *, per: int = 1,
+    share: float | None = TARGET_SHARE,
+) -> Figure:  # fmt: skip
+    """App vs bare endpoint: rate, latency under load, and server CPU per request."""
+    unit = "req/s" if per == 1 else "actions/s"
+    cpu_ratio = bare.cpu_us / app.cpu_us if app.cpu_us else 0.0
+    notes = (
+        f"p50/p99 {app.p50_ms:.1f}/{app.p99_ms:.1f} ms (bare {bare.p50_ms:.1f}/{bare.p99_ms:.1f});"
+        f" CPU {app.cpu_us:.0f} us/req (bare {bare.cpu_us:.0f}; ratio {cpu_ratio:.2f})"
+    )
+    extra = {
+        "p50_ms": app.p50_ms, "p99_ms": app.p99_ms, "bare_p50_ms": bare.p50_ms,
+        "bare_p99_ms": bare.p99_ms, "cpu_us_per_request": app.cpu_us,
+        "bare_cpu_us_per_request": bare.cpu_us, "cpu_ratio": cpu_ratio, "requests": app.requests,
+    }  # fmt: skip
+    limit_name = "req/s bare endpoint" if per == 1 else f"actions/s (bare req/s x {per})"
+    figure = Figure(name, app.per_s * per, unit, bare.per_s * per, limit_name,
+                    notes=notes, extra=extra)  # fmt: skip
+    return report.against(figure, share)
+
+
+def intake(report: Report, loads: Intake, label: str, *, full: bool = True) -> dict[str, Figure]:
+    """Webhooks (1 and 2 workers, worker in-process or not) and actions, each beside bare."""
+    print(f"intake{label}: wrk -t1 -c{load.CONNECTIONS}, {MEASURE_S:g} s per run", flush=True)
+    figures: dict[str, Figure] = {}
+    for workers in (1, 2) if full else (1,):
+        bare = loads.bare("/webhooks/clerk", loads.webhooks, workers)
+        app = loads.run(
+            "app.main:app", "/webhooks/clerk", loads.webhooks, env=loads.env(), workers=workers
+        )
+        name = f"webhook user.created, {workers} worker(s)"
+        figures[name] = report_load(report, name + label, app, bare)
+        if workers == 1 and full:
+            off = loads.run(
+                "app.main:app", "/webhooks/clerk", loads.webhooks, env=loads.env(worker=False)
+            )
+            name = "  same, WORKER_IN_PROCESS=false"
+            figures[name] = report_load(report, name + label, off, bare)
+    for batch in (1, 100):
+        lines = loads.actions(batch)
+        bare = loads.bare("/v1/actions", lines, 1)
+        app = loads.run("app.main:app", "/v1/actions", lines, env=loads.env())
+        name = f"actions, {batch} per request"
+        figures[name] = report_load(report, name + label, app, bare, per=batch, share=None)
+    return figures
+
+
+# --- Redis cost --------------------------------------------------------------------------------
+
+COST_N = 50
+
+
+def measure_costs(
+    report: Report, redis_url: str, resend_url: str, prefix: str, label: str
+) -> dict[str, float]:
+    """Commands and round trips per operation, from MONITOR (and INFO commandstats)."""
+    env = flows.app_env(redis_url, prefix, worker=False, resend_url=resend_url)
+    with procs.uvicorn("app.main:app", env) as (url, _):
+        windows = flows.costs(redis_url, url, env, uuid.uuid4().hex[:8], COST_N)
+    per = {name: cost.per(COST_N) for name, cost in windows.items()}
+    per["sent email (action, evaluation, send)"] = {
+        k: per["action"][k] + per["evaluation + send"][k] for k in per["action"]
+    }
+    per[f"action, in a batch of {COST_N}"] = per.pop("batch of n actions")
+    for name, values in per.items():
+        notes = f"{values['round_trips']:.2f} round trips"
+        extra = {"round_trips": values["round_trips"]}
+        report.add(Figure(f"cost: {name}{label}", values["commands"], "commands", notes=notes,
+                          extra=extra))  # fmt: skip
+    report.notes[f"commands by type{label}"] = {k: dict(w.by_command) for k, w in windows.items()}
+    return {name: values["commands"] for name, values in per.items()}
+
+
+HANDSHAKE = ("hello", "client")  # a new connection's setup, not a poll
+
+
+def idle_poll_cost(report: Report, redis_url: str) -> float:
+    """The worker's own loop, idle with WORKER_IDLE_S=1 for 10 s: commands per poll."""
+    env = flows.app_env(redis_url, "idlepoll:", worker=False)
+    with flows.in_process_worker(env, worker_idle_s=1) as worker, Monitor(redis_url) as monitor:
+        worker.run_for(10)
+    cost = monitor.cost()
+    polls = cost.by_command["evalsha"]
+    setup = sum(cost.by_command[name] for name in HANDSHAKE)
+    per_poll = (cost.commands - setup) / max(polls, 1)
+    notes = f"{polls} polls in 10 s; {dict(cost.by_command)}"
+    report.add(Figure("cost: idle poll, WORKER_IDLE_S=1", per_poll, "commands/poll", notes=notes))
+    return per_poll
+
+
+def per_month_figure(name: str, commands: float, notes: str) -> Figure:
+    return Figure(
+        name, commands, "commands/month", IDLE_TARGET_PER_MONTH, "commands/month target",
+        "<= target", commands / IDLE_TARGET_PER_MONTH, commands <= IDLE_TARGET_PER_MONTH, notes,
+    )  # fmt: skip
+
+
+class IdleWorkers:
+    """Two `activation worker` processes, idle on redis-servers of their own for the whole run:
+    one at the default WORKER_IDLE_S=120, one at 31 s (just past redis-py's 30 s health check,
+    so its polls cost what a 120 s poll costs, and there are four times as many to count)."""
+
+    IDLE_S = (DEFAULT_IDLE_S, 31)
+
+    def __init__(self, urls: list[str]) -> None:
+        self.clients = [redis.Redis.from_url(url, decode_responses=True) for url in urls]
+        self.before = [command_calls(c) for c in self.clients]
+        self.started = time.monotonic()
+
+    def report(self, report: Report) -> float:
+        """Both workers' figures; returns the commands a month of the per-poll extrapolation."""
+        elapsed_s = time.monotonic() - self.started
+        pairs = zip(self.clients, self.before, strict=True)
+        (direct, direct_polls), (short, short_polls) = [self._delta(c, b) for c, b in pairs]
+        notes = f"{direct_polls} polls in {elapsed_s:.0f} s (few: coarse)"
+        report.add(per_month_figure(
+            "idle worker, WORKER_IDLE_S=120, measured", direct / elapsed_s * MONTH_S, notes
+        ))  # fmt: skip
+        per_poll = short / max(short_polls, 1)
+        month = per_poll * MONTH_S / DEFAULT_IDLE_S
+        notes = (
+            f"{per_poll:.2f} commands/poll ({short_polls} polls at 31 s in {elapsed_s:.0f} s)"
+            f" x {MONTH_S // DEFAULT_IDLE_S:,} polls/month at 120 s"
+        )
+        report.add(
+            per_month_figure("idle worker, WORKER_IDLE_S=120, per-poll x polls", month, notes)
+        )
+        return month
+
+    @staticmethod
+    def _delta(client: redis.Redis, before: Counter[str]) -> tuple[int, int]:
+        delta = command_calls(client) - before
+        return sum(delta.values()), delta["evalsha"]
+
+
+@contextmanager
+def idle_workers(workdir: Path) -> Iterator[IdleWorkers]:
+    with ExitStack() as stack:
+        urls = [stack.enter_context(procs.redis_server(workdir)) for _ in IdleWorkers.IDLE_S]
+        for url, idle_s in zip(urls, IdleWorkers.IDLE_S, strict=True):
+            env = flows.app_env(url, "idle:", worker=False) | {"WORKER_IDLE_S": str(idle_s)}
+            stack.enter_context(procs.python_process("app.cli", env, "worker"))
+        time.sleep(3)  # started and past their first poll: the window holds idle polls only
+        yield IdleWorkers(urls)
+
+
+def monthly_bill(report: Report, costs: dict[str, float], idle_month: float) -> None:
+    """Assumptions: each signup does 3 actions (the first one triggers the welcome) and gets 2
+    emails (welcome, then the tips 2 days later: an evaluation and a send like the welcome's)."""
+    per_signup = (
+        costs["user.created"]
+        + costs["signup evaluation"]
+        + costs["sent email (action, evaluation, send)"]
+        + 2 * costs["action + evaluation, no email"]
+        + costs["evaluation + send"]
+    )
+    commands = SIGNUPS_PER_MONTH * per_signup + idle_month
+    report.add(Figure("commands per signup (3 actions, 2 emails)", per_signup, "commands"))
+    notes = f"{commands:,.0f} commands/month incl. one idle worker; $0.20 per 100k"
+    usd = commands / 100_000 * USD_PER_100K_COMMANDS
+    report.add(Figure("Upstash bill at 10k signups/month", usd, "USD/month", notes=notes))
+    report.notes["bill assumptions"] = monthly_bill.__doc__
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def resend_standin() -> Iterator[str]:
+    port = procs.free_port()
+    with procs.python_process("bench.resend_server", {}, str(port)):
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_until(lambda: procs.answers(f"{url}/health"), "the Resend stand-in")
+        yield url
+
+
+def email_lines(count: int) -> list[str]:
+    headers = {"authorization": f"Bearer {flows.RESEND_KEY}", "content-type": "application/json"}
+    body = {
+        "from": "Bench <bench@example.org>",
+        "to": ["ada@example.org"],
+        "subject": "Welcome",
+        "html": "<p>Hi Ada</p>",
+        "text": "Hi Ada",
+        "headers": {"X-Entity-Ref-ID": "x"},
+        "tags": [{"name": "loop", "value": "activation"}],
+    }
+    lines = []
+    for _ in range(count):
+        key = {"idempotency-key": f"bench-{uuid.uuid4().hex}"}
+        lines.append(
+            "\t".join([*(f"{k}: {v}" for k, v in (headers | key).items()), json.dumps(body)])
+        )
+    return lines
+
+
+def delivery(report: Report, redis_url: str, resend_url: str, workdir: Path) -> None:
+    print("delivery: in-process worker, Resend stand-in, RESEND_RATE_LIMIT_PER_S=0", flush=True)
+    env = flows.app_env(redis_url, "delivery:", worker=True, resend_url=resend_url)
+    with procs.uvicorn("app.main:app", env) as (url, _):
+        latency = flows.delivery_latency(url, resend_url, uuid.uuid4().hex[:8], 200, 20)
+        rate, sent = flows.delivery_rate(url, resend_url, uuid.uuid4().hex[:8], 500)
+    values = sorted(latency.values())
+    p50, p99 = statistics.median(values), values[max(int(len(values) * 0.99) - 1, 0)]
+    notes = f"{len(values)}/200 sent; from the action's 202 to the stand-in's received_at_ms"
+    report.add(Figure("action-to-send latency p50", p50, "ms", notes=notes))
+    report.add(Figure("action-to-send latency p99", p99, "ms", extra={"samples": len(values)}))
+    alone = {}
+    for connections in (load.CONNECTIONS, 1):
+        lines = email_lines(40_000)
+        alone[connections] = load.wrk(
+            resend_url, "/emails", lines, workdir / "e.txt", 4, connections
+        )
+    notes = f"{sent}/500 sent; stand-in alone on 1 connection: {alone[1].per_s:,.0f} emails/s"
+    limit_name = f"emails/s stand-in alone ({load.CONNECTIONS} connections)"
+    figure = Figure("emails/s sustained, 500 due at once", rate, "emails/s",
+                    alone[load.CONNECTIONS].per_s, limit_name, notes=notes)  # fmt: skip
+    report.against(figure)
+
+
+# --- scale -------------------------------------------------------------------------------------
+
+
+def stored_users(redis_url: str, resend_url: str, prefix: str) -> list[str]:
+    """Template users through the real flow: signup, 10 actions with ids, the welcome sent."""
+    env = flows.app_env(redis_url, prefix, worker=True, resend_url=resend_url)
+    users = [f"user_template{i:019d}" for i in range(4)]
+    with procs.uvicorn("app.main:app", env) as (url, _), httpx.Client(base_url=url) as http:
+        flows.signup(http, users)
+        flows.act(http, users, "first_project_created")
+        for _ in range(ACTIONS_PER_USER - 1):
+            flows.act(http, users, "project_created")
+        flows.wait_for_emails(resend_url, users, timeout_s=30)
+        time.sleep(1)  # the last evaluations settle
+    return users
+
+
+def scale(
+    report: Report,
+    redis_url: str,
+    resend_url: str,
+    workdir: Path,
+    empty: dict[str, Figure],
+    empty_costs: dict[str, float],
+) -> None:
+    prefix = "scale:"
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url)
+    started = time.monotonic()
+    templates = stored_users(redis_url, resend_url, prefix)
+    seed.clone_users(client, keys, templates, SCALE_USERS)
+    took = time.monotonic() - started
+    print(
+        f"scale: {SCALE_USERS:,} users, {SCALE_USERS * ACTIONS_PER_USER:,} actions stored in "
+        f"{took:.0f} s; used_memory {client.info('memory')['used_memory_human']}",
+        flush=True,
+    )
+    sample = list(range(0, SCALE_USERS, SCALE_USERS // 100))
+    memory = seed.memory_per_user(client, keys, templates, sample)
+    report.notes["memory"] = memory
+    notes = (
+        f"MEMORY USAGE of {memory['keys_per_user']} keys x {len(sample)} users;"
+        f" +{memory['bytes_per_schedule_entry']:.0f} B per schedule entry"
+    )
+    kib = memory["bytes_per_user_keys"] / 1024
+    report.add(Figure("Redis memory per user (10 actions, welcome sent)", kib, "KiB", notes=notes))
+    intake_at_scale = Intake(redis_url, workdir, prefix)
+    intake_at_scale.users = [seed.clone_id(i) for i in range(0, SCALE_USERS, 7)]
+    for name, figure in intake(report, intake_at_scale, " @100k users", full=False).items():
+        figure.extra["vs_empty_store"] = figure.value / empty[name].value
+        figure.notes += f"; vs empty store {figure.extra['vs_empty_store']:.2f}"
+    costs = measure_costs(report, redis_url, resend_url, prefix, " @100k users")
+    grown = {n: costs[n] - empty_costs[n] for n in costs if abs(costs[n] - empty_costs[n]) > 0.05}
+    report.notes["cost growth with 100k users (commands)"] = grown
+    print(f"  cost growth with data: {grown or 'none'}", flush=True)
+
+
+def main() -> None:
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="activation-bench-"))
+    report = Report()
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(procs.redis_server(workdir))
+        idle = stack.enter_context(idle_workers(workdir))
+        resend_url = stack.enter_context(resend_standin())
+        empty = intake(report, Intake(redis_url, workdir, "bench:"), "")
+        print("Redis cost per operation (MONITOR; INFO commandstats agrees)", flush=True)
+        costs = measure_costs(report, redis_url, resend_url, "cost:", "")
+        idle_poll_cost(report, redis_url)
+        delivery(report, redis_url, resend_url, workdir)
+        scale(report, redis_url, resend_url, workdir, empty, costs)
+        monthly_bill(report, costs, idle.report(report))
+    report.notes["took_s"] = round(time.monotonic() - started)
+    report.notes["load generator"] = f"wrk -t1 -c{load.CONNECTIONS}, {MEASURE_S:g} s per run"
+    print()
+    print(report.table())
+    report.write(RESULTS)
+    print(f"\nwrote {RESULTS.relative_to(procs.ROOT)} in {report.notes['took_s']} s")
+
+
+if __name__ == "__main__":
+    main()
