@@ -122,7 +122,8 @@ class Intake:
     ) -> LoadResult:
         with procs.uvicorn(target, env or {}, workers) as (url, pid):
             warm = load.wrk(url, path, lines(3000), self.file, WARM_S)
-            n = int(warm.per_s * MEASURE_S * 1.5) + 1000 if unique else 5000
+            # the warm-up runs cold: the measured run can be twice as fast, so 3x its count
+            n = int(warm.per_s * MEASURE_S * 3) + 1000 if unique else 5000
             cpu_before_s = procs.cpu_s(pid)
             result = load.wrk(url, path, lines(n), self.file, MEASURE_S)
             result = replace(result, server_cpu_s=procs.cpu_s(pid) - cpu_before_s)
