@@ -11,11 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Request, status
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from app.auth import ApiKeyDep
 from app.conditions import ACTION_NAME_PATTERN
-from app.deps import ClockDep, StoreDep
+from app.intake import intake_of
 from app.keys import USER_ID_PATTERN
-from app.metrics import MetricsDep
 from app.store import NewAction
 from app.users import to_epoch_ms
 
@@ -25,7 +23,9 @@ EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 LATEST_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z
 ACTION_ID_PATTERN = r"^[!-~]{1,128}$"  # printable ASCII: it becomes part of a Redis key
 
-router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
+# No key dependency here: `auth.RequireApiKey` refuses /v1/* without the key before the body is
+# read, and the route stays free of per-request dependency solving (see app/intake.py).
+router = APIRouter(prefix="/v1", tags=["actions"])
 
 
 class ActionIn(BaseModel):
@@ -110,21 +110,17 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
     responses={401: {"description": "missing or wrong API key"}},
+    openapi_extra={"security": [{"HTTPBearer": []}]},
 )
-async def post_actions(
-    request: Request,
-    store: StoreDep,
-    clock: ClockDep,
-    metrics: MetricsDep,
-    body: Annotated[ActionsBody, Body()],
-) -> Accepted:
+async def post_actions(request: Request, body: Annotated[ActionsBody, Body()]) -> Accepted:
     """Record one action or a batch of up to 1,000."""
-    now_ms = clock()
+    intake = intake_of(request)  # the key was checked by `RequireApiKey` before the body was read
+    now_ms = intake.clock()
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
-    accepted, duplicates = await store.record_actions(
-        actions, now_ms=now_ms, tracked=request.app.state.tracked_counts
+    accepted, duplicates = await intake.store.record_actions(
+        actions, now_ms=now_ms, tracked=intake.tracked_counts
     )
-    metrics.actions_recorded(accepted, duplicates)
-    request.app.state.wake_worker()
+    intake.metrics.actions_recorded(accepted, duplicates)
+    intake.wake_worker()
     return Accepted(accepted=accepted, duplicates=duplicates)

@@ -30,6 +30,7 @@ from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import RequestRefused, StorageError, StorageUnavailable
+from app.intake import Intake
 from app.loops import Loop
 from app.runtime import build_runtime, load_settings
 from app.settings import Settings
@@ -82,6 +83,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.resend_verifier = resend_events.build_verifier(settings)
     app.state.metrics = runtime.metrics
     app.state.wake_worker = worker.wake if settings.worker_in_process else lambda: None
+    app.state.intake = Intake(
+        store=runtime.store,
+        clock=app.state.clock,
+        metrics=runtime.metrics,
+        wake_worker=app.state.wake_worker,
+        tracked_counts=app.state.tracked_counts,
+        clerk_verifier=app.state.clerk_verifier,
+    )
     app.state.readiness = {
         "storage": runtime.store.ping,
         "loops": loops_check(runtime.loops),

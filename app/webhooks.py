@@ -7,16 +7,15 @@ is a 4xx with a short JSON reason and nothing stored; storage trouble is a 503 s
 
 import json
 import logging
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from app.deps import ClockDep, StoreDep
-from app.errors import NotConfigured, PayloadTooLarge, WebhookRejected
-from app.metrics import MetricsDep
+from app.errors import PayloadTooLarge, WebhookRejected
+from app.intake import intake_of
 from app.store import Store
 from app.users import ClerkDeletedUser, ClerkEvent, ClerkUser, EventType
 
@@ -40,16 +39,6 @@ class WebhookError(BaseModel):
     error: str
 
 
-async def get_verifier(request: Request) -> Webhook:
-    verifier: Webhook | None = request.app.state.clerk_verifier
-    if verifier is None:
-        raise NotConfigured("not configured: set CLERK_WEBHOOK_SIGNING_SECRET")
-    return verifier
-
-
-VerifierDep = Annotated[Webhook, Depends(get_verifier)]
-
-
 @router.post(
     "/webhooks/clerk",
     response_model=WebhookAck,
@@ -59,18 +48,19 @@ VerifierDep = Annotated[Webhook, Depends(get_verifier)]
         503: {"model": WebhookError, "description": "not configured, or storage unavailable"},
     },
 )
-async def receive_clerk_webhook(
-    request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep, metrics: MetricsDep
-) -> WebhookAck:
+async def receive_clerk_webhook(request: Request) -> WebhookAck:
     """Receive a Clerk webhook (subscribe to user.created, user.updated, user.deleted)."""
+    intake = intake_of(request)
+    metrics = intake.metrics
     with metrics.webhook_failures("clerk"):
+        verifier = intake.verifier()
         body = await read_body(request, MAX_BODY_BYTES)
         delivery_id = verify(verifier, body, dict(request.headers))
         event = parse_event(body)
-        status = await apply_event(store, event, delivery_id, now_ms=clock())
+        status = await apply_event(intake.store, event, delivery_id, now_ms=intake.clock())
     logger.info("clerk webhook %s delivery=%s: %s", event.type, delivery_id, status)
     metrics.webhook("clerk", event.type, status)
-    request.app.state.wake_worker()  # a registration starts loops: their clocks start now
+    intake.wake_worker()  # a registration starts loops: their clocks start now
     return WebhookAck(status=status)
 
 
