@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from textwrap import dedent
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -26,6 +27,11 @@ from svix.webhooks import Webhook
 from app.clock import Clock
 from app.main import create_app
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.store import Store
+    from app.worker import Worker
+    from tests.resend_standin import ResendStandin
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHIPPED_LOOPS = Path(__file__).parent.parent / "loops"
@@ -211,6 +217,16 @@ def clock() -> FakeClock:
     return FakeClock(int(time.time() * 1000))
 
 
+def worker_of(app: FastAPI) -> "Worker":
+    worker: Worker = app.state.worker
+    return worker
+
+
+def store_of(app: FastAPI) -> "Store":
+    store: Store = app.state.store
+    return store
+
+
 @asynccontextmanager
 async def running(
     settings: Settings, clock: Clock
@@ -259,3 +275,75 @@ def sign(
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+# --- a small loops folder for the engine's end-to-end tests -------------------------------------
+
+TEST_LOOPS = {
+    "welcome": """
+        type: activation
+        opinion: welcome on the first project, nudge after 5 minutes, tips 2 days later
+        steps:
+          - trigger: {type: database, table: users, event: insert}
+            condition: {type: action, action: first_project_created, count: 1, timeout: 5m}
+            action:
+              type: email
+              template: welcome
+              personalization: {name: "{{ user.name }}"}
+            on_timeout: {type: email, template: nudge}
+          - delay: 2d
+            action: {type: email, template: tips}
+        """,
+    "ten": """
+        type: milestone
+        opinion: celebrate the tenth project
+        steps:
+          - trigger: {type: action, action: project_created, count: 10}
+            action: {type: email, template: ten}
+        """,
+}
+
+
+@pytest.fixture
+def loops_dir(tmp_path: Path) -> Path:
+    """A small loops folder: `welcome` (5 m timeout, nudge, tips 2 d later) and `ten`."""
+    (tmp_path / "templates").mkdir()
+    for name in ("welcome", "nudge", "tips", "ten"):
+        html = f"---\nsubject: {name}\n---\n<p>{name}</p>\n"
+        (tmp_path / "templates" / f"{name}.html").write_text(html)
+    for loop_id, text in TEST_LOOPS.items():
+        (tmp_path / f"{loop_id}.yaml").write_text(dedent(text))
+    return tmp_path
+
+
+# --- the local Resend API ---------------------------------------------------------------------
+
+SENDER = "Acme <hello@acme.dev>"
+
+
+@pytest.fixture(scope="session")
+def resend_server() -> Iterator["ResendStandin"]:
+    """The Resend stand-in (tests/resend_standin.py), served on a real port for the session."""
+    from tests.resend_standin import run_standin
+
+    with run_standin() as standin:
+        yield standin
+
+
+@pytest.fixture
+def resend(resend_server: "ResendStandin") -> "ResendStandin":
+    """The stand-in with an empty inbox, no scripted faults and fresh counters."""
+    resend_server.reset()
+    return resend_server
+
+
+def resend_settings(resend: "ResendStandin", **overrides: Any) -> dict[str, Any]:
+    """Settings that send through the stand-in: no client-side rate limit, a short timeout."""
+    return {
+        "resend_api_key": resend.api_key,
+        "resend_api_url": resend.url,
+        "email_from": SENDER,
+        "resend_rate_limit_per_s": 0,
+        "resend_timeout_s": 1.0,
+        **overrides,
+    }

@@ -7,15 +7,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.store import Store
-from tests.conftest import AUTH, FakeClock, running
+from tests.conftest import AUTH, FakeClock, running, store_of
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
 
 
 async def post(client: httpx.AsyncClient, body: Any, **headers: str) -> httpx.Response:

@@ -3,7 +3,7 @@ stand-in, the worker driven by hand on a fake clock. Every fault ends in exactly
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,27 +16,12 @@ from app.loops import Backoff, Recovery
 from app.mailer import OutgoingEmail, RateLimiter
 from app.main import create_app
 from app.settings import Settings
-from app.store import Store
-from app.worker import Worker
-from tests.conftest import AUTH, FakeClock, load_fixture, sign
-from tests.resend_standin import ResendStandin, run_standin
+from tests.conftest import AUTH, SENDER, FakeClock, load_fixture, sign, store_of, worker_of
+from tests.resend_standin import ResendStandin
 
 SEC = 1000
 MIN = 60 * SEC
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-SENDER = "Acme <hello@acme.dev>"
-
-
-@pytest.fixture(scope="module")
-def resend_server() -> Iterator[ResendStandin]:
-    with run_standin() as standin:
-        yield standin
-
-
-@pytest.fixture
-def resend(resend_server: ResendStandin) -> ResendStandin:
-    resend_server.reset()
-    return resend_server
 
 
 @pytest.fixture
@@ -62,16 +47,6 @@ async def app(
 
 async def no_sleep(seconds: float) -> None:
     await asyncio.sleep(0)
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
-    return worker
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
 
 
 async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:

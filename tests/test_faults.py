@@ -27,24 +27,26 @@ from app.mailer import RateLimiter, ResendMailer
 from app.main import create_app
 from app.runtime import build_runtime
 from app.settings import Settings
-from app.store import Store
 from app.worker import Worker
 from tests.conftest import (
     AUTH,
+    SENDER,
     SHIPPED_LOOPS,
     UPSTASH_TOKEN,
     FakeClock,
     RedisProcess,
     free_port,
     load_fixture,
+    resend_settings,
     sign,
+    store_of,
+    worker_of,
 )
 from tests.resend_standin import ResendStandin, run_standin
 
 SEC = 1000
 MIN = 60 * SEC
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-SENDER = "Acme <hello@acme.dev>"
 REPO = Path(__file__).parent.parent
 TERMINAL = ("sent", "failed", "dropped")
 
@@ -52,29 +54,6 @@ redis_transports = pytest.mark.parametrize("transport", ["redis", "upstash"], in
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def resend_server() -> Iterator[ResendStandin]:
-    with run_standin() as standin:
-        yield standin
-
-
-@pytest.fixture
-def resend(resend_server: ResendStandin) -> ResendStandin:
-    resend_server.reset()
-    return resend_server
-
-
-def resend_settings(resend: ResendStandin, **overrides: Any) -> dict[str, Any]:
-    return {
-        "resend_api_key": resend.api_key,
-        "resend_api_url": resend.url,
-        "email_from": SENDER,
-        "resend_rate_limit_per_s": 0,
-        "resend_timeout_s": 1.0,
-        **overrides,
-    }
 
 
 async def no_sleep(seconds: float) -> None:
@@ -97,16 +76,6 @@ async def app(
     async with application.router.lifespan_context(application):
         fake_time_rate_limiter(application.state.worker, clock)
         yield application
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
-    return worker
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
 
 
 def mailer_of(worker: Worker) -> ResendMailer:

@@ -5,7 +5,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 import httpx
@@ -14,46 +13,10 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
-from app.worker import Worker
-from tests.conftest import AUTH, FakeClock, load_fixture, sign
+from tests.conftest import AUTH, FakeClock, load_fixture, sign, worker_of
 
 MIN = 60_000
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-
-LOOPS = {
-    "welcome": """
-        type: activation
-        opinion: welcome on the first project, nudge after 5 minutes, tips 2 days later
-        steps:
-          - trigger: {type: database, table: users, event: insert}
-            condition: {type: action, action: first_project_created, count: 1, timeout: 5m}
-            action:
-              type: email
-              template: welcome
-              personalization: {name: "{{ user.name }}"}
-            on_timeout: {type: email, template: nudge}
-          - delay: 2d
-            action: {type: email, template: tips}
-        """,
-    "ten": """
-        type: milestone
-        opinion: celebrate the tenth project
-        steps:
-          - trigger: {type: action, action: project_created, count: 10}
-            action: {type: email, template: ten}
-        """,
-}
-
-
-@pytest.fixture
-def loops_dir(tmp_path: Path) -> Path:
-    (tmp_path / "templates").mkdir()
-    for name in ("welcome", "nudge", "tips", "ten"):
-        html = f"---\nsubject: {name}\n---\n<p>{name}</p>\n"
-        (tmp_path / "templates" / f"{name}.html").write_text(html)
-    for loop_id, text in LOOPS.items():
-        (tmp_path / f"{loop_id}.yaml").write_text(dedent(text))
-    return tmp_path
 
 
 @pytest.fixture
@@ -63,11 +26,6 @@ async def app(
     application = create_app(make_settings(loops_dir=loops_dir), clock=clock)
     async with application.router.lifespan_context(application):
         yield application
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
-    return worker
 
 
 async def signup(client: httpx.AsyncClient, user_id: str = USER, msg_id: str | None = None) -> None:

@@ -5,7 +5,7 @@ import asyncio
 import base64
 import copy
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +17,26 @@ from app.cli import main
 from app.delivery import outgoing
 from app.jobs import EmailJob, RenderedEmail
 from app.settings import Settings
-from app.store import Store
-from app.worker import Worker
 from tests.conftest import (
     AUTH,
+    SENDER,
     SIGNING_SECRET,
     FakeClock,
     load_fixture,
     running,
     sign,
+    store_of,
+    worker_of,
 )
-from tests.resend_standin import ResendStandin, run_standin
+from tests.resend_standin import ResendStandin
 from tests.test_cli import env_for
 
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-SENDER = "Acme <hello@acme.dev>"
 RESEND_SECRET = "whsec_" + base64.b64encode(b"resend-webhook-test-secret-0123").decode()
 DAY = 24 * 3600 * 1000
 EVENTS = load_fixture("resend_webhook_events.json")
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-
-
-@pytest.fixture(scope="module")
-def resend_server() -> Iterator[ResendStandin]:
-    with run_standin() as standin:
-        yield standin
-
-
-@pytest.fixture
-def resend(resend_server: ResendStandin) -> ResendStandin:
-    resend_server.reset()
-    return resend_server
 
 
 @pytest.fixture
@@ -84,16 +72,6 @@ def app(app_and_client: tuple[FastAPI, httpx.AsyncClient]) -> FastAPI:
 @pytest.fixture
 def client(app_and_client: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
     return app_and_client[1]
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
-    return worker
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
 
 
 async def send_welcome(client: httpx.AsyncClient, app: FastAPI) -> None:

@@ -31,14 +31,14 @@ from tests.conftest import (
     FakeClock,
     free_port,
     load_fixture,
+    resend_settings,
     sign,
 )
-from tests.resend_standin import ResendStandin, run_standin
+from tests.resend_standin import ResendStandin
 from tests.upstash_standin import stop, wait_started
 
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 OTHER = "user_2other0000000000000000000"
-SENDER = "Acme <hello@acme.dev>"
 ADDRESS = "ada.lovelace-private@analytical-engine.example"
 BODY_TEXT = "the hardest step is behind you"  # from loops/templates/activation_welcome.html
 RESEND_WEBHOOK_SECRET = "whsec_QmVzdFJlc2VuZFdlYmhvb2tTZWNyZXQxMjM0NTY="
@@ -312,31 +312,15 @@ async def test_a_token_with_a_non_ascii_signature_is_refused(
     assert response.status_code == 400, response.text
 
 
-@pytest.fixture(scope="module")
-def resend_server() -> Iterator[ResendStandin]:
-    with run_standin() as standin:
-        yield standin
-
-
-@pytest.fixture
-def resend(resend_server: ResendStandin) -> ResendStandin:
-    resend_server.reset()
-    return resend_server
-
-
 def sending_settings(resend: ResendStandin, **overrides: Any) -> dict[str, Any]:
-    return {
-        "resend_api_key": resend.api_key,
-        "resend_api_url": resend.url,
-        "email_from": SENDER,
-        "resend_rate_limit_per_s": 0,
-        "resend_timeout_s": 1.0,
-        "public_url": "https://loops.acme.dev",
-        "log_level": "DEBUG",
-        "resend_webhook_secret": RESEND_WEBHOOK_SECRET,
-        "metrics_token": METRICS_TOKEN,
+    return resend_settings(
+        resend,
+        public_url="https://loops.acme.dev",
+        log_level="DEBUG",
+        resend_webhook_secret=RESEND_WEBHOOK_SECRET,
+        metrics_token=METRICS_TOKEN,
         **overrides,
-    }
+    )
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 sends and failures per day, each counted once however often the worker looks."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from textwrap import dedent
 
 import httpx
 import pytest
@@ -15,45 +13,13 @@ from app.jobs import EmailJob, JobStatus
 from app.main import create_app
 from app.settings import Settings
 from app.stats import LoopStats, last_days, send_counter, tta_bucket, utc_day
-from app.store import Outcome, Store
-from app.worker import Worker
-from tests.conftest import AUTH, FakeClock, load_fixture, sign
+from app.store import Outcome
+from tests.conftest import AUTH, FakeClock, store_of, worker_of
+from tests.test_flow import act, signup
 
 MIN = 60_000
 DAY = 24 * 60 * MIN
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-
-LOOPS = {
-    "welcome": """
-        type: activation
-        opinion: welcome on the first project, nudge after 5 minutes, tips 2 days later
-        steps:
-          - trigger: {type: database, table: users, event: insert}
-            condition: {type: action, action: first_project_created, count: 1, timeout: 5m}
-            action: {type: email, template: welcome}
-            on_timeout: {type: email, template: nudge}
-          - delay: 2d
-            action: {type: email, template: tips}
-        """,
-    "ten": """
-        type: milestone
-        opinion: celebrate the tenth project
-        steps:
-          - trigger: {type: action, action: project_created, count: 10}
-            action: {type: email, template: ten}
-        """,
-}
-
-
-@pytest.fixture
-def loops_dir(tmp_path: Path) -> Path:
-    (tmp_path / "templates").mkdir()
-    for name in ("welcome", "nudge", "tips", "ten"):
-        html = f"---\nsubject: {name}\n---\n<p>{name}</p>\n"
-        (tmp_path / "templates" / f"{name}.html").write_text(html)
-    for loop_id, text in LOOPS.items():
-        (tmp_path / f"{loop_id}.yaml").write_text(dedent(text))
-    return tmp_path
 
 
 @pytest.fixture
@@ -63,30 +29,6 @@ async def app(
     application = create_app(make_settings(loops_dir=loops_dir), clock=clock)
     async with application.router.lifespan_context(application):
         yield application
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
-    return worker
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
-
-
-async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:
-    event = load_fixture("clerk_user_created.json")
-    event["data"]["id"] = user_id
-    body = json.dumps(event).encode()
-    response = await client.post("/webhooks/clerk", content=body, headers=sign(body))
-    assert response.status_code == 200, response.text
-
-
-async def act(client: httpx.AsyncClient, action: str, user_id: str = USER) -> None:
-    body = {"user_id": user_id, "action": action}
-    response = await client.post("/v1/actions", json=body, headers=AUTH)
-    assert response.status_code == 202, response.text
 
 
 async def counters(app: FastAPI, loop_id: str = "welcome") -> dict[str, int]:

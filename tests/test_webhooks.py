@@ -10,8 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.store import Store
-from tests.conftest import load_fixture, running, sign
+from tests.conftest import load_fixture, running, sign, store_of
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
@@ -41,11 +40,6 @@ async def post_signed(
 ) -> httpx.Response:
     body = event if isinstance(event, bytes) else json.dumps(event).encode()
     return await client.post("/webhooks/clerk", content=body, headers=sign(body, **sign_kwargs))
-
-
-def store_of(app: FastAPI) -> Store:
-    store: Store = app.state.store
-    return store
 
 
 # --- what a user.created / updated / deleted does, on every transport ---------------------------
