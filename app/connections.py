@@ -53,13 +53,66 @@ def classify_reply_error(message: str) -> StorageError:
     return StorageError(message)
 
 
-class RedisConnection:
-    """Redis over TCP; one pool, bounded timeouts, one immediate retry on a dropped connection."""
-
-    kind = StorageKind.REDIS
+class AutoPipeline:
+    """Sends the commands that concurrent requests issue in one event-loop turn as one pipeline:
+    one write and one read instead of one each (the auto-pipelining of ioredis and
+    @upstash/redis). Each caller still awaits its own reply, so nothing is acknowledged before
+    its own command succeeded."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
+        self._queue: list[tuple[tuple[CommandArg, ...], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.commands = 0
+
+    async def call(self, *command: CommandArg) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future))
+        if len(self._queue) == 1:
+            # after the callbacks already ready this turn: their commands join the batch
+            loop.call_soon(self._flush_queue)
+        return await future
+
+    def _flush_queue(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[tuple[tuple[CommandArg, ...], asyncio.Future[Any]]]) -> None:
+        self.batches, self.commands = self.batches + 1, self.commands + len(batch)
+        try:
+            replies = await self._execute([command for command, _ in batch])
+        except Exception as exc:  # the whole batch failed (connection, timeout): every caller
+            replies = [exc] * len(batch)
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its caller was cancelled
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, commands: list[tuple[CommandArg, ...]]) -> list[Any]:
+        if len(commands) == 1:
+            return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+        pipeline = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipeline.execute_command(*command)
+        return await pipeline.execute(raise_on_error=False)
+
+
+class RedisConnection:
+    """Redis over TCP; one pool, bounded timeouts, one immediate retry on a dropped connection,
+    and concurrent commands auto-pipelined."""
+
+    kind = StorageKind.REDIS
+
+    def __init__(self, client: aioredis.Redis, *, auto_pipeline: bool = True) -> None:
+        self._client = client
+        self.pipeline = AutoPipeline(client) if auto_pipeline else None
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> "RedisConnection":
@@ -76,6 +129,8 @@ class RedisConnection:
 
     async def call(self, *command: CommandArg) -> Any:
         try:
+            if self.pipeline is not None:
+                return await self.pipeline.call(*command)
             return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise StorageUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -99,7 +154,8 @@ class EmbeddedConnection(RedisConnection):
 
     @classmethod
     def create(cls) -> "EmbeddedConnection":
-        return cls(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True))
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        return cls(client, auto_pipeline=False)  # in-process: nothing to save
 
 
 class UpstashConnection:

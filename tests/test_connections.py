@@ -1,5 +1,6 @@
 """The three transports: same answers, and every failure translated into our error tree in time."""
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -138,3 +139,57 @@ async def test_upstash_trailing_slash_is_stripped(upstash_standin: tuple[str, An
         assert await conn.call("PING") == "PONG"
     finally:
         await conn.close()
+
+
+# --- auto-pipelining (Redis TCP) -------------------------------------------------------------
+
+
+@pytest.fixture
+async def tcp(redis_url: str) -> Any:
+    connection = RedisConnection.from_url(redis_url, 1.0)
+    yield connection
+    await connection.close()
+
+
+async def test_concurrent_commands_share_one_pipeline(
+    tcp: RedisConnection, key_prefix: str
+) -> None:
+    keys = [f"{key_prefix}{{p}}:{index}" for index in range(20)]
+    await asyncio.gather(*(tcp.call("SET", key, index) for index, key in enumerate(keys)))
+    replies = await asyncio.gather(*(tcp.call("GET", key) for key in keys))
+
+    assert replies == [str(index) for index in range(20)]
+    assert tcp.pipeline is not None
+    assert tcp.pipeline.commands == 40
+    assert tcp.pipeline.batches == 2  # one write and one read per burst, not per command
+
+
+async def test_an_error_in_a_pipeline_fails_only_its_own_caller(tcp: RedisConnection) -> None:
+    results = await asyncio.gather(
+        tcp.call("PING"), tcp.call("GET"), tcp.call("EVALSHA", "0" * 40, 0), tcp.call("PING"),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert results[0] is True
+    assert type(results[1]) is StorageError
+    assert type(results[2]) is NoScript
+    assert results[3] is True
+
+
+async def test_a_cancelled_caller_does_not_break_the_batch(tcp: RedisConnection) -> None:
+    waiting = asyncio.ensure_future(tcp.call("PING"))
+    other = asyncio.ensure_future(tcp.call("PING"))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    assert await other is True
+    assert await tcp.call("PING") is True
+
+
+async def test_a_pipeline_to_a_dead_server_fails_every_caller_fast() -> None:
+    conn = RedisConnection.from_url(f"redis://127.0.0.1:{free_port()}", 1.0)
+    try:
+        results = await asyncio.gather(
+            *(conn.call("PING") for _ in range(5)), return_exceptions=True
+        )
+    finally:
+        await conn.close()
+    assert all(isinstance(result, StorageUnavailable) for result in results)
