@@ -77,10 +77,16 @@ def bars(values: Sequence[tuple[str, int]], *, width: float, height: float) -> l
     top = max((value for _, value in values), default=0) or 1
     slot = width / max(len(values), 1)
     return [
-        Bar(label, value, i * slot + slot * 0.15, height - value / top * height, slot * 0.7,
-            value / top * height)
+        Bar(
+            label,
+            value,
+            i * slot + slot * 0.15,
+            height - value / top * height,
+            slot * 0.7,
+            value / top * height,
+        )
         for i, (label, value) in enumerate(values)
-    ]  # fmt: skip
+    ]
 
 
 def percent(part: int, whole: int) -> str:

@@ -105,8 +105,9 @@ class Delivery:
         if job.terminal:
             await self._finish(job, Outcome(job.status.value))
         elif attempt.stop_reason is not None:
-            await self._finish(job, Outcome.DROPPED, status=JobStatus.DROPPED,
-                               error=attempt.stop_reason)  # fmt: skip
+            await self._finish(
+                job, Outcome.DROPPED, status=JobStatus.DROPPED, error=attempt.stop_reason
+            )
         elif self._outcome_unknown(attempt):
             error = "an earlier attempt's outcome is unknown and past Resend's 24 h window"
             await self._finish(job, Outcome.FAILED, status=JobStatus.FAILED, error=error)
@@ -127,17 +128,23 @@ class Delivery:
             await self._retry_or_fail(job, attempts, str(exc), exc.retry_after_s)
             return
         except PermanentSendError as exc:
-            await self._finish(job, Outcome.FAILED, status=JobStatus.FAILED, error=str(exc),
-                               attempts=attempts)  # fmt: skip
+            await self._finish(
+                job, Outcome.FAILED, status=JobStatus.FAILED, error=str(exc), attempts=attempts
+            )
             return
         await self._sent(job, attempts, provider_id)
 
     async def _sent(self, job: EmailJob, attempts: int, provider_id: str | None) -> None:
         now = self.clock()
         sent = job.model_copy(
-            update={"status": JobStatus.SENT, "attempts": attempts, "sent_at": now,
-                    "provider_id": provider_id, "last_error": None}
-        )  # fmt: skip
+            update={
+                "status": JobStatus.SENT,
+                "attempts": attempts,
+                "sent_at": now,
+                "provider_id": provider_id,
+                "last_error": None,
+            }
+        )
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
         await self.store.settle(sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry)
         self.metrics.email(Outcome.SENT, due_at_ms=job.due_at, now_ms=now)
@@ -154,8 +161,9 @@ class Delivery:
     ) -> None:
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or attempts > recovery.retries:
-            await self._finish(job, Outcome.FAILED, status=JobStatus.FAILED, error=error,
-                               attempts=attempts)  # fmt: skip
+            await self._finish(
+                job, Outcome.FAILED, status=JobStatus.FAILED, error=error, attempts=attempts
+            )
             return
         now = self.clock()
         due = now + retry_delay_ms(recovery, attempts, retry_after_s)

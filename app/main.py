@@ -157,10 +157,13 @@ def _printable(part: object) -> str | int:
 async def on_invalid_request(request: Request, exc: Any) -> JSONResponse:
     """422 naming each failing field; the offending input is not echoed back."""
     errors = [
-        {"loc": [_printable(part) for part in error["loc"]], "msg": _printable(error["msg"]),
-         "type": error["type"]}
+        {
+            "loc": [_printable(part) for part in error["loc"]],
+            "msg": _printable(error["msg"]),
+            "type": error["type"],
+        }
         for error in exc.errors()
-    ]  # fmt: skip
+    ]
     return JSONResponse({"detail": errors}, status_code=422)
 
 

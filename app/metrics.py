@@ -36,41 +36,58 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.webhooks = Counter(
-            "activation_webhooks", "Webhook deliveries by source, event type and outcome",
-            ["source", "type", "outcome"], registry=reg,
-        )  # fmt: skip
+            "activation_webhooks",
+            "Webhook deliveries by source, event type and outcome",
+            ["source", "type", "outcome"],
+            registry=reg,
+        )
         self.actions = Counter(
-            "activation_actions", "Actions received, by outcome (accepted, duplicate)",
-            ["outcome"], registry=reg,
-        )  # fmt: skip
+            "activation_actions",
+            "Actions received, by outcome (accepted, duplicate)",
+            ["outcome"],
+            registry=reg,
+        )
         self.step_transitions = Counter(
-            "activation_step_transitions", "Loop step transitions, by loop and new status",
-            ["loop", "status"], registry=reg,
-        )  # fmt: skip
+            "activation_step_transitions",
+            "Loop step transitions, by loop and new status",
+            ["loop", "status"],
+            registry=reg,
+        )
         self.emails = Counter(
-            "activation_emails", "Email job outcomes (sent, retry, failed, dropped)",
-            ["outcome"], registry=reg,
-        )  # fmt: skip
+            "activation_emails",
+            "Email job outcomes (sent, retry, failed, dropped)",
+            ["outcome"],
+            registry=reg,
+        )
         self.job_latency = Histogram(
-            "activation_job_latency_seconds", "From a job's due time to its outcome",
-            ["kind"], buckets=LATENCY_BUCKETS_S, registry=reg,
-        )  # fmt: skip
+            "activation_job_latency_seconds",
+            "From a job's due time to its outcome",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        )
         self.suppressions = Counter(
-            "activation_suppressions", "Users suppressed by a Resend event, by reason",
-            ["reason"], registry=reg,
-        )  # fmt: skip
+            "activation_suppressions",
+            "Users suppressed by a Resend event, by reason",
+            ["reason"],
+            registry=reg,
+        )
         self.storage_errors = Counter(
-            "activation_storage_errors", "Storage failures seen (unavailable, error)",
-            ["kind"], registry=reg,
-        )  # fmt: skip
+            "activation_storage_errors",
+            "Storage failures seen (unavailable, error)",
+            ["kind"],
+            registry=reg,
+        )
         self.schedule_jobs = Gauge(
-            "activation_schedule_jobs", "Jobs on the schedule (queue depth), read at scrape",
+            "activation_schedule_jobs",
+            "Jobs on the schedule (queue depth), read at scrape",
             registry=reg,
-        )  # fmt: skip
+        )
         self.dead_letter_jobs = Gauge(
-            "activation_dead_letter_jobs", "Email jobs in the dead-letter set, read at scrape",
+            "activation_dead_letter_jobs",
+            "Email jobs in the dead-letter set, read at scrape",
             registry=reg,
-        )  # fmt: skip
+        )
 
         self._zeros()
 

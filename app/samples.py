@@ -35,19 +35,42 @@ def clerk_user_created(user_id: str, email: str, now_ms: int) -> dict[str, Any]:
     email_id = f"idn_{secrets.token_hex(12)}"
     local = email.partition("@")[0]
     user = {
-        "backup_code_enabled": False, "banned": False, "birthday": "", "created_at": now_ms,
-        "email_addresses": [{
-            "email_address": email, "id": email_id, "linked_to": [], "object": "email_address",
-            "verification": {"status": "verified", "strategy": "email_code"},
-        }],
-        "external_accounts": [], "external_id": None, "first_name": local.capitalize(),
-        "gender": "", "id": user_id, "image_url": "https://img.clerk.com/preview",
-        "last_name": "Tester", "last_sign_in_at": now_ms, "locked": False, "object": "user",
-        "password_enabled": True, "phone_numbers": [], "primary_email_address_id": email_id,
-        "primary_phone_number_id": None, "primary_web3_wallet_id": None, "private_metadata": {},
-        "public_metadata": {}, "two_factor_enabled": False, "unsafe_metadata": {},
-        "updated_at": now_ms, "username": None, "web3_wallets": [],
-    }  # fmt: skip
+        "backup_code_enabled": False,
+        "banned": False,
+        "birthday": "",
+        "created_at": now_ms,
+        "email_addresses": [
+            {
+                "email_address": email,
+                "id": email_id,
+                "linked_to": [],
+                "object": "email_address",
+                "verification": {"status": "verified", "strategy": "email_code"},
+            }
+        ],
+        "external_accounts": [],
+        "external_id": None,
+        "first_name": local.capitalize(),
+        "gender": "",
+        "id": user_id,
+        "image_url": "https://img.clerk.com/preview",
+        "last_name": "Tester",
+        "last_sign_in_at": now_ms,
+        "locked": False,
+        "object": "user",
+        "password_enabled": True,
+        "phone_numbers": [],
+        "primary_email_address_id": email_id,
+        "primary_phone_number_id": None,
+        "primary_web3_wallet_id": None,
+        "private_metadata": {},
+        "public_metadata": {},
+        "two_factor_enabled": False,
+        "unsafe_metadata": {},
+        "updated_at": now_ms,
+        "username": None,
+        "web3_wallets": [],
+    }
     return {
         "data": user,
         "event_attributes": {

@@ -64,8 +64,9 @@ def send_counter(job: EmailJob) -> str:
     return {"action": "sent", "timeout": "nudged"}.get(job.kind, "")
 
 
-def late_activations(loops: Iterable[Loop], steps: Mapping[str, StepState],
-                     actions: Mapping[str, ActionStats]) -> dict[str, StepState]:  # fmt: skip
+def late_activations(
+    loops: Iterable[Loop], steps: Mapping[str, StepState], actions: Mapping[str, ActionStats]
+) -> dict[str, StepState]:
     """Step 0 states that timed out and whose condition has been met since: `met_at` recorded.
 
     Written with the worker's next decisions, so each is counted once (`activated_after_nudge`).
@@ -156,10 +157,13 @@ def day_counts(
     """A loop's sends and failures per day, from the `daily` hashes' `<loop>:sent`/`:failed`."""
     empty: Mapping[str, int] = {}
     return [
-        DayCount(day, daily.get(day, empty).get(f"{loop_id}:sent", 0),
-                 daily.get(day, empty).get(f"{loop_id}:failed", 0))
+        DayCount(
+            day,
+            daily.get(day, empty).get(f"{loop_id}:sent", 0),
+            daily.get(day, empty).get(f"{loop_id}:failed", 0),
+        )
         for day in days
-    ]  # fmt: skip
+    ]
 
 
 def dead_loop(job_id: str) -> str:

@@ -382,7 +382,7 @@ class Store:
             suppressed=suppressed is not None,
         )
 
-    async def settle(  # the outcome's parts, each a separate field
+    async def settle(
         self,
         job: EmailJob,
         outcome: Outcome,
@@ -404,14 +404,26 @@ class Store:
             self.keys.daily(utc_day(now_ms)),
         ]
         entry = timeline_entry(
-            now_ms, f"email.{job.status.value}", email=job.id, attempts=job.attempts,
+            now_ms,
+            f"email.{job.status.value}",
+            email=job.id,
+            attempts=job.attempts,
             error=job.last_error,
-        )  # fmt: skip
+        )
         args: list[CommandArg] = [
-            job.id, job.model_dump_json(), outcome.value, retry_at_ms or "", now_ms, entry,
-            TIMELINE_LENGTH, outbox_entry, OUTBOX_LENGTH,
-            job.loop_id, send_counter(job), DAILY_TTL_S,
-        ]  # fmt: skip
+            job.id,
+            job.model_dump_json(),
+            outcome.value,
+            retry_at_ms or "",
+            now_ms,
+            entry,
+            TIMELINE_LENGTH,
+            outbox_entry,
+            OUTBOX_LENGTH,
+            job.loop_id,
+            send_counter(job),
+            DAILY_TTL_S,
+        ]
         return bool(await self.run(SETTLE, keys, args) == "settled")
 
     async def unsubscribe(self, user_id: str, *, now_ms: int) -> int:
@@ -426,8 +438,9 @@ class Store:
         args: list[CommandArg] = [now_ms, timeline_entry(now_ms, "unsubscribed"), TIMELINE_LENGTH]
         for job in record.jobs.values():
             if not job.terminal:
-                dropped = job.model_copy(update={"status": JobStatus.DROPPED,
-                                                 "last_error": "unsubscribed"})  # fmt: skip
+                dropped = job.model_copy(
+                    update={"status": JobStatus.DROPPED, "last_error": "unsubscribed"}
+                )
                 args += [job.id, dropped.model_dump_json()]
         return int(await self.run(UNSUBSCRIBE, keys, args))
 
@@ -496,9 +509,14 @@ class Store:
         ]
         reason = event.suppression or ""
         args: list[CommandArg] = [
-            now_ms, self.webhook_dedupe_ttl_s, event.timeline_entry(now_ms), TIMELINE_LENGTH,
-            reason, uid, timeline_entry(now_ms, "suppressed", reason=reason, email=event.job_id),
-        ]  # fmt: skip
+            now_ms,
+            self.webhook_dedupe_ttl_s,
+            event.timeline_entry(now_ms),
+            TIMELINE_LENGTH,
+            reason,
+            uid,
+            timeline_entry(now_ms, "suppressed", reason=reason, email=event.job_id),
+        ]
         return str(await self.run(EMAIL_EVENT, keys, args))
 
     async def unsuppress(self, user_id: str, *, now_ms: int) -> bool:

@@ -122,17 +122,23 @@ async def stored_user(settings: Settings, user_id: str) -> UserProfile:
 
 def preview_tokens(settings: Settings) -> UnsubscribeTokens:
     """Real tokens when a secret is configured; else throwaway ones (no warning for a preview)."""
-    configured = (settings.unsubscribe_secret, settings.activation_api_key,
-                  settings.clerk_webhook_signing_secret)  # fmt: skip
+    configured = (
+        settings.unsubscribe_secret,
+        settings.activation_api_key,
+        settings.clerk_webhook_signing_secret,
+    )
     if any(secret is not None for secret in configured):
         return UnsubscribeTokens.from_settings(settings)
     return UnsubscribeTokens(secrets.token_bytes(32))
 
 
 def render_preview(
-    settings: Settings, loops: dict[str, Loop], templates: TemplateSet, order: EmailOrder,
+    settings: Settings,
+    loops: dict[str, Loop],
+    templates: TemplateSet,
+    order: EmailOrder,
     profile: UserProfile,
-) -> RenderedEmail:  # fmt: skip
+) -> RenderedEmail:
     if order.template not in templates:
         known = ", ".join(templates.names) or "none"
         raise ActivationError(f"no template {order.template!r} (known: {known})")
@@ -174,9 +180,11 @@ def write_preview_page(
     from app.dashboard import PAGE_ENV  # the pages' templates and styling
 
     page = PAGE_ENV.get_template("preview.html").render(
-        title=f"Preview: {template}", template=template, email=email.model_dump(),
+        title=f"Preview: {template}",
+        template=template,
+        email=email.model_dump(),
         who=f"{profile.name} <{profile.email}>",
-    )  # fmt: skip
+    )
     try:
         path.write_text(page, "utf-8")
     except OSError as exc:
@@ -224,10 +232,14 @@ class VirtualClock:
 
 def embedded(settings: Settings) -> Settings:
     """The same loops and URLs on an in-memory store with the outbox mailer: nothing leaves."""
-    return settings.model_copy(update={
-        "upstash_redis_rest_url": None, "upstash_redis_rest_token": None, "redis_url": None,
-        "resend_api_key": None,
-    })  # fmt: skip
+    return settings.model_copy(
+        update={
+            "upstash_redis_rest_url": None,
+            "upstash_redis_rest_token": None,
+            "redis_url": None,
+            "resend_api_key": None,
+        }
+    )
 
 
 def simulation_parts(settings: Settings, loop_id: str) -> tuple[Loop, TemplateSet]:
@@ -255,13 +267,16 @@ async def simulate(
         profile = sample_profile(user_id, created_at_ms=start)
         await store.record_user("simulated", profile, created=True, version_ms=start, now_ms=start)
         until = start + (advance_ms if advance_ms is not None else SIMULATION_CAP_MS)
-        await run_clock(Run(worker, store, clock, user_id, tracked_counts(only.values())), plans,
-                        start, until)  # fmt: skip
+        await run_clock(
+            Run(worker, store, clock, user_id, tracked_counts(only.values())), plans, start, until
+        )
         record = await store.snapshot(user_id, full=True)
     finally:
         await store.close()
-    lines = [f"{offset(entry['at'] - start):>8}  {describe(entry, record, start)}"
-             for entry in reversed(record.timeline)]  # fmt: skip
+    lines = [
+        f"{offset(entry['at'] - start):>8}  {describe(entry, record, start)}"
+        for entry in reversed(record.timeline)
+    ]
     return collapse(lines)
 
 
@@ -284,8 +299,9 @@ class Run:
 
     async def act(self, plans: Sequence[Planned]) -> None:
         now = self.clock()
-        actions = [NewAction(self.user_id, plan.action, now) for plan in plans
-                   for _ in range(plan.times)]  # fmt: skip
+        actions = [
+            NewAction(self.user_id, plan.action, now) for plan in plans for _ in range(plan.times)
+        ]
         if actions:
             await self.store.record_actions(actions, now_ms=now, tracked=self.tracked)
 
