@@ -23,8 +23,8 @@ from app.settings import Settings
 from app.store import EmailEvent, Store
 from app.webhooks import (
     MAX_BODY_BYTES,
+    WEBHOOK_RESPONSES,
     WebhookAck,
-    WebhookError,
     first_error,
     load_json,
     read_body,
@@ -69,11 +69,7 @@ VerifierDep = Annotated[Webhook, Depends(get_verifier)]
 @router.post(
     "/webhooks/resend",
     response_model=WebhookAck,
-    responses={
-        400: {"model": WebhookError, "description": "bad signature, stale timestamp, bad body"},
-        413: {"model": WebhookError, "description": "body over 1 MiB"},
-        503: {"model": WebhookError, "description": "not configured, or storage unavailable"},
-    },
+    responses=WEBHOOK_RESPONSES,
 )
 async def receive_resend_event(
     request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep, metrics: MetricsDep
