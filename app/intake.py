@@ -1,14 +1,22 @@
-"""What the two hot intake routes (`POST /webhooks/clerk`, `POST /v1/actions`) use, in one object.
+"""The hot intake routes: what they use (`Intake`), and how they are reached (`HotRoutes`).
 
-They fetch it from the app state instead of through FastAPI dependencies: solving dependencies
-cost about 40 µs each per request (measured with cProfile, five per webhook), a fifth of a
-webhook's whole CPU budget. The other routes keep the `Annotated` dependencies of `app.deps`.
+`Intake` holds what `POST /webhooks/clerk` and `POST /v1/actions` need, fetched from the app state
+instead of through FastAPI dependencies: solving dependencies cost about 40 µs each per request
+(measured with cProfile, five per webhook). The other routes keep the dependencies of `app.deps`.
+
+`HotRoutes` serves a hot route's endpoint straight from the middleware stack, ahead of FastAPI's
+exception middleware, router and request handler: measured under wrk on one uvicorn worker, that
+machinery costs about 70 µs of CPU per request, twice what uvicorn itself spends. The endpoint is
+the very function FastAPI routes to (and documents in OpenAPI): it takes a `Request`, answers its
+own errors (`app.answers`) and returns a `Response`, so both ways to reach it answer alike.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from svix.webhooks import Webhook
 
 from app.clock import Clock
@@ -35,3 +43,33 @@ class Intake:
 def intake_of(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class HotRoutes:
+    """Calls the given endpoints directly for their (method, path); passes the rest on.
+
+    Each endpoint's module declares its FastAPI route with the same path constant, so the two
+    cannot disagree; a test checks that every hot route is also in the app's OpenAPI."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Endpoint]) -> None:
+        self.app = app
+        self.routes = dict(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.routes.get((scope["method"], route_path(scope)))
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app's routes are matched against: without the proxy's root path, if any."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path

@@ -26,11 +26,12 @@ from app import (
     unsubscribe,
     webhooks,
 )
+from app.answers import error_response
 from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
-from app.errors import RequestRefused, StorageError, StorageUnavailable
-from app.intake import Intake
+from app.errors import ActivationError, RequestRefused, StorageError
+from app.intake import HotRoutes, Intake
 from app.loops import Loop
 from app.runtime import build_runtime, load_settings
 from app.settings import Settings
@@ -38,8 +39,6 @@ from app.startup import configure_logging, describe_configuration
 from app.worker import Worker
 
 logger = logging.getLogger(__name__)
-
-STORAGE_RETRY_AFTER_S = 5
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_ms) -> FastAPI:
@@ -61,7 +60,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_
     app.include_router(resend_events.router)
     app.include_router(metrics.router)
     add_error_handlers(app)
-    app.add_middleware(RequireApiKey)
+    app.add_middleware(HotRoutes, routes=webhooks.HOT_ROUTES)
+    app.add_middleware(RequireApiKey)  # outermost of ours: before anything reads a body
     return app
 
 
@@ -144,9 +144,8 @@ async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None
 
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_invalid_request)
-    app.add_exception_handler(RequestRefused, on_refused)
-    app.add_exception_handler(StorageUnavailable, on_storage_unavailable)
-    app.add_exception_handler(StorageError, on_storage_error)
+    app.add_exception_handler(RequestRefused, on_activation_error)
+    app.add_exception_handler(StorageError, on_activation_error)  # StorageUnavailable too
 
 
 def _printable(part: object) -> str | int:
@@ -167,21 +166,9 @@ async def on_invalid_request(request: Request, exc: Any) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-async def on_refused(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
-
-
-async def on_storage_unavailable(request: Request, exc: Any) -> JSONResponse:
-    request.app.state.metrics.storage_error(exc)
-    logger.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
-    headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
-    return JSONResponse({"error": "storage unavailable"}, status_code=503, headers=headers)
-
-
-async def on_storage_error(request: Request, exc: Any) -> JSONResponse:
-    request.app.state.metrics.storage_error(exc)
-    logger.error("storage error on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"error": "storage error"}, status_code=500)
+async def on_activation_error(request: Request, exc: Any) -> JSONResponse:
+    assert isinstance(exc, ActivationError)
+    return error_response(request, exc)
 
 
 app = create_app()

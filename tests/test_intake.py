@@ -1,0 +1,156 @@
+"""The hot routes (`app.intake.HotRoutes`): served ahead of FastAPI's router, answering exactly as
+the routed endpoint does, and still documented in OpenAPI."""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from app import webhooks
+from app.intake import HotRoutes
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import FakeClock, sign
+from tests.test_health import unreachable_storage
+from tests.test_webhooks import created_event
+
+embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+
+
+class ScopeSpy:
+    """Wraps an app and keeps each request's scope, which the router marks when it routes."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.scopes: list[Scope] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.scopes.append(scope)
+        await self.app(scope, receive, send)
+
+
+def routed_only(app: FastAPI) -> FastAPI:
+    """The same app with the hot routes left to FastAPI's router."""
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not HotRoutes]
+    return app
+
+
+@asynccontextmanager
+async def serving(
+    app: FastAPI, root_path: str = ""
+) -> AsyncIterator[tuple[httpx.AsyncClient, ScopeSpy]]:
+    spy = ScopeSpy(app)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=spy, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http, spy
+
+
+def signed(event: dict[str, Any] | bytes, **headers: str) -> dict[str, Any]:
+    body = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return {"content": body, "headers": sign(body) | headers}
+
+
+def webhook_requests() -> list[dict[str, Any]]:
+    """One of each answer: stored, duplicate, refused for several reasons, too large, ignored."""
+    first = signed(created_event())
+    other = created_event("user_other")
+    other["type"] = "session.created"
+    return [
+        first,
+        first,  # the same delivery again
+        signed(created_event("user_2"), **{"svix-signature": "v1,AAAA"}),
+        signed(b"not json"),
+        signed(b"{" + b" " * (webhooks.MAX_BODY_BYTES + 1) + b"}"),
+        signed(other),
+        {"content": b"{}", "headers": {"content-type": "application/json"}},
+    ]
+
+
+def answer(response: httpx.Response) -> tuple[int, Any, str | None, str | None]:
+    return (
+        response.status_code,
+        response.json(),
+        response.headers.get("content-type"),
+        response.headers.get("retry-after"),
+    )
+
+
+@embedded_only
+async def test_a_webhook_is_served_without_reaching_the_router(
+    settings: Settings, clock: FakeClock
+) -> None:
+    async with serving(create_app(settings, clock=clock)) as (http, spy):
+        hot = await http.post("/webhooks/clerk", **signed(created_event()))
+        routed = await http.get("/health")
+
+    assert hot.status_code == 200
+    assert hot.json() == {"status": "created"}
+    assert routed.status_code == 200
+    assert "endpoint" in spy.scopes[1]  # what the router leaves on a scope it routed...
+    assert "endpoint" not in spy.scopes[0]  # ...and the hot route never got there
+
+
+@embedded_only
+async def test_hot_and_routed_webhooks_answer_alike(settings: Settings, clock: FakeClock) -> None:
+    requests = webhook_requests()
+    answers: dict[str, list[Any]] = {}
+    for name, app in [
+        ("hot", create_app(settings, clock=clock)),
+        ("routed", routed_only(create_app(settings, clock=clock))),
+    ]:
+        async with serving(app) as (http, spy):
+            answers[name] = [answer(await http.post("/webhooks/clerk", **r)) for r in requests]
+        routed_count = sum("endpoint" in scope for scope in spy.scopes)
+        assert routed_count == (len(requests) if name == "routed" else 0)
+
+    assert answers["hot"] == answers["routed"]
+    statuses = [status for status, *_ in answers["hot"]]
+    assert statuses == [200, 200, 400, 400, 413, 200, 400]
+    assert [body for _, body, *_ in answers["hot"]][:2] == [
+        {"status": "created"},
+        {"status": "duplicate"},
+    ]
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_hot_and_routed_agree_when_storage_is_down(
+    make_settings: Any, clock: FakeClock, transport: str
+) -> None:
+    settings = make_settings(**unreachable_storage(transport))
+    request = signed(created_event())
+    answers = []
+    for app in (create_app(settings, clock=clock), routed_only(create_app(settings, clock=clock))):
+        async with serving(app) as (http, _):
+            answers.append(answer(await http.post("/webhooks/clerk", **request)))
+    assert answers[0] == answers[1] == (503, {"error": "storage unavailable"}, answers[0][2], "5")
+
+
+@embedded_only
+async def test_a_hot_route_behind_a_root_path(settings: Settings, clock: FakeClock) -> None:
+    async with serving(create_app(settings, clock=clock), root_path="/hooks") as (http, spy):
+        response = await http.post("/hooks/webhooks/clerk", **signed(created_event()))
+    assert response.json() == {"status": "created"}
+    assert "endpoint" not in spy.scopes[0]
+
+
+@embedded_only
+async def test_other_methods_on_a_hot_path_reach_the_router(
+    settings: Settings, clock: FakeClock
+) -> None:
+    async with serving(create_app(settings, clock=clock)) as (http, _):
+        response = await http.get("/webhooks/clerk")
+    assert response.status_code == 405
+
+
+def test_every_hot_route_is_in_the_openapi_document() -> None:
+    paths = create_app().openapi()["paths"]
+    for method, path in webhooks.HOT_ROUTES:
+        operation = paths[path][method.lower()]
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]
