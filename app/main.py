@@ -6,13 +6,15 @@ other entry points pass their own.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 from svix.webhooks import Webhook
 
 from app import (
@@ -31,7 +33,7 @@ from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import ActivationError, RequestRefused, StorageError
-from app.intake import HotRoutes, Intake
+from app.intake import Endpoint, HotRoutes, Intake
 from app.loops import Loop
 from app.runtime import build_runtime, load_settings
 from app.settings import Settings
@@ -41,9 +43,22 @@ from app.worker import Worker
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_ms) -> FastAPI:
+class ActivationApp(FastAPI):
+    """FastAPI with two layers of ours outside all of its own: the API-key check of `/v1/*`, then
+    the hot intake routes (`app.intake.HotRoutes`), which skip the rest of the stack. An error
+    a hot route does not answer itself reaches the server, which answers 500 and logs it."""
+
+    hot_routes: Mapping[tuple[str, str], Endpoint] = MappingProxyType({})
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequireApiKey(HotRoutes(super().build_middleware_stack(), self.hot_routes))
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Clock = system_clock_ms
+) -> ActivationApp:
     """The app; with no settings given they are read from the environment at startup."""
-    app = FastAPI(
+    app = ActivationApp(
         title="Activation loops",
         version=__version__,
         description="Clerk webhooks and app actions in; activation, nudge, milestone emails out.",
@@ -60,8 +75,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock_
     app.include_router(resend_events.router)
     app.include_router(metrics.router)
     add_error_handlers(app)
-    app.add_middleware(HotRoutes, routes=webhooks.HOT_ROUTES)
-    app.add_middleware(RequireApiKey)  # outermost of ours: before anything reads a body
+    app.hot_routes = webhooks.HOT_ROUTES
     return app
 
 

@@ -12,8 +12,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import webhooks
-from app.intake import HotRoutes
-from app.main import create_app
+from app.main import ActivationApp, create_app
 from app.settings import Settings
 from tests.conftest import FakeClock, sign
 from tests.test_health import unreachable_storage
@@ -35,9 +34,9 @@ class ScopeSpy:
         await self.app(scope, receive, send)
 
 
-def routed_only(app: FastAPI) -> FastAPI:
+def routed_only(app: ActivationApp) -> ActivationApp:
     """The same app with the hot routes left to FastAPI's router."""
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not HotRoutes]
+    app.hot_routes = {}
     return app
 
 
