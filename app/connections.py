@@ -1,7 +1,8 @@
 """The three ways to reach Redis, behind one narrow interface: `await conn.call(*command)`.
 
 - `UpstashConnection`: Upstash's REST API through the `upstash-redis` async client.
-- `RedisConnection`: any Redis over TCP (Upstash's `rediss://` endpoint too), `redis.asyncio`.
+- `RedisConnection`: any Redis over TCP (Upstash's `rediss://` endpoint too), through `app.wire`:
+  one connection, concurrent commands pipelined, parsed by hiredis.
 - `EmbeddedConnection`: an in-process fakeredis, for trying the service out; nothing is persisted.
 
 Each translates its client's exceptions into `errors.py` types where they enter, and answers every
@@ -14,19 +15,15 @@ from typing import Any, Protocol
 
 import fakeredis
 import httpx
-import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from upstash_redis.asyncio import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
 from app.errors import StorageError, StorageUnavailable
 from app.settings import Settings, StorageKind
+from app.wire import Address, CommandArg, Wire
 
 logger = logging.getLogger(__name__)
-
-CommandArg = str | int | float
 
 # Reply prefixes meaning "we cannot reach the data", not "the command is wrong".
 _UNAVAILABLE_PREFIXES = ("WRONGPASS", "NOAUTH", "Unauthorized", "LOADING", "BUSY", "MASTERDOWN")
@@ -53,109 +50,48 @@ def classify_reply_error(message: str) -> StorageError:
     return StorageError(message)
 
 
-class AutoPipeline:
-    """Sends the commands that concurrent requests issue in one event-loop turn as one pipeline:
-    one write and one read instead of one each (the auto-pipelining of ioredis and
-    @upstash/redis). Each caller still awaits its own reply, so nothing is acknowledged before
-    its own command succeeded."""
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._queue: list[tuple[tuple[CommandArg, ...], asyncio.Future[Any]]] = []
-        self._flushes: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.commands = 0
-
-    async def call(self, *command: CommandArg) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future))
-        if len(self._queue) == 1:
-            # after the callbacks already ready this turn: their commands join the batch
-            loop.call_soon(self._flush_queue)
-        return await future
-
-    def _flush_queue(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _send(self, batch: list[tuple[tuple[CommandArg, ...], asyncio.Future[Any]]]) -> None:
-        self.batches, self.commands = self.batches + 1, self.commands + len(batch)
-        try:
-            replies = await self._execute([command for command, _ in batch])
-        except Exception as exc:  # the whole batch failed (connection, timeout): every caller
-            replies = [exc] * len(batch)
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # its caller was cancelled
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def _execute(self, commands: list[tuple[CommandArg, ...]]) -> list[Any]:
-        if len(commands) == 1:
-            return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
-        pipeline = self._client.pipeline(transaction=False)
-        for command in commands:
-            pipeline.execute_command(*command)
-        return await pipeline.execute(raise_on_error=False)
-
-
 class RedisConnection:
-    """Redis over TCP; one pool, bounded timeouts, one immediate retry on a dropped connection,
-    and concurrent commands auto-pipelined."""
+    """Redis over TCP (or TLS, or a unix socket): one connection, concurrent commands pipelined
+    (`app.wire`), every reply within `timeout_s`."""
 
     kind = StorageKind.REDIS
 
-    def __init__(self, client: aioredis.Redis, *, auto_pipeline: bool = True) -> None:
-        self._client = client
-        self.pipeline = AutoPipeline(client) if auto_pipeline else None
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> "RedisConnection":
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # A pooled connection the server closed fails once; retry that, never a timeout. (No
-            # health-check PING: it would be a quarter of an idle worker's Redis bill.)
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
-        )
-        return cls(client)
+        return cls(Wire(Address.from_url(url), timeout_s, classify_reply_error))
 
     async def call(self, *command: CommandArg) -> Any:
-        try:
-            if self.pipeline is not None:
-                return await self.pipeline.call(*command)
-            return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-            raise StorageUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            raise _reply_error(exc) from exc
+        return await self.wire.call(*command)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.wire.close()
 
 
-def _reply_error(exc: redis_errors.ResponseError) -> StorageError:
-    if isinstance(exc, redis_errors.NoScriptError):
-        return NoScript(str(exc))
-    return classify_reply_error(str(exc))
-
-
-class EmbeddedConnection(RedisConnection):
+class EmbeddedConnection:
     """An in-memory Redis (fakeredis with Lua); gone when the process stops."""
 
     kind = StorageKind.EMBEDDED
 
+    def __init__(self, client: fakeredis.FakeAsyncRedis) -> None:
+        self._client = client
+
     @classmethod
     def create(cls) -> "EmbeddedConnection":
-        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-        return cls(client, auto_pipeline=False)  # in-process: nothing to save
+        return cls(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True))
+
+    async def call(self, *command: CommandArg) -> Any:
+        try:
+            return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, redis_errors.NoScriptError):
+                raise NoScript(str(exc)) from exc
+            raise classify_reply_error(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 class UpstashConnection:

@@ -13,13 +13,14 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any
 
-from app.connections import CommandArg, Connection, NoScript
+from app.connections import Connection, NoScript
 from app.engine import ActionStats, StepState
 from app.errors import StorageError
 from app.jobs import EmailJob, JobStatus
 from app.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH, Keys, eval_job, job_user
 from app.stats import Counter, parse_counters, send_counter, utc_day
 from app.users import UserProfile
+from app.wire import CommandArg
 
 logger = logging.getLogger(__name__)
 

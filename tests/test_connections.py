@@ -2,11 +2,13 @@
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from app.connections import (
     Connection,
@@ -18,6 +20,7 @@ from app.connections import (
 )
 from app.errors import StorageError, StorageUnavailable
 from app.settings import Settings, StorageKind
+from app.wire import Address
 from tests.conftest import UPSTASH_TOKEN, free_port
 
 
@@ -141,7 +144,7 @@ async def test_upstash_trailing_slash_is_stripped(upstash_standin: tuple[str, An
         await conn.close()
 
 
-# --- auto-pipelining (Redis TCP) -------------------------------------------------------------
+# --- auto-pipelining over one connection (Redis TCP, app.wire) --------------------------------
 
 
 @pytest.fixture
@@ -151,17 +154,15 @@ async def tcp(redis_url: str) -> Any:
     await connection.close()
 
 
-async def test_concurrent_commands_share_one_pipeline(
-    tcp: RedisConnection, key_prefix: str
-) -> None:
+async def test_concurrent_commands_share_one_write(tcp: RedisConnection, key_prefix: str) -> None:
     keys = [f"{key_prefix}{{p}}:{index}" for index in range(20)]
     await asyncio.gather(*(tcp.call("SET", key, index) for index, key in enumerate(keys)))
     replies = await asyncio.gather(*(tcp.call("GET", key) for key in keys))
 
     assert replies == [str(index) for index in range(20)]
-    assert tcp.pipeline is not None
-    assert tcp.pipeline.commands == 40
-    assert tcp.pipeline.batches == 2  # one write and one read per burst, not per command
+    assert tcp.wire.counts.commands == 40
+    assert tcp.wire.counts.writes == 2  # one write per burst, not per command
+    assert tcp.wire.connections == 1
 
 
 async def test_an_error_in_a_pipeline_fails_only_its_own_caller(tcp: RedisConnection) -> None:
@@ -169,19 +170,105 @@ async def test_an_error_in_a_pipeline_fails_only_its_own_caller(tcp: RedisConnec
         tcp.call("PING"), tcp.call("GET"), tcp.call("EVALSHA", "0" * 40, 0), tcp.call("PING"),
         return_exceptions=True,
     )  # fmt: skip
-    assert results[0] is True
+    assert results[0] == "PONG"
     assert type(results[1]) is StorageError
     assert type(results[2]) is NoScript
-    assert results[3] is True
+    assert results[3] == "PONG"
 
 
 async def test_a_cancelled_caller_does_not_break_the_batch(tcp: RedisConnection) -> None:
-    waiting = asyncio.ensure_future(tcp.call("PING"))
-    other = asyncio.ensure_future(tcp.call("PING"))
+    waiting = asyncio.ensure_future(tcp.call("ECHO", "first"))
+    other = asyncio.ensure_future(tcp.call("ECHO", "second"))
     await asyncio.sleep(0)
     waiting.cancel()
-    assert await other is True
-    assert await tcp.call("PING") is True
+    assert await other == "second"  # replies stay matched to their callers
+    assert await tcp.call("ECHO", "third") == "third"
+
+
+async def test_invalid_utf8_in_a_value_does_not_break_the_connection(
+    tcp: RedisConnection, redis_client: Any, key_prefix: str
+) -> None:
+    key = f"{key_prefix}{{u}}:bytes"
+    redis_client.set(key, b"\xff\xfeok")
+    assert await tcp.call("GET", key) == "\ufffd\ufffdok"
+    assert await tcp.call("PING") == "PONG"
+
+
+async def test_a_lost_connection_fails_its_callers_and_the_next_call_reconnects(
+    own_redis: Any,
+) -> None:
+    conn = RedisConnection.from_url(own_redis.url, 2.0)
+    try:
+        assert await conn.call("SET", "k", "v") == "OK"
+        own_redis.stop()
+        with pytest.raises(StorageUnavailable):
+            await conn.call("GET", "k")
+        own_redis.start()
+        assert await conn.call("PING") == "PONG"  # a new connection, no restart of ours
+        assert conn.wire.connections == 2
+    finally:
+        await conn.close()
+
+
+BUSY_SCRIPT = """
+local started = tonumber(redis.call('TIME')[1])
+while tonumber(redis.call('TIME')[1]) - started < 2 do end
+return 1
+"""
+
+
+async def test_an_overdue_reply_aborts_the_connection_and_fails_its_waiters(
+    own_redis: Any,
+) -> None:
+    conn = RedisConnection.from_url(own_redis.url, 0.5)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            conn.call("EVAL", BUSY_SCRIPT, 0), conn.call("PING"), return_exceptions=True
+        )
+        elapsed_s = time.monotonic() - started
+        assert all(isinstance(result, StorageUnavailable) for result in results), results
+        assert "no reply within 0.5 s" in str(results[0])
+        assert elapsed_s < 1.5
+        await asyncio.sleep(2)  # the script ends; the server answers again
+        assert await conn.call("PING") == "PONG"
+        assert conn.wire.connections == 2
+    finally:
+        await conn.close()
+
+
+async def test_password_and_database_from_the_url(own_redis: Any) -> None:
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{own_redis.port}/3"
+    conn = RedisConnection.from_url(url, 1.0)
+    try:
+        assert await conn.call("SET", "in-db-3", "yes") == "OK"
+    finally:
+        await conn.close()
+    logged_in = redis.Redis(port=own_redis.port, password="s3cret", db=3)
+    assert logged_in.get("in-db-3") == b"yes"
+    wrong = RedisConnection.from_url(f"redis://:wrong@127.0.0.1:{own_redis.port}/0", 1.0)
+    await assert_unavailable_fast(wrong)  # WRONGPASS: storage unreachable for us, not a bug
+
+
+def test_addresses_from_urls() -> None:
+    plain = Address.from_url("redis://127.0.0.1:6390/2")
+    assert (plain.host, plain.port, plain.db, plain.tls, plain.password) == (
+        "127.0.0.1",
+        6390,
+        2,
+        None,
+        None,
+    )
+    tls = Address.from_url("rediss://default:pw@eu1-x.upstash.io:6379")
+    assert tls.tls is not None
+    assert tls.tls.check_hostname
+    assert tls.handshake() == [("AUTH", "default", "pw")]
+    unverified = Address.from_url("rediss://h:6379?ssl_cert_reqs=none")
+    assert unverified.tls is not None
+    assert unverified.tls.verify_mode is ssl.CERT_NONE
+    assert Address.from_url("unix:///run/redis.sock?db=1").path == "/run/redis.sock"
 
 
 async def test_a_pipeline_to_a_dead_server_fails_every_caller_fast() -> None:
