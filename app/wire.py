@@ -23,7 +23,7 @@ import collections
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -104,8 +104,8 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports (what uvicorn runs on) are not subclasses of asyncio's
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, command: tuple[CommandArg, ...], timeout_s: float) -> "asyncio.Future[Any]":
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+import uvloop
 
 from app.connections import (
     Connection,
@@ -163,6 +164,18 @@ async def test_concurrent_commands_share_one_write(tcp: RedisConnection, key_pre
     assert tcp.wire.counts.commands == 40
     assert tcp.wire.counts.writes == 2  # one write per burst, not per command
     assert tcp.wire.connections == 1
+
+
+def test_the_wire_runs_on_uvloop_as_under_uvicorn(redis_url: str, key_prefix: str) -> None:
+    async def session() -> list[Any]:
+        conn = RedisConnection.from_url(redis_url, 1.0)
+        try:
+            key = f"{key_prefix}{{u}}:uvloop"
+            return await asyncio.gather(conn.call("SET", key, "1"), conn.call("GET", key))
+        finally:
+            await conn.close()
+
+    assert uvloop.run(session()) == ["OK", "1"]
 
 
 async def test_an_error_in_a_pipeline_fails_only_its_own_caller(tcp: RedisConnection) -> None:
