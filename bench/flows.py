@@ -43,8 +43,8 @@ class InProcessWorker:
         self.runner = asyncio.Runner()
         self.runtime: Runtime = build_runtime(settings, system_clock_ms)
 
-    def drain(self) -> int:
-        return self.runner.run(self.runtime.worker.drain())
+    def drain(self, max_rounds: int = 1000) -> int:
+        return self.runner.run(self.runtime.worker.drain(max_rounds))
 
     def run_for(self, seconds: float) -> None:
         """The worker's own loop (`activation worker`), stopped after `seconds`."""
