@@ -94,9 +94,10 @@ def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
 class _Protocol(asyncio.Protocol):
     """One connection: writes leave once per loop turn; replies resolve waiters in order."""
 
-    def __init__(self, reply_error: ReplyErrorMap, counts: Counts) -> None:
+    def __init__(self, reply_error: ReplyErrorMap, counts: Counts, timeout_s: float) -> None:
         self.reply_error = reply_error
         self.counts = counts
+        self.timeout_s = timeout_s
         self.reader = hiredis.Reader(encoding="utf-8", errors="replace")
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.outgoing: list[bytes] = []
@@ -107,16 +108,16 @@ class _Protocol(asyncio.Protocol):
         # uvloop's transports (what uvicorn runs on) are not subclasses of asyncio's
         self.transport = cast(asyncio.Transport, transport)
 
-    def send(self, command: tuple[CommandArg, ...], timeout_s: float) -> "asyncio.Future[Any]":
+    def send(self, command: tuple[CommandArg, ...]) -> "asyncio.Future[Any]":
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self.outgoing:
-            loop.call_soon(self._flush, timeout_s)  # after this turn's other callers
+            loop.call_soon(self._flush)  # after this turn's other callers
         self.outgoing.append(hiredis.pack_command(command))  # type: ignore[arg-type]  # its stub wants a 1-tuple
         self.waiting.append(future)
         return future
 
-    def _flush(self, timeout_s: float) -> None:
+    def _flush(self) -> None:
         if self.closed or self.transport is None:
             return  # connection_lost failed the waiters already
         self.counts.writes += 1
@@ -125,12 +126,12 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(data)
         # replies come in order: when the batch's last one is in, so are the others
         last = self.waiting[-1]
-        timer = asyncio.get_running_loop().call_later(timeout_s, self._overdue, last, timeout_s)
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, self._overdue, last)
         last.add_done_callback(lambda _: timer.cancel())
 
-    def _overdue(self, last: "asyncio.Future[Any]", timeout_s: float) -> None:
+    def _overdue(self, last: "asyncio.Future[Any]") -> None:
         if not last.done():
-            self.abort(StorageUnavailable(f"redis: no reply within {timeout_s:g} s"))
+            self.abort(StorageUnavailable(f"redis: no reply within {self.timeout_s:g} s"))
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -187,7 +188,7 @@ class Wire:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._open()
-        return await protocol.send(command, self.timeout_s)
+        return await protocol.send(command)
 
     async def _open(self) -> _Protocol:
         if self._opening is None or self._opening.done():
@@ -198,7 +199,7 @@ class Wire:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         address = self.address
-        factory = lambda: _Protocol(self.reply_error, self.counts)  # noqa: E731
+        factory = lambda: _Protocol(self.reply_error, self.counts, self.timeout_s)  # noqa: E731
         try:
             async with asyncio.timeout(self.timeout_s):
                 if address.path is not None:
@@ -213,7 +214,7 @@ class Wire:
             raise StorageUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         try:
             for command in address.handshake():
-                await protocol.send(command, self.timeout_s)
+                await protocol.send(command)
         except BaseException:
             protocol.abort(StorageUnavailable("redis: the login did not complete"))
             raise
