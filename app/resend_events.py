@@ -11,12 +11,12 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from svix.webhooks import Webhook
 
 from app.deps import ClockDep, StoreDep
 from app.engine import email_job_id
-from app.errors import NotConfigured, WebhookRejected
+from app.errors import NotConfigured
 from app.keys import valid_user_id
 from app.metrics import MetricsDep
 from app.settings import Settings
@@ -25,8 +25,7 @@ from app.webhooks import (
     MAX_BODY_BYTES,
     WEBHOOK_RESPONSES,
     WebhookAck,
-    first_error,
-    load_json,
+    parse_event,
     read_body,
     verify,
 )
@@ -78,21 +77,13 @@ async def receive_resend_event(
     with metrics.webhook_failures("resend"):
         body = await read_body(request, MAX_BODY_BYTES)
         delivery_id = verify(verifier, body, dict(request.headers))
-        event = parse_event(body)
+        event = parse_event(body, ResendEvent)
         status = await apply_event(store, event, delivery_id, now_ms=clock())
     logger.info("resend event %s delivery=%s: %s", event.type, delivery_id, status)
     metrics.webhook("resend", event.type, status)
     if status == "suppressed":
         metrics.suppressions.labels(suppression_reason(event) or "-").inc()
     return WebhookAck(status=status)
-
-
-def parse_event(body: bytes) -> ResendEvent:
-    payload = load_json(body)
-    try:
-        return ResendEvent.model_validate(payload)
-    except ValidationError as exc:
-        raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
 
 
 async def apply_event(store: Store, event: ResendEvent, delivery_id: str, *, now_ms: int) -> str:

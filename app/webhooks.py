@@ -67,7 +67,7 @@ async def receive_clerk_webhook(request: Request) -> Response:
             verifier = intake.verifier()
             body = await read_body(request, MAX_BODY_BYTES)
             delivery_id = verify(verifier, body, dict(request.headers))
-            event = parse_event(body)
+            event = parse_event(body, ClerkEvent)
             status = await apply_event(intake.store, event, delivery_id, now_ms=intake.clock())
     except ActivationError as exc:
         return error_response(request, exc)
@@ -138,10 +138,11 @@ def load_json(body: bytes) -> Any:
     return payload
 
 
-def parse_event(body: bytes) -> ClerkEvent:
+def parse_event(body: bytes, model: type[DataT]) -> DataT:
+    """The body as an event envelope (Clerk's, Resend's): its JSON, then its shape."""
     payload = load_json(body)
     try:
-        return ClerkEvent.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
         raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
 
