@@ -4,6 +4,7 @@ Redis: `TEST_REDIS_URL` if given, else a `redis-server` this session starts on a
 one, Redis tests skip with the reason, except under `CI=true`, where that is a failure.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -43,6 +44,24 @@ TRANSPORTS = ["embedded", "redis", "upstash"]
 
 def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
+
+
+def clerk_event(
+    kind: str, user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any
+) -> dict[str, Any]:
+    """Clerk's documented `user.<kind>` payload (a fresh copy), for `user_id`, `data` merged in."""
+    event: dict[str, Any] = copy.deepcopy(load_fixture(f"clerk_user_{kind}.json"))
+    event["data"]["id"] = user_id
+    event["data"].update(data)
+    return event
+
+
+async def post_webhook(
+    client: httpx.AsyncClient, body: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """POST a body to the Clerk endpoint with the given headers, else signed now."""
+    headers = sign(body) if headers is None else headers
+    return await client.post("/webhooks/clerk", content=body, headers=headers)
 
 
 def free_port() -> int:

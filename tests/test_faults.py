@@ -3,7 +3,6 @@ faults and a worker process killed mid-send. Every scenario ends in exactly one 
 counted in the local Resend stand-in's inbox."""
 
 import asyncio
-import copy
 import json
 import os
 import signal
@@ -35,8 +34,9 @@ from tests.conftest import (
     UPSTASH_TOKEN,
     FakeClock,
     RedisProcess,
+    clerk_event,
     free_port,
-    load_fixture,
+    post_webhook,
     resend_settings,
     sign,
     store_of,
@@ -86,21 +86,12 @@ def mailer_of(worker: Worker) -> ResendMailer:
 
 
 def user_event(kind: str, user_id: str = USER, **data: Any) -> bytes:
-    event: dict[str, Any] = copy.deepcopy(load_fixture(f"clerk_user_{kind}.json"))
-    event["data"]["id"] = user_id
-    event["data"].update(data)
-    return json.dumps(event).encode()
-
-
-async def deliver(
-    client: httpx.AsyncClient, body: bytes, headers: dict[str, str]
-) -> httpx.Response:
-    return await client.post("/webhooks/clerk", content=body, headers=headers)
+    return json.dumps(clerk_event(kind, user_id, **data)).encode()
 
 
 async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:
     body = user_event("created", user_id)
-    assert (await deliver(client, body, sign(body))).status_code == 200
+    assert (await post_webhook(client, body)).status_code == 200
 
 
 async def act(
@@ -155,10 +146,10 @@ async def test_same_signed_webhook_five_times_in_a_row_and_at_once_sends_one_wel
     sequential, concurrent = "user_seq", "user_conc"
     body = user_event("created", sequential)
     headers = sign(body, msg_id="msg_sequential")
-    statuses = [(await deliver(client, body, headers)).json()["status"] for _ in range(5)]
+    statuses = [(await post_webhook(client, body, headers)).json()["status"] for _ in range(5)]
     body2 = user_event("created", concurrent)
     headers2 = sign(body2, msg_id="msg_concurrent")
-    answers = await asyncio.gather(*(deliver(client, body2, headers2) for _ in range(5)))
+    answers = await asyncio.gather(*(post_webhook(client, body2, headers2) for _ in range(5)))
     for user_id in (sequential, concurrent):
         assert (await act(client, user_id)).status_code == 202
     await worker_of(app).drain()
@@ -270,8 +261,11 @@ async def test_user_updated_before_user_created_keeps_the_newest_profile(
     older = user_event(
         "created", first_name="Oldest", last_name="Name", updated_at=1_700_000_001_000
     )
-    assert (await deliver(client, newer, sign(newer))).json()["status"] in ("created", "updated")
-    assert (await deliver(client, older, sign(older))).status_code == 200
+    assert (await post_webhook(client, newer)).json()["status"] in (
+        "created",
+        "updated",
+    )
+    assert (await post_webhook(client, older)).status_code == 200
     await act(client)
     await worker_of(app).drain()
 
@@ -284,9 +278,9 @@ async def test_user_deleted_before_the_others_stores_nothing_and_sends_nothing(
     client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, key_prefix: str
 ) -> None:
     deleted = user_event("deleted")
-    assert (await deliver(client, deleted, sign(deleted))).status_code == 200
+    assert (await post_webhook(client, deleted)).status_code == 200
     for body in (user_event("created"), user_event("updated", updated_at=9_999_999_999_999)):
-        assert (await deliver(client, body, sign(body))).status_code == 200
+        assert (await post_webhook(client, body)).status_code == 200
     await act(client, action_id="evt_after_delete")
     await worker_of(app).drain()
 
@@ -331,9 +325,9 @@ async def test_storage_outage_answers_503_and_redelivery_after_it_completes_ever
             fake_time_rate_limiter(application.state.worker, clock)
             transport_ = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-                before = await deliver(http, signups["user_before"], headers["user_before"])
+                before = await post_webhook(http, signups["user_before"], headers["user_before"])
                 own_redis.stop()
-                during = [await deliver(http, signups[uid], headers[uid]) for uid in users]
+                during = [await post_webhook(http, signups[uid], headers[uid]) for uid in users]
                 during += [await act(http, uid, action_id=f"evt_{uid}") for uid in users]
                 not_ready = await http.get("/health/ready")
                 with pytest.raises(StorageUnavailable):
@@ -341,7 +335,9 @@ async def test_storage_outage_answers_503_and_redelivery_after_it_completes_ever
                 own_redis.start()  # empty: Svix and the app's client retry what was refused
                 for _ in range(2):  # redelivered, then redelivered again: applied once
                     for uid in users:
-                        assert (await deliver(http, signups[uid], headers[uid])).status_code == 200
+                        assert (
+                            await post_webhook(http, signups[uid], headers[uid])
+                        ).status_code == 200
                         assert (await act(http, uid, action_id=f"evt_{uid}")).status_code == 202
                     await worker_of(application).drain()
                 ready = await http.get("/health/ready")

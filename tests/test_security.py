@@ -3,7 +3,6 @@ cannot be forged or moved, and no secret, address or email body reaches the logs
 
 import asyncio
 import base64
-import copy
 import json
 import logging
 import threading
@@ -29,8 +28,9 @@ from tests.conftest import (
     SIGNING_SECRET,
     UPSTASH_TOKEN,
     FakeClock,
+    clerk_event,
     free_port,
-    load_fixture,
+    post_webhook,
     resend_settings,
     sign,
 )
@@ -50,17 +50,10 @@ embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True
 
 
 def user_event(kind: str, user_id: str = USER, address: str = ADDRESS) -> bytes:
-    event: dict[str, Any] = copy.deepcopy(load_fixture(f"clerk_user_{kind}.json"))
-    event["data"]["id"] = user_id
+    event = clerk_event(kind, user_id)
     if "email_addresses" in event["data"]:
         event["data"]["email_addresses"][0]["email_address"] = address
     return json.dumps(event).encode()
-
-
-async def webhook(
-    client: httpx.AsyncClient, body: bytes, headers: dict[str, str]
-) -> httpx.Response:
-    return await client.post("/webhooks/clerk", content=body, headers=headers)
 
 
 async def act(client: httpx.AsyncClient, user_id: str = USER) -> None:
@@ -193,7 +186,7 @@ async def test_operator_pages_refuse_without_the_key_and_show_nothing(
 ) -> None:
     """With no Resend key the outbox keeps whole emails: it must never be public."""
     body = user_event("created")
-    assert (await webhook(client, body, sign(body))).status_code == 200
+    assert (await post_webhook(client, body)).status_code == 200
     await act(client)
     await worker_of(app).drain()
     pages = [page for page in OPERATOR_PAGES if (page, "GET") in served_routes(app)]
@@ -223,7 +216,7 @@ async def test_a_webhook_signed_outside_five_minutes_is_refused(
 ) -> None:
     body = user_event("created")
     signed_at = datetime.now(tz=UTC) + direction * age
-    response = await webhook(client, body, sign(body, timestamp=signed_at))
+    response = await post_webhook(client, body, sign(body, timestamp=signed_at))
     assert response.status_code == 400
     assert not await known(client)
 
@@ -241,7 +234,7 @@ async def test_a_captured_webhook_replayed_with_a_fresh_timestamp_or_id_is_refus
         "svix-timestamp": fresh_time["svix-timestamp"],
     }
     for headers in (captured, fresh_time, fresh_id):
-        assert (await webhook(client, body, headers)).status_code == 400
+        assert (await post_webhook(client, body, headers)).status_code == 400
     assert not await known(client)
 
 
@@ -249,9 +242,11 @@ async def test_a_captured_webhook_replayed_with_a_fresh_timestamp_or_id_is_refus
 async def test_a_replay_inside_the_window_is_applied_once(client: httpx.AsyncClient) -> None:
     created, deleted = user_event("created"), user_event("deleted")
     created_headers = sign(created)
-    first = await webhook(client, created, created_headers)
-    assert (await webhook(client, deleted, sign(deleted))).status_code == 200
-    replayed = await webhook(client, created, created_headers)  # an attacker replays the signup
+    first = await post_webhook(client, created, created_headers)
+    assert (await post_webhook(client, deleted)).status_code == 200
+    replayed = await post_webhook(
+        client, created, created_headers
+    )  # an attacker replays the signup
 
     assert first.json() == {"status": "created"}
     assert replayed.json() == {"status": "duplicate"}
@@ -262,7 +257,7 @@ async def test_a_replay_inside_the_window_is_applied_once(client: httpx.AsyncCli
 async def test_a_webhook_signed_with_another_secret_is_refused(client: httpx.AsyncClient) -> None:
     body = user_event("created")
     other = "whsec_" + base64.b64encode(b"another endpoint's secret!").decode()
-    assert (await webhook(client, body, sign(body, secret=other))).status_code == 400
+    assert (await post_webhook(client, body, sign(body, secret=other))).status_code == 400
     assert not await known(client)
 
 
@@ -350,7 +345,7 @@ async def test_a_users_token_unsubscribes_that_user_only(
 ) -> None:
     for user_id in (USER, OTHER):
         body = user_event("created", user_id, address=f"{user_id}@example.org")
-        assert (await webhook(sending_client, body, sign(body))).status_code == 200
+        assert (await post_webhook(sending_client, body)).status_code == 200
     await act(sending_client, USER)
     await worker_of(sending_app).drain()
     token = unsubscribe_token(resend.inbox[0])
@@ -404,8 +399,8 @@ async def run_everything(
     page and click, a deletion, and a few refused requests: what a day in production logs."""
     resend.script(("status", 500), ("status", 429, 1))
     body = user_event("created")
-    assert (await webhook(http, body, sign(body))).status_code == 200
-    await webhook(http, body, sign(body, timestamp=datetime.now(tz=UTC) - timedelta(hours=1)))
+    assert (await post_webhook(http, body)).status_code == 200
+    await post_webhook(http, body, sign(body, timestamp=datetime.now(tz=UTC) - timedelta(hours=1)))
     await act(http)
     await http.post("/v1/actions", json={"user_id": USER, "action": "x"}, headers={})
     for _ in range(4):
@@ -416,7 +411,7 @@ async def run_everything(
     assert (await http.get("/unsubscribe", params={"token": token})).status_code == 200
     assert (await http.post("/unsubscribe", params={"token": token})).status_code == 200
     other = user_event("created", OTHER, address=f"second-{ADDRESS}")
-    await webhook(http, other, sign(other))
+    await post_webhook(http, other)
     resend.script(("status", 422))
     await act(http, OTHER)
     await worker_of(app).drain()
@@ -425,7 +420,7 @@ async def run_everything(
         await http.get(path, headers={"Authorization": f"Bearer {API_KEY}"})
     await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     deleted = user_event("deleted")
-    assert (await webhook(http, deleted, sign(deleted))).status_code == 200
+    assert (await post_webhook(http, deleted)).status_code == 200
     return token
 
 
@@ -479,7 +474,7 @@ async def test_storage_failures_do_not_log_credentials(
         transport_ = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
             body = user_event("created")
-            assert (await webhook(http, body, sign(body))).status_code == 503
+            assert (await post_webhook(http, body)).status_code == 503
             assert (await http.get("/health/ready")).status_code == 503
             response = await http.post(
                 "/v1/actions", json={"user_id": USER, "action": "a"}, headers=AUTH

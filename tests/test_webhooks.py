@@ -1,7 +1,6 @@
 """POST /webhooks/clerk through real HTTP requests, signed by the real svix library."""
 
 import asyncio
-import copy
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,36 +9,28 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import load_fixture, running, sign, store_of
+from tests.conftest import clerk_event, load_fixture, post_webhook, running, sign, store_of
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
 
 def created_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any) -> dict[str, Any]:
-    event: dict[str, Any] = copy.deepcopy(load_fixture("clerk_user_created.json"))
-    event["data"]["id"] = user_id
-    event["data"].update(data)
-    return event
+    return clerk_event("created", user_id, **data)
 
 
 def updated_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any) -> dict[str, Any]:
-    event: dict[str, Any] = copy.deepcopy(load_fixture("clerk_user_updated.json"))
-    event["data"]["id"] = user_id
-    event["data"].update(data)
-    return event
+    return clerk_event("updated", user_id, **data)
 
 
 def deleted_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC") -> dict[str, Any]:
-    event: dict[str, Any] = copy.deepcopy(load_fixture("clerk_user_deleted.json"))
-    event["data"]["id"] = user_id
-    return event
+    return clerk_event("deleted", user_id)
 
 
 async def post_signed(
     client: httpx.AsyncClient, event: dict[str, Any] | bytes, **sign_kwargs: Any
 ) -> httpx.Response:
     body = event if isinstance(event, bytes) else json.dumps(event).encode()
-    return await client.post("/webhooks/clerk", content=body, headers=sign(body, **sign_kwargs))
+    return await post_webhook(client, body, sign(body, **sign_kwargs))
 
 
 # --- what a user.created / updated / deleted does, on every transport ---------------------------
