@@ -3,7 +3,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AUTH, FakeClock, load_fixture, sign, worker_of
 
@@ -20,12 +19,9 @@ USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 
 
 @pytest.fixture
-async def app(
-    make_settings: Callable[..., Settings], clock: FakeClock, loops_dir: Path
-) -> AsyncIterator[FastAPI]:
-    application = create_app(make_settings(loops_dir=loops_dir), clock=clock)
-    async with application.router.lifespan_context(application):
-        yield application
+def settings(make_settings: Callable[..., Settings], loops_dir: Path) -> Settings:
+    """The tests' small loops folder; the app and client fixtures are conftest's."""
+    return make_settings(loops_dir=loops_dir)
 
 
 async def signup(client: httpx.AsyncClient, user_id: str = USER, msg_id: str | None = None) -> None:

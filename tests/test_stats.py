@@ -2,7 +2,7 @@
 sends and failures per day, each counted once however often the worker looks."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -10,7 +10,6 @@ import pytest
 from fastapi import FastAPI
 
 from app.jobs import EmailJob, JobStatus
-from app.main import create_app
 from app.settings import Settings
 from app.stats import LoopStats, last_days, send_counter, tta_bucket, utc_day
 from app.store import Outcome
@@ -23,12 +22,9 @@ USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 
 
 @pytest.fixture
-async def app(
-    make_settings: Callable[..., Settings], clock: FakeClock, loops_dir: Path
-) -> AsyncIterator[FastAPI]:
-    application = create_app(make_settings(loops_dir=loops_dir), clock=clock)
-    async with application.router.lifespan_context(application):
-        yield application
+def settings(make_settings: Callable[..., Settings], loops_dir: Path) -> Settings:
+    """The tests' small loops folder; the app and client fixtures are conftest's."""
+    return make_settings(loops_dir=loops_dir)
 
 
 async def counters(app: FastAPI, loop_id: str = "welcome") -> dict[str, int]:
