@@ -18,7 +18,7 @@ from app.settings import Settings
 from app.store import Outcome, Store
 from app.worker import Worker
 from tests.browser import browser, chromium_binary
-from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, sign
+from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, running, sign
 from tests.upstash_standin import serve
 
 MIN = 60_000
@@ -137,17 +137,14 @@ async def test_outbox_shows_rendered_emails_newest_first(
 async def test_pages_refuse_everyone_without_an_api_key(
     make_settings: Callable[..., Settings], clock: FakeClock
 ) -> None:
-    app = create_app(make_settings(activation_api_key=None), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            for path in ("/dashboard", "/outbox"):
-                response = await client.get(path, headers={"Authorization": "Bearer anything"})
-                assert response.status_code == 401
-                assert "ACTIVATION_API_KEY</code> is not set" in response.text
-            login = await client.post("/dashboard/login", data={"key": ""})
-            assert login.status_code == 401
-            assert "set-cookie" not in login.headers
+    async with running(make_settings(activation_api_key=None), clock) as (_, client):
+        for path in ("/dashboard", "/outbox"):
+            response = await client.get(path, headers={"Authorization": "Bearer anything"})
+            assert response.status_code == 401
+            assert "ACTIVATION_API_KEY</code> is not set" in response.text
+        login = await client.post("/dashboard/login", data={"key": ""})
+        assert login.status_code == 401
+        assert "set-cookie" not in login.headers
 
 
 async def test_without_credentials_the_pages_answer_the_login_form(
@@ -239,9 +236,6 @@ async def test_a_person_logs_in_and_reads_the_pages_in_chromium(
 async def test_the_cookie_is_secure_when_the_service_is_public_over_https(
     make_settings: Callable[..., Settings], clock: FakeClock
 ) -> None:
-    app = create_app(make_settings(public_url="https://loops.acme.dev"), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            response = await client.post("/dashboard/login", data={"key": API_KEY})
+    async with running(make_settings(public_url="https://loops.acme.dev"), clock) as (_, client):
+        response = await client.post("/dashboard/login", data={"key": API_KEY})
     assert "; Secure" in response.headers["set-cookie"]

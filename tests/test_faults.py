@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.clock import system_clock_ms
 from app.delivery import Delivery
 from app.errors import StorageUnavailable
 from app.mailer import RateLimiter, ResendMailer
@@ -38,6 +39,7 @@ from tests.conftest import (
     free_port,
     post_webhook,
     resend_settings,
+    running,
     sign,
     store_of,
     worker_of,
@@ -320,28 +322,23 @@ async def test_storage_outage_answers_503_and_redelivery_after_it_completes_ever
     headers = {uid: sign(body, msg_id=f"msg_{uid}") for uid, body in signups.items()}
     with storage_on(transport, own_redis) as storage:
         settings = make_settings(**resend_settings(resend), **storage)
-        application = create_app(settings, clock=clock)
-        async with application.router.lifespan_context(application):
+        async with running(settings, clock) as (application, http):
             fake_time_rate_limiter(application.state.worker, clock)
-            transport_ = httpx.ASGITransport(app=application)
-            async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-                before = await post_webhook(http, signups["user_before"], headers["user_before"])
-                own_redis.stop()
-                during = [await post_webhook(http, signups[uid], headers[uid]) for uid in users]
-                during += [await act(http, uid, action_id=f"evt_{uid}") for uid in users]
-                not_ready = await http.get("/health/ready")
-                with pytest.raises(StorageUnavailable):
-                    await worker_of(application).drain()
-                own_redis.start()  # empty: Svix and the app's client retry what was refused
-                for _ in range(2):  # redelivered, then redelivered again: applied once
-                    for uid in users:
-                        assert (
-                            await post_webhook(http, signups[uid], headers[uid])
-                        ).status_code == 200
-                        assert (await act(http, uid, action_id=f"evt_{uid}")).status_code == 202
-                    await worker_of(application).drain()
-                ready = await http.get("/health/ready")
-                states = [(await emails(http, uid))[0]["status"] for uid in users]
+            before = await post_webhook(http, signups["user_before"], headers["user_before"])
+            own_redis.stop()
+            during = [await post_webhook(http, signups[uid], headers[uid]) for uid in users]
+            during += [await act(http, uid, action_id=f"evt_{uid}") for uid in users]
+            not_ready = await http.get("/health/ready")
+            with pytest.raises(StorageUnavailable):
+                await worker_of(application).drain()
+            own_redis.start()  # empty: Svix and the app's client retry what was refused
+            for _ in range(2):  # redelivered, then redelivered again: applied once
+                for uid in users:
+                    assert (await post_webhook(http, signups[uid], headers[uid])).status_code == 200
+                    assert (await act(http, uid, action_id=f"evt_{uid}")).status_code == 202
+                await worker_of(application).drain()
+            ready = await http.get("/health/ready")
+            states = [(await emails(http, uid))[0]["status"] for uid in users]
 
     assert before.json() == {"status": "created"}
     assert [response.status_code for response in during] == [503] * 4
@@ -377,15 +374,12 @@ async def test_transient_provider_faults_are_retried_then_sent_once(
     faults: list[tuple[Any, ...]],
 ) -> None:
     settings = make_settings(**resend_settings(resend, resend_timeout_s=0.3))
-    application = create_app(settings, clock=clock)
-    async with application.router.lifespan_context(application):
+    async with running(settings, clock) as (application, http):
         fake_time_rate_limiter(application.state.worker, clock)
-        transport_ = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-            resend.script(*faults)
-            await signup(http)
-            await act(http)
-            email = await drain_until_settled(http, application, clock)
+        resend.script(*faults)
+        await signup(http)
+        await act(http)
+        email = await drain_until_settled(http, application, clock)
 
     assert (email["status"], email["last_error"]) == ("sent", None)
     assert email["attempts"] >= 2
@@ -500,28 +494,26 @@ async def crash_mid_send(
     meanwhile, takes the job when its 5 s lease runs out."""
     key_prefix = f"crash-{uuid.uuid4().hex[:12]}:"
     with run_standin() as resend:
-        app = create_app(make_settings(key_prefix=key_prefix, **resend_settings(resend)))
-        async with app.router.lifespan_context(app):
-            transport_ = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-                await signup(http)
-                await act(http)
-                resend.script(("hang", 1.0 if resend_accepts_first else 20.0))
-                env = worker_env(redis_url, key_prefix, resend)
-                in_flight: set[str] = resend.app.state.in_flight
-                with worker_process(env, logs / "first.log") as first:
-                    await wait_until(lambda: bool(in_flight), 20, "the first send")
-                    if resend_accepts_first:
-                        first.send_signal(signal.SIGSTOP)  # it can neither read nor record
-                        await wait_until(lambda: bool(resend.inbox), 10, "the accept")
-                    # the second worker starts now: it cannot take the job before the lease ends
-                    with worker_process(env, logs / "second.log"):
-                        first.send_signal(signal.SIGKILL)
-                        accepted = list(resend.inbox)
-                        await wait_until(lambda: resend.requests >= 2, 20, "the second send")
-                        email = await settled_email(http)
-                        await asyncio.sleep(0.5)  # the second worker polls on: nothing more
-                return CrashOutcome(email, list(resend.inbox), accepted, resend.requests)
+        settings = make_settings(key_prefix=key_prefix, **resend_settings(resend))
+        async with running(settings, system_clock_ms) as (_, http):
+            await signup(http)
+            await act(http)
+            resend.script(("hang", 1.0 if resend_accepts_first else 20.0))
+            env = worker_env(redis_url, key_prefix, resend)
+            in_flight: set[str] = resend.app.state.in_flight
+            with worker_process(env, logs / "first.log") as first:
+                await wait_until(lambda: bool(in_flight), 20, "the first send")
+                if resend_accepts_first:
+                    first.send_signal(signal.SIGSTOP)  # it can neither read nor record
+                    await wait_until(lambda: bool(resend.inbox), 10, "the accept")
+                # the second worker starts now: it cannot take the job before the lease ends
+                with worker_process(env, logs / "second.log"):
+                    first.send_signal(signal.SIGKILL)
+                    accepted = list(resend.inbox)
+                    await wait_until(lambda: resend.requests >= 2, 20, "the second send")
+                    email = await settled_email(http)
+                    await asyncio.sleep(0.5)  # the second worker polls on: nothing more
+            return CrashOutcome(email, list(resend.inbox), accepted, resend.requests)
 
 
 async def settled_email(http: httpx.AsyncClient, timeout_s: float = 10) -> dict[str, Any]:

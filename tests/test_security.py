@@ -32,6 +32,7 @@ from tests.conftest import (
     free_port,
     post_webhook,
     resend_settings,
+    running,
     sign,
 )
 from tests.resend_standin import ResendStandin
@@ -134,15 +135,12 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_key(
 async def test_without_an_api_key_configured_every_v1_route_refuses_everyone(
     make_settings: Callable[..., Settings], clock: FakeClock
 ) -> None:
-    app = create_app(make_settings(activation_api_key=None), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            routes = [route for route in served_routes(app) if route[0].startswith("/v1/")]
-            for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
-                for path, method in routes:
-                    response = await http.request(method, concrete(path), json={}, headers=headers)
-                    assert response.status_code == 401, (method, path, headers)
+    async with running(make_settings(activation_api_key=None), clock) as (app, http):
+        routes = [route for route in served_routes(app) if route[0].startswith("/v1/")]
+        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
+            for path, method in routes:
+                response = await http.request(method, concrete(path), json={}, headers=headers)
+                assert response.status_code == 401, (method, path, headers)
 
 
 @embedded_only
@@ -469,17 +467,14 @@ async def test_storage_failures_do_not_log_credentials(
             "upstash_redis_rest_token": password,
         }
     caplog.set_level(logging.DEBUG)
-    app = create_app(make_settings(log_level="DEBUG", **storage), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport_ = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport_, base_url="http://t") as http:
-            body = user_event("created")
-            assert (await post_webhook(http, body)).status_code == 503
-            assert (await http.get("/health/ready")).status_code == 503
-            response = await http.post(
-                "/v1/actions", json={"user_id": USER, "action": "a"}, headers=AUTH
-            )
-            assert response.status_code == 503
+    async with running(make_settings(log_level="DEBUG", **storage), clock) as (_, http):
+        body = user_event("created")
+        assert (await post_webhook(http, body)).status_code == 503
+        assert (await http.get("/health/ready")).status_code == 503
+        response = await http.post(
+            "/v1/actions", json={"user_id": USER, "action": "a"}, headers=AUTH
+        )
+        assert response.status_code == 503
 
     assert leaks(caplog.records, {"storage password": password, "address": ADDRESS}) == []
 
