@@ -135,11 +135,21 @@ def load_json(body: bytes) -> Any:
         raise WebhookRejected("body holds an invalid Unicode escape (a lone surrogate)") from None
     except ValueError:
         raise WebhookRejected("body is not JSON") from None
+    except RecursionError:
+        raise WebhookRejected("body is JSON nested too deep") from None
     return payload
 
 
 def parse_event(body: bytes, model: type[DataT]) -> DataT:
-    """The body as an event envelope (Clerk's, Resend's): its JSON, then its shape."""
+    """The body as an event envelope (Clerk's, Resend's): its JSON, then its shape.
+
+    One pass through pydantic's JSON parser; a body it refuses as JSON (not JSON, a lone
+    surrogate, NaN) takes the slow path, which says which it is, or accepts what `json` does."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if exc.errors(include_url=False)[0]["type"] != "json_invalid":
+            raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
     payload = load_json(body)
     try:
         return model.model_validate(payload)

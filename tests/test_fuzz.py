@@ -164,6 +164,17 @@ async def test_signed_webhook_with_a_lone_surrogate_is_a_400(client: httpx.Async
     assert response.status_code == 400, response.text
 
 
+@pytest.mark.parametrize("path", ["/webhooks/clerk", "/webhooks/resend", "/v1/actions"])
+async def test_json_nested_past_the_parsers_depth_is_refused_not_a_500(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    depth = 100_000  # 200 KB: under the size limits, past every JSON parser's recursion limit
+    body = b'{"type":"user.created","data":{"x":' + b"[" * depth + b"]" * depth + b"}}"
+    headers = {**sign(body), **AUTH} if path.startswith("/webhooks") else AUTH
+    response = await client.post(path, content=body, headers=headers)
+    assert response.status_code in (400, 422), response.text
+
+
 # --- loop files -----------------------------------------------------------------------------
 
 KEYS = [
