@@ -99,13 +99,20 @@ class Report:
 
 
 class Intake:
-    """wrk runs against `uvicorn <target>`: a warm-up sizes the request file of the measured run."""
+    """wrk runs against `uvicorn <target>`: a warm-up sizes the request file of the measured run.
 
-    def __init__(self, redis_url: str, workdir: Path, prefix: str) -> None:
+    Signups come faster than the in-process worker evaluates them: after each run of the app, one
+    worker drains the evaluations it left due (timed apart), so no run inherits another's backlog
+    and every run starts from the same state."""
+
+    def __init__(self, redis_url: str, resend_url: str, workdir: Path, prefix: str) -> None:
         self.redis_url = redis_url
+        self.resend_url = resend_url
         self.file = workdir / "requests.txt"
         self.prefix = prefix
         self.users: list[str] = []
+        self.drained_jobs = 0
+        self.drain_s = 0.0
 
     def env(self, worker: bool = True) -> dict[str, str]:
         return flows.app_env(self.redis_url, self.prefix, worker=worker)
@@ -131,7 +138,24 @@ class Intake:
             raise RuntimeError(f"{path}: the request file ran out ({result.requests} > {n})")
         if result.errors:
             raise RuntimeError(f"{path}: {result.errors} requests failed (non-2xx or socket)")
+        if target.startswith("app."):
+            self.drain()
         return result
+
+    def drain(self) -> None:
+        """The evaluations the last run left due, done by one worker (`activation worker`)."""
+        env = flows.app_env(self.redis_url, self.prefix, worker=False, resend_url=self.resend_url)
+        started = time.monotonic()
+        with flows.in_process_worker(env) as worker:
+            self.drained_jobs += worker.drain(max_rounds=100_000)
+        self.drain_s += time.monotonic() - started
+
+    def report_drain(self, report: Report, label: str) -> None:
+        notes = f"left due by the intake runs above; drained by one worker in {self.drain_s:.1f} s"
+        rate = self.drained_jobs / max(self.drain_s, 1e-9)
+        extra = {"drain_s": self.drain_s, "jobs_per_s": rate}
+        name = "evaluations left due by the intake load" + label
+        report.add(Figure(name, self.drained_jobs, "jobs", notes=notes, extra=extra))
 
     def webhooks(self, count: int) -> list[str]:
         tag = uuid.uuid4().hex[:8]
@@ -385,20 +409,6 @@ def stored_users(redis_url: str, resend_url: str, prefix: str) -> list[str]:
     return users
 
 
-def drain_backlog(report: Report, redis_url: str, resend_url: str, prefix: str) -> None:
-    """Signups faster than the in-process worker evaluates them leave evaluations due: drain them
-    (timed) so the cost figures that follow count one operation each, not the backlog."""
-    env = flows.app_env(redis_url, prefix, worker=False, resend_url=resend_url)
-    started = time.monotonic()
-    with flows.in_process_worker(env) as worker:
-        jobs = worker.drain(max_rounds=100_000)
-    took_s = time.monotonic() - started
-    notes = f"left due by the intake runs above; drained by one worker in {took_s:.1f} s"
-    extra = {"drain_s": took_s, "jobs_per_s": jobs / max(took_s, 1e-9)}
-    name = "evaluations left due by the webhook load"
-    report.add(Figure(name, jobs, "jobs", notes=notes, extra=extra))
-
-
 def scale(
     report: Report,
     redis_url: str,
@@ -428,12 +438,12 @@ def scale(
     )
     kib = memory["bytes_per_user_keys"] / 1024
     report.add(Figure("Redis memory per user (10 actions, welcome sent)", kib, "KiB", notes=notes))
-    intake_at_scale = Intake(redis_url, workdir, prefix)
+    intake_at_scale = Intake(redis_url, resend_url, workdir, prefix)
     intake_at_scale.users = [seed.clone_id(i) for i in range(0, SCALE_USERS, 7)]
     for name, figure in intake(report, intake_at_scale, " @100k users", full=False).items():
         figure.extra["vs_empty_store"] = figure.value / empty[name].value
         figure.notes += f"; vs empty store {figure.extra['vs_empty_store']:.2f}"
-    drain_backlog(report, redis_url, resend_url, prefix)
+    intake_at_scale.report_drain(report, " @100k users")
     costs = measure_costs(report, redis_url, resend_url, prefix, " @100k users")
     grown = {n: costs[n] - empty_costs[n] for n in costs if abs(costs[n] - empty_costs[n]) > 0.05}
     report.notes["cost growth with 100k users (commands)"] = grown
@@ -448,7 +458,9 @@ def main() -> None:
         redis_url = stack.enter_context(procs.redis_server(workdir))
         idle = stack.enter_context(idle_workers(workdir))
         resend_url = stack.enter_context(resend_standin())
-        empty = intake(report, Intake(redis_url, workdir, "bench:"), "")
+        loads = Intake(redis_url, resend_url, workdir, "bench:")
+        empty = intake(report, loads, "")
+        loads.report_drain(report, "")
         print("Redis cost per operation (MONITOR; INFO commandstats agrees)", flush=True)
         costs = measure_costs(report, redis_url, resend_url, "cost:", "")
         idle_poll_cost(report, redis_url)
