@@ -35,7 +35,7 @@ from app.engine import tracked_counts
 from app.errors import ActivationError, RequestRefused, StorageError
 from app.intake import Endpoint, HotRoutes, Intake
 from app.loops import Loop
-from app.runtime import build_runtime, load_settings
+from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
 from app.startup import configure_logging, describe_configuration
 from app.worker import Worker
@@ -112,7 +112,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     }
     task = asyncio.create_task(worker.run()) if settings.worker_in_process else None
     try:
-        yield
+        with startup_frozen():
+            yield
     finally:
         await stop_worker(worker, task)
         await runtime.close()

@@ -1,6 +1,7 @@
 """The hot routes (`app.intake.HotRoutes`): served ahead of FastAPI's router, answering exactly as
 the routed endpoint does, and still documented in OpenAPI."""
 
+import gc
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from app import webhooks
 from app.main import ActivationApp, create_app
 from app.settings import Settings
-from tests.conftest import FakeClock, sign
+from tests.conftest import FakeClock, running, sign
 from tests.test_health import unreachable_storage
 from tests.test_webhooks import created_event
 
@@ -153,3 +154,17 @@ def test_every_hot_route_is_in_the_openapi_document() -> None:
     for method, path in webhooks.HOT_ROUTES:
         operation = paths[path][method.lower()]
         assert operation["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+@embedded_only
+async def test_while_serving_the_startup_heap_is_out_of_the_collectors_sight(
+    settings: Settings, clock: FakeClock
+) -> None:
+    """Each full collection walked every object startup built: a 30 ms pause, the p99 under load.
+    Frozen while serving, collected again once the app winds down."""
+    assert gc.get_freeze_count() == 0
+    async with running(settings, clock) as (_, client):
+        frozen = gc.get_freeze_count()
+        assert (await client.get("/health")).status_code == 200
+    assert frozen > 10_000
+    assert gc.get_freeze_count() == 0
