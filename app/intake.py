@@ -49,24 +49,49 @@ def intake_of(request: Request) -> Intake:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class Traffic:
+    """How many HTTP requests the process is serving right now (counted by `HotRoutes`).
+
+    The in-process worker asks `busy()` before it widens to more than one job at a time: while
+    requests are in flight they come first (a webhook answered late is sent again), and the
+    evaluations they cause wait a little; a quiet process runs them at full concurrency."""
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+
 class HotRoutes:
     """Calls the given endpoints directly for their (method, path); passes the rest on.
 
     Each endpoint's module declares its FastAPI route with the same path constant, so the two
     cannot disagree; a test checks that every hot route is also in the app's OpenAPI."""
 
-    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Endpoint]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Mapping[tuple[str, str], Endpoint], traffic: Traffic
+    ) -> None:
         self.app = app
         self.routes = dict(routes)
+        self.traffic = traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.traffic.in_flight += 1
+        try:
             endpoint = self.routes.get((scope["method"], route_path(scope)))
-            if endpoint is not None:
+            if endpoint is None:
+                await self.app(scope, receive, send)
+            else:
                 response = await endpoint(Request(scope, receive))
                 await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        finally:
+            self.traffic.in_flight -= 1
 
 
 def route_path(scope: Scope) -> str:

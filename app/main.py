@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -33,7 +34,7 @@ from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import ActivationError, RequestRefused, StorageError
-from app.intake import Endpoint, HotRoutes, Intake
+from app.intake import Endpoint, HotRoutes, Intake, Traffic
 from app.loops import Loop
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
@@ -50,8 +51,13 @@ class ActivationApp(FastAPI):
 
     hot_routes: Mapping[tuple[str, str], Endpoint] = MappingProxyType({})
 
+    @cached_property
+    def traffic(self) -> Traffic:
+        return Traffic()
+
     def build_middleware_stack(self) -> ASGIApp:
-        return RequireApiKey(HotRoutes(super().build_middleware_stack(), self.hot_routes))
+        routes = HotRoutes(super().build_middleware_stack(), self.hot_routes, self.traffic)
+        return RequireApiKey(routes)
 
 
 def create_app(
@@ -84,7 +90,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.given_settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     logger.log(*describe_configuration(settings))
-    runtime = build_runtime(settings, app.state.clock)
+    assert isinstance(app, ActivationApp)
+    runtime = build_runtime(settings, app.state.clock, busy=app.traffic.busy)
     worker = runtime.worker
     app.state.settings = settings
     app.state.runtime = runtime

@@ -5,7 +5,7 @@ the worker. Shared by the web app's lifespan and the `activation worker` command
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,14 +46,17 @@ class Runtime:
         await self.store.close()
 
 
-def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+def build_runtime(
+    settings: Settings, clock: Clock, *, busy: Callable[[], bool] | None = None
+) -> Runtime:
+    """`busy`: the web process's `Traffic.busy`, for its in-process worker (see `Worker`)."""
     loops, templates = load_loop_files(settings)
     store = build_store(settings)
     tokens = UnsubscribeTokens.from_settings(settings)
     mailer = build_mailer(settings)
     composer = build_composer(settings, loops, templates, tokens)
     metrics = Metrics()
-    worker = build_worker(settings, store, loops, composer, mailer, clock, metrics)
+    worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
     return Runtime(settings, store, loops, templates, tokens, mailer, worker, metrics)
 
 
@@ -147,11 +150,16 @@ def build_worker(
     mailer: Mailer,
     clock: Clock,
     metrics: Metrics | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> Worker:
     config = WorkerConfig(
-        lease_ms=int(settings.worker_lease_s * 1000), idle_s=settings.worker_idle_s
+        lease_ms=int(settings.worker_lease_s * 1000),
+        idle_s=settings.worker_idle_s,
+        concurrency=settings.worker_concurrency,
     )
     metrics = metrics or Metrics()
     evaluator = Evaluator(store, loops, composer, clock, metrics)
     delivery = Delivery(store, loops, mailer, clock, metrics)
-    return Worker(store, evaluator, clock, send_email=delivery, config=config, metrics=metrics)
+    return Worker(
+        store, evaluator, clock, send_email=delivery, config=config, metrics=metrics, busy=busy
+    )

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     action_dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=3600)
     worker_idle_s: float = Field(default=120.0, ge=1, le=3600)
     worker_lease_s: float = Field(default=60.0, ge=5, le=3600)
+    worker_concurrency: int = Field(default=10, ge=1, le=100)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -9,7 +9,8 @@ due job or `idle_s`, whichever is sooner; `wake()` cuts the sleep short when new
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.clock import Clock
@@ -37,6 +38,7 @@ class WorkerConfig:
     idle_s: float = 120.0
     batch: int = 50
     max_backoff_s: float = 30.0
+    concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
 
 
 class Evaluator:
@@ -140,6 +142,7 @@ class Worker:
         send_email: EmailHandler | None = None,
         config: WorkerConfig | None = None,
         metrics: Metrics | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.evaluator = evaluator
@@ -147,6 +150,7 @@ class Worker:
         self.send_email = send_email
         self.config = config or WorkerConfig()
         self.metrics = metrics or Metrics()
+        self.busy = busy or (lambda: False)
         self.jobs_done = 0
         self.last_loop_at_ms: int | None = None
         self._wake = asyncio.Event()
@@ -170,11 +174,31 @@ class Worker:
             now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
         )
         self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
-        for job_id in claim.job_ids:
-            if self._stopping:
-                break  # the lease brings the rest back for another worker
-            await self.handle(job_id)
+        await self._run_jobs(claim.job_ids)
         return claim
+
+    async def _run_jobs(self, job_ids: Sequence[str]) -> None:
+        """The jobs in up to `concurrency` lanes: one job's round trips no longer wait for the
+        previous job's, and the Redis calls the lanes make together leave in one write.
+
+        Jobs are independent (any number of workers may run at once; a user's changes are
+        rev-checked). While `busy()` (the web process is serving requests) only the first lane
+        starts jobs. After a stop or a storage outage no lane starts another: the jobs in hand
+        finish, the outage is raised, and leases bring the rest back."""
+        pending = deque(job_ids)
+        failed: list[StorageUnavailable] = []
+
+        async def lane(first: bool) -> None:
+            while pending and not (self._stopping or failed or (not first and self.busy())):
+                try:
+                    await self.handle(pending.popleft())
+                except StorageUnavailable as exc:
+                    failed.append(exc)
+
+        lanes = min(self.config.concurrency, len(job_ids))
+        await asyncio.gather(*(lane(first=i == 0) for i in range(lanes)))
+        if failed:
+            raise failed[0]
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """Burst mode: run until nothing is due now; returns how many jobs ran."""

@@ -1,6 +1,7 @@
 """The hot routes (`app.intake.HotRoutes`): served ahead of FastAPI's router, answering exactly as
 the routed endpoint does, and still documented in OpenAPI."""
 
+import asyncio
 import gc
 import json
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from app import webhooks
 from app.main import ActivationApp, create_app
 from app.settings import Settings
-from tests.conftest import FakeClock, running, sign
+from tests.conftest import API_KEY, FakeClock, running, sign
 from tests.test_health import unreachable_storage
 from tests.test_webhooks import created_event
 
@@ -168,3 +169,36 @@ async def test_while_serving_the_startup_heap_is_out_of_the_collectors_sight(
         assert (await client.get("/health")).status_code == 200
     assert frozen > 10_000
     assert gc.get_freeze_count() == 0
+
+
+@embedded_only
+@pytest.mark.parametrize("path", [webhooks.CLERK_PATH, "/v1/actions"])
+async def test_traffic_counts_the_requests_in_flight_hot_or_routed(
+    settings: Settings, clock: FakeClock, path: str
+) -> None:
+    """What the in-process worker asks before it runs more than one job at a time."""
+    body_sent = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await body_sent.wait()
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1234),
+        "headers": [(b"authorization", f"Bearer {API_KEY}".encode())],
+    }  # fmt: skip
+    async with running(settings, clock) as (app, _):
+        assert isinstance(app, ActivationApp)
+        assert not app.traffic.busy()
+        request = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.01)
+        assert app.traffic.busy()  # waiting for its body
+        assert app.state.worker.busy()  # what the in-process worker asks
+        body_sent.set()
+        await request
+        assert not app.traffic.busy()

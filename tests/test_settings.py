@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app.clock import system_clock_ms
 from app.errors import ConfigError
-from app.runtime import load_settings
+from app.runtime import build_runtime, load_settings
 from app.settings import Settings, StorageKind
 from app.startup import describe_configuration, host_of
 
@@ -46,6 +47,13 @@ def test_environment_variables_use_the_contract_names(monkeypatch: pytest.Monkey
     assert settings.worker_in_process is False
 
 
+def test_worker_concurrency_reaches_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build().worker_concurrency == 10
+    monkeypatch.setenv("WORKER_CONCURRENCY", "3")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert build_runtime(settings, system_clock_ms).worker.config.concurrency == 3
+
+
 def test_redis_url_alone_chooses_tcp() -> None:
     settings = build(redis_url="rediss://default:pw@x.upstash.io:6379")
     assert settings.storage_kind is StorageKind.REDIS
@@ -70,6 +78,7 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ({"key_prefix": "a{b}:"}, "KEY_PREFIX"),
         ({"storage_timeout_s": 0}, "greater than 0"),
         ({"webhook_dedupe_ttl_s": 3600}, "greater than or equal"),
+        ({"worker_concurrency": 0}, "greater than or equal"),
     ],
 )
 def test_unsafe_configuration_is_refused(values: dict[str, Any], message: str) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.clock import system_clock_ms
+from app.errors import StorageUnavailable
 from app.main import create_app
 from app.settings import Settings
 from app.store import NewAction
@@ -102,3 +103,69 @@ async def test_run_survives_storage_outage_and_carries_on(
         await wait_for(ran_a_job, timeout_s=10)
         worker.stop()
         await asyncio.wait_for(task, timeout=5)
+
+
+class CountingEvaluator:
+    """Stands in for the evaluator: records how many users it evaluates at once."""
+
+    def __init__(self, fail_user: str | None = None) -> None:
+        self.fail_user = fail_user
+        self.running = 0
+        self.most_at_once = 0
+        self.done: list[str] = []
+
+    async def run(self, user_id: str) -> None:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if user_id == self.fail_user:
+                await asyncio.sleep(0)  # the other lanes take their jobs first
+                raise StorageUnavailable("redis went away")
+            await asyncio.sleep(0.01)
+            self.done.append(user_id)
+        finally:
+            self.running -= 1
+
+
+async def due_evaluations(app: Any, count: int) -> list[str]:
+    """`count` users with an evaluation due now (each recorded an action)."""
+    now = app.state.clock()
+    users = [f"user_lane{i:03d}" for i in range(count)]
+    actions = [NewAction(user_id, "x", now) for user_id in users]
+    await app.state.store.record_actions(actions, now_ms=now, tracked={})
+    return users
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_a_claims_jobs_run_in_lanes_up_to_the_concurrency(app: Any) -> None:
+    worker: Worker = app.state.worker
+    worker.config = WorkerConfig(concurrency=4)
+    worker.evaluator = evaluator = CountingEvaluator()  # type: ignore[assignment]
+    users = await due_evaluations(app, 12)
+    await worker.run_once()
+    assert evaluator.most_at_once == 4
+    assert sorted(evaluator.done) == users
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_while_the_web_process_is_busy_one_lane_runs_every_job(app: Any) -> None:
+    worker: Worker = app.state.worker
+    worker.config = WorkerConfig(concurrency=4)
+    worker.evaluator = evaluator = CountingEvaluator()  # type: ignore[assignment]
+    worker.busy = lambda: True
+    users = await due_evaluations(app, 6)
+    await worker.run_once()
+    assert evaluator.most_at_once == 1
+    assert sorted(evaluator.done) == users
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_after_a_storage_outage_no_lane_starts_another_job(app: Any) -> None:
+    worker: Worker = app.state.worker
+    worker.config = WorkerConfig(concurrency=2)
+    users = await due_evaluations(app, 10)
+    worker.evaluator = evaluator = CountingEvaluator(fail_user=users[0])  # type: ignore[assignment]
+    with pytest.raises(StorageUnavailable):
+        await worker.run_once()
+    assert evaluator.done == [users[1]]  # the job in hand when the outage came finished
+    assert worker.jobs_done == 1
