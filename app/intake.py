@@ -7,9 +7,10 @@ instead of through FastAPI dependencies: solving dependencies cost about 40 µs 
 `HotRoutes` (outside all of FastAPI's middleware, see `app.main.ActivationApp`) calls a hot
 route's endpoint directly, skipping FastAPI's middleware, router and request handler: measured
 under wrk on one uvicorn worker, that machinery costs a bare FastAPI endpoint about 65 µs of CPU
-per request, twice what uvicorn itself spends. The endpoint is the very function FastAPI routes to
-(and documents in OpenAPI): it takes a `Request`, answers its own errors (`app.answers`) and
-returns a `Response`, so both ways to reach it answer alike.
+per request, twice what uvicorn itself spends. A hot endpoint takes a `Request`, answers its own
+errors (`app.answers`) and returns a `Response`. The webhook's is the very function FastAPI routes
+to; the actions endpoint validates its body as FastAPI does for the routed `post_actions`, which
+documents it. Tests send both ways the same requests and compare the answers.
 """
 
 from collections.abc import Awaitable, Callable, Mapping

@@ -29,7 +29,7 @@ from app import (
     unsubscribe,
     webhooks,
 )
-from app.answers import error_response
+from app.answers import error_response, invalid_request_response
 from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
@@ -81,7 +81,7 @@ def create_app(
     app.include_router(resend_events.router)
     app.include_router(metrics.router)
     add_error_handlers(app)
-    app.hot_routes = webhooks.HOT_ROUTES
+    app.hot_routes = webhooks.HOT_ROUTES | actions.HOT_ROUTES
     return app
 
 
@@ -170,22 +170,8 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StorageError, on_activation_error)  # StorageUnavailable too
 
 
-def _printable(part: object) -> str | int:
-    # a JSON body may carry lone surrogates, which no response can encode: replace them
-    return part if isinstance(part, int) else str(part).encode("utf-8", "replace").decode()
-
-
 async def on_invalid_request(request: Request, exc: Any) -> JSONResponse:
-    """422 naming each failing field; the offending input is not echoed back."""
-    errors = [
-        {
-            "loc": [_printable(part) for part in error["loc"]],
-            "msg": _printable(error["msg"]),
-            "type": error["type"],
-        }
-        for error in exc.errors()
-    ]
-    return JSONResponse({"detail": errors}, status_code=422)
+    return invalid_request_response(exc.errors())
 
 
 async def on_activation_error(request: Request, exc: Any) -> JSONResponse:

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from app import webhooks
 from app.main import ActivationApp, create_app
 from app.settings import Settings
-from tests.conftest import API_KEY, FakeClock, running, sign
+from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
 from tests.test_health import unreachable_storage
 from tests.test_webhooks import created_event
 
@@ -118,6 +118,67 @@ async def test_hot_and_routed_webhooks_answer_alike(settings: Settings, clock: F
         {"status": "created"},
         {"status": "duplicate"},
     ]
+
+
+def action_requests() -> list[dict[str, Any]]:
+    """Good and bad bodies for /v1/actions: each way FastAPI could parse or refuse them."""
+    action = {"user_id": "user_a", "action": "first_project_created", "id": "evt_1"}
+    as_json = {**AUTH, "content-type": "application/json"}
+
+    def raw(body: bytes, content_type: str | None = "application/json") -> dict[str, Any]:
+        headers = dict(AUTH) | ({"content-type": content_type} if content_type else {})
+        return {"content": body, "headers": headers}
+
+    return [
+        {"json": action, "headers": AUTH},
+        {"json": action, "headers": AUTH},  # the same id again: a duplicate
+        {"json": {"actions": [action, {**action, "id": "evt_2"}]}, "headers": AUTH},
+        {"json": {**action, "occurred_at": "2026-11-30T12:00:00Z", "id": "evt_3"}, "headers": AUTH},
+        {"json": {"actions": []}, "headers": AUTH},
+        {"json": {**action, "colour": "red"}, "headers": AUTH},
+        {"json": {**action, "user_id": "no spaces please"}, "headers": AUTH},
+        {"json": {**action, "occurred_at": -1}, "headers": AUTH},
+        {"json": {**action, "properties": {"x": "y" * 5000}}, "headers": AUTH},
+        {"json": {"user_id": "user_a"}, "headers": AUTH},
+        {"json": [action], "headers": AUTH},
+        raw(b'{"user_id": "user_a", "action": "x", "id": "evt_\\ud800"}'),
+        raw(b"{not json"),
+        raw(b""),
+        raw(b"null"),
+        raw(b"\xff\xfe not utf-8"),
+        raw(b"[" * 100_000 + b"]" * 100_000),
+        raw(json.dumps(action).encode(), "text/plain"),
+        raw(json.dumps(action).encode(), None),
+        raw(json.dumps({**action, "id": "evt_4"}).encode(), "application/vnd.api+json"),
+        raw(json.dumps({**action, "id": "evt_5"}).encode(), "application/json; charset=utf-8"),
+        {"content": json.dumps(action).encode(), "headers": as_json | {"content-length": "5"}},
+    ]
+
+
+@embedded_only
+async def test_hot_and_routed_actions_answer_alike(settings: Settings, clock: FakeClock) -> None:
+    requests = action_requests()
+    answers: dict[str, list[Any]] = {}
+    for name, app in [
+        ("hot", create_app(settings, clock=clock)),
+        ("routed", routed_only(create_app(settings, clock=clock))),
+    ]:
+        async with serving(app) as (http, spy):
+            answers[name] = []
+            for request in requests:
+                try:
+                    answers[name].append(answer(await http.post("/v1/actions", **request)))
+                except httpx.HTTPError as exc:  # a body shorter than its content-length
+                    answers[name].append(type(exc).__name__)
+        routed_count = sum("endpoint" in scope for scope in spy.scopes)
+        assert routed_count == (len(requests) if name == "routed" else 0)
+
+    for hot, routed, request in zip(answers["hot"], answers["routed"], requests, strict=True):
+        assert hot == routed, request
+    statuses = [a[0] if isinstance(a, tuple) else a for a in answers["hot"]]
+    assert statuses[:4] == [202, 202, 202, 202]
+    assert set(statuses[4:17]) <= {400, 422}
+    assert answers["hot"][1][1] == {"accepted": 0, "duplicates": 1}
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
