@@ -98,19 +98,31 @@ async def test_a_webhook_is_served_without_reaching_the_router(
     assert "endpoint" not in spy.scopes[0]  # ...and the hot route never got there
 
 
-@embedded_only
-async def test_hot_and_routed_webhooks_answer_alike(settings: Settings, clock: FakeClock) -> None:
-    requests = webhook_requests()
+async def hot_and_routed(
+    settings: Settings, clock: FakeClock, path: str, requests: list[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The answers to the same requests from an app serving `path` hot, and from one routing it
+    (checked on the scopes); a request the client cannot even send answers its error's name."""
     answers: dict[str, list[Any]] = {}
     for name, app in [
         ("hot", create_app(settings, clock=clock)),
         ("routed", routed_only(create_app(settings, clock=clock))),
     ]:
         async with serving(app) as (http, spy):
-            answers[name] = [answer(await http.post("/webhooks/clerk", **r)) for r in requests]
+            answers[name] = []
+            for request in requests:
+                try:
+                    answers[name].append(answer(await http.post(path, **request)))
+                except httpx.HTTPError as exc:  # e.g. a body shorter than its content-length
+                    answers[name].append(type(exc).__name__)
         routed_count = sum("endpoint" in scope for scope in spy.scopes)
         assert routed_count == (len(requests) if name == "routed" else 0)
+    return answers
 
+
+@embedded_only
+async def test_hot_and_routed_webhooks_answer_alike(settings: Settings, clock: FakeClock) -> None:
+    answers = await hot_and_routed(settings, clock, "/webhooks/clerk", webhook_requests())
     assert answers["hot"] == answers["routed"]
     statuses = [status for status, *_ in answers["hot"]]
     assert statuses == [200, 200, 400, 400, 413, 200, 400]
@@ -158,20 +170,7 @@ def action_requests() -> list[dict[str, Any]]:
 @embedded_only
 async def test_hot_and_routed_actions_answer_alike(settings: Settings, clock: FakeClock) -> None:
     requests = action_requests()
-    answers: dict[str, list[Any]] = {}
-    for name, app in [
-        ("hot", create_app(settings, clock=clock)),
-        ("routed", routed_only(create_app(settings, clock=clock))),
-    ]:
-        async with serving(app) as (http, spy):
-            answers[name] = []
-            for request in requests:
-                try:
-                    answers[name].append(answer(await http.post("/v1/actions", **request)))
-                except httpx.HTTPError as exc:  # a body shorter than its content-length
-                    answers[name].append(type(exc).__name__)
-        routed_count = sum("endpoint" in scope for scope in spy.scopes)
-        assert routed_count == (len(requests) if name == "routed" else 0)
+    answers = await hot_and_routed(settings, clock, "/v1/actions", requests)
 
     for hot, routed, request in zip(answers["hot"], answers["routed"], requests, strict=True):
         assert hot == routed, request

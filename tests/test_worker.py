@@ -136,35 +136,32 @@ async def due_evaluations(app: Any, count: int) -> list[str]:
     return users
 
 
-@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-async def test_a_claims_jobs_run_in_lanes_up_to_the_concurrency(app: Any) -> None:
+def counting_worker(app: Any, concurrency: int, fail_user: str | None = None) -> CountingEvaluator:
+    """The app's worker with `concurrency` lanes, evaluating through a `CountingEvaluator`."""
     worker: Worker = app.state.worker
-    worker.config = WorkerConfig(concurrency=4)
-    worker.evaluator = evaluator = CountingEvaluator()  # type: ignore[assignment]
+    worker.config = WorkerConfig(concurrency=concurrency)
+    worker.evaluator = evaluator = CountingEvaluator(fail_user)  # type: ignore[assignment]
+    return evaluator
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+@pytest.mark.parametrize(("busy", "lanes"), [(False, 4), (True, 1)], ids=["quiet", "busy"])
+async def test_a_claims_jobs_run_in_lanes_and_in_one_while_the_web_process_is_busy(
+    app: Any, busy: bool, lanes: int
+) -> None:
+    evaluator = counting_worker(app, concurrency=4)
+    app.state.worker.busy = lambda: busy
     users = await due_evaluations(app, 12)
-    await worker.run_once()
-    assert evaluator.most_at_once == 4
-    assert sorted(evaluator.done) == users
-
-
-@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-async def test_while_the_web_process_is_busy_one_lane_runs_every_job(app: Any) -> None:
-    worker: Worker = app.state.worker
-    worker.config = WorkerConfig(concurrency=4)
-    worker.evaluator = evaluator = CountingEvaluator()  # type: ignore[assignment]
-    worker.busy = lambda: True
-    users = await due_evaluations(app, 6)
-    await worker.run_once()
-    assert evaluator.most_at_once == 1
+    await app.state.worker.run_once()
+    assert evaluator.most_at_once == lanes
     assert sorted(evaluator.done) == users
 
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 async def test_after_a_storage_outage_no_lane_starts_another_job(app: Any) -> None:
     worker: Worker = app.state.worker
-    worker.config = WorkerConfig(concurrency=2)
     users = await due_evaluations(app, 10)
-    worker.evaluator = evaluator = CountingEvaluator(fail_user=users[0])  # type: ignore[assignment]
+    evaluator = counting_worker(app, concurrency=2, fail_user=users[0])
     with pytest.raises(StorageUnavailable):
         await worker.run_once()
     assert evaluator.done == [users[1]]  # the job in hand when the outage came finished
