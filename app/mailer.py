@@ -83,7 +83,8 @@ class RateLimiter:
     """Starts requests at least `1 / rate_per_s` apart; `rate_per_s <= 0` means no spacing.
 
     `hold_off(delay_s)` pushes the next start back (a 429's `retry-after`) even when spacing is
-    off. A slot is reserved before sleeping, so concurrent callers queue up without a lock.
+    off. A slot is reserved before sleeping, so concurrent callers queue up without a lock; a
+    caller whose slot falls inside a hold-off that came while it waited takes a later one.
     """
 
     def __init__(
@@ -97,11 +98,19 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next_start_s = -math.inf
+        self._held_until_s = -math.inf
+        self._holds = 0  # hold-offs so far: a waiting caller checks whether one came meanwhile
 
     async def acquire(self) -> None:
-        delay_s = self.reserve()
-        if delay_s > 0:
-            await self._sleep(delay_s)
+        while True:
+            holds = self._holds
+            delay_s = self.reserve()
+            if delay_s > 0:
+                await self._sleep(delay_s)
+            if self._holds == holds or self._clock() >= self._held_until_s:
+                return
+            # a 429 came while this caller waited for its slot (the worker's other lanes send
+            # too): that slot is void, take the next one after the hold-off
 
     def reserve(self) -> float:
         """Take the next free slot; return how long to wait for it, in seconds."""
@@ -111,7 +120,9 @@ class RateLimiter:
         return start_s - now_s
 
     def hold_off(self, delay_s: float) -> None:
-        self._next_start_s = max(self._next_start_s, self._clock() + delay_s)
+        self._held_until_s = max(self._held_until_s, self._clock() + delay_s)
+        self._next_start_s = max(self._next_start_s, self._held_until_s)
+        self._holds += 1
 
 
 class _TransportFailure(ResendError):

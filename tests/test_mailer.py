@@ -526,6 +526,35 @@ async def test_hold_off_delays_the_next_call_even_with_spacing_off():
     assert fake.sleeps == [3.0]
 
 
+async def test_a_hold_off_also_moves_the_callers_already_waiting_for_a_slot():
+    """The worker's lanes reserve slots before a sibling's 429: none may start inside its hold."""
+    fake = FakeTime()
+    gate = asyncio.Event()
+
+    async def sleep(delay_s: float) -> None:
+        wake_at = fake.now_s + delay_s
+        await gate.wait()
+        fake.now_s = max(fake.now_s, wake_at)
+
+    rate = RateLimiter(1.0, clock=fake, sleep=sleep)
+    started: list[float] = []
+
+    async def send() -> None:
+        await rate.acquire()
+        started.append(fake.now_s)
+
+    first = fake.now_s
+    await send()  # its slot is now; the next two wait for theirs, 1 s and 2 s later
+    waiting = [asyncio.create_task(send()) for _ in range(2)]
+    await asyncio.sleep(0)
+    rate.hold_off(7.0)  # the first send got a 429 with retry-after: 7
+    gate.set()
+    await asyncio.gather(*waiting)
+
+    assert started[0] == first
+    assert all(at >= first + 7.0 for at in started[1:]), started
+
+
 def test_hold_off_never_brings_the_next_slot_forward():
     rate, _ = limiter(1.0)
     rate.hold_off(5.0)
