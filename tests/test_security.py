@@ -317,19 +317,12 @@ def sending_settings(resend: ResendStandin, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sending_app(
+async def sending(
     make_settings: Callable[..., Settings], clock: FakeClock, resend: ResendStandin
-) -> AsyncIterator[FastAPI]:
-    application = create_app(make_settings(**sending_settings(resend)), clock=clock)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def sending_client(sending_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=sending_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        yield http
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app sending through the Resend stand-in, running, and a client for it."""
+    async with running(make_settings(**sending_settings(resend)), clock) as (app, http):
+        yield app, http
 
 
 def unsubscribe_token(sent: dict[str, Any]) -> str:
@@ -339,26 +332,27 @@ def unsubscribe_token(sent: dict[str, Any]) -> str:
 
 @embedded_only
 async def test_a_users_token_unsubscribes_that_user_only(
-    sending_client: httpx.AsyncClient, sending_app: FastAPI, resend: ResendStandin
+    sending: tuple[FastAPI, httpx.AsyncClient], resend: ResendStandin
 ) -> None:
+    app, http = sending
     for user_id in (USER, OTHER):
         body = user_event("created", user_id, address=f"{user_id}@example.org")
-        assert (await post_webhook(sending_client, body)).status_code == 200
-    await act(sending_client, USER)
-    await worker_of(sending_app).drain()
+        assert (await post_webhook(http, body)).status_code == 200
+    await act(http, USER)
+    await worker_of(app).drain()
     token = unsubscribe_token(resend.inbox[0])
     for _ in range(2):  # used twice: still only that user
-        response = await sending_client.post("/unsubscribe", params={"token": token})
+        response = await http.post("/unsubscribe", params={"token": token})
         assert response.status_code == 200
-    await act(sending_client, OTHER)
-    await worker_of(sending_app).drain()
+    await act(http, OTHER)
+    await worker_of(app).drain()
 
     assert [sent["body"]["to"] for sent in resend.inbox] == [
         [f"{USER}@example.org"],
         [f"{OTHER}@example.org"],
     ]
-    mine = (await sending_client.get(f"/v1/users/{USER}", headers=AUTH)).json()
-    theirs = (await sending_client.get(f"/v1/users/{OTHER}", headers=AUTH)).json()
+    mine = (await http.get(f"/v1/users/{USER}", headers=AUTH)).json()
+    theirs = (await http.get(f"/v1/users/{OTHER}", headers=AUTH)).json()
     assert any(entry["event"] == "unsubscribed" for entry in mine["timeline"])
     assert not any(entry["event"] == "unsubscribed" for entry in theirs["timeline"])
 
@@ -424,14 +418,14 @@ async def run_everything(
 
 @pytest.mark.parametrize("transport", ["embedded", "redis", "upstash"], indirect=True)
 async def test_no_secret_address_or_email_body_in_the_logs(
-    sending_client: httpx.AsyncClient,
-    sending_app: FastAPI,
+    sending: tuple[FastAPI, httpx.AsyncClient],
     resend: ResendStandin,
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    token = await run_everything(sending_client, sending_app, resend, clock)
+    app, http = sending
+    token = await run_everything(http, app, resend, clock)
 
     assert resend.inbox  # the flow really sent an email, with the body checked below
     secrets = {
