@@ -99,30 +99,31 @@ class RateLimiter:
         self._sleep = sleep
         self._next_start_s = -math.inf
         self._held_until_s = -math.inf
-        self._holds = 0  # hold-offs so far: a waiting caller checks whether one came meanwhile
 
     async def acquire(self) -> None:
         while True:
-            holds = self._holds
-            delay_s = self.reserve()
-            if delay_s > 0:
-                await self._sleep(delay_s)
-            if self._holds == holds or self._clock() >= self._held_until_s:
+            now_s = self._clock()
+            start_s = self._take_slot(now_s)
+            if start_s > now_s:
+                await self._sleep(start_s - now_s)
+            if start_s >= self._held_until_s:
                 return
-            # a 429 came while this caller waited for its slot (the worker's other lanes send
-            # too): that slot is void, take the next one after the hold-off
+            # a 429 came while this caller waited (the worker's other lanes send too): its slot
+            # falls inside the hold-off, so it takes the next one after it
 
     def reserve(self) -> float:
         """Take the next free slot; return how long to wait for it, in seconds."""
         now_s = self._clock()
+        return self._take_slot(now_s) - now_s
+
+    def _take_slot(self, now_s: float) -> float:
         start_s = max(now_s, self._next_start_s)
         self._next_start_s = start_s + self.interval_s
-        return start_s - now_s
+        return start_s
 
     def hold_off(self, delay_s: float) -> None:
         self._held_until_s = max(self._held_until_s, self._clock() + delay_s)
         self._next_start_s = max(self._next_start_s, self._held_until_s)
-        self._holds += 1
 
 
 class _TransportFailure(ResendError):
