@@ -31,8 +31,11 @@ worker's `claim.lua` reads `schedule` and `leases`.
 - `tombstone`: epoch ms of the `user.deleted`; a late `user.created`/`updated` or action is ignored.
 - `webhook:<svix_id>` / `action:<id>`: a delivery or client action id already applied.
 - `activity`: `rev` (bumped by every change, so a decision made on an old snapshot is refused);
-  per action `n:<a>` (count), `first:<a>` and `last:<a>` (epoch ms), `at:<a>:<n>` (when the count
-  reached n, for the counts some loop waits for).
+  per action `n:<a>` (count), `first:<a>` and `last:<a>` (epoch ms), `ts:<a>` (its earliest
+  occurred-at times, ascending, comma-separated epoch ms, as many as the largest count a loop
+  waits for, up to `store.MAX_RANKED_TIMES`: the n-th is when the count reached n, whatever order
+  the reports came in), `at:<a>:<n>` (for a count `ts:` cannot hold, the latest time when the
+  count was reached, an upper bound; written before `ts:` existed, the n-th report's time).
 - `loops`: field `<loop_id>/<step>` holds that step's state as JSON (engine.StepState).
 - `jobs`: field `<job_id>` holds the email job as JSON (jobs.EmailJob), its rendered email included;
   it is also the user's send ledger: a job id is queued once and a sent job is never sent again.

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 # Upstash refuses a request over 1 MB (its smallest plan's limit); stay well under it.
 MAX_SCRIPT_PAYLOAD_BYTES = 512 * 1024
+# Each action keeps its earliest occurred-at times up to the largest count a loop waits for, so
+# the n-th action by time is exact; past this many (14 bytes each, read by every evaluation) a
+# count's time is the latest action's when it was reached, an upper bound (record_actions.lua).
+MAX_RANKED_TIMES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,11 +307,13 @@ class Store:
     def _action_args(self, action: NewAction, counts: Iterable[int]) -> list[CommandArg]:
         details = {"action": action.action, "id": action.id, "properties": action.properties or {}}
         entry = timeline_entry(action.occurred_at_ms, "action", **details)
+        ordered = sorted(counts)
         return [
             "1" if action.id else "0",
             action.action,
             action.occurred_at_ms,
-            ",".join(str(count) for count in sorted(counts)),
+            min(ordered[-1], MAX_RANKED_TIMES) if ordered else 0,
+            ",".join(str(count) for count in ordered),
             entry,
             eval_job(action.user_id),
         ]
@@ -579,19 +585,31 @@ def parse_snapshot(user_id: str, reply: Sequence[Any]) -> UserRecord:
 
 
 def parse_activity(fields: Mapping[str, str]) -> dict[str, ActionStats]:
-    """`n:<a>`, `first:<a>`, `last:<a>`, `at:<a>:<n>` fields into per-action stats."""
-    reached: dict[str, dict[int, int]] = {}
+    """`n:<a>`, `first:<a>`, `last:<a>`, `ts:<a>` and `at:<a>:<n>` fields into per-action stats.
+
+    `ts:<a>` (the earliest times, ascending) says when each count was reached by time; `at:<a>:<n>`
+    serves the counts it does not hold (an upper bound; from older data, the n-th to arrive).
+    """
+    bounds: dict[str, dict[int, int]] = {}
     for name, value in fields.items():
         if name.startswith("at:"):
             action, _, count = name[3:].rpartition(":")
-            reached.setdefault(action, {})[int(count)] = int(value)
+            bounds.setdefault(action, {})[int(count)] = int(value)
     return {
-        name[2:]: ActionStats(
-            count=int(value),
-            first_at=_int_or_none(fields.get(f"first:{name[2:]}")),
-            last_at=_int_or_none(fields.get(f"last:{name[2:]}")),
-            reached_at=reached.get(name[2:], {}),
-        )
+        name[2:]: _action_stats(name[2:], int(value), fields, bounds.get(name[2:], {}))
         for name, value in fields.items()
         if name.startswith("n:")
     }
+
+
+def _action_stats(
+    action: str, count: int, fields: Mapping[str, str], bounds: Mapping[int, int]
+) -> ActionStats:
+    ranked = fields.get(f"ts:{action}")
+    by_time = {n: int(at) for n, at in enumerate(ranked.split(","), 1)} if ranked else {}
+    return ActionStats(
+        count=count,
+        first_at=_int_or_none(fields.get(f"first:{action}")),
+        last_at=_int_or_none(fields.get(f"last:{action}")),
+        reached_at={**bounds, **by_time},
+    )

@@ -153,7 +153,7 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
     record = await store.snapshot("user_a", full=True)
     projects = record.actions["project_created"]
     assert (projects.count, projects.first_at, projects.last_at) == (2, 1_000, 2_000)
-    assert projects.reached_at == {2: 2_000}
+    assert projects.reached_at == {1: 1_000, 2: 2_000}  # the earliest times, up to count 2
     assert record.actions["invited"].count == 1
     assert [entry["event"] for entry in record.timeline] == ["action"] * 3
     assert record.rev == "3"
