@@ -3,7 +3,7 @@
 The route records the actions (one Lua script, one round trip) and wakes the worker; loops are
 looked at by the worker, never inside the request.
 
-It is a hot route (`app.intake.HotRoutes`): `receive_actions` reads and validates the body as
+It is a hot route (`app.gate`): `receive_actions` reads and validates the body as
 FastAPI would for `post_actions`, the route FastAPI documents (and serves when hot routes are
 off): the same JSON parsing, the same validation with `body` leading each error's location, and
 the same 422. A test sends both a range of good and bad bodies and compares the answers.
@@ -28,9 +28,11 @@ from pydantic import (
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from app import auth
 from app.answers import error_response, invalid_request_response
+from app.auth import Access
 from app.conditions import ACTION_NAME_PATTERN
-from app.errors import ActivationError
+from app.errors import ActivationError, PayloadTooLarge
 from app.intake import Intake, intake_of
 from app.keys import USER_ID_PATTERN
 from app.store import NewAction
@@ -42,9 +44,11 @@ EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 LATEST_MS = 32_503_680_000_000  # 3000-01-01T00:00:00Z
 ACTION_ID_PATTERN = r"^[!-~]{1,128}$"  # printable ASCII: it becomes part of a Redis key
 ACTIONS_PATH = "/v1/actions"
+# A full batch: 1,000 actions with 4 KiB of properties each, plus their ids, names and times.
+MAX_BODY_BYTES = 5 * 1024 * 1024
 
-# No key dependency here: `auth.RequireApiKey` refuses /v1/* without the key before the body is
-# read, and the route stays free of per-request dependency solving (see app/intake.py).
+# No key dependency here: `app.gate` refuses a request without the key before its body is read,
+# and the route stays free of per-request dependency solving (see app/intake.py).
 router = APIRouter(tags=["actions"])
 
 
@@ -132,9 +136,10 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     responses={401: {"description": "missing or wrong API key"}},
     openapi_extra={"security": [{"HTTPBearer": []}]},
 )
+@auth.policy(Access.API_KEY, max_body_bytes=MAX_BODY_BYTES)
 async def post_actions(request: Request, body: Annotated[ActionsBody, Body()]) -> Accepted:
     """Record one action or a batch of up to 1,000."""
-    # the key was checked by `RequireApiKey` before the body was read
+    # the key was checked by `app.gate` before the body was read
     return await record(intake_of(request), body)
 
 
@@ -154,6 +159,8 @@ async def receive_actions(request: Request) -> Response:
         return invalid_request_response([error])
     except (ValueError, ClientDisconnect):  # not UTF-8, too deep, or cut short: as FastAPI does
         return JSONResponse({"detail": "There was an error parsing the body"}, status_code=400)
+    except PayloadTooLarge as exc:  # streamed past MAX_BODY_BYTES: `app.gate` stopped reading
+        return error_response(request, exc)
     try:
         accepted = await record(intake_of(request), body)
     except ActivationError as exc:
@@ -161,7 +168,7 @@ async def receive_actions(request: Request) -> Response:
     return JSONResponse(accepted.model_dump(), status_code=status.HTTP_202_ACCEPTED)
 
 
-HOT_ROUTES = {("POST", ACTIONS_PATH): receive_actions}  # served by app.intake.HotRoutes
+HOT_ROUTES = {("POST", ACTIONS_PATH): receive_actions}  # served by app.gate
 
 ACTIONS_BODY: TypeAdapter[ActionIn | ActionBatch] = TypeAdapter(ActionsBody)
 MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required"}

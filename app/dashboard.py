@@ -1,9 +1,14 @@
 """Operator pages, server-rendered (Jinja2, no JavaScript): `GET /dashboard` (each loop's funnel,
 activation rate, time to activation, sends and failures per day, dead letters), `GET /outbox` (the
 emails the outbox mode kept instead of sending) and the login form that opens them in a browser.
+
+Who may see them is decided by `app.gate` (the `OPERATOR` policy: the API key as a bearer token,
+or a session cookie that was not revoked); a refused caller gets this module's login form. Login
+attempts are limited per client address (`app.sessions`); logout revokes the session.
 """
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,10 +19,12 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import sessions
+from app import auth, sessions
+from app.auth import Access, Verdict
 from app.deps import ClockDep, SettingsDep, StoreDep
 from app.jobs import EmailJob
 from app.loops import Loop
+from app.settings import Settings
 from app.stats import LoopStats, day_counts, dead_loop, last_days
 from app.store import StatsReply, Store
 
@@ -28,6 +35,7 @@ router = APIRouter(tags=["operator"])
 DAYS_SHOWN = 14
 DEAD_SHOWN = 3
 OUTBOX_SHOWN = 50
+LOGIN_MAX_BODY_BYTES = 4096  # the form: a key and a page name
 PAGES = ("/dashboard", "/outbox")
 # Email HTML is shown in sandboxed iframes (no scripts, no same-origin); the pages run no script.
 HEADERS = {
@@ -52,12 +60,14 @@ def page(name: str, status_code: int = 200, **variables: Any) -> HTMLResponse:
     return HTMLResponse(body, status_code=status_code, headers=HEADERS)
 
 
-def refusal(request: Request, access: sessions.Access, error: str = "") -> HTMLResponse:
+def refusal(
+    request: Request, verdict: Verdict, error: str = "", status_code: int = 401
+) -> HTMLResponse:
     """401: the login form, or why nobody can log in."""
-    if access is sessions.Access.UNCONFIGURED:
+    if verdict is Verdict.UNCONFIGURED:
         return page("refused.html", 401, title="Not configured")
     target = request.url.path if request.url.path in PAGES else "/dashboard"
-    return page("login.html", 401, title="Log in", next=target, error=error)
+    return page("login.html", status_code, title="Log in", next=target, error=error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +139,11 @@ def loop_stats(loop: Loop, reply: StatsReply, dead: dict[str, list[EmailJob]]) -
 
 
 @router.get("/dashboard", response_class=HTMLResponse, responses={401: {"description": "log in"}})
+@auth.policy(Access.OPERATOR, refuse=refusal)
 async def dashboard(
     request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
 ) -> HTMLResponse:
     """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
-    granted = sessions.access(request, settings, clock())
-    if granted is not sessions.Access.GRANTED:
-        return refusal(request, granted)
     loops: dict[str, Loop] = request.app.state.loops
     reply = await store.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
     dead = await dead_by_loop(store, reply.dead_ids)
@@ -151,13 +159,9 @@ async def dashboard(
 
 
 @router.get("/outbox", response_class=HTMLResponse, responses={401: {"description": "log in"}})
-async def outbox(
-    request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
-) -> HTMLResponse:
+@auth.policy(Access.OPERATOR, refuse=refusal)
+async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
     """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
-    granted = sessions.access(request, settings, clock())
-    if granted is not sessions.Access.GRANTED:
-        return refusal(request, granted)
     entries = await store.outbox(limit=OUTBOX_SHOWN)
     return page(
         "outbox.html",
@@ -175,20 +179,55 @@ def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/dashboard/login", response_class=HTMLResponse, include_in_schema=False)
-async def login(request: Request, settings: SettingsDep, clock: ClockDep) -> Response:
-    """The login form: the API key in, a session cookie out."""
+@auth.policy(Access.PUBLIC, max_body_bytes=LOGIN_MAX_BODY_BYTES)
+async def login(
+    request: Request, settings: SettingsDep, store: StoreDep, clock: ClockDep
+) -> Response:
+    """The login form: the API key in, a session cookie out; at most LOGIN_FAILURES_ALLOWED
+    failures per client address per LOGIN_WINDOW_S, after which every try answers 429."""
     if settings.activation_api_key is None:
-        return refusal(request, sessions.Access.UNCONFIGURED)
+        return refusal(request, Verdict.UNCONFIGURED)
+    client = client_address(request)
+    window_ms = sessions.LOGIN_WINDOW_S * 1000
+    failures, left_ms = await store.login_failures(client, window_ms=window_ms)
+    if failures >= sessions.LOGIN_FAILURES_ALLOWED:  # the key is not even looked at
+        logger.info("dashboard login from %s refused: too many failed attempts", client)
+        return too_many_attempts(request, left_ms)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
-    api_key = settings.activation_api_key.get_secret_value()
-    if not sessions.key_matches(api_key, given):
-        logger.warning("dashboard login refused: wrong key")
-        return refusal(request, sessions.Access.LOGIN, "That is not the API key.")
+    if not auth.secret_matches(settings.activation_api_key, given.encode()):
+        failures, left_ms = await store.count_login_failure(client, window_ms=window_ms)
+        logger.warning(
+            "dashboard login from %s refused: wrong key (%d failed in this window, %d allowed)",
+            client, failures, sessions.LOGIN_FAILURES_ALLOWED,
+        )  # fmt: skip
+        return refusal(request, Verdict.REFUSED, "That is not the API key.")
+    return logged_in(request, settings, target, clock())
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as the server reports it (behind a proxy: uvicorn's
+    `--forwarded-allow-ips` makes it the client's), cut to what a key may hold."""
+    host = request.client.host if request.client is not None else ""
+    return "".join(c for c in host[:64] if c.isprintable() and not c.isspace()) or "unknown"
+
+
+def too_many_attempts(request: Request, left_ms: int) -> HTMLResponse:
+    retry_after_s = max(math.ceil(left_ms / 1000), 1)
+    minutes = math.ceil(retry_after_s / 60)
+    error = f"Too many failed attempts. Try again in {minutes} minute(s)."
+    response = refusal(request, Verdict.REFUSED, error, status_code=429)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def logged_in(request: Request, settings: Settings, target: str, now_ms: int) -> Response:
     response = RedirectResponse(target if target in PAGES else "/dashboard", status_code=303)
+    api_key = settings.activation_api_key
+    assert api_key is not None
     response.set_cookie(
         sessions.COOKIE,
-        sessions.issue(api_key, clock()),
+        sessions.issue(api_key.get_secret_value(), now_ms),
         max_age=sessions.SESSION_S,
         path="/",
         httponly=True,
@@ -200,7 +239,17 @@ async def login(request: Request, settings: SettingsDep, clock: ClockDep) -> Res
 
 
 @router.post("/dashboard/logout", include_in_schema=False)
-async def logout() -> Response:
+@auth.policy(Access.PUBLIC, max_body_bytes=LOGIN_MAX_BODY_BYTES)
+async def logout(
+    request: Request, settings: SettingsDep, store: StoreDep, clock: ClockDep
+) -> Response:
+    """Ends the session: revoked in storage until it would have expired, and the cookie dropped."""
+    cookie = request.cookies.get(sessions.COOKIE)
+    if settings.activation_api_key is not None and cookie is not None:
+        now_ms = clock()
+        session = sessions.read(settings.activation_api_key.get_secret_value(), cookie, now_ms)
+        if session is not None:
+            await store.revoke_session(session.id, ttl_ms=session.expires_at_ms - now_ms)
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
     return response

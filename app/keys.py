@@ -21,6 +21,8 @@ on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
 | `P:suppressed`               | zset   | none                 | email_event.lua       |
 | `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua |
 | `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua            |
+| `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout      |
+| `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua    |
 
 Reads: `snapshot.lua` reads every per-user key at once; intake scripts read the tombstone; the
 worker's `claim.lua` reads `schedule` and `leases`.
@@ -58,6 +60,9 @@ worker's `claim.lua` reads `schedule` and `leases`.
   time-to-activation (started to met, buckets `stats.TTA_BUCKETS`); `emails_sent` and
   `emails_failed` count every email of the loop.
 - `daily:<yyyy-mm-dd>` (UTC day): `<loop_id>:sent` and `<loop_id>:failed`, emails that day.
+- `session_revoked:<sid>`: a dashboard session logged out; kept until the session would have
+  expired, so its cookie no longer opens a page. `login_failures:<ip>`: failed dashboard
+  logins from one client address in the current window (the first failure starts it).
 - `Keys.personal(uid)` lists every key with personal data; `user.deleted` removes them all.
 
 Scripts that touch `schedule`/`leases` and a user's keys together span two hash slots: they run
@@ -142,6 +147,13 @@ class Keys:
     def daily(self, day: str) -> str:
         """`day` is a UTC date, `yyyy-mm-dd`."""
         return f"{self.prefix}daily:{day}"
+
+    def session_revoked(self, session_id: str) -> str:
+        return f"{self.prefix}session_revoked:{session_id}"
+
+    def login_failures(self, client: str) -> str:
+        """`client` is the caller's address, as the server reports it."""
+        return f"{self.prefix}login_failures:{client}"
 
     def personal(self, user_id: str) -> list[str]:
         """Every key holding the user's personal data (removed on `user.deleted`)."""

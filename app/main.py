@@ -30,11 +30,11 @@ from app import (
     webhooks,
 )
 from app.answers import error_response, invalid_request_response
-from app.auth import RequireApiKey
 from app.clock import Clock, system_clock_ms
 from app.engine import tracked_counts
 from app.errors import ActivationError, RequestRefused, StorageError
-from app.intake import Endpoint, HotRoutes, Intake, Traffic
+from app.gate import Gate, RouteTable, declare_framework_routes
+from app.intake import Endpoint, Intake, Traffic
 from app.loops import Loop
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
@@ -45,9 +45,10 @@ logger = logging.getLogger(__name__)
 
 
 class ActivationApp(FastAPI):
-    """FastAPI with two layers of ours outside all of its own: the API-key check of `/v1/*`, then
-    the hot intake routes (`app.intake.HotRoutes`), which skip the rest of the stack. An error
-    a hot route does not answer itself reaches the server, which answers 500 and logs it."""
+    """FastAPI with one layer of ours outside all of its own, `app.gate.Gate`: each request is
+    matched to its route, refused or let in by the route's declared policy and body limit, and a
+    hot intake route is called directly, skipping the rest of the stack. An error a hot route
+    does not answer itself reaches the server, which answers 500 and logs it."""
 
     hot_routes: Mapping[tuple[str, str], Endpoint] = MappingProxyType({})
 
@@ -56,8 +57,8 @@ class ActivationApp(FastAPI):
         return Traffic()
 
     def build_middleware_stack(self) -> ASGIApp:
-        routes = HotRoutes(super().build_middleware_stack(), self.hot_routes, self.traffic)
-        return RequireApiKey(routes)
+        table = RouteTable(self.routes, self.hot_routes)
+        return Gate(super().build_middleware_stack(), table, self.state, self.traffic)
 
 
 def create_app(
@@ -72,6 +73,7 @@ def create_app(
     )
     app.state.given_settings = settings
     app.state.clock = clock
+    declare_framework_routes(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)
     app.include_router(actions.router)

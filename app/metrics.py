@@ -5,21 +5,21 @@ never share counts. Instrumented code calls one method per event; the schedule a
 gauges are read from storage (one ZCARD each) when Prometheus scrapes.
 """
 
-import hmac
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import SettingsDep, StoreDep
+from app import auth
+from app.auth import Access
+from app.deps import StoreDep
 from app.engine import Decisions
 from app.errors import StorageError, StorageUnavailable, WebhookRejected
-from app.settings import Settings
 from app.store import Store
 
 logger = logging.getLogger(__name__)
@@ -148,25 +148,11 @@ async def get_metrics(request: Request) -> Metrics:
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
+# Documentation only (OpenAPI's security scheme): `app.gate` checks the token (the METRICS policy:
+# METRICS_TOKEN, else ACTIVATION_API_KEY) before the route runs.
 _bearer = HTTPBearer(
     auto_error=False, description="Authorization: Bearer $METRICS_TOKEN (else $ACTIVATION_API_KEY)"
 )
-
-
-def metrics_token(settings: Settings) -> str | None:
-    """METRICS_TOKEN if set, else ACTIVATION_API_KEY; None (refuse everyone) when neither is."""
-    secret = settings.metrics_token or settings.activation_api_key
-    return secret.get_secret_value() if secret is not None else None
-
-
-def require_metrics_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = metrics_token(settings)
-    given = credentials.credentials if credentials is not None else ""
-    if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong metrics token", {"WWW-Authenticate": "Bearer"})
 
 
 router = APIRouter(tags=["metrics"])
@@ -175,9 +161,10 @@ router = APIRouter(tags=["metrics"])
 @router.get(
     "/metrics",
     response_class=Response,
-    dependencies=[Depends(require_metrics_token)],
+    dependencies=[Depends(_bearer)],
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "bad token"}},
 )
+@auth.policy(Access.METRICS)
 async def scrape(metrics: MetricsDep, store: StoreDep) -> Response:
     """Prometheus text format; queue gauges are read from storage now (two ZCARDs)."""
     await refresh_queue_gauges(metrics, store)

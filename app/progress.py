@@ -6,7 +6,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from app.auth import ApiKeyDep
+from app import auth
+from app.auth import Access, ApiKeyDep
 from app.deps import StoreDep
 from app.engine import StepState, step_field
 from app.jobs import EmailJob
@@ -65,6 +66,7 @@ class UserState(BaseModel):
     response_model=UserState,
     responses={401: {"description": "missing or wrong API key"}, 404: {"description": "unknown"}},
 )
+@auth.policy(Access.API_KEY)
 async def get_user_state(
     request: Request, store: StoreDep, user_id: str = Path(pattern=USER_ID_PATTERN)
 ) -> UserState:

@@ -14,6 +14,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from svix.webhooks import Webhook
 
+from app import auth
+from app.auth import Access
 from app.deps import ClockDep, StoreDep
 from app.engine import email_job_id
 from app.errors import NotConfigured
@@ -70,6 +72,7 @@ VerifierDep = Annotated[Webhook, Depends(get_verifier)]
     response_model=WebhookAck,
     responses=WEBHOOK_RESPONSES,
 )
+@auth.policy(Access.PUBLIC, max_body_bytes=MAX_BODY_BYTES)  # the Svix signature is checked here
 async def receive_resend_event(
     request: Request, verifier: VerifierDep, store: StoreDep, clock: ClockDep, metrics: MetricsDep
 ) -> WebhookAck:

@@ -1,60 +1,60 @@
-"""Operator access to the dashboard pages: `ACTIVATION_API_KEY` as a bearer token, or a signed
-session cookie set by the login form (HttpOnly, SameSite=Strict). The cookie's key is derived from
-the API key, so changing the key ends every session; with no key set nothing gets in (as `/v1/*`).
+"""Dashboard sessions: the signed cookie the login form sets, and the login attempt limit.
+
+The cookie holds a random session id and when it expires, signed with itsdangerous under a key
+derived from `ACTIVATION_API_KEY` (changing the key ends every session). Reading one never
+raises, whatever the cookie holds. Logout revokes the id in storage until it would have expired
+(`Store.revoke_session`), so a copied cookie dies with it. Failed logins are counted per client
+in storage, so every web process shares the count (`Store.count_login_failure`).
 """
 
-import base64
 import hashlib
-import hmac
-from enum import StrEnum
+import secrets
+from dataclasses import dataclass
 
-from fastapi import Request
-
-from app.settings import Settings
+from itsdangerous import BadData, URLSafeSerializer
 
 COOKIE = "activation_session"
 SESSION_S = 12 * 3600
+MAX_COOKIE_CHARS = 512  # a genuine token is about 110 characters
+SESSION_ID_BYTES = 16
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_WINDOW_S = 15 * 60
+_SALT = "activation-loops dashboard session v2"
 
 
-class Access(StrEnum):
-    GRANTED = "granted"
-    LOGIN = "login"  # a key is configured; show the login form
-    UNCONFIGURED = "unconfigured"  # no ACTIVATION_API_KEY: refuse everyone
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    expires_at_ms: int
 
 
-def _signature(api_key: str, expires_ms: int) -> str:
-    key = hmac.new(api_key.encode(), b"activation-loops dashboard session v1", hashlib.sha256)
-    digest = hmac.new(key.digest(), f"session:{expires_ms}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+def _serializer(api_key: str) -> URLSafeSerializer:
+    return URLSafeSerializer(api_key, salt=_SALT, signer_kwargs={"digest_method": hashlib.sha256})
 
 
 def issue(api_key: str, now_ms: int) -> str:
-    """A session token: when it expires (epoch ms) and its signature."""
-    expires_ms = now_ms + SESSION_S * 1000
-    return f"{expires_ms}.{_signature(api_key, expires_ms)}"
+    """A new session's cookie value: a random id and its expiry (epoch ms), signed."""
+    session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+    token: str = _serializer(api_key).dumps({"id": session_id, "exp": now_ms + SESSION_S * 1000})
+    return token
 
 
-def valid(api_key: str, token: str, now_ms: int) -> bool:
-    expires, _, signature = token.partition(".")
-    if not (expires.isascii() and expires.isdigit()) or int(expires) <= now_ms:
-        return False
-    # bytes: compare_digest refuses a str with non-ASCII characters (a forged cookie's)
-    return hmac.compare_digest(signature.encode(), _signature(api_key, int(expires)).encode())
+def read(api_key: str, token: str, now_ms: int) -> Session | None:
+    """The session a cookie value holds, or None when it is forged, altered, expired or
+    malformed. Never raises: the value is whatever a client sent."""
+    if not token.isascii() or len(token) > MAX_COOKIE_CHARS:
+        return None  # a lone surrogate could not even be encoded to be checked
+    try:
+        payload = _serializer(api_key).loads(token)
+    except BadData:
+        return None
+    return _session(payload, now_ms)
 
 
-def key_matches(api_key: str, given: str) -> bool:
-    return hmac.compare_digest(given.encode(), api_key.encode())
-
-
-def access(request: Request, settings: Settings, now_ms: int) -> Access:
-    """Whether the request may see operator pages: the bearer key or a valid session cookie."""
-    if settings.activation_api_key is None:
-        return Access.UNCONFIGURED
-    api_key = settings.activation_api_key.get_secret_value()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key_matches(api_key, token.strip()):
-        return Access.GRANTED
-    cookie = request.cookies.get(COOKIE)
-    if cookie is not None and valid(api_key, cookie, now_ms):
-        return Access.GRANTED
-    return Access.LOGIN
+def _session(payload: object, now_ms: int) -> Session | None:
+    if not isinstance(payload, dict):
+        return None
+    session_id, expires_at_ms = payload.get("id"), payload.get("exp")
+    if not isinstance(session_id, str) or type(expires_at_ms) is not int:
+        return None
+    return Session(session_id, expires_at_ms) if expires_at_ms > now_ms else None

@@ -17,6 +17,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from app import auth
+from app.auth import Access
 from app.deps import ClockDep, StoreDep
 from app.errors import BadToken
 from app.keys import valid_user_id
@@ -92,6 +94,7 @@ def _page(title: str, body: str) -> HTMLResponse:
 
 
 @router.get("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@auth.policy(Access.PUBLIC)  # the signed token is the credential
 async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
     """A confirmation page: following the link alone unsubscribes nobody."""
     request.app.state.unsubscribe_tokens.verify(token)
@@ -104,6 +107,7 @@ async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
 
 
 @router.post("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@auth.policy(Access.PUBLIC)  # the signed token is the credential
 async def unsubscribe(
     request: Request, store: StoreDep, clock: ClockDep, token: TokenQuery
 ) -> HTMLResponse:

@@ -16,7 +16,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from app import auth
 from app.answers import error_response
+from app.auth import Access
 from app.errors import ActivationError, PayloadTooLarge, WebhookRejected
 from app.intake import intake_of
 from app.store import Store
@@ -57,9 +59,10 @@ WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_model=WebhookAck,
     responses=WEBHOOK_RESPONSES,
 )
+@auth.policy(Access.PUBLIC, max_body_bytes=MAX_BODY_BYTES)  # the Svix signature is checked here
 async def receive_clerk_webhook(request: Request) -> Response:
     """Receive a Clerk webhook (subscribe to user.created, user.updated, user.deleted)."""
-    # A hot route (app.intake.HotRoutes): it answers its own errors and returns a Response.
+    # A hot route (app.gate): it answers its own errors and returns a Response.
     intake = intake_of(request)
     metrics = intake.metrics
     try:
@@ -77,7 +80,7 @@ async def receive_clerk_webhook(request: Request) -> Response:
     return JSONResponse({"status": status})
 
 
-HOT_ROUTES = {("POST", CLERK_PATH): receive_clerk_webhook}  # served by app.intake.HotRoutes
+HOT_ROUTES = {("POST", CLERK_PATH): receive_clerk_webhook}  # served by app.gate
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:

@@ -194,12 +194,16 @@ async def test_a_session_expires_and_logout_ends_it(
 
 def test_session_tokens_are_bound_to_the_api_key() -> None:
     token = sessions.issue("key-one", now_ms=1000)
-    assert sessions.valid("key-one", token, now_ms=2000)
-    assert not sessions.valid("key-two", token, now_ms=2000)
-    assert not sessions.valid("key-one", "123.abc", now_ms=2000)
-    assert not sessions.valid("key-one", "garbage", now_ms=2000)
-    assert not sessions.valid("key-one", "²." + token.split(".")[1], now_ms=2000)
-    assert not sessions.valid("key-one", token.split(".")[0] + ".é", now_ms=2000)
+    session = sessions.read("key-one", token, now_ms=2000)
+    assert session is not None
+    assert session.expires_at_ms == 1000 + sessions.SESSION_S * 1000
+    assert sessions.read("key-two", token, now_ms=2000) is None
+    assert sessions.read("key-one", token, now_ms=session.expires_at_ms) is None
+    assert sessions.read("key-one", "123.abc", now_ms=2000) is None
+    assert sessions.read("key-one", "garbage", now_ms=2000) is None
+    assert sessions.read("key-one", "²." + token.split(".")[1], now_ms=2000) is None
+    assert sessions.read("key-one", token.split(".")[0] + ".é", now_ms=2000) is None
+    assert sessions.issue("key-one", now_ms=1000) != token  # each session has its own id
 
 
 async def test_a_person_logs_in_and_reads_the_pages_in_chromium(
