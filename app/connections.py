@@ -11,6 +11,7 @@ command within `storage_timeout_s` or raises `StorageUnavailable`.
 
 import asyncio
 import logging
+import re
 from typing import Any, Protocol
 
 import fakeredis
@@ -25,8 +26,35 @@ from app.wire import Address, CommandArg, Wire
 
 logger = logging.getLogger(__name__)
 
-# Reply prefixes meaning "we cannot reach the data", not "the command is wrong".
-_UNAVAILABLE_PREFIXES = ("WRONGPASS", "NOAUTH", "Unauthorized", "LOADING", "BUSY", "MASTERDOWN")
+# Error codes (a reply's first word) meaning "the data cannot be reached or written right now",
+# not "the command is wrong": a failover's old primary (READONLY), a restart (LOADING), a replica
+# cut off (MASTERDOWN), a cluster resharding (TRYAGAIN, CLUSTERDOWN), a full or broken server (OOM,
+# MISCONF), a long script (BUSY), lost credentials (NOAUTH, WRONGPASS, Upstash's "Unauthorized").
+TRANSIENT_CODES = frozenset(
+    {
+        "READONLY",
+        "LOADING",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "OOM",
+        "MISCONF",
+        "BUSY",
+        "NOAUTH",
+        "WRONGPASS",
+        "Unauthorized",
+    }
+)
+# Plain `ERR` replies that mean the same: Redis at `maxclients`, Upstash's rate and quota limits.
+TRANSIENT_MESSAGES = (
+    "max number of clients reached",
+    "max requests limit exceeded",
+    "max daily request limit exceeded",
+    "max concurrent connections exceeded",
+)
+# Inside a script, Redis 7 reports a failing `redis.call` as "ERR ... : @user_script:..."-style
+# text or with the original code first; both are looked at.
+_CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:(-])([A-Z]{3,})\b(?= )")
 
 
 class NoScript(StorageError):
@@ -42,12 +70,25 @@ class Connection(Protocol):
 
 
 def classify_reply_error(message: str) -> StorageError:
-    """Map a Redis error reply to our tree by its error code (the reply's first word)."""
-    if message.startswith("NOSCRIPT"):
+    """Map a Redis error reply to our tree, once for every transport: `StorageUnavailable` for
+    what passes (retry later, answer 503), `StorageError` for a wrong command (a bug)."""
+    code = message.split(" ", 1)[0]
+    if code == "NOSCRIPT":
         return NoScript(message)
-    if message.startswith(_UNAVAILABLE_PREFIXES):
+    if transient_reply(code, message):
         return StorageUnavailable(message)
     return StorageError(message)
+
+
+def transient_reply(code: str, message: str) -> bool:
+    if code in TRANSIENT_CODES:
+        return True
+    if any(text in message for text in TRANSIENT_MESSAGES):
+        return True
+    # a script's failing call: its own code is further in ("... OOM command not allowed ...")
+    return "script" in message and any(
+        found in TRANSIENT_CODES for found in _CODE_IN_SCRIPT_ERROR.findall(message)
+    )
 
 
 class RedisConnection:
