@@ -1,42 +1,59 @@
 """Sends one email job: through Resend (or the outbox), exactly once in effect, retried by policy.
 
 At most once: the job id is Resend's Idempotency-Key and the payload was rendered once, so a retry
-after a crash is deduplicated by Resend for 24 hours; past that window a job whose last attempt's
-outcome is unknown is not sent again but dead-lettered for an operator. Retries follow the loop's
-`recovery` (with jitter, honouring `retry-after`); permanent errors and exhausted retries go to the
-dead-letter set with the last error.
+after a crash is deduplicated by Resend for 24 hours; past that window, counted from the first
+attempt that may have reached Resend, a job is not sent again but dead-lettered for an operator.
+Every step runs under the job's fenced lease: a worker whose lease was taken over cannot start an
+attempt or settle anything but a send that happened. Retries follow the loop's `recovery` (with
+jitter, honouring `retry-after`); an attempt that never reached Resend (a 429, a request with the
+same key still in flight, our own rate limit) is tried again later without using up a retry.
+Permanent errors and exhausted retries go to the dead-letter set with the last error.
 """
 
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from app.clock import Clock
 from app.jobs import EmailJob, JobStatus, RenderedEmail
 from app.loops import Loop, Recovery
-from app.mailer import AlreadySent, OutgoingEmail, PermanentSendError, TransientSendError
+from app.mailer import (
+    AlreadySent,
+    NotSent,
+    OutgoingEmail,
+    PermanentSendError,
+    TransientSendError,
+)
 from app.metrics import Metrics
-from app.store import Attempt, Outcome, Store
+from app.store import Attempt, Outcome, Settled, Store
 
 logger = logging.getLogger(__name__)
 
 # Resend keeps an idempotency key for 24 h; an attempt older than this may be past its window.
 IDEMPOTENCY_WINDOW_MS = 23 * 3600 * 1000
+# A deferred attempt (429 without retry-after, a concurrent request) comes back after this at least.
+MIN_DEFER_MS = 1000
 OUTBOX_ID_PREFIX = "outbox:"
 TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class Mailer(Protocol):
-    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str: ...
+    async def send(
+        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
+    ) -> str: ...
 
 
 class OutboxMailer:
     """No Resend key: nothing leaves the machine; the email is kept in the outbox and logged."""
 
-    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str:
+    async def send(
+        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
+    ) -> str:
         logger.info("outbox: %r to %s (not sent: no RESEND_API_KEY)", email.subject, mask(email.to))
         return f"{OUTBOX_ID_PREFIX}{idempotency_key}"
 
@@ -79,8 +96,18 @@ def user_tag(job: EmailJob) -> dict[str, str]:
     return {"user": job.user_id} if TAG_VALUE.fullmatch(job.user_id) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class InHand:
+    """One attempt at a job: the job as read, the lease it runs under, and when it began."""
+
+    job: EmailJob
+    token: str
+    started_at_ms: int
+
+
 class Delivery:
-    """The worker's handler for `email|...` jobs."""
+    """The worker's handler for `email|...` jobs. `max_wait_s`: the longest a send waits for a
+    rate-limit slot before the job is deferred instead (a quarter of the lease: see Settings)."""
 
     def __init__(
         self,
@@ -89,53 +116,70 @@ class Delivery:
         mailer: Mailer,
         clock: Clock,
         metrics: Metrics | None = None,
+        *,
+        max_wait_s: float = math.inf,
     ) -> None:
         self.store = store
         self.loops = loops
         self.mailer = mailer
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.max_wait_s = max_wait_s
         self.outbox = isinstance(mailer, OutboxMailer)
 
-    async def __call__(self, job_id: str) -> None:
-        attempt = await self.store.begin_attempt(job_id, now_ms=self.clock())
-        job = attempt.job
-        if job is None:
+    async def __call__(self, job_id: str, token: str = "") -> None:
+        now = self.clock()
+        attempt = await self.store.begin_attempt(job_id, token=token, now_ms=now)
+        if attempt is None:
+            logger.info("email %s: its lease was taken over by another worker; left to it", job_id)
+            return
+        if attempt.job is None:
             return  # the user was deleted: nothing to send
+        await self._attempt(attempt, InHand(attempt.job, token, now))
+
+    async def _attempt(self, attempt: Attempt, hand: InHand) -> None:
+        job = hand.job
         if job.terminal:
-            await self._finish(job, Outcome(job.status.value))
+            await self._finish(hand, Outcome(job.status.value))
         elif attempt.stop_reason is not None:
             await self._finish(
-                job, Outcome.DROPPED, status=JobStatus.DROPPED, error=attempt.stop_reason
+                hand, Outcome.DROPPED, status=JobStatus.DROPPED, error=attempt.stop_reason
             )
-        elif self._outcome_unknown(attempt):
-            error = "an earlier attempt's outcome is unknown and past Resend's 24 h window"
-            await self._finish(job, Outcome.FAILED, status=JobStatus.FAILED, error=error)
+        elif self._past_window(attempt):
+            error = (
+                "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
+            )
+            await self._finish(hand, Outcome.FAILED, status=JobStatus.FAILED, error=error)
         else:
-            await self._send(job, attempt.previous_attempts + 1)
+            await self._send(hand, attempt.previous_attempts + 1)
 
-    def _outcome_unknown(self, attempt: Attempt) -> bool:
-        last = attempt.last_started_at_ms
-        return last is not None and self.clock() - last > IDEMPOTENCY_WINDOW_MS
+    def _past_window(self, attempt: Attempt) -> bool:
+        first = attempt.first_reached_at_ms
+        return first is not None and self.clock() - first > IDEMPOTENCY_WINDOW_MS
 
-    async def _send(self, job: EmailJob, attempts: int) -> None:
+    async def _send(self, hand: InHand, attempts: int) -> None:
+        job = hand.job
         assert job.rendered is not None  # queued jobs are rendered (else queued as failed)
+        email = outgoing(job.rendered, job)
         try:
-            provider_id = await self.mailer.send(outgoing(job.rendered, job), job.id)
+            provider_id = await self.mailer.send(email, job.id, max_wait_s=self.max_wait_s)
         except AlreadySent:
             provider_id = None
+        except NotSent as exc:
+            await self._defer(hand, str(exc), exc.retry_after_s)
+            return
         except TransientSendError as exc:
-            await self._retry_or_fail(job, attempts, str(exc), exc.retry_after_s)
+            await self._retry_or_fail(hand, attempts, str(exc), exc.retry_after_s)
             return
         except PermanentSendError as exc:
             await self._finish(
-                job, Outcome.FAILED, status=JobStatus.FAILED, error=str(exc), attempts=attempts
+                hand, Outcome.FAILED, status=JobStatus.FAILED, error=str(exc), attempts=attempts
             )
             return
-        await self._sent(job, attempts, provider_id)
+        await self._sent(hand, attempts, provider_id)
 
-    async def _sent(self, job: EmailJob, attempts: int, provider_id: str | None) -> None:
-        now = self.clock()
+    async def _sent(self, hand: InHand, attempts: int, provider_id: str | None) -> None:
+        job, now = hand.job, self.clock()
         sent = job.model_copy(
             update={
                 "status": JobStatus.SENT,
@@ -146,9 +190,12 @@ class Delivery:
             }
         )
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
-        await self.store.settle(sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry)
-        self.metrics.email(Outcome.SENT, due_at_ms=job.due_at, now_ms=now)
-        logger.info("email %s sent (attempt %d)", job.id, attempts)
+        settled = await self.store.settle(
+            sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry, token=hand.token
+        )
+        if settled is Settled.SETTLED:
+            self.metrics.email(Outcome.SENT, due_at_ms=job.due_at, now_ms=now)
+        logger.info("email %s sent (attempt %d)%s", job.id, attempts, _unless_settled(settled))
 
     def _outbox_entry(self, job: EmailJob) -> str:
         rendered = job.rendered
@@ -156,25 +203,54 @@ class Delivery:
         entry = {"job": job.id, "at": job.sent_at, **rendered.model_dump()}
         return json.dumps(entry, separators=(",", ":"))
 
+    async def _defer(self, hand: InHand, error: str, retry_after_s: float | None) -> None:
+        """The attempt never reached Resend: queue the job again, the attempt not counted."""
+        now = self.clock()
+        due = now + max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
+        job = hand.job.model_copy(update={"last_error": error, "due_at": due})
+        settled = await self.store.settle(
+            job,
+            Outcome.DEFER,
+            now_ms=now,
+            retry_at_ms=due,
+            token=hand.token,
+            attempt_started_at_ms=hand.started_at_ms,
+        )
+        self.metrics.email(Outcome.DEFER)
+        logger.info(
+            "email %s not sent (%s); again at %d%s", job.id, error, due, _unless_settled(settled)
+        )
+
     async def _retry_or_fail(
-        self, job: EmailJob, attempts: int, error: str, retry_after_s: float | None
+        self, hand: InHand, attempts: int, error: str, retry_after_s: float | None
     ) -> None:
+        job = hand.job
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or attempts > recovery.retries:
             await self._finish(
-                job, Outcome.FAILED, status=JobStatus.FAILED, error=error, attempts=attempts
+                hand, Outcome.FAILED, status=JobStatus.FAILED, error=error, attempts=attempts
             )
             return
         now = self.clock()
         due = now + retry_delay_ms(recovery, attempts, retry_after_s)
         again = job.model_copy(update={"attempts": attempts, "last_error": error, "due_at": due})
-        await self.store.settle(again, Outcome.RETRY, now_ms=now, retry_at_ms=due)
-        self.metrics.email(Outcome.RETRY)
-        logger.info("email %s attempt %d failed (%s); retry at %d", job.id, attempts, error, due)
+        settled = await self.store.settle(
+            again, Outcome.RETRY, now_ms=now, retry_at_ms=due, token=hand.token
+        )
+        if settled is Settled.SETTLED:
+            self.metrics.email(Outcome.RETRY)
+        logger.info(
+            "email %s attempt %d failed (%s); retry at %d%s",
+            job.id,
+            attempts,
+            error,
+            due,
+            _unless_settled(settled),
+        )
 
     async def _finish(
         self,
-        job: EmailJob,
+        hand: InHand,
         outcome: Outcome,
         *,
         status: JobStatus | None = None,
@@ -188,8 +264,20 @@ class Delivery:
             update["last_error"] = error
         if attempts is not None:
             update["attempts"] = attempts
-        final = job.model_copy(update=update)
+        final = hand.job.model_copy(update=update)
         now = self.clock()
-        await self.store.settle(final, outcome, now_ms=now)
-        self.metrics.email(outcome, due_at_ms=job.due_at, now_ms=now)
-        logger.info("email %s %s: %s", job.id, final.status.value, final.last_error or "-")
+        settled = await self.store.settle(final, outcome, now_ms=now, token=hand.token)
+        if settled is Settled.SETTLED:
+            self.metrics.email(outcome, due_at_ms=final.due_at, now_ms=now)
+        logger.info(
+            "email %s %s: %s%s",
+            final.id,
+            final.status.value,
+            final.last_error or "-",
+            _unless_settled(settled),
+        )
+
+
+def _unless_settled(settled: Settled) -> str:
+    """What a log line adds when settle wrote nothing (another worker's newer outcome stands)."""
+    return "" if settled is Settled.SETTLED else f" (not recorded: {settled.value})"

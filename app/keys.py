@@ -15,7 +15,9 @@ on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
 | `P{<uid>}:attempts`          | hash   | none                 | begin_attempt.lua     |
 | `P{<uid>}:timeline`          | list   | none (capped)        | every writer          |
 | `P:schedule`                 | zset   | none                 | intake, apply, claim  |
-| `P:leases`                   | zset   | none                 | claim.lua             |
+| `P:leases`                   | zset   | none                 | claim.lua, renew.lua  |
+| `P:lease_tokens`             | hash   | none                 | claim.lua             |
+| `P:lease_seq`                | string | none                 | claim.lua             |
 | `P:dead`                     | zset   | none                 | settle.lua            |
 | `P:outbox`                   | list   | none (capped)        | settle.lua            |
 | `P:suppressed`               | zset   | none                 | email_event.lua       |
@@ -41,7 +43,9 @@ worker's `claim.lua` reads `schedule` and `leases`.
 - `loops`: field `<loop_id>/<step>` holds that step's state as JSON (engine.StepState).
 - `jobs`: field `<job_id>` holds the email job as JSON (jobs.EmailJob), its rendered email included;
   it is also the user's send ledger: a job id is queued once and a sent job is never sent again.
-- `attempts`: `<job_id>` how many sends were started, `<job_id>@` when the last one started (ms).
+- `attempts`: `<job_id>` how many sends were started, `<job_id>@` when the last one started and
+  `<job_id>^` when the first one that may have reached Resend started (ms): Resend keeps an
+  idempotency key 24 h from then, so no attempt goes out blind after that.
 - `user` field `unsubscribed_at` (ms): no further loop email for this user.
 - `user` fields `suppressed_at` (ms) and `suppression` (`bounced` or `complained`): a Resend hard
   bounce or complaint stopped loop email for this user; `activation suppress remove` clears them.
@@ -49,7 +53,10 @@ worker's `claim.lua` reads `schedule` and `leases`.
 - `timeline`: the newest events first, JSON, capped at TIMELINE_LENGTH.
 - `schedule`: job ids by due time (epoch ms): `eval|<uid>` (look at the user's loops) and
   `email|<uid>|<loop>|<step>|<kind>` (send one email). `leases`: claimed job ids by lease expiry;
-  an expired lease (a crashed worker) puts the job back on the schedule. `dead`: email jobs that
+  an expired lease (a crashed or stalled worker) puts the job back on the schedule.
+  `lease_tokens`: each leased job's fencing token, the number `lease_seq` gave its claim; a worker
+  whose token no longer matches (its lease was taken back) can neither start an attempt nor settle
+  or apply anything but a send that happened. `dead`: email jobs that
   failed for good, by when; an operator retries them. `outbox`: emails "sent" without a Resend
   key, newest first, JSON.
 - `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read
@@ -128,6 +135,14 @@ class Keys:
     @property
     def leases(self) -> str:
         return f"{self.prefix}leases"
+
+    @property
+    def lease_tokens(self) -> str:
+        return f"{self.prefix}lease_tokens"
+
+    @property
+    def lease_seq(self) -> str:
+        return f"{self.prefix}lease_seq"
 
     @property
     def dead(self) -> str:

@@ -150,6 +150,11 @@ class Step:
     delay_ms: int
 
 
+# Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
+# and rate-limit deferrals, which move attempts later without counting as retries.
+MAX_RETRY_SPAN_MS = 12 * 3600 * 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Recovery:
     """How a failed email is retried: `retries` more attempts, waits growing by `backoff`."""
@@ -158,6 +163,10 @@ class Recovery:
     backoff: Backoff
     initial_delay_ms: int
     max_delay_ms: int
+
+    def span_ms(self) -> int:
+        """The longest time from the first attempt to the start of the last retry (jitter +20 %)."""
+        return sum(self.delay_ms(retry) for retry in range(1, self.retries + 1)) * 6 // 5
 
     def delay_ms(self, retry: int) -> int:
         """The wait before retry number `retry` (1 = the first retry), at most `max_delay_ms`."""
@@ -388,7 +397,7 @@ class RecoverySpec(_Spec):
 
     model_config = ConfigDict(title="Recovery")
 
-    retries: int = Field(3, ge=0, description="Retries after the first attempt fails.")
+    retries: int = Field(3, ge=0, le=50, description="Retries after the first attempt fails.")
     backoff: Literal["exponential", "linear", "fixed"] = "exponential"
     initial_delay: Duration = Field("10s", description="The wait before the first retry.")
     max_delay: Duration = Field("1h", description="The longest wait between attempts.")
@@ -619,7 +628,17 @@ def _recovery(spec: RecoverySpec) -> Recovery:
     if initial_delay_ms > max_delay_ms:
         reason = f"{spec.initial_delay!r} is longer than max_delay {spec.max_delay!r}"
         raise _Invalid("recovery.initial_delay", reason)
-    return Recovery(spec.retries, Backoff(spec.backoff), initial_delay_ms, max_delay_ms)
+    recovery = Recovery(spec.retries, Backoff(spec.backoff), initial_delay_ms, max_delay_ms)
+    span_ms = recovery.span_ms()
+    if span_ms > MAX_RETRY_SPAN_MS:
+        reason = (
+            f"{spec.retries} retries ({spec.backoff}, {spec.initial_delay} up to {spec.max_delay}) "
+            f"span {span_ms / 3_600_000:.1f} h with jitter; the last retry must start within "
+            f"{MAX_RETRY_SPAN_MS // 3_600_000} h of the first attempt (Resend forgets an "
+            "idempotency key after 24 h: a later retry could send the email twice)"
+        )
+        raise _Invalid("recovery", reason)
+    return recovery
 
 
 def _check_templates(loop: Loop, templates_dir: Path) -> None:

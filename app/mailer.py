@@ -4,8 +4,12 @@ This module is the only one that touches the `resend` SDK's module globals (API 
 async HTTP client). Resend's failures enter here and leave as these types:
 
     SendError (ActivationError)
-    ├── TransientSendError   429, 5xx, 408, 409 concurrent_idempotent_requests, timeouts,
-    │                        refused or dropped connections: retry later (`retry_after_s`)
+    ├── TransientSendError   5xx, 408, timeouts, refused or dropped connections: retry later
+    │   │                    (`retry_after_s`); counts as one of the loop's retries
+    │   └── NotSent          the request did not reach Resend's sending at all: 429, 409
+    │                        concurrent_idempotent_requests (an earlier attempt is in flight),
+    │                        or our own rate limit's next slot is too far off: tried again
+    │                        later without using up a retry
     └── PermanentSendError   every other 4xx: 400/422 bad payload, 401/403 bad key: dead-letter
     AlreadySent (ActivationError)
                              409 invalid_idempotent_request: an earlier attempt with this
@@ -54,6 +58,11 @@ class TransientSendError(SendError):
         self.retry_after_s = retry_after_s
 
 
+class NotSent(TransientSendError):
+    """This request was not taken (rate limited, or the same key is in flight): try again after
+    `retry_after_s` without counting an attempt."""
+
+
 class PermanentSendError(SendError):
     """The same request will fail again: the payload or the API key is wrong."""
 
@@ -100,14 +109,19 @@ class RateLimiter:
         self._next_start_s = -math.inf
         self._held_until_s = -math.inf
 
-    async def acquire(self) -> None:
+    async def acquire(self, max_wait_s: float = math.inf) -> float:
+        """Wait for a start slot and return 0.0; or, when the slot is more than `max_wait_s`
+        away, take none and return how far away it is (the caller comes back later)."""
         while True:
             now_s = self._clock()
+            wait_s = max(now_s, self._next_start_s) - now_s
+            if wait_s > max_wait_s:
+                return wait_s
             start_s = self._take_slot(now_s)
             if start_s > now_s:
                 await self._sleep(start_s - now_s)
             if start_s >= self._held_until_s:
-                return
+                return 0.0
             # a 429 came while this caller waited (the worker's other lanes send too): its slot
             # falls inside the hold-off, so it takes the next one after it
 
@@ -187,10 +201,17 @@ class ResendMailer:
     def __repr__(self) -> str:
         return f"ResendMailer(api_url={self.api_url!r}, timeout_s={self.http_client.timeout_s})"
 
-    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str:
-        """Send `email`; return Resend's email id. Raises the types drawn in the docstring."""
+    async def send(
+        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
+    ) -> str:
+        """Send `email`; return Resend's email id. Raises the types drawn in the docstring;
+        `NotSent` when the rate limit's next slot is more than `max_wait_s` away."""
         _check_idempotency_key(idempotency_key)
-        await self.rate_limiter.acquire()
+        wait_s = await self.rate_limiter.acquire(max_wait_s)
+        if wait_s > 0:
+            raise NotSent(
+                f"rate limit: the next send slot is {wait_s:.1f} s away", retry_after_s=wait_s
+            )
         try:
             response = await self._call_sdk(_send_params(email), idempotency_key)
         except _TransportFailure as exc:
@@ -237,8 +258,10 @@ def translate(exc: ResendError, idempotency_key: str) -> ActivationError:
     message = f"Resend answered {status} {exc.error_type}: {redact(exc.message)}"
     if status == 409 and exc.error_type == "invalid_idempotent_request":
         return AlreadySent(idempotency_key)
-    if status in (408, 409, 429) or status >= 500:
-        retry_after_s = parse_retry_after(exc.headers)
+    retry_after_s = parse_retry_after(exc.headers)
+    if status == 429 or (status == 409 and exc.error_type == "concurrent_idempotent_requests"):
+        return NotSent(message, status=status, retry_after_s=retry_after_s)
+    if status in (408, 409) or status >= 500:
         return TransientSendError(message, status=status, retry_after_s=retry_after_s)
     return PermanentSendError(message, status=status)
 

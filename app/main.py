@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -119,7 +120,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         "loops": loops_check(runtime.loops),
         "worker": worker_check(settings, worker),
     }
-    task = asyncio.create_task(worker.run()) if settings.worker_in_process else None
+    task = start_worker(worker) if settings.worker_in_process else None
+    app.state.worker_task = task
     try:
         with startup_frozen():
             yield
@@ -144,17 +146,39 @@ def loops_check(loops: dict[str, Loop]) -> Callable[[], Awaitable[None]]:
 
 
 def worker_check(settings: Settings, worker: Worker) -> Callable[[], Awaitable[None]]:
-    """Readiness of the in-process worker: it looked at the schedule recently."""
-    stale_after_ms = int((settings.worker_idle_s + 30) * 1000)
+    """Readiness of the in-process worker: not failing, and it looked at the schedule recently
+    (a worker failing says so at once; one stuck says so within two idle periods)."""
+    stale_after_ms = int((settings.worker_idle_s + min(settings.worker_idle_s, 30)) * 1000)
 
     async def check() -> None:
         if not settings.worker_in_process:
             return  # a separate `activation worker` process; it is watched on its own
+        if worker.failing_since_ms is not None:
+            since = datetime.fromtimestamp(worker.failing_since_ms / 1000, UTC).isoformat()
+            raise RuntimeError(f"failing since {since}: {worker.last_error}")
+        if worker.stopped_by is not None:
+            raise RuntimeError(f"stopped: {worker.stopped_by}")
         last = worker.last_loop_at_ms
         if last is None or worker.clock() - last > stale_after_ms:
             raise RuntimeError("in-process worker has not looked at the schedule recently")
 
     return check
+
+
+def start_worker(worker: Worker) -> "asyncio.Task[None]":
+    """The in-process worker as a task whose end, other than by `stop()`, is logged loudly and
+    reported by readiness (its loop catches every exception: this is for what it cannot)."""
+    task = asyncio.create_task(worker.run())
+
+    def ended(done: "asyncio.Task[None]") -> None:
+        if done.cancelled() or worker.stopping:
+            return
+        error = done.exception()
+        worker.stopped_by = repr(error) if error is not None else "returned"
+        logger.critical("the in-process worker ended: %s", worker.stopped_by, exc_info=error)
+
+    task.add_done_callback(ended)
+    return task
 
 
 async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None:

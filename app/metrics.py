@@ -78,6 +78,17 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
+        self.worker_errors = Counter(
+            "activation_worker_errors",
+            "Worker failures: a claim (`stage=claim`, the worker backs off) or one job (`job`)",
+            ["stage", "kind"],
+            registry=reg,
+        )
+        self.clock_skew = Gauge(
+            "activation_clock_skew_seconds",
+            "This machine's clock minus Redis's (TIME) at the last sync; the service uses Redis's",
+            registry=reg,
+        )
         self.schedule_jobs = Gauge(
             "activation_schedule_jobs",
             "Jobs on the schedule (queue depth), read at scrape",
@@ -93,12 +104,15 @@ class Metrics:
 
     def _zeros(self) -> None:
         """Export the fixed label sets at 0 from the start, so rates and alerts have a series."""
-        for outcome in ("sent", "retry", "failed", "dropped"):
+        for outcome in ("sent", "retry", "failed", "dropped", "defer"):
             self.emails.labels(outcome)
         for outcome in ("accepted", "duplicate"):
             self.actions.labels(outcome)
         for kind in ("unavailable", "error"):
             self.storage_errors.labels(kind)
+        for stage in ("claim", "job"):
+            for kind in ("unavailable", "error", "other"):
+                self.worker_errors.labels(stage, kind)
 
     def __repr__(self) -> str:
         return f"Metrics(registry={id(self.registry):#x})"
@@ -136,6 +150,22 @@ class Metrics:
     def storage_error(self, exc: StorageError) -> None:
         kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"
         self.storage_errors.labels(kind).inc()
+
+    def worker_failure(self, exc: Exception) -> None:
+        """A claim failed: the worker backs off and tries again."""
+        self._worker_error("claim", exc)
+
+    def job_failure(self, exc: Exception) -> None:
+        """One job failed: its lease brings it back later."""
+        self._worker_error("job", exc)
+
+    def _worker_error(self, stage: str, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            self.storage_error(exc)
+            kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"
+        else:
+            kind = "other"
+        self.worker_errors.labels(stage, kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -111,7 +111,20 @@ class Settings(BaseSettings):
             raise ValueError("UPSTASH_REDIS_REST_TOKEN is set but UPSTASH_REDIS_REST_URL is not")
         if self.resend_api_key is not None and not self.email_from:
             raise ValueError("EMAIL_FROM is required when RESEND_API_KEY is set")
+        self._lease_outlives_an_attempt()
         return self
+
+    def _lease_outlives_an_attempt(self) -> None:
+        """One send attempt (a rate-limit wait of at most a quarter of the lease, the request,
+        a storage call on either side) must end well inside its lease: renewals then only cover
+        slow claims, and a worker that misses them is fenced off, never racing a newer one."""
+        attempt_s = self.resend_timeout_s + 2 * self.storage_timeout_s
+        if self.worker_lease_s < 2 * attempt_s:
+            raise ValueError(
+                f"WORKER_LEASE_S ({self.worker_lease_s:g}) must be at least twice "
+                f"RESEND_TIMEOUT_S + 2 x STORAGE_TIMEOUT_S ({attempt_s:g} s), so a send can "
+                "never outlive its lease"
+            )
 
     @property
     def storage_kind(self) -> StorageKind:

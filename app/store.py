@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from app.connections import Connection, NoScript
 from app.engine import ActionStats, StepState
@@ -23,6 +23,8 @@ from app.users import UserProfile
 from app.wire import CommandArg
 
 logger = logging.getLogger(__name__)
+
+AnswerT = TypeVar("AnswerT", bound=StrEnum)
 
 # Upstash refuses a request over 1 MB (its smallest plan's limit); stay well under it.
 MAX_SCRIPT_PAYLOAD_BYTES = 512 * 1024
@@ -52,6 +54,7 @@ RECORD_ACTIONS = Script.load("record_actions")
 SNAPSHOT = Script.load("snapshot")
 APPLY = Script.load("apply")
 CLAIM = Script.load("claim")
+RENEW = Script.load("renew")
 BEGIN_ATTEMPT = Script.load("begin_attempt")
 SETTLE = Script.load("settle")
 UNSUBSCRIBE = Script.load("unsubscribe")
@@ -122,10 +125,10 @@ class UserRecord:
 class Attempt:
     """An email job about to be sent, and what decides whether it may be."""
 
-    job: EmailJob | None
-    previous_attempts: int
-    last_started_at_ms: int | None
-    unsubscribed: bool
+    job: EmailJob | None  # None: its user was deleted
+    previous_attempts: int = 0
+    first_reached_at_ms: int | None = None  # the first attempt that may have reached Resend
+    unsubscribed: bool = False
     suppressed: bool = False
 
     @property
@@ -141,14 +144,34 @@ class Outcome(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     DROPPED = "dropped"
+    DEFER = "defer"  # the attempt never reached Resend: queued again, not counted as an attempt
+
+
+class Settled(StrEnum):
+    """What `settle` did (settle.lua's one-word answers)."""
+
+    SETTLED = "settled"
+    GONE = "gone"  # the user was deleted meanwhile
+    FINAL = "final"  # the job had already ended (sent, or ended under this lease): nothing written
+    STALE = "stale"  # another worker holds the job now: nothing written
+
+
+class Applied(StrEnum):
+    """What `apply_decisions` did (apply.lua's one-word answers)."""
+
+    APPLIED = "applied"
+    CONFLICT = "conflict"  # the user changed since the snapshot: evaluate again
+    STALE = "stale"  # another worker holds the evaluation now
+    DELETED = "deleted"  # the user was deleted
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Jobs claimed under a lease, and when the schedule next needs a look."""
+    """Jobs claimed under one fenced lease (`token`), and when the schedule next needs a look."""
 
     job_ids: list[str]
     wake_at_ms: int | None
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +365,10 @@ class Store:
         timeline: Sequence[str],
         wake_at_ms: int | None,
         counters: Sequence[Counter] = (),
-    ) -> bool:
-        """Write the engine's decisions unless the user changed meanwhile (then False)."""
+        token: str = "",
+    ) -> Applied:
+        """Write the engine's decisions unless the user changed meanwhile, was deleted, or the
+        evaluation's lease (`token`; "" = none held) was taken over."""
         keys = [
             self.keys.activity(user_id),
             self.keys.loops(user_id),
@@ -351,10 +376,12 @@ class Store:
             self.keys.timeline(user_id),
             self.keys.schedule,
             self.keys.leases,
+            self.keys.tombstone(user_id),
+            self.keys.lease_tokens,
         ]
         stats_keys = list(dict.fromkeys(self.keys.stats(counter.loop_id) for counter in counters))
         keys += stats_keys
-        args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH]
+        args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH, token]
         args.append(len(states))
         for name, state in states.items():
             args += [name, state.model_dump_json()]
@@ -368,24 +395,52 @@ class Store:
                 counter.field,
                 counter.by,
             ]
-        reply = await self.run(APPLY, keys, args)
-        return bool(reply == "applied")
+        return _as_enum(Applied, APPLY, await self.run(APPLY, keys, args))
+
+    def _lease_keys(self) -> list[str]:
+        return [self.keys.schedule, self.keys.leases, self.keys.lease_tokens, self.keys.lease_seq]
 
     async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> Claim:
-        """Take due jobs under a lease (expired leases first go back on the schedule)."""
-        keys = [self.keys.schedule, self.keys.leases]
-        wake_at, *job_ids = await self.run(CLAIM, keys, [now_ms, lease_ms, limit])
-        return Claim(job_ids=[str(job) for job in job_ids], wake_at_ms=_int_or_none(wake_at))
+        """Take due jobs under one fenced lease (expired leases first go back on the schedule)."""
+        args: list[CommandArg] = [now_ms, lease_ms, limit]
+        wake_at, token, *job_ids = await self.run(CLAIM, self._lease_keys(), args)
+        return Claim(
+            job_ids=[str(job) for job in job_ids],
+            wake_at_ms=_int_or_none(wake_at),
+            token=str(token) if token is not None else "",
+        )
 
-    async def begin_attempt(self, job_id: str, *, now_ms: int) -> Attempt:
+    async def renew_leases(
+        self, job_ids: Sequence[str], *, token: str, now_ms: int, lease_ms: int
+    ) -> int:
+        """Extend the leases of a claim's jobs still in hand; returns how many were extended."""
+        if not job_ids:
+            return 0
+        keys = [self.keys.leases, self.keys.lease_tokens]
+        args: list[CommandArg] = [now_ms + lease_ms, token, *job_ids]
+        return int(await self.run(RENEW, keys, args))
+
+    async def begin_attempt(self, job_id: str, *, token: str, now_ms: int) -> Attempt | None:
+        """Count one send attempt under the lease `token`; None when another worker holds the job
+        now (do nothing), an `Attempt` without a job when its user was deleted."""
         uid = job_user(job_id)
-        keys = [self.keys.jobs(uid), self.keys.attempts(uid), self.keys.user(uid), self.keys.leases]
-        reply = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms])
-        job, before, last, unsubscribed, suppressed = reply
+        keys = [
+            self.keys.jobs(uid),
+            self.keys.attempts(uid),
+            self.keys.user(uid),
+            self.keys.leases,
+            self.keys.lease_tokens,
+        ]
+        status, *reply = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms, token])
+        if status == "stale":
+            return None
+        if status == "gone":
+            return Attempt(job=None)
+        job, before, first, unsubscribed, suppressed = reply
         return Attempt(
-            job=EmailJob.model_validate_json(job) if job else None,
+            job=EmailJob.model_validate_json(job),
             previous_attempts=int(before),
-            last_started_at_ms=_int_or_none(last),
+            first_reached_at_ms=_int_or_none(first),
             unsubscribed=unsubscribed is not None,
             suppressed=suppressed is not None,
         )
@@ -398,8 +453,14 @@ class Store:
         now_ms: int,
         retry_at_ms: int | None = None,
         outbox_entry: str = "",
-    ) -> bool:
-        """Record the job's outcome and release its lease; False when its user is gone."""
+        token: str = "",
+        attempt_started_at_ms: int | None = None,
+    ) -> Settled:
+        """Record the job's outcome under the lease `token` ("" = none held) and release it.
+
+        A send lands whatever the lease (it happened); any other outcome only from the lease's
+        holder, and nothing overwrites a sent job (see settle.lua). `attempt_started_at_ms`, with
+        DEFER: the attempt that never reached Resend, which is then not counted."""
         uid = job.user_id
         keys = [
             self.keys.jobs(uid),
@@ -410,6 +471,8 @@ class Store:
             self.keys.outbox,
             self.keys.stats(job.loop_id),
             self.keys.daily(utc_day(now_ms)),
+            self.keys.lease_tokens,
+            self.keys.attempts(uid),
         ]
         entry = timeline_entry(
             now_ms,
@@ -431,8 +494,10 @@ class Store:
             job.loop_id,
             send_counter(job),
             DAILY_TTL_S,
+            token,
+            attempt_started_at_ms if attempt_started_at_ms is not None else "",
         ]
-        return bool(await self.run(SETTLE, keys, args) == "settled")
+        return _as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
     async def unsubscribe(self, user_id: str, *, now_ms: int) -> int:
         """Stop loop email for the user; queued jobs are dropped. Returns how many."""
@@ -442,6 +507,7 @@ class Store:
             self.keys.jobs(user_id),
             self.keys.schedule,
             self.keys.timeline(user_id),
+            self.keys.tombstone(user_id),
         ]
         args: list[CommandArg] = [now_ms, timeline_entry(now_ms, "unsubscribed"), TIMELINE_LENGTH]
         for job in record.jobs.values():
@@ -566,8 +632,13 @@ class Store:
 
 
 def _as_write(script: Script, reply: object) -> UserWrite:
+    return _as_enum(UserWrite, script, reply)
+
+
+def _as_enum(kind: type[AnswerT], script: Script, reply: object) -> AnswerT:
+    """A script's one-word answer as its enum; anything else is a bug: StorageError."""
     try:
-        return UserWrite(str(reply))
+        return kind(str(reply))
     except ValueError:
         raise StorageError(f"script {script.name} answered {reply!r}") from None
 

@@ -1,16 +1,22 @@
-"""The worker: claims due jobs from the durable schedule under a lease and runs them.
+"""The worker: claims due jobs from the durable schedule under a fenced lease and runs them.
 
 Two kinds of job: `eval|<uid>` (run the engine on one user and apply its decisions) and
 `email|...` (send one email, handled by the delivery module). A crashed worker's jobs come back
-when their lease runs out; any number of workers may run at once. Idle, it sleeps until the next
-due job or `idle_s`, whichever is sooner; `wake()` cuts the sleep short when new work arrives.
+when their lease runs out; leases of jobs still in hand are renewed, and a worker whose lease was
+taken over anyway can no longer write (the claim's token fences it). Any number of workers may run
+at once. Idle, it sleeps until the next due job or `idle_s`, whichever is sooner; `wake()` cuts the
+sleep short when new work arrives.
+
+It cannot die of what happens to it: any exception of a claim or a job is logged, counted and
+backed off (capped exponential, with jitter), and `failing_since_ms`/`last_error` tell readiness.
 """
 
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
@@ -22,14 +28,14 @@ from app.loops import Loop
 from app.messages import Composer
 from app.metrics import Metrics
 from app.stats import late_activations, step_counters
-from app.store import Claim, Store, UserRecord, timeline_entry
+from app.store import Applied, Claim, Store, UserRecord, timeline_entry
 from app.templates import TemplateRenderError
 
 logger = logging.getLogger(__name__)
 
 MAX_CONFLICTS = 5
 NO_ADDRESS = "the user has no primary email address"
-EmailHandler = Callable[[str], Awaitable[None]]
+EmailHandler = Callable[[str, str], Awaitable[None]]  # (job id, lease token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +64,29 @@ class Evaluator:
         self.clock = clock
         self.metrics = metrics or Metrics()
 
-    async def run(self, user_id: str) -> Decisions | None:
+    async def run(self, user_id: str, token: str = "") -> Decisions | None:
+        """Evaluate under the lease `token`; None when nothing was applied (another worker took
+        the evaluation over, the user was deleted, or kept changing)."""
         for _ in range(MAX_CONFLICTS):
             record = await self.store.snapshot(user_id)
             now = self.clock()
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)
-            if await self._apply(record, decisions, now):
+            applied = await self._apply(record, decisions, now, token)
+            if applied is Applied.APPLIED:
                 log_decisions(user_id, decisions)
                 self.metrics.transitions(decisions)
                 return decisions
+            if applied is not Applied.CONFLICT:
+                logger.info("user %s not evaluated: %s", user_id, applied.value)
+                return None
         logger.warning(
             "user %s changed %d times while evaluated; lease left", user_id, MAX_CONFLICTS
         )
         return None
 
-    async def _apply(self, record: UserRecord, decisions: Decisions, now: int) -> bool:
+    async def _apply(
+        self, record: UserRecord, decisions: Decisions, now: int, token: str
+    ) -> Applied:
         uid = record.user_id
         jobs = [self._new_job(record, order, now) for order in decisions.emails]
         timeline = [
@@ -90,6 +104,7 @@ class Evaluator:
             timeline=timeline,
             wake_at_ms=decisions.wake_at,
             counters=step_counters(self.loops.values(), record.steps, decisions.transitions, late),
+            token=token,
         )
 
     def _new_job(self, record: UserRecord, order: EmailOrder, now: int) -> EmailJob:
@@ -130,6 +145,23 @@ def log_decisions(user_id: str, decisions: Decisions) -> None:
         logger.info("user %s step %s: %s", user_id, name, state.status.value)
 
 
+class Backoff:
+    """Capped exponential waits with jitter (half to all of the step): 0.5 s, 1 s, 2 s, ..."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.step_s = first_s
+
+    def next_s(self) -> float:
+        wait_s = self.step_s * (0.5 + random.random() / 2)
+        self.step_s = min(self.step_s * 2, self.cap_s)
+        return wait_s
+
+    def reset(self) -> None:
+        self.step_s = self.first_s
+
+
 class Worker:
     """Claims due jobs and runs them; `run()` until stopped, or `drain()` in burst mode."""
 
@@ -153,14 +185,24 @@ class Worker:
         self.busy = busy or (lambda: False)
         self.jobs_done = 0
         self.last_loop_at_ms: int | None = None
+        self.failing_since_ms: int | None = None  # the first of the failures going on now
+        self.last_error: str | None = None
+        self.stopped_by: str | None = None  # why `run()` ended other than by `stop()`, if it did
         self._wake = asyncio.Event()
         self._stopping = False
 
     def __repr__(self) -> str:
-        return f"Worker(jobs_done={self.jobs_done}, last_loop_at_ms={self.last_loop_at_ms})"
+        return (
+            f"Worker(jobs_done={self.jobs_done}, last_loop_at_ms={self.last_loop_at_ms}, "
+            f"failing_since_ms={self.failing_since_ms})"
+        )
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """Finish the job in hand, then return from `run()`."""
@@ -174,31 +216,59 @@ class Worker:
             now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
         )
         self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
-        await self._run_jobs(claim.job_ids)
+        await self._run_jobs(claim)
         return claim
 
-    async def _run_jobs(self, job_ids: Sequence[str]) -> None:
+    async def _run_jobs(self, claim: Claim) -> None:
         """The jobs in up to `concurrency` lanes: one job's round trips no longer wait for the
         previous job's, and the Redis calls the lanes make together leave in one write.
 
         Jobs are independent (any number of workers may run at once; a user's changes are
         rev-checked). While `busy()` (the web process is serving requests) only the first lane
         starts jobs. After a stop or a storage outage no lane starts another: the jobs in hand
-        finish, the outage is raised, and leases bring the rest back."""
-        pending = deque(job_ids)
+        finish, the outage is raised, and leases bring the rest back. Meanwhile the leases of
+        the claim's jobs not yet finished are renewed every third of the lease."""
+        pending = deque(claim.job_ids)
+        unfinished = set(claim.job_ids)
         failed: list[StorageUnavailable] = []
 
         async def lane(first: bool) -> None:
             while pending and not (self._stopping or failed or (not first and self.busy())):
+                job_id = pending.popleft()
                 try:
-                    await self.handle(pending.popleft())
+                    await self.handle(job_id, claim.token)
                 except StorageUnavailable as exc:
                     failed.append(exc)
+                finally:
+                    unfinished.discard(job_id)
 
-        lanes = min(self.config.concurrency, len(job_ids))
-        await asyncio.gather(*(lane(first=i == 0) for i in range(lanes)))
+        lanes = min(self.config.concurrency, len(claim.job_ids))
+        with self._leases_kept(claim, unfinished):
+            await asyncio.gather(*(lane(first=i == 0) for i in range(lanes)))
         if failed:
             raise failed[0]
+
+    @contextlib.contextmanager
+    def _leases_kept(self, claim: Claim, unfinished: set[str]) -> Iterator[None]:
+        if not claim.job_ids:
+            yield
+            return
+        keeper = asyncio.ensure_future(self._keep_leases(claim.token, unfinished))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+
+    async def _keep_leases(self, token: str, unfinished: set[str]) -> None:
+        lease_ms = self.config.lease_ms
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            try:
+                await self.store.renew_leases(
+                    sorted(unfinished), token=token, now_ms=self.clock(), lease_ms=lease_ms
+                )
+            except Exception as exc:  # a missed renewal is survivable: the next one may do
+                logger.warning("worker: leases not renewed: %s", exc)
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """Burst mode: run until nothing is due now; returns how many jobs ran."""
@@ -209,22 +279,37 @@ class Worker:
         return self.jobs_done - before
 
     async def run(self) -> None:
-        backoff_s = 0.5
+        """Claim and run jobs until `stop()`: whatever fails, it logs, backs off and goes on."""
+        backoff = Backoff(0.5, self.config.max_backoff_s)
         while not self._stopping:
             self._wake.clear()  # a wake() from here on cuts the next sleep short
             try:
                 claim = await self.run_once()
-                backoff_s = 0.5
-            except StorageUnavailable as exc:
-                self.metrics.storage_error(exc)
-                logger.warning(
-                    "worker: storage unavailable (%s); retrying in %.1fs", exc, backoff_s
-                )
-                await self._sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.config.max_backoff_s)
+            except Exception as exc:
+                wait_s = backoff.next_s()
+                self._failing(exc, wait_s)
+                await self._sleep(wait_s)
                 continue
+            backoff.reset()
+            self._recovered()
             if not claim.job_ids:
                 await self._sleep(self._idle_seconds(claim.wake_at_ms))
+
+    def _failing(self, exc: Exception, wait_s: float) -> None:
+        if self.failing_since_ms is None:
+            self.failing_since_ms = self.clock()
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.metrics.worker_failure(exc)
+        if isinstance(exc, StorageError):
+            logger.warning("worker: %s; retrying in %.1f s", self.last_error, wait_s)
+        else:
+            logger.error("worker: %s; retrying in %.1f s", self.last_error, wait_s, exc_info=exc)
+
+    def _recovered(self) -> None:
+        if self.failing_since_ms is not None:
+            logger.info("worker: recovered after failing since %d", self.failing_since_ms)
+        self.failing_since_ms = None
+        self.last_error = None
 
     def _idle_seconds(self, wake_at_ms: int | None) -> float:
         if wake_at_ms is None:
@@ -235,18 +320,18 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
-    async def handle(self, job_id: str) -> None:
+    async def handle(self, job_id: str, token: str = "") -> None:
+        """Run one job under the claim's lease `token`; a failure other than an outage is
+        logged and counted, and the lease brings the job back later."""
         try:
             if job_id.startswith("eval|"):
-                await self.evaluator.run(job_user(job_id))
+                await self.evaluator.run(job_user(job_id), token)
             elif self.send_email is not None:
-                await self.send_email(job_id)
+                await self.send_email(job_id, token)
             self.jobs_done += 1
         except StorageUnavailable:
             raise
-        except StorageError as exc:
-            self.metrics.storage_error(exc)
-            logger.exception("job %s failed", job_id)  # its lease brings it back later
-        except Exception:
+        except Exception as exc:
             # one bad job must not stop the others; its lease brings it back later
+            self.metrics.job_failure(exc)
             logger.exception("job %s failed", job_id)

@@ -208,8 +208,8 @@ class DiesAfterSending:
         self.inner = inner
         self.deaths = 1
 
-    async def send(self, email: OutgoingEmail, idempotency_key: str) -> str:
-        provider_id: str = await self.inner.send(email, idempotency_key)
+    async def send(self, email: OutgoingEmail, idempotency_key: str, **options: Any) -> str:
+        provider_id: str = await self.inner.send(email, idempotency_key, **options)
         if self.deaths:
             self.deaths -= 1
             raise RuntimeError("worker killed after Resend accepted")

@@ -359,6 +359,19 @@ def test_a_loop_cannot_be_changed_after_loading(tmp_path: Path) -> None:
             "recovery.initial_delay",
             "'2h' is longer than max_delay '1h'",
         ),
+        # retries that would outlast Resend's 24 h idempotency window
+        (
+            {"recovery": {"retries": 20, "max_delay": "1d"}},
+            "recovery",
+            "20 retries (exponential, 10s up to 1d) span 227.4 h with jitter; the last retry must "
+            "start within 12 h of the first attempt (Resend forgets an idempotency key after "
+            "24 h: a later retry could send the email twice)",
+        ),
+        (
+            {"recovery": {"retries": 51}},
+            "recovery.retries",
+            "Input should be less than or equal to 50",
+        ),
         # unknown keys, at every level, with a hint
         ({"opinon": "x"}, "opinon", "unknown key; did you mean 'opinion'?"),
         ({"colour": "blue"}, "colour", "unknown key; allowed here: type, opinion, steps, recovery"),

@@ -79,6 +79,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ({"storage_timeout_s": 0}, "greater than 0"),
         ({"webhook_dedupe_ttl_s": 3600}, "greater than or equal"),
         ({"worker_concurrency": 0}, "greater than or equal"),
+        # one send (10 s + a storage call on each side) could outlive a 20 s lease
+        ({"worker_lease_s": 20}, r"WORKER_LEASE_S \(20\) must be at least twice"),
+        ({"resend_timeout_s": 30}, "RESEND_TIMEOUT_S"),
     ],
 )
 def test_unsafe_configuration_is_refused(values: dict[str, Any], message: str) -> None:

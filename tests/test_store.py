@@ -10,7 +10,7 @@ from app.connections import connect
 from app.engine import StepState, StepStatus
 from app.keys import Keys
 from app.settings import Settings
-from app.store import RECORD_USER, Claim, NewAction, Store, UserWrite
+from app.store import RECORD_USER, Applied, Claim, NewAction, Store, UserWrite
 from app.users import UserProfile
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
@@ -200,19 +200,26 @@ async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> 
     applied = await store.apply_decisions(
         "user_c", rev=old.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=None
     )
-    assert not applied
+    assert applied is Applied.CONFLICT
     assert (await store.snapshot("user_c")).steps == {}
 
 
 async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(store: Store) -> None:
     await store.record_actions([NewAction("user_w", "x", 10)], now_ms=100, tracked={})
-    await store.claim_due(now_ms=100, lease_ms=60_000, limit=10)
+    lease = await store.claim_due(now_ms=100, lease_ms=60_000, limit=10)
     record = await store.snapshot("user_w")
     state = StepState(status=StepStatus.WAITING, started_at=100, deadline_at=400)
 
-    assert await store.apply_decisions(
-        "user_w", rev=record.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=400
+    applied = await store.apply_decisions(
+        "user_w",
+        rev=record.rev,
+        states={"l/0": state},
+        jobs=[],
+        timeline=[],
+        wake_at_ms=400,
+        token=lease.token,
     )
+    assert applied is Applied.APPLIED
     assert (await store.snapshot("user_w")).steps == {"l/0": state}
     claim = await store.claim_due(now_ms=200, lease_ms=60_000, limit=10)
     assert claim == Claim(job_ids=[], wake_at_ms=400)  # lease settled, next look at the deadline

@@ -114,7 +114,7 @@ class CountingEvaluator:
         self.most_at_once = 0
         self.done: list[str] = []
 
-    async def run(self, user_id: str) -> None:
+    async def run(self, user_id: str, token: str = "") -> None:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:

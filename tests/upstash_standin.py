@@ -31,8 +31,9 @@ Knobs on ``app.state`` (plain attributes; set them from the test, `reset()` rest
 * ``fault``: ``None`` (default) answers normally. ``"hang"`` answers nothing until the client
   disconnects (e.g. its timeout fires) or ``hang_s`` seconds pass, then a 504. A string of digits
   such as ``"500"`` or ``"503"`` answers that status with an HTML body, like a proxy in front of
-  Upstash would. Faults apply before the token check. For "connection refused", point the client
-  at a free port nobody listens on instead.
+  Upstash would. ``"error:<text>"`` answers ``400 {"error": "<text>"}``, an error of Upstash's
+  own such as ``ERR max requests limit exceeded ...``. Faults apply before the token check. For
+  "connection refused", point the client at a free port nobody listens on instead.
 * ``fault_remaining``: ``None`` (default) keeps the fault on; an int N applies it to the next N
   requests only, then clears ``fault`` (e.g. fail once, then let the client's retry through).
 * ``hang_s``: the longest a ``"hang"`` lasts (default 30.0 seconds).
@@ -192,6 +193,8 @@ async def answer_fault(request: Request, fault: str, hang_s: float) -> Response:
     if fault.isdigit():
         status = int(fault)
         return HTMLResponse(f"<html><body>{status} injected fault</body></html>", status)
+    if fault.startswith("error:"):  # an error reply of Upstash's own (its request limits)
+        return JSONResponse({"error": fault.removeprefix("error:")}, 400)
     raise ValueError(f"unknown fault {fault!r}; use None, 'hang' or an HTTP status like '500'")
 
 

@@ -6,6 +6,6 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 or redis.call('HEXISTS', KEYS[3], A
   return 0
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. '@')
+redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. '@', ARGV[1] .. '^')
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return 1
