@@ -1,10 +1,91 @@
-"""The one source of time: an injected callable returning epoch milliseconds."""
+"""The one source of time: an injected callable returning epoch milliseconds.
 
+In a running service that callable is a `ServerClock`: Redis's own clock (TIME), read when the
+process starts and every few minutes, and advanced in between by this machine's monotonic clock.
+Every process of the service (web, workers) thus stamps events, judges deadlines and leases on the
+same clock, whatever their machines' clocks say; a machine's skew is measured, logged and exported.
+Tests and the simulator inject clocks of their own.
+"""
+
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+RESYNC_S = 600.0  # a monotonic clock drifts by parts per million: minutes apart is plenty
+RETRY_S = 15.0  # after a failed sync
+SKEW_WARNING_MS = 1000
 
 
 def system_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class ServerClock:
+    """Epoch ms on the storage server's clock; this machine's wall clock until the first sync."""
+
+    def __init__(
+        self,
+        read_server_ms: Callable[[], Awaitable[int]],
+        *,
+        resync_s: float = RESYNC_S,
+        on_skew: Callable[[float], None] | None = None,
+    ) -> None:
+        self._read_server_ms = read_server_ms
+        self.resync_s = resync_s
+        self._on_skew = on_skew or (lambda _skew_s: None)
+        self._server_ms: int | None = None  # the server's time at the last sync...
+        self._mono_ns = 0  # ...and this machine's monotonic clock at that moment
+        self.skew_ms: int | None = None  # this machine's wall clock minus the server's
+
+    def __repr__(self) -> str:
+        return f"ServerClock(synced={self.synced}, skew_ms={self.skew_ms})"
+
+    @property
+    def synced(self) -> bool:
+        return self._server_ms is not None
+
+    def __call__(self) -> int:
+        if self._server_ms is None:
+            return system_clock_ms()
+        return self._server_ms + (time.monotonic_ns() - self._mono_ns) // 1_000_000
+
+    async def sync(self) -> None:
+        """Read the server's clock once; the reading is placed halfway through its round trip."""
+        before_ns = time.monotonic_ns()
+        server_ms = await self._read_server_ms()
+        after_ns = time.monotonic_ns()
+        half_ms = (after_ns - before_ns) // 2_000_000
+        self._server_ms, self._mono_ns = server_ms, (before_ns + after_ns) // 2
+        self._note_skew(system_clock_ms() - half_ms - server_ms)
+
+    def _note_skew(self, skew_ms: int) -> None:
+        previous, self.skew_ms = self.skew_ms, skew_ms
+        self._on_skew(skew_ms / 1000)
+        if abs(skew_ms) >= SKEW_WARNING_MS and (previous is None or abs(previous - skew_ms) > 500):
+            logger.warning(
+                "this machine's clock is %.1f s %s Redis's; the service keeps Redis's time",
+                abs(skew_ms) / 1000,
+                "ahead of" if skew_ms > 0 else "behind",
+            )
+
+    async def try_sync(self) -> bool:
+        """`sync`, with storage trouble logged instead of raised (the last reading stays)."""
+        try:
+            await self.sync()
+        except Exception as exc:
+            logger.warning("clock: Redis TIME not read (%s); retrying in %.0f s", exc, RETRY_S)
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Keep in sync until cancelled (after a first `try_sync`); a failed sync comes back
+        sooner."""
+        delay_s = self.resync_s if self.synced else RETRY_S
+        while True:
+            await asyncio.sleep(delay_s)
+            delay_s = self.resync_s if await self.try_sync() else RETRY_S

@@ -31,7 +31,7 @@ from app import (
     webhooks,
 )
 from app.answers import error_response, invalid_request_response
-from app.clock import Clock, system_clock_ms
+from app.clock import Clock
 from app.engine import tracked_counts
 from app.errors import ActivationError, RequestRefused, StorageError
 from app.gate import Gate, RouteTable, declare_framework_routes
@@ -62,10 +62,9 @@ class ActivationApp(FastAPI):
         return Gate(super().build_middleware_stack(), table, self.state, self.traffic)
 
 
-def create_app(
-    settings: Settings | None = None, *, clock: Clock = system_clock_ms
-) -> ActivationApp:
-    """The app; with no settings given they are read from the environment at startup."""
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ActivationApp:
+    """The app; with no settings given they are read from the environment at startup. With no
+    clock given it keeps Redis's (`app.clock.ServerClock`)."""
     app = ActivationApp(
         title="Activation loops",
         version=__version__,
@@ -95,7 +94,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     logger.log(*describe_configuration(settings))
     assert isinstance(app, ActivationApp)
     runtime = build_runtime(settings, app.state.clock, busy=app.traffic.busy)
+    await runtime.start()
     worker = runtime.worker
+    app.state.clock = runtime.clock
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.store = runtime.store

@@ -2,6 +2,8 @@
 the worker. Shared by the web app's lifespan and the `activation worker` command.
 """
 
+import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from app.clock import Clock
+from app.clock import Clock, ServerClock
 from app.connections import connect
 from app.delivery import Delivery, Mailer, OutboxMailer
 from app.errors import ConfigError
@@ -38,26 +40,42 @@ class Runtime:
     tokens: UnsubscribeTokens
     mailer: Mailer
     worker: Worker
+    clock: Clock
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
+
+    async def start(self) -> None:
+        """Read Redis's clock (a `ServerClock`), then keep it in sync in the background."""
+        if isinstance(self.clock, ServerClock):
+            await self.clock.try_sync()
+            self._tasks.append(asyncio.create_task(self.clock.run()))
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if isinstance(self.mailer, ResendMailer):
             await self.mailer.close()
         await self.store.close()
 
 
 def build_runtime(
-    settings: Settings, clock: Clock, *, busy: Callable[[], bool] | None = None
+    settings: Settings, clock: Clock | None = None, *, busy: Callable[[], bool] | None = None
 ) -> Runtime:
-    """`busy`: the web process's `Traffic.busy`, for its in-process worker (see `Worker`)."""
+    """`clock`: none for the service's own (Redis's, see `app.clock.ServerClock`; call
+    `start()`), or one of a test's or the simulator's. `busy`: the web process's
+    `Traffic.busy`, for its in-process worker (see `Worker`)."""
     loops, templates = load_loop_files(settings)
     store = build_store(settings)
     tokens = UnsubscribeTokens.from_settings(settings)
     mailer = build_mailer(settings)
     composer = build_composer(settings, loops, templates, tokens)
     metrics = Metrics()
+    if clock is None:
+        clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
     worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
-    return Runtime(settings, store, loops, templates, tokens, mailer, worker, metrics)
+    return Runtime(settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
 
 
 @contextmanager

@@ -232,6 +232,11 @@ class Store:
     async def ping(self) -> None:
         await self.conn.call("PING")
 
+    async def server_time_ms(self) -> int:
+        """Redis's own clock (TIME), epoch ms: the one clock every process of the service keeps."""
+        seconds, micros = await self.conn.call("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def close(self) -> None:
         await self.conn.close()
 
