@@ -276,9 +276,17 @@ class Store:
             self.keys.leases,
             self.keys.jobs(user_id),
             self.keys.suppressed,
+            self.keys.lease_tokens,
+            self.keys.outbox,
             *self.keys.personal(user_id),
         ]
-        args: list[CommandArg] = [now_ms, self.webhook_dedupe_ttl_s, eval_job(user_id), user_id]
+        args: list[CommandArg] = [
+            now_ms,
+            self.webhook_dedupe_ttl_s,
+            eval_job(user_id),
+            user_id,
+            outbox_prefix(user_id),
+        ]
         reply = await self.run(DELETE_USER, keys, args)
         return _as_write(DELETE_USER, reply)
 
@@ -504,8 +512,9 @@ class Store:
         ]
         return _as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
-    async def unsubscribe(self, user_id: str, *, now_ms: int) -> int:
-        """Stop loop email for the user; queued jobs are dropped. Returns how many."""
+    async def unsubscribe(self, user_id: str, *, now_ms: int) -> int | None:
+        """Stop loop email for the user; queued jobs are dropped. Returns how many, or None when
+        the user is deleted or not stored (then nothing is written)."""
         record = await self.snapshot(user_id, full=True)
         keys = [
             self.keys.user(user_id),
@@ -521,7 +530,8 @@ class Store:
                     update={"status": JobStatus.DROPPED, "last_error": "unsubscribed"}
                 )
                 args += [job.id, dropped.model_dump_json()]
-        return int(await self.run(UNSUBSCRIBE, keys, args))
+        dropped_count = int(await self.run(UNSUBSCRIBE, keys, args))
+        return None if dropped_count < 0 else dropped_count
 
     async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
         """Dead-letter jobs, oldest first, with their last error."""
@@ -646,6 +656,12 @@ def _as_enum(kind: type[AnswerT], script: Script, reply: object) -> AnswerT:
         return kind(str(reply))
     except ValueError:
         raise StorageError(f"script {script.name} answered {reply!r}") from None
+
+
+def outbox_prefix(user_id: str) -> str:
+    """How the user's outbox entries begin, as `json.dumps` writes them (`delivery` puts the job
+    id first), so `user.deleted` finds them without decoding every entry."""
+    return '{"job":' + json.dumps(f"email|{user_id}|")[:-1]
 
 
 def _int_or_none(value: object) -> int | None:

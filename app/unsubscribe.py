@@ -114,5 +114,8 @@ async def unsubscribe(
     """Unsubscribe the token's user (the page's button, or RFC 8058 one-click POST)."""
     user_id = request.app.state.unsubscribe_tokens.verify(token)
     dropped = await store.unsubscribe(user_id, now_ms=clock())
-    logger.info("user %s unsubscribed; %d pending email(s) dropped", user_id, dropped)
+    if dropped is None:  # deleted meanwhile: nothing of theirs is kept, nothing is written
+        logger.info("unsubscribe for user %s: not stored (deleted); nothing to do", user_id)
+    else:
+        logger.info("user %s unsubscribed; %d pending email(s) dropped", user_id, dropped)
     return _page("You are unsubscribed", "<p>You will not receive these emails again.</p>")
