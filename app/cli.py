@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app import tools
-from app.clock import system_clock_ms
 from app.errors import ActivationError
 from app.runtime import Runtime, build_runtime, load_loop_files, load_settings
+from app.settings import Settings, StorageKind
 from app.startup import configure_logging, describe_configuration
 
 logger = logging.getLogger("app.cli")  # also when run as `python -m app.cli`
@@ -94,11 +94,32 @@ def run_worker(args: argparse.Namespace) -> int:
     return asyncio.run(_worker(burst=args.burst))
 
 
-async def _worker(*, burst: bool) -> int:
+def shared_settings(command: str) -> Settings:
+    """The settings, refused when storage is the embedded store: each process has its own, so
+    this command would only ever see an empty one, never the web app's."""
     settings = load_settings()
+    if settings.storage_kind is StorageKind.EMBEDDED:
+        raise ActivationError(
+            f"no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL and "
+            f"UPSTASH_REDIS_REST_TOKEN. With neither, every process keeps its own in-memory store, "
+            f"so `activation {command}` would see an empty one, not the web app's (whose worker "
+            "runs in-process)"
+        )
+    return settings
+
+
+async def started(settings: Settings) -> Runtime:
+    """The runtime, its clock synced with Redis's."""
+    runtime = build_runtime(settings)
+    await runtime.start()
+    return runtime
+
+
+async def _worker(*, burst: bool) -> int:
+    settings = shared_settings("worker")
     configure_logging(settings.log_level, settings.log_format)
     logger.log(*describe_configuration(settings))
-    runtime = build_runtime(settings, system_clock_ms)
+    runtime = await started(settings)
     try:
         if burst:
             done = await runtime.worker.drain()
@@ -125,8 +146,7 @@ def run_dead(args: argparse.Namespace) -> int:
 
 
 async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
-    settings = load_settings()
-    runtime = build_runtime(settings, system_clock_ms)
+    runtime = await started(shared_settings("dead"))
     try:
         jobs = await runtime.store.dead_jobs(limit=10_000)
         if action == "list":
@@ -138,7 +158,7 @@ async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
         if not chosen:
             raise ActivationError(f"no dead-letter job {job_id!r} (try: activation dead list)")
         for job in chosen:
-            await runtime.store.retry_dead(job, now_ms=system_clock_ms())
+            await runtime.store.retry_dead(job, now_ms=runtime.clock())
         print(f"{len(chosen)} job(s) queued again")
         return 0
     finally:
@@ -161,7 +181,7 @@ def run_suppress(args: argparse.Namespace) -> int:
 
 async def _suppress(user_id: str | None) -> int:
     """List the suppressed users (no user id), or lift one user's suppression."""
-    runtime = build_runtime(load_settings(), system_clock_ms)
+    runtime = await started(shared_settings("suppress"))
     try:
         if user_id is None:
             users = await runtime.store.suppressed_users(limit=10_000)
@@ -169,7 +189,7 @@ async def _suppress(user_id: str | None) -> int:
                 print(f"{uid}\tsuppressed_at={at_ms}")
             print(f"{len(users)} suppressed user(s)", file=sys.stderr)
             return 0
-        if not await runtime.store.unsuppress(user_id, now_ms=system_clock_ms()):
+        if not await runtime.store.unsuppress(user_id, now_ms=runtime.clock()):
             raise ActivationError(f"user {user_id!r} is not suppressed")
         print(f"{user_id}: suppression lifted; loop email may resume")
         return 0

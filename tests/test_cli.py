@@ -157,3 +157,25 @@ def test_dead_letters_are_listed_and_retried(
     assert client.zcard(f"{key_prefix}dead") == 0
     assert client.zscore(f"{key_prefix}schedule", job["id"]) is not None
     client.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["dead", "list"], ["suppress", "list"], ["worker", "--burst"], ["dead", "retry", "x"]],
+)
+def test_commands_on_stored_data_refuse_the_embedded_store(
+    command: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With no REDIS_URL or Upstash, each process has its own empty in-memory store: these
+    commands would silently work on that, never on the web app's data."""
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    assert "no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL" in error
+    assert len(error.strip().splitlines()) == 1
