@@ -245,7 +245,7 @@ async def job_status(app: FastAPI, job_id: str) -> EmailJob:
     return job
 
 
-@pytest.mark.parametrize("transport", ["embedded", "redis"], indirect=True)
+@pytest.mark.parametrize("transport", ["embedded", "redis", "upstash"], indirect=True)
 async def test_a_concurrent_request_on_the_last_retry_is_deferred_not_dead_lettered(
     make_settings: Callable[..., Settings],
     clock: FakeClock,
@@ -281,7 +281,7 @@ async def test_a_concurrent_request_on_the_last_retry_is_deferred_not_dead_lette
         assert await emails_sent(store_of(app)) == 1
 
 
-@pytest.mark.parametrize("transport", ["embedded", "redis"], indirect=True)
+@pytest.mark.parametrize("transport", ["embedded", "redis", "upstash"], indirect=True)
 async def test_a_send_slower_than_its_lease_keeps_it_by_renewal(
     make_settings: Callable[..., Settings], resend: ResendStandin, tmp_path: Path
 ) -> None:
