@@ -16,6 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from starlette.types import ASGIApp
 from svix.webhooks import Webhook
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version=__version__,
         description="Clerk webhooks and app actions in; activation, nudge, milestone emails out.",
         lifespan=lifespan,
+        telemetry=native_telemetry(),
     )
     app.state.given_settings = settings
     app.state.clock = clock
@@ -85,6 +88,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     add_error_handlers(app)
     app.hot_routes = webhooks.HOT_ROUTES | actions.HOT_ROUTES
     return app
+
+
+def native_telemetry() -> TelemetryConfig | None:
+    """FastAPI's own OpenTelemetry instrumentation: as FastAPI configures it when a tracer
+    provider is set up before the app is built (`opentelemetry-instrument`, or the host's code);
+    off otherwise, since FastAPI would ask on every request whether one is (see the README's
+    Performance section)."""
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
+    return {"tracing": False, "metrics": False, "logs": False}
 
 
 @asynccontextmanager

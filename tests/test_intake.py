@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from opentelemetry import trace
 from starlette.types import Receive, Scope, Send
 
 from app import webhooks
-from app.main import ActivationApp, create_app
+from app.main import ActivationApp, create_app, native_telemetry
 from app.settings import Settings
 from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
 from tests.test_health import unreachable_storage
@@ -264,3 +265,19 @@ async def test_traffic_counts_the_requests_in_flight_hot_or_routed(
         body_sent.set()
         await request
         assert not app.traffic.busy()
+
+
+def test_fastapis_own_telemetry_is_off_unless_opentelemetry_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Off, FastAPI skips its per-request check for a provider; configured before the app is
+    built (opentelemetry-instrument), FastAPI's own defaults apply."""
+    assert native_telemetry() == {"tracing": False, "metrics": False, "logs": False}
+    assert not create_app()._native_telemetry.enabled()
+
+    class Configured(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            return trace.NoOpTracer()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", Configured)
+    assert native_telemetry() is None
