@@ -10,10 +10,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from textwrap import dedent
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import redis
+import uvicorn
 from fastapi import FastAPI
 from svix.webhooks import Webhook
 
@@ -244,6 +246,22 @@ def worker_of(app: FastAPI) -> "Worker":
 def store_of(app: FastAPI) -> "Store":
     store: Store = app.state.store
     return store
+
+
+@contextmanager
+def uvicorn_thread(app: Any, **config: Any) -> Iterator[str]:
+    """Real uvicorn serving `app` on a free 127.0.0.1 port in a thread (its options overridable,
+    e.g. `root_path`, `log_config`); yields the base URL, stops the server on exit."""
+    from tests.upstash_standin import stop, wait_started
+
+    options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", "lifespan": "on", **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{wait_started(server, thread, 10.0)}"
+    finally:
+        stop(server, thread)
 
 
 @asynccontextmanager

@@ -4,14 +4,12 @@ served plainly, under uvicorn's `--root-path`, mounted in another ASGI app or be
 keeps or strips the prefix."""
 
 import json
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
@@ -20,11 +18,10 @@ from app import auth, gate, webhooks
 from app.auth import Access
 from app.main import ActivationApp, create_app
 from app.settings import Settings
-from tests.conftest import API_KEY, AUTH, FakeClock, sign, store_of
+from tests.conftest import API_KEY, AUTH, FakeClock, sign, store_of, uvicorn_thread
 from tests.test_intake import routed_only
 from tests.test_security import concrete, served_routes
 from tests.test_webhooks import created_event
-from tests.upstash_standin import stop, wait_started
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
@@ -147,21 +144,6 @@ async def test_the_key_is_required_served_plainly(settings: Settings, clock: Fak
         await assert_the_key_is_required(http, app, "")
 
 
-@contextmanager
-def uvicorn_serving(app: Any, root_path: str) -> Iterator[str]:
-    """Real uvicorn, as `uvicorn --root-path ROOT app.main:app` runs it, in a thread."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, root_path=root_path, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gate-uvicorn", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{wait_started(server, thread, 10.0)}"
-    finally:
-        stop(server, thread)
-
-
 @embedded_only
 async def test_the_key_is_required_under_uvicorns_root_path(
     settings: Settings, clock: FakeClock
@@ -169,7 +151,7 @@ async def test_the_key_is_required_under_uvicorns_root_path(
     """uvicorn prefixes every path with the root path (the proxy in front stripped it): the key
     check used to compare that raw path with /v1/ and let every action in."""
     app = create_app(settings, clock=clock)
-    with uvicorn_serving(app, ROOT) as url:
+    with uvicorn_thread(app, root_path=ROOT) as url:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             await assert_the_key_is_required(http, app, "")
 

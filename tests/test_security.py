@@ -5,17 +5,15 @@ import asyncio
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from app.main import create_app
@@ -34,9 +32,9 @@ from tests.conftest import (
     resend_settings,
     running,
     sign,
+    uvicorn_thread,
 )
 from tests.resend_standin import ResendStandin
-from tests.upstash_standin import stop, wait_started
 
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 OTHER = "user_2other0000000000000000000"
@@ -473,19 +471,9 @@ async def test_storage_failures_do_not_log_credentials(
     assert leaks(caplog.records, {"storage password": password, "address": ADDRESS}) == []
 
 
-@contextmanager
-def serve_for_real(app: FastAPI) -> Iterator[str]:
+def serve_for_real(app: FastAPI) -> AbstractContextManager[str]:
     """uvicorn as `uvicorn app.main:app` runs it: INFO level, access log on; our logging config."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, log_level="info", access_log=True
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="serve-for-real", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{wait_started(server, thread, 10.0)}"
-    finally:
-        stop(server, thread)
+    return uvicorn_thread(app, log_config=None, log_level="info", access_log=True)
 
 
 def served_flow(url: str, resend: ResendStandin) -> str:

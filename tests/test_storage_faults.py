@@ -6,8 +6,7 @@ and carries on, readiness naming its failure, until Redis is fine again."""
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,13 @@ from app.worker import Worker
 from tests.conftest import (
     API_KEY,
     AUTH,
-    UPSTASH_TOKEN,
     RedisProcess,
     clerk_event,
     post_webhook,
     redis_binary,
     running,
 )
+from tests.test_faults import storage_on
 
 SCRIPT = "script: 88c923858e73954cede057e8a25f614a3552b177, on @user_script:1."
 TRANSIENT = [
@@ -76,18 +75,6 @@ def test_replies_meaning_a_wrong_command_stay_permanent(message: str) -> None:
 
 
 # --- end to end against a real redis-server in trouble ------------------------------------------
-
-
-@contextmanager
-def storage_on(transport: str, server: RedisProcess) -> Iterator[dict[str, Any]]:
-    """Settings that reach `server`: directly, or through an Upstash stand-in in front of it."""
-    if transport == "redis":
-        yield {"redis_url": server.url}
-        return
-    from tests.upstash_standin import create_standin, serve
-
-    with serve(create_standin(server.url, UPSTASH_TOKEN)) as url:
-        yield {"upstash_redis_rest_url": url, "upstash_redis_rest_token": UPSTASH_TOKEN}
 
 
 class Fault:
