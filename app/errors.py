@@ -7,8 +7,9 @@
     │   ├── BadToken             a forged, altered or malformed unsubscribe token: 400
     │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
     │       └── PayloadTooLarge  the body is over the limit: 413
-    ├── SendError                Resend refused or failed (app.mailer): TransientSendError is
-    │                            retried, PermanentSendError goes to the dead-letter set
+    ├── SendError                Resend refused or failed (app.delivery.resend): a
+    │                            TransientSendError is retried, a PermanentSendError goes to the
+    │                            dead-letter set
     ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
         └── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:

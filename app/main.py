@@ -21,34 +21,31 @@ from opentelemetry import trace
 from starlette.types import ASGIApp
 from svix.webhooks import Webhook
 
-from app import (
-    __version__,
-    actions,
-    dashboard,
-    health,
-    metrics,
-    progress,
-    resend_events,
-    unsubscribe,
-    webhooks,
-)
-from app.answers import error_response, invalid_request_response
+from app import __version__
 from app.clock import Clock
-from app.engine import tracked_counts
+from app.delivery import unsubscribe
+from app.delivery.worker import Worker
+from app.engine.evaluate import tracked_counts
+from app.engine.loop_files import Loop
 from app.errors import ActivationError, RequestRefused, StorageError
-from app.gate import Gate, RouteTable, declare_framework_routes
-from app.intake import Endpoint, Intake, Traffic
-from app.loops import Loop
+from app.intake import actions, resend_events
+from app.intake import clerk as webhooks
+from app.observability import metrics
+from app.observability.startup import configure_logging, describe_configuration
+from app.ops import dashboard
+from app.ops import user_state as progress
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
-from app.startup import configure_logging, describe_configuration
-from app.worker import Worker
+from app.web import health
+from app.web.errors import error_response, invalid_request_response
+from app.web.gate import Gate, RouteTable, declare_framework_routes
+from app.web.intake import Endpoint, Intake, Traffic
 
 logger = logging.getLogger(__name__)
 
 
 class ActivationApp(FastAPI):
-    """FastAPI with one layer of ours outside all of its own, `app.gate.Gate`: each request is
+    """FastAPI with one layer of ours outside all of its own, `app.web.gate.Gate`: each request is
     matched to its route, refused or let in by the route's declared policy and body limit, and a
     hot intake route is called directly, skipping the rest of the stack. An error a hot route
     does not answer itself reaches the server, which answers 500 and logs it."""

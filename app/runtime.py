@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from app.clock import Clock, ServerClock
-from app.connections import connect
-from app.delivery import Delivery, Mailer, OutboxMailer
+from app.delivery.compose import DEFAULT_SENDER, Composer
+from app.delivery.resend import RateLimiter, ResendMailer
+from app.delivery.send import Delivery, Mailer, OutboxMailer
+from app.delivery.templates import TemplateSet
+from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.worker import Evaluator, Worker, WorkerConfig
+from app.engine.loop_files import Loop, LoopFileError, load_loops
 from app.errors import ConfigError
-from app.keys import Keys
-from app.loops import Loop, LoopFileError, load_loops
-from app.mailer import RateLimiter, ResendMailer
-from app.messages import DEFAULT_SENDER, Composer
-from app.metrics import Metrics
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.store import Store
-from app.templates import TemplateSet
-from app.unsubscribe import UnsubscribeTokens
-from app.worker import Evaluator, Worker, WorkerConfig
+from app.storage.connections import connect
+from app.storage.keys import Keys
+from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import redis
 
-from app.keys import Keys
+from app.storage.keys import Keys
 from bench import flows, load, procs, seed
 from bench.cost import Monitor, command_calls
 from bench.load import LoadResult
@@ -313,7 +313,7 @@ def idle_workers(workdir: Path) -> Iterator[IdleWorkers]:
         urls = [stack.enter_context(procs.redis_server(workdir)) for _ in IdleWorkers.IDLE_S]
         for url, idle_s in zip(urls, IdleWorkers.IDLE_S, strict=True):
             env = flows.app_env(url, "idle:", worker=False) | {"WORKER_IDLE_S": str(idle_s)}
-            stack.enter_context(procs.python_process("app.cli", env, "worker"))
+            stack.enter_context(procs.python_process("app.ops.cli", env, "worker"))
         time.sleep(3)  # started and past their first poll: the window holds idle polls only
         yield IdleWorkers(urls)
 

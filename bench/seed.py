@@ -8,7 +8,7 @@ action-id markers with their TTLs, schedule entries).
 
 import redis
 
-from app.keys import Keys
+from app.storage.keys import Keys
 
 BATCH = 2000
 

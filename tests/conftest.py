@@ -32,8 +32,8 @@ from app.main import create_app
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.store import Store
-    from app.worker import Worker
+    from app.delivery.worker import Worker
+    from app.storage.store import Store
     from tests.resend_standin import ResendStandin
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.cli import main
+from app.ops.cli import main
 from tests.conftest import SHIPPED_LOOPS
 
 REPO = Path(__file__).parent.parent
@@ -33,7 +33,7 @@ def env_for(redis_url: str, key_prefix: str, **extra: str) -> dict[str, str]:
 def activation(
     *args: str, env: dict[str, str], timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "app.cli", *args]
+    command = [sys.executable, "-m", "app.ops.cli", *args]
     return subprocess.run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
     )
@@ -114,7 +114,7 @@ def test_worker_burst_sends_what_is_due_and_exits(redis_url: str, key_prefix: st
 
 
 def test_worker_stops_on_sigterm(redis_url: str, key_prefix: str) -> None:
-    command = [sys.executable, "-m", "app.cli", "worker"]
+    command = [sys.executable, "-m", "app.ops.cli", "worker"]
     process = subprocess.Popen(
         command, env=env_for(redis_url, key_prefix), cwd=REPO, stderr=subprocess.PIPE, text=True
     )

@@ -9,8 +9,8 @@ import httpx
 import pytest
 import redis
 
-from app.cli import main
 from app.main import create_app
+from app.ops.cli import main
 from app.settings import Settings
 from tests.conftest import API_KEY, AUTH, FIXTURES, SHIPPED_LOOPS, SIGNING_SECRET, free_port
 from tests.test_cli import seed_activated_user

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from app.conditions import QueryCondition, QueryError, translate_query
+from app.engine.conditions import QueryCondition, QueryError, translate_query
 
 SCOPED = "SELECT * FROM user_actions WHERE user_id = $1"
 

@@ -11,7 +11,9 @@ import pytest
 import redis
 import uvloop
 
-from app.connections import (
+from app.errors import StorageError, StorageUnavailable
+from app.settings import Settings, StorageKind
+from app.storage.connections import (
     Connection,
     NoScript,
     RedisConnection,
@@ -19,9 +21,7 @@ from app.connections import (
     classify_reply_error,
     connect,
 )
-from app.errors import StorageError, StorageUnavailable
-from app.settings import Settings, StorageKind
-from app.wire import Address
+from app.storage.wire import Address
 from tests.conftest import UPSTASH_TOKEN, free_port
 
 
@@ -145,7 +145,7 @@ async def test_upstash_trailing_slash_is_stripped(upstash_standin: tuple[str, An
         await conn.close()
 
 
-# --- auto-pipelining over one connection (Redis TCP, app.wire) --------------------------------
+# --- auto-pipelining over one connection (Redis TCP, app.storage.wire) ------------------------
 
 
 @pytest.fixture

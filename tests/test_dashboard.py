@@ -11,12 +11,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app import sessions
-from app.jobs import EmailJob, JobStatus
+from app.delivery.jobs import EmailJob, JobStatus
+from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings
-from app.store import Outcome, Store
-from app.worker import Worker
+from app.storage.store import Outcome, Store
+from app.web import sessions
 from tests.browser import browser, chromium_binary
 from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, running, sign
 from tests.upstash_standin import serve

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.engine import StepState, StepStatus
-from app.jobs import EmailJob, JobStatus
-from app.store import EmailEvent, NewAction, Outcome, Store
-from app.users import UserProfile
+from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.evaluate import StepState, StepStatus
+from app.intake.users import UserProfile
+from app.storage.store import EmailEvent, NewAction, Outcome, Store
 from tests.conftest import AUTH, clerk_event, post_webhook, store_of, worker_of
 
 GONE = "user_2deleted00000000000000000"

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery import Delivery, OutboxMailer, mask, retry_delay_ms
-from app.loops import Backoff, Recovery
-from app.mailer import OutgoingEmail, RateLimiter
+from app.delivery.resend import OutgoingEmail, RateLimiter
+from app.delivery.send import Delivery, OutboxMailer, mask, retry_delay_ms
+from app.engine.loop_files import Backoff, Recovery
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AUTH, SENDER, FakeClock, load_fixture, sign, store_of, worker_of

@@ -5,7 +5,7 @@ from textwrap import dedent
 
 import pytest
 
-from app.engine import (
+from app.engine.evaluate import (
     ActionStats,
     Decisions,
     Snapshot,
@@ -15,7 +15,7 @@ from app.engine import (
     evaluate,
     tracked_counts,
 )
-from app.loops import Loop, load_loop
+from app.engine.loop_files import Loop, load_loop
 
 MIN = 60_000
 DAY = 24 * 60 * MIN

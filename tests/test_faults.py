@@ -21,13 +21,13 @@ import pytest
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
-from app.delivery import Delivery
+from app.delivery.resend import RateLimiter, ResendMailer
+from app.delivery.send import Delivery
+from app.delivery.worker import Worker
 from app.errors import StorageUnavailable
-from app.mailer import RateLimiter, ResendMailer
 from app.main import create_app
 from app.runtime import build_runtime
 from app.settings import Settings
-from app.worker import Worker
 from tests.conftest import (
     AUTH,
     SENDER,
@@ -461,7 +461,11 @@ def worker_env(redis_url: str, key_prefix: str, resend: ResendStandin) -> dict[s
 def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=out, stderr=out
+            [sys.executable, "-m", "app.ops.cli", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
         )
         try:
             yield process

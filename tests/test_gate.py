@@ -1,7 +1,7 @@
-"""The gate (`app.gate`): each request is matched to its route as FastAPI's router matches it, and
-refused or let in by that route's declared policy and body limit before its body is read, the same
-served plainly, under uvicorn's `--root-path`, mounted in another ASGI app or behind a proxy that
-keeps or strips the prefix."""
+"""The gate (`app.web.gate`): each request is matched to its route as FastAPI's router matches it,
+and refused or let in by that route's declared policy and body limit before its body is read, the
+same served plainly, under uvicorn's `--root-path`, mounted in another ASGI app or behind a proxy
+that keeps or strips the prefix."""
 
 import json
 from collections.abc import AsyncIterator, Callable
@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from app import auth, gate, webhooks
-from app.auth import Access
+from app.intake import clerk as webhooks
 from app.main import ActivationApp, create_app
 from app.settings import Settings
+from app.web import auth, gate
+from app.web.auth import Access
 from tests.conftest import API_KEY, AUTH, FakeClock, sign, store_of, uvicorn_thread
 from tests.test_intake import routed_only
 from tests.test_security import concrete, served_routes

@@ -89,5 +89,5 @@ async def test_only_a_caller_with_the_key_or_metrics_token_reads_why(
         reason = answers[name].json()["checks"]["storage"]
         assert reason.startswith("failed: "), name
         assert len(reason) > len("failed: "), name
-    logged = [r.getMessage() for r in caplog.records if r.name == "app.health"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "app.web.health"]
     assert any("readiness check storage failed: " in message for message in logged)

@@ -1,4 +1,4 @@
-"""The hot routes (`app.gate`): served ahead of FastAPI's router, answering exactly as
+"""The hot routes (`app.web.gate`): served ahead of FastAPI's router, answering exactly as
 the routed endpoint does, and still documented in OpenAPI."""
 
 import asyncio
@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from starlette.types import Receive, Scope, Send
 
-from app import webhooks
+from app.intake import clerk as webhooks
 from app.main import ActivationApp, create_app, native_telemetry
 from app.settings import Settings
 from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
@@ -117,7 +117,7 @@ async def hot_and_routed(
                 except httpx.HTTPError as exc:  # e.g. a body shorter than its content-length
                     answers[name].append(type(exc).__name__)
         routed_count = sum("endpoint" in scope for scope in spy.scopes)
-        # a body declared over the route's limit is refused by app.gate before any routing
+        # a body declared over the route's limit is refused by app.web.gate before any routing
         declared_too_large = sum(isinstance(a, tuple) and a[0] == 413 for a in answers[name])
         assert routed_count == (len(requests) - declared_too_large if name == "routed" else 0)
     return answers

@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
-from app.connections import connect
-from app.jobs import EmailJob, JobStatus, RenderedEmail
-from app.keys import Keys
+from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
 from app.settings import Settings
-from app.store import Applied, Outcome, Settled, Store
+from app.storage.connections import connect
+from app.storage.keys import Keys
+from app.storage.store import Applied, Outcome, Settled, Store
 from tests.conftest import (
     AUTH,
     FakeClock,

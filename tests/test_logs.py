@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.logs import JsonFormatter, MaskAddresses, build_handler, mask_addresses
+from app.observability.logs import JsonFormatter, MaskAddresses, build_handler, mask_addresses
+from app.observability.startup import LOG_FORMAT
 from app.settings import Settings
-from app.startup import LOG_FORMAT
 from tests.test_cli import activation, env_for, seed_activated_user
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from app.loops import (
+from app.engine.loop_files import (
     DURATION_PATTERN,
     ActionCondition,
     ActionTrigger,
@@ -751,13 +751,14 @@ def test_the_shipped_loops_load() -> None:
 def test_the_committed_schema_is_fresh() -> None:
     committed = (LOOPS_DIR / "loop.schema.json").read_text(encoding="utf-8")
     assert committed == loop_json_schema_text(), (
-        "loops/loop.schema.json is stale: run `python -m app.loops schema > loops/loop.schema.json`"
+        "loops/loop.schema.json is stale: run "
+        "`python -m app.engine.loop_files schema > loops/loop.schema.json`"
     )
 
 
 def test_the_schema_command_prints_the_schema() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.loops", "schema"],
+        [sys.executable, "-m", "app.engine.loop_files", "schema"],
         cwd=LOOPS_DIR.parent,
         capture_output=True,
         text=True,
@@ -768,7 +769,7 @@ def test_the_schema_command_prints_the_schema() -> None:
 
 def test_the_schema_command_explains_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "usage: python -m app.loops schema" in capsys.readouterr().err
+    assert "usage: python -m app.engine.loop_files schema" in capsys.readouterr().err
 
 
 def test_the_schema_describes_the_file_for_editors() -> None:

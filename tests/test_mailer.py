@@ -1,5 +1,5 @@
-"""`app.mailer`: the real `resend` SDK, through `ResendMailer`, against the Resend stand-in served
-on a real port; and `RateLimiter` on a fake clock."""
+"""`app.delivery.resend`: the real `resend` SDK, through `ResendMailer`, against the Resend
+stand-in served on a real port; and `RateLimiter` on a fake clock."""
 
 import asyncio
 import socket
@@ -12,8 +12,7 @@ import httpx
 import pytest
 import resend
 
-from app.errors import ConfigError
-from app.mailer import (
+from app.delivery.resend import (
     AlreadySent,
     OutgoingEmail,
     PermanentSendError,
@@ -21,6 +20,7 @@ from app.mailer import (
     ResendMailer,
     TransientSendError,
 )
+from app.errors import ConfigError
 from tests.resend_standin import ResendStandin, run_standin
 
 EMAIL = OutgoingEmail(

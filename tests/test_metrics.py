@@ -10,9 +10,9 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics
+from app.delivery.worker import Worker
+from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.worker import Worker
 from tests.conftest import API_KEY, AUTH, FakeClock, RedisProcess, load_fixture, running, sign
 
 USER = "user_29w83sxmDNGwOuEthce5gg56FcC"

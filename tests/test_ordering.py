@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from app.connections import connect
-from app.engine import ActionStats, Snapshot, evaluate
-from app.keys import Keys
+from app.engine.evaluate import ActionStats, Snapshot, evaluate
+from app.intake.users import UserProfile
 from app.settings import Settings
-from app.store import NewAction, Store
-from app.users import UserProfile
+from app.storage.connections import connect
+from app.storage.keys import Keys
+from app.storage.store import NewAction, Store
 from tests.conftest import FakeClock, running, store_of, worker_of
 from tests.test_flow import act, emails, signup, state, step
 
@@ -288,7 +288,7 @@ async def test_the_stored_times_are_always_the_earliest_whatever_the_counts_trac
 async def test_a_count_past_the_cap_is_the_latest_time_when_reached(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.store.MAX_RANKED_TIMES", 3)
+    monkeypatch.setattr("app.storage.store.MAX_RANKED_TIMES", 3)
     for at in [50, 10, 40, 20, 30, 5]:  # the 5th to arrive comes when the latest is 50
         await store.record_actions([NewAction("user_c", "x", at)], now_ms=100, tracked={"x": [5]})
 

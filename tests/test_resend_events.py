@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.cli import main
-from app.delivery import outgoing
-from app.jobs import EmailJob, RenderedEmail
+from app.delivery.jobs import EmailJob, RenderedEmail
+from app.delivery.send import outgoing
+from app.ops.cli import main
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings
-from app.unsubscribe import UnsubscribeTokens
-from app.worker import Worker
 from tests.conftest import (
     API_KEY,
     AUTH,
@@ -164,7 +164,7 @@ OPERATOR_PAGES = ("/dashboard", "/outbox", "/metrics")
 
 
 def forged_sessions(now_ms: int) -> dict[str, str]:
-    sessions = pytest.importorskip("app.sessions")
+    sessions = pytest.importorskip("app.web.sessions")
     far = now_ms + 3_600_000
     return {
         "another key's session": sessions.issue("another-api-key", now_ms),
@@ -187,7 +187,7 @@ async def test_operator_pages_refuse_without_the_key_and_show_nothing(
     await worker_of(app).drain()
     pages = [page for page in OPERATOR_PAGES if (page, "GET") in served_routes(app)]
     assert pages, "no operator page found: update OPERATOR_PAGES"
-    cookie = getattr(pytest.importorskip("app.sessions"), "COOKIE", "activation_session")
+    cookie = getattr(pytest.importorskip("app.web.sessions"), "COOKIE", "activation_session")
     attempts = list(WRONG_KEYS.values())
     attempts += [{"Cookie": f"{cookie}={value}"} for value in forged_sessions(clock()).values()]
     for page in pages:

@@ -1,4 +1,4 @@
-"""Dashboard sessions (`app.sessions`): a cookie that cannot make a page fail whatever it holds,
+"""Dashboard sessions (`app.web.sessions`): a cookie that cannot make a page fail whatever it holds,
 logout that revokes the session in storage, and login attempts limited per client address."""
 
 import logging
@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import sessions
 from app.main import create_app
 from app.settings import Settings
+from app.web import sessions
 from tests.conftest import API_KEY, AUTH, FakeClock
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
@@ -165,7 +165,9 @@ async def test_login_attempts_are_limited_per_client(
         await log_in(operator)  # another address is not locked out
         assert (await operator.get("/dashboard")).status_code == 200
 
-    messages = [record.getMessage() for record in caplog.records if record.name == "app.dashboard"]
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "app.ops.dashboard"
+    ]
     assert any("203.0.113.7" in message and "10 failed" in message for message in messages)
     assert any("too many failed attempts" in message for message in messages)
     assert not [message for message in messages if API_KEY in message or "a-guess" in message]

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.jobs import EmailJob, JobStatus
+from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.funnel import LoopStats, last_days, send_counter, tta_bucket, utc_day
 from app.settings import Settings
-from app.stats import LoopStats, last_days, send_counter, tta_bucket, utc_day
-from app.store import Outcome
+from app.storage.store import Outcome
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
 from tests.test_flow import act, signup
 

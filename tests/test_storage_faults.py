@@ -16,10 +16,10 @@ import redis
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
-from app.connections import classify_reply_error
+from app.delivery.worker import Worker
 from app.errors import StorageError, StorageUnavailable
 from app.settings import Settings
-from app.worker import Worker
+from app.storage.connections import classify_reply_error
 from tests.conftest import (
     API_KEY,
     AUTH,

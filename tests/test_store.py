@@ -6,12 +6,12 @@ from typing import Any
 import pytest
 import redis
 
-from app.connections import connect
-from app.engine import StepState, StepStatus
-from app.keys import Keys
+from app.engine.evaluate import StepState, StepStatus
+from app.intake.users import UserProfile
 from app.settings import Settings
-from app.store import RECORD_USER, Applied, Claim, NewAction, Store, UserWrite
-from app.users import UserProfile
+from app.storage.connections import connect
+from app.storage.keys import Keys
+from app.storage.store import RECORD_USER, Applied, Claim, NewAction, Store, UserWrite
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
 
@@ -264,7 +264,7 @@ async def test_an_action_costs_one_round_trip_and_eight_commands(
 async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.store.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
+    monkeypatch.setattr("app.storage.store.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
     actions = [NewAction(f"user_big_{i % 3}", "x", 1, id=f"b{i}") for i in range(30)]
     assert await store.record_actions([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
     assert (await store.snapshot("user_big_1")).actions["x"].count == 10

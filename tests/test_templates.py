@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ActivationError, ConfigError
-from app.templates import (
+from app.delivery.templates import (
     USER_FIELDS,
     RenderContext,
     TemplateError,
@@ -13,6 +12,7 @@ from app.templates import (
     TemplateSet,
     html_to_text,
 )
+from app.errors import ActivationError, ConfigError
 
 WHERE = "loops/activation.yaml: steps[0].action"
 WELCOME = """---

@@ -1,5 +1,5 @@
-"""app.wire under the faults a connection meets: a scripted server closes, hangs, cuts a reply,
-answers what nobody asked, dribbles, restarts; callers are cancelled; too many come at once.
+"""app.storage.wire under the faults a connection meets: a scripted server closes, hangs, cuts a
+reply, answers what nobody asked, dribbles, restarts; callers are cancelled; too many come at once.
 
 Every case is bounded in time (`scripted`), so a regression fails instead of hanging, and runs
 on asyncio's loop and again on uvloop's (`test_under_uvloop`), whose transports uvicorn uses."""
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from app.connections import classify_reply_error
 from app.errors import StorageError, StorageUnavailable
-from app.wire import Address, Wire
+from app.storage.connections import classify_reply_error
+from app.storage.wire import Address, Wire
 from tests.scripted_redis import (
     Script,
     ScriptedRedis,

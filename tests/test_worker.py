@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from app.clock import system_clock_ms
+from app.delivery.worker import Worker, WorkerConfig
 from app.errors import StorageUnavailable
 from app.main import create_app
 from app.settings import Settings
-from app.store import NewAction
-from app.worker import Worker, WorkerConfig
+from app.storage.store import NewAction
 from tests.conftest import AUTH, load_fixture, running, sign
 
 

@@ -1,0 +1,121 @@
+"""One-click unsubscribe (RFC 8058): signed per-user tokens and `GET`/`POST /unsubscribe`.
+
+A token is `<user id, base64url>.<HMAC-SHA256 of it, base64url>`: it names one user and cannot be
+forged or altered without the secret. `GET` shows a confirmation page (mail scanners follow links;
+they must not unsubscribe anyone); `POST` (the button, or the mail client's one-click POST)
+unsubscribes: no further loop email, and pending emails are dropped and recorded.
+"""
+
+import base64
+import hashlib
+import hmac
+import html
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from app.errors import BadToken
+from app.settings import Settings
+from app.storage.keys import valid_user_id
+from app.web import auth
+from app.web.auth import Access
+from app.web.deps import ClockDep, StoreDep
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["unsubscribe"])
+
+TokenQuery = Annotated[str, Query(min_length=3, max_length=512)]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class UnsubscribeTokens:
+    """Issues and checks the signed tokens in unsubscribe links."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "UnsubscribeTokens":
+        return cls(unsubscribe_secret(settings))
+
+    def _signature(self, user_id: str) -> str:
+        digest = hmac.new(self._secret, f"unsubscribe:{user_id}".encode(), hashlib.sha256)
+        return _b64(digest.digest())
+
+    def issue(self, user_id: str) -> str:
+        return f"{_b64(user_id.encode())}.{self._signature(user_id)}"
+
+    def verify(self, token: str) -> str:
+        """The user id the token names, or BadToken."""
+        encoded, _, signature = token.partition(".")
+        try:
+            user_id = _unb64(encoded).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise BadToken("malformed unsubscribe token") from None
+        expected = self._signature(user_id)
+        given = signature.encode("utf-8", "surrogateescape")
+        if not valid_user_id(user_id) or not hmac.compare_digest(given, expected.encode()):
+            raise BadToken("invalid unsubscribe token")
+        return user_id
+
+
+def unsubscribe_secret(settings: Settings) -> bytes:
+    """UNSUBSCRIBE_SECRET, else one derived from another configured secret, else a random one."""
+    if settings.unsubscribe_secret is not None:
+        return settings.unsubscribe_secret.get_secret_value().encode()
+    for secret in (settings.activation_api_key, settings.clerk_webhook_signing_secret):
+        if secret is not None:
+            key = secret.get_secret_value().encode()
+            return hmac.new(key, b"activation-loops unsubscribe v1", hashlib.sha256).digest()
+    logger.warning("no UNSUBSCRIBE_SECRET: unsubscribe links work until this process restarts")
+    return secrets.token_bytes(32)
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    document = (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        '<body style="font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;'
+        f'padding:0 1rem"><h1>{html.escape(title)}</h1>{body}</body></html>'
+    )
+    return HTMLResponse(document)
+
+
+@router.get("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@auth.policy(Access.PUBLIC)  # the signed token is the credential
+async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
+    """A confirmation page: following the link alone unsubscribes nobody."""
+    request.app.state.unsubscribe_tokens.verify(token)
+    action = html.escape(f"/unsubscribe?token={token}", quote=True)
+    return _page(
+        "Unsubscribe",
+        "<p>Stop receiving these emails?</p>"
+        f'<form method=post action="{action}"><button type=submit>Unsubscribe</button></form>',
+    )
+
+
+@router.post("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@auth.policy(Access.PUBLIC)  # the signed token is the credential
+async def unsubscribe(
+    request: Request, store: StoreDep, clock: ClockDep, token: TokenQuery
+) -> HTMLResponse:
+    """Unsubscribe the token's user (the page's button, or RFC 8058 one-click POST)."""
+    user_id = request.app.state.unsubscribe_tokens.verify(token)
+    dropped = await store.unsubscribe(user_id, now_ms=clock())
+    if dropped is None:  # deleted meanwhile: nothing of theirs is kept, nothing is written
+        logger.info("unsubscribe for user %s: not stored (deleted); nothing to do", user_id)
+    else:
+        logger.info("user %s unsubscribed; %d pending email(s) dropped", user_id, dropped)
+    return _page("You are unsubscribed", "<p>You will not receive these emails again.</p>")

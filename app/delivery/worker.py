@@ -1,0 +1,368 @@
+"""The worker: claims due jobs from the durable schedule under a fenced lease and runs them.
+
+Two kinds of job: `eval|<uid>` (run the engine on one user and apply its decisions) and
+`email|...` (send one email, handled by the delivery module). A crashed worker's jobs come back
+when their lease runs out; leases of jobs still in hand are renewed, and a worker whose lease was
+taken over anyway can no longer write (the claim's token fences it). Any number of workers may run
+at once. Idle, it sleeps until the next due job or `idle_s`, whichever is sooner; `wake()` cuts the
+sleep short when new work arrives.
+
+It cannot die of what happens to it: any exception of a claim or a job is logged, counted and
+backed off (capped exponential, with jitter), and `failing_since_ms`/`last_error` tell readiness.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from app.clock import Clock
+from app.delivery.compose import Composer
+from app.delivery.jobs import EmailJob, JobStatus
+from app.delivery.templates import TemplateRenderError
+from app.engine.evaluate import Decisions, EmailOrder, Snapshot, evaluate
+from app.engine.funnel import late_activations, step_counters
+from app.engine.loop_files import Loop
+from app.errors import StorageError, StorageUnavailable
+from app.observability.metrics import Metrics
+from app.storage.keys import job_user
+from app.storage.store import Applied, Claim, Store, UserRecord, timeline_entry
+
+logger = logging.getLogger(__name__)
+
+MAX_CONFLICTS = 5
+NO_ADDRESS = "the user has no primary email address"
+EmailHandler = Callable[[str, str], Awaitable[None]]  # (job id, lease token)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    lease_ms: int = 60_000
+    idle_s: float = 120.0
+    batch: int = 50
+    max_backoff_s: float = 30.0
+    concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
+
+
+class Evaluator:
+    """Runs the engine for one user and applies the decisions, retrying on a concurrent change."""
+
+    def __init__(
+        self,
+        store: Store,
+        loops: Mapping[str, Loop],
+        composer: Composer,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.loops = loops
+        self.composer = composer
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+
+    async def run(self, user_id: str, token: str = "") -> Decisions | None:
+        """Evaluate under the lease `token`; None when nothing was applied (another worker took
+        the evaluation over, the user was deleted, or kept changing)."""
+        for _ in range(MAX_CONFLICTS):
+            record = await self.store.snapshot(user_id)
+            now = self.clock()
+            decisions = evaluate(self.loops.values(), to_snapshot(record), now)
+            applied = await self._apply(record, decisions, now, token)
+            if applied is Applied.APPLIED:
+                log_decisions(user_id, decisions)
+                self.metrics.transitions(decisions)
+                return decisions
+            if applied is not Applied.CONFLICT:
+                logger.info("user %s not evaluated: %s", user_id, applied.value)
+                return None
+        logger.warning(
+            "user %s changed %d times while evaluated; lease left", user_id, MAX_CONFLICTS
+        )
+        return None
+
+    async def _apply(
+        self, record: UserRecord, decisions: Decisions, now: int, token: str
+    ) -> Applied:
+        uid = record.user_id
+        jobs = [self._new_job(record, order, now) for order in decisions.emails]
+        timeline = [
+            timeline_entry(now, f"step.{state.status.value}", step=name, email=state.email_job)
+            for name, state in decisions.transitions.items()
+        ]
+        # the loop funnel's counters move with the states (stats.py); a late activation too
+        late = late_activations(self.loops.values(), record.steps, record.actions)
+        timeline += [timeline_entry(now, "step.activated_late", step=name) for name in late]
+        return await self.store.apply_decisions(
+            uid,
+            rev=record.rev,
+            states={**late, **decisions.transitions},
+            jobs=jobs,
+            timeline=timeline,
+            wake_at_ms=decisions.wake_at,
+            counters=step_counters(self.loops.values(), record.steps, decisions.transitions, late),
+            token=token,
+        )
+
+    def _new_job(self, record: UserRecord, order: EmailOrder, now: int) -> EmailJob:
+        """The job for an email decision, rendered now (or failed, or dropped: no address)."""
+        job = new_job(record.user_id, order, now)
+        profile = record.profile
+        if profile is None or profile.email is None:
+            return job.model_copy(update={"status": JobStatus.DROPPED, "last_error": NO_ADDRESS})
+        try:
+            rendered = self.composer.compose(order, profile)
+        except TemplateRenderError as exc:
+            return job.model_copy(update={"status": JobStatus.FAILED, "last_error": str(exc)})
+        return job.model_copy(update={"rendered": rendered})
+
+
+def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
+    return EmailJob(
+        id=order.job_id,
+        user_id=user_id,
+        loop_id=order.loop_id,
+        step=order.step,
+        kind=order.kind,
+        template=order.template,
+        personalization=dict(order.personalization),
+        queued_at=now,
+        due_at=order.due_at,
+    )
+
+
+def to_snapshot(record: UserRecord) -> Snapshot:
+    registered = None if record.deleted else record.registered_at_ms
+    suppressed = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
+    return Snapshot(record.user_id, registered, record.actions, record.steps, suppressed)
+
+
+def log_decisions(user_id: str, decisions: Decisions) -> None:
+    for name, state in decisions.transitions.items():
+        logger.info("user %s step %s: %s", user_id, name, state.status.value)
+
+
+class Backoff:
+    """Capped exponential waits with jitter (half to all of the step): 0.5 s, 1 s, 2 s, ..."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.step_s = first_s
+
+    def next_s(self) -> float:
+        wait_s = self.step_s * (0.5 + random.random() / 2)
+        self.step_s = min(self.step_s * 2, self.cap_s)
+        return wait_s
+
+    def reset(self) -> None:
+        self.step_s = self.first_s
+
+
+class LeaseKeeper:
+    """Renews the leases of a claim's unfinished jobs every third of the lease, until closed.
+
+    A timer, not a task, waits for the first renewal: most claims end long before it (a task per
+    claim cost the in-process worker CPU the intake needs)."""
+
+    def __init__(
+        self, store: Store, clock: Clock, lease_ms: int, token: str, unfinished: set[str]
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.lease_ms = lease_ms
+        self.token = token
+        self.unfinished = unfinished
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(lease_ms / 3000, self._due)
+        self._renewal: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _due(self) -> None:
+        self._renewal = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await self.store.renew_leases(
+                sorted(self.unfinished),
+                token=self.token,
+                now_ms=self.clock(),
+                lease_ms=self.lease_ms,
+            )
+        except Exception as exc:  # a missed renewal is survivable: the next one may do
+            logger.warning("worker: leases not renewed: %s", exc)
+        if not self._closed:
+            self._timer = self._loop.call_later(self.lease_ms / 3000, self._due)
+
+    def close(self) -> None:
+        self._closed = True
+        self._timer.cancel()
+        if self._renewal is not None:
+            self._renewal.cancel()
+
+
+class Worker:
+    """Claims due jobs and runs them; `run()` until stopped, or `drain()` in burst mode."""
+
+    def __init__(
+        self,
+        store: Store,
+        evaluator: Evaluator,
+        clock: Clock,
+        *,
+        send_email: EmailHandler | None = None,
+        config: WorkerConfig | None = None,
+        metrics: Metrics | None = None,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.evaluator = evaluator
+        self.clock = clock
+        self.send_email = send_email
+        self.config = config or WorkerConfig()
+        self.metrics = metrics or Metrics()
+        self.busy = busy or (lambda: False)
+        self.jobs_done = 0
+        self.last_loop_at_ms: int | None = None
+        self.failing_since_ms: int | None = None  # the first of the failures going on now
+        self.last_error: str | None = None
+        self.stopped_by: str | None = None  # why `run()` ended other than by `stop()`, if it did
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Worker(jobs_done={self.jobs_done}, last_loop_at_ms={self.last_loop_at_ms}, "
+            f"failing_since_ms={self.failing_since_ms})"
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Finish the job in hand, then return from `run()`."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run_once(self) -> Claim:
+        """Claim what is due now and run it; returns the claim (with when to look again)."""
+        now = self.clock()
+        claim = await self.store.claim_due(
+            now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
+        )
+        self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
+        await self._run_jobs(claim)
+        return claim
+
+    async def _run_jobs(self, claim: Claim) -> None:
+        """The jobs in up to `concurrency` lanes: one job's round trips no longer wait for the
+        previous job's, and the Redis calls the lanes make together leave in one write.
+
+        Jobs are independent (any number of workers may run at once; a user's changes are
+        rev-checked). While `busy()` (the web process is serving requests) only the first lane
+        starts jobs. After a stop or a storage outage no lane starts another: the jobs in hand
+        finish, the outage is raised, and leases bring the rest back. Meanwhile the leases of
+        the claim's jobs not yet finished are renewed every third of the lease."""
+        pending = deque(claim.job_ids)
+        unfinished = set(claim.job_ids)
+        failed: list[StorageUnavailable] = []
+
+        async def lane(first: bool) -> None:
+            while pending and not (self._stopping or failed or (not first and self.busy())):
+                job_id = pending.popleft()
+                try:
+                    await self.handle(job_id, claim.token)
+                except StorageUnavailable as exc:
+                    failed.append(exc)
+                finally:
+                    unfinished.discard(job_id)
+
+        lanes = min(self.config.concurrency, len(claim.job_ids))
+        with self._leases_kept(claim, unfinished):
+            await asyncio.gather(*(lane(first=i == 0) for i in range(lanes)))
+        if failed:
+            raise failed[0]
+
+    @contextlib.contextmanager
+    def _leases_kept(self, claim: Claim, unfinished: set[str]) -> Iterator[None]:
+        if not claim.job_ids:
+            yield
+            return
+        keeper = LeaseKeeper(self.store, self.clock, self.config.lease_ms, claim.token, unfinished)
+        try:
+            yield
+        finally:
+            keeper.close()
+
+    async def drain(self, max_rounds: int = 1000) -> int:
+        """Burst mode: run until nothing is due now; returns how many jobs ran."""
+        before = self.jobs_done
+        for _ in range(max_rounds):
+            if not (await self.run_once()).job_ids:
+                break
+        return self.jobs_done - before
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()`: whatever fails, it logs, backs off and goes on."""
+        backoff = Backoff(0.5, self.config.max_backoff_s)
+        while not self._stopping:
+            self._wake.clear()  # a wake() from here on cuts the next sleep short
+            try:
+                claim = await self.run_once()
+            except Exception as exc:
+                wait_s = backoff.next_s()
+                self._failing(exc, wait_s)
+                await self._sleep(wait_s)
+                continue
+            backoff.reset()
+            self._recovered()
+            if not claim.job_ids:
+                await self._sleep(self._idle_seconds(claim.wake_at_ms))
+
+    def _failing(self, exc: Exception, wait_s: float) -> None:
+        if self.failing_since_ms is None:
+            self.failing_since_ms = self.clock()
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.metrics.worker_failure(exc)
+        if isinstance(exc, StorageError):
+            logger.warning("worker: %s; retrying in %.1f s", self.last_error, wait_s)
+        else:
+            logger.error("worker: %s; retrying in %.1f s", self.last_error, wait_s, exc_info=exc)
+
+    def _recovered(self) -> None:
+        if self.failing_since_ms is not None:
+            logger.info("worker: recovered after failing since %d", self.failing_since_ms)
+        self.failing_since_ms = None
+        self.last_error = None
+
+    def _idle_seconds(self, wake_at_ms: int | None) -> float:
+        if wake_at_ms is None:
+            return self.config.idle_s
+        return min(max((wake_at_ms - self.clock()) / 1000, 0.0), self.config.idle_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def handle(self, job_id: str, token: str = "") -> None:
+        """Run one job under the claim's lease `token`; a failure other than an outage is
+        logged and counted, and the lease brings the job back later."""
+        try:
+            if job_id.startswith("eval|"):
+                await self.evaluator.run(job_user(job_id), token)
+            elif self.send_email is not None:
+                await self.send_email(job_id, token)
+            self.jobs_done += 1
+        except StorageUnavailable:
+            raise
+        except Exception as exc:
+            # one bad job must not stop the others; its lease brings it back later
+            self.metrics.job_failure(exc)
+            logger.exception("job %s failed", job_id)

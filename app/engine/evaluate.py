@@ -1,0 +1,224 @@
+"""The loop engine: a pure function from (loops, one user's snapshot, now) to decisions.
+
+No I/O and no clock of its own. For each loop, steps run in order: a step starts when its trigger
+fires (step 0) or when the previous step acted (later steps), plus its `delay`. Then:
+
+- no condition: it acts at once;
+- its condition met no later than its deadline (actions done before the start count too): it acts,
+  exactly once, even when the deadline has passed by the time we look;
+- its deadline passed first: it times out (and sends `on_timeout`, if any); the loop ends there;
+- otherwise it waits, and the engine names the moment it must be looked at again.
+
+"Met at" is when the user's count of the action reached the condition's count (the earliest of the
+`any_of` actions); a step already decided is final, whatever arrives later.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from app.engine.loop_files import ActionCondition, ActionTrigger, EmailAction, Loop, Step
+
+
+class StepStatus(StrEnum):
+    WAITING = "waiting"
+    FIRED = "fired"
+    TIMED_OUT = "timed_out"
+
+
+class StepState(BaseModel):
+    """One (loop, step, user): stored as JSON in the user's `loops` hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: StepStatus
+    started_at: int
+    deadline_at: int | None = None
+    met_at: int | None = None
+    decided_at: int | None = None
+    email_job: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status is not StepStatus.WAITING
+
+
+@dataclass(frozen=True, slots=True)
+class ActionStats:
+    """What the user did of one action: how often, when, and when each tracked count was reached."""
+
+    count: int = 0
+    first_at: int | None = None
+    last_at: int | None = None
+    reached_at: Mapping[int, int] = field(default_factory=dict)
+
+    def time_count_reached(self, count: int) -> int | None:
+        if self.count < count:
+            return None
+        # Counts no loop tracked when they happened: the last action is the best bound we have.
+        return self.reached_at.get(count, self.last_at if count > 1 else self.first_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One user's state as the engine sees it."""
+
+    user_id: str
+    registered_at: int | None
+    actions: Mapping[str, ActionStats]
+    steps: Mapping[str, StepState]
+    suppressed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmailOrder:
+    """An email the engine decided to send: its job id is deterministic, so it is queued once."""
+
+    job_id: str
+    loop_id: str
+    step: int
+    kind: str
+    template: str
+    personalization: Mapping[str, str]
+    due_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    transitions: dict[str, StepState]
+    emails: list[EmailOrder]
+    wake_at: int | None
+
+    @property
+    def empty(self) -> bool:
+        return not self.transitions and not self.emails
+
+
+def step_field(loop_id: str, step: int) -> str:
+    """The field of a step's state in the user's `loops` hash."""
+    return f"{loop_id}/{step}"
+
+
+def email_job_id(user_id: str, loop_id: str, step: int, kind: str) -> str:
+    return f"email|{user_id}|{loop_id}|{step}|{kind}"
+
+
+def evaluate(loops: Iterable[Loop], snapshot: Snapshot, now: int) -> Decisions:
+    """Every loop's next move for one user."""
+    decisions = Decisions({}, [], None)
+    wakes: list[int] = []
+    for loop in loops:
+        _LoopRun(loop, snapshot, now, decisions, wakes).run()
+    return Decisions(decisions.transitions, decisions.emails, min(wakes) if wakes else None)
+
+
+@dataclass(slots=True)
+class _LoopRun:
+    """One loop evaluated for one user; collects into the shared decisions."""
+
+    loop: Loop
+    snapshot: Snapshot
+    now: int
+    out: Decisions
+    wakes: list[int]
+
+    def run(self) -> None:
+        previous_acted_at: int | None = None
+        for step in self.loop.steps:
+            key = step_field(self.loop.id, step.index)
+            stored = self.snapshot.steps.get(key)
+            state = stored or self._start(step, previous_acted_at)
+            if state is None:
+                return
+            decided = self._advance(step, state)
+            if decided != stored:
+                self.out.transitions[key] = decided
+            if decided.status is not StepStatus.FIRED:
+                return
+            previous_acted_at = decided.decided_at
+
+    def _start(self, step: Step, previous_acted_at: int | None) -> StepState | None:
+        began = self._began_at(step, previous_acted_at)
+        if began is None:
+            return None
+        started_at = began + step.delay_ms
+        condition = step.condition
+        timeout_ms = condition.timeout_ms if condition is not None else None
+        deadline_at = started_at + timeout_ms if timeout_ms is not None else None
+        return StepState(status=StepStatus.WAITING, started_at=started_at, deadline_at=deadline_at)
+
+    def _began_at(self, step: Step, previous_acted_at: int | None) -> int | None:
+        """When the step's clock starts: its trigger fired (step 0) or the previous step acted."""
+        if step.index > 0:
+            return previous_acted_at
+        trigger = step.trigger
+        if isinstance(trigger, ActionTrigger):
+            return self._stats(trigger.action).time_count_reached(trigger.count)
+        return self.snapshot.registered_at
+
+    def _advance(self, step: Step, state: StepState) -> StepState:
+        if state.final:
+            return state
+        if self.now < state.started_at:
+            self.wakes.append(state.started_at)
+            return state
+        met_at = self._met_at(step.condition) if step.condition else state.started_at
+        if met_at is not None and (state.deadline_at is None or met_at <= state.deadline_at):
+            return self._decide(step, state, StepStatus.FIRED, met_at)
+        if state.deadline_at is not None and self.now >= state.deadline_at:
+            return self._decide(step, state, StepStatus.TIMED_OUT, None)
+        if state.deadline_at is not None:
+            self.wakes.append(state.deadline_at)
+        return state
+
+    def _met_at(self, condition: ActionCondition) -> int | None:
+        return condition_met_at(condition, self.snapshot.actions)
+
+    def _stats(self, action: str) -> ActionStats:
+        return self.snapshot.actions.get(action, ActionStats())
+
+    def _decide(
+        self, step: Step, state: StepState, status: StepStatus, met_at: int | None
+    ) -> StepState:
+        fired = status is StepStatus.FIRED
+        email = step.action if fired else step.on_timeout
+        job_id = None
+        if email is not None and not self.snapshot.suppressed:
+            job_id = self._order(step, "action" if fired else "timeout", email)
+        update = {"status": status, "met_at": met_at, "decided_at": self.now, "email_job": job_id}
+        return state.model_copy(update=update)
+
+    def _order(self, step: Step, kind: str, email: EmailAction) -> str:
+        job_id = email_job_id(self.snapshot.user_id, self.loop.id, step.index, kind)
+        personalization = dict(email.personalization)
+        order = EmailOrder(
+            job_id, self.loop.id, step.index, kind, email.template, personalization, self.now
+        )
+        self.out.emails.append(order)
+        return job_id
+
+
+def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionStats]) -> int | None:
+    """When the condition first held (the earliest of its actions to reach the count), or None."""
+    empty = ActionStats()
+    times = [
+        actions.get(action, empty).time_count_reached(condition.count)
+        for action in condition.actions
+    ]
+    reached = [at for at in times if at is not None]
+    return min(reached) if reached else None
+
+
+def tracked_counts(loops: Iterable[Loop]) -> dict[str, frozenset[int]]:
+    """For each action, the counts some loop waits for: when each is reached gets recorded."""
+    counts: dict[str, set[int]] = {}
+    for loop in loops:
+        for step in loop.steps:
+            if isinstance(step.trigger, ActionTrigger):
+                counts.setdefault(step.trigger.action, set()).add(step.trigger.count)
+            if step.condition is not None:
+                for action in step.condition.actions:
+                    counts.setdefault(action, set()).add(step.condition.count)
+    return {action: frozenset(values) for action, values in counts.items()}

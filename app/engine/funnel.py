@@ -1,0 +1,172 @@
+"""Loop counters kept as events happen (never a scan of users): what a worker's decisions add,
+time-to-activation buckets, and the dashboard's reading of the counters (keys.py: `stats`, `daily`).
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from app.delivery.jobs import EmailJob
+from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
+from app.engine.loop_files import Loop
+
+DAY_MS = 24 * 3600 * 1000
+# Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).
+TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
+    ("1m", "< 1 min", 60_000),
+    ("5m", "< 5 min", 5 * 60_000),
+    ("1h", "< 1 hour", 3600_000),
+    ("1d", "< 1 day", DAY_MS),
+    ("1w", "< 1 week", 7 * DAY_MS),
+    ("more", "1 week +", None),
+)
+FUNNEL: tuple[tuple[str, str], ...] = (
+    ("entered", "Entered (step 0 started)"),
+    ("met", "Condition met (fired)"),
+    ("sent", "Email sent"),
+    ("timed_out", "Timed out"),
+    ("nudged", "Nudged (on_timeout sent)"),
+    ("activated_after_nudge", "Activated after timing out"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One increment of a loop's `stats` hash."""
+
+    loop_id: str
+    field: str
+    by: int = 1
+
+
+def tta_bucket(elapsed_ms: int) -> str:
+    """The histogram field for a time to activation: `tta:1m` ... `tta:more`."""
+    for suffix, _, upper_ms in TTA_BUCKETS:
+        if upper_ms is None or elapsed_ms < upper_ms:
+            return f"tta:{suffix}"
+    raise AssertionError("the last bucket is unbounded")
+
+
+def utc_day(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def last_days(now_ms: int, days: int) -> list[str]:
+    """The last `days` UTC days, oldest first, today included."""
+    today = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
+
+
+def send_counter(job: EmailJob) -> str:
+    """The funnel counter a sent email bumps: step 0's email (`sent`) or its nudge (`nudged`)."""
+    if job.step != 0:
+        return ""
+    return {"action": "sent", "timeout": "nudged"}.get(job.kind, "")
+
+
+def late_activations(
+    loops: Iterable[Loop], steps: Mapping[str, StepState], actions: Mapping[str, ActionStats]
+) -> dict[str, StepState]:
+    """Step 0 states that timed out and whose condition has been met since: `met_at` recorded.
+
+    Written with the worker's next decisions, so each is counted once (`activated_after_nudge`).
+    """
+    late: dict[str, StepState] = {}
+    for loop in loops:
+        name, condition = step_field(loop.id, 0), loop.steps[0].condition
+        state = steps.get(name)
+        if state is None or condition is None or state.status is not StepStatus.TIMED_OUT:
+            continue
+        met_at = condition_met_at(condition, actions) if state.met_at is None else None
+        if met_at is not None:
+            late[name] = state.model_copy(update={"met_at": met_at})
+    return late
+
+
+def step_counters(
+    loops: Iterable[Loop],
+    stored: Mapping[str, StepState],
+    transitions: Mapping[str, StepState],
+    late: Mapping[str, StepState],
+) -> list[Counter]:
+    """The funnel increments of one user's decisions (step 0 of each loop)."""
+    counters: list[Counter] = []
+    for loop in loops:
+        name = step_field(loop.id, 0)
+        if name in late:
+            counters.append(Counter(loop.id, "activated_after_nudge"))
+        new = transitions.get(name)
+        if new is not None:
+            counters += [Counter(loop.id, f) for f in _transition_fields(stored.get(name), new)]
+    return counters
+
+
+def _transition_fields(before: StepState | None, after: StepState) -> list[str]:
+    fields = ["entered"] if before is None else []
+    if after.status is StepStatus.FIRED:
+        met_at = after.met_at if after.met_at is not None else after.started_at
+        fields += ["met", tta_bucket(max(met_at - after.started_at, 0))]
+    elif after.status is StepStatus.TIMED_OUT:
+        fields.append("timed_out")
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class DayCount:
+    day: str
+    sent: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """What the dashboard shows for one loop."""
+
+    loop: Loop
+    counters: Mapping[str, int]
+    days: list[DayCount]
+    dead_count: int = 0
+    dead: list[EmailJob] = field(default_factory=list)
+
+    def count(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+    @property
+    def funnel(self) -> list[tuple[str, str, int]]:
+        return [(name, label, self.count(name)) for name, label in FUNNEL]
+
+    @property
+    def activation_rate(self) -> float | None:
+        """Condition met by the deadline, out of entered; None before anyone entered."""
+        entered = self.count("entered")
+        return self.count("met") / entered if entered else None
+
+    @property
+    def histogram(self) -> list[tuple[str, int]]:
+        return [(label, self.count(f"tta:{suffix}")) for suffix, label, _ in TTA_BUCKETS]
+
+
+def parse_counters(flat: Iterable[str]) -> dict[str, int]:
+    items = list(flat)
+    return {name: int(value) for name, value in zip(items[::2], items[1::2], strict=True)}
+
+
+def day_counts(
+    loop_id: str, days: list[str], daily: Mapping[str, Mapping[str, int]]
+) -> list[DayCount]:
+    """A loop's sends and failures per day, from the `daily` hashes' `<loop>:sent`/`:failed`."""
+    empty: Mapping[str, int] = {}
+    return [
+        DayCount(
+            day,
+            daily.get(day, empty).get(f"{loop_id}:sent", 0),
+            daily.get(day, empty).get(f"{loop_id}:failed", 0),
+        )
+        for day in days
+    ]
+
+
+def dead_loop(job_id: str) -> str:
+    """The loop a dead-letter job belongs to (`email|<uid>|<loop>|<step>|<kind>`)."""
+    parts = job_id.split("|")
+    return parts[2] if len(parts) == 5 else ""

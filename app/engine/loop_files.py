@@ -1,0 +1,688 @@
+"""Loop files: reads, checks and normalises `<LOOPS_DIR>/<loop_id>.yaml`; owns their format.
+
+The file shape is the `*Spec` models below (`loops/loop.schema.json` is generated from them:
+see `python -m app.engine.loop_files schema`). What the rest of the service uses are these frozen
+shapes:
+
+- `Loop(id, type, opinion, steps, recovery, source)`: `id` is the file stem, `type` a `LoopType`,
+  `steps` a non-empty tuple run in order for each user, `source` the file it came from.
+- `Step(index, trigger, condition, action, on_timeout, delay_ms)`: only `steps[0]` has a trigger;
+  a later step starts when the previous step acted. A step starts `delay_ms` after that moment
+  (0 = at once), then waits for its condition (none = act right away) for at most the condition's
+  `timeout_ms` (None = forever), counted from the start; `on_timeout` is sent if time runs out.
+- Triggers: `UserRegistered()` (`{type: database, table: users, event: insert}` and its alias
+  `{type: clerk, event: user.created}`), or `ActionTrigger(action, count)`: the user's count of
+  `action` reached `count`. Activation loops start on the first, milestone loops on the second.
+- `ActionCondition(actions, count, timeout_ms)`: holds once ANY ONE of `actions` has been done at
+  least `count` times, each action counted on its own (never summed); actions done before the step
+  started count too. `action: x` gives one action, `any_of: [a, b]` several, and a `type: query`
+  SQL condition is translated to the same shape (see `app.engine.conditions`).
+- `EmailAction(template, personalization)`: `template` names `<LOOPS_DIR>/templates/<name>.html`
+  (checked to exist); `personalization` maps template variable names to Jinja strings.
+- `Recovery(retries, backoff, initial_delay_ms, max_delay_ms)`: a failed email's retry policy;
+  `delay_ms(retry)` is the wait before a retry, without jitter.
+
+Durations are `<integer><s|m|h|d|w>`, held in ms. A bad file raises one `LoopFileError`:
+`<file>: <field path>: <reason>`.
+"""
+
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
+
+from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
+
+LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DURATION_PATTERN = r"^[0-9]*[1-9][0-9]*[smhdw]$"
+DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
+UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+# Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
+MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
+LOOP_FILE_SUFFIXES = (".yaml", ".yml")
+
+_LOOP_ID = re.compile(LOOP_ID_PATTERN)
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
+_VARIABLE_NAME = re.compile(VARIABLE_NAME_PATTERN)
+
+
+class LoopFileError(Exception):
+    """A loop file that cannot be used; str() is `<file>: <field>: <reason>`."""
+
+    def __init__(self, path: Path, field: str | None, reason: str) -> None:
+        self.path = path
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+
+
+def parse_duration(text: str) -> int:
+    """`30s`, `5m`, `2h`, `3d`, `1w` in milliseconds; ValueError for anything else."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like {DURATION_EXAMPLES}")
+    duration_ms = int(match[1]) * UNIT_MS[match[2]]
+    if duration_ms == 0:
+        raise ValueError(f"{text!r} is zero: a duration must be longer, like {DURATION_EXAMPLES}")
+    if duration_ms > MAX_DURATION_MS:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return duration_ms
+
+
+# --- the normalised loop ------------------------------------------------------------------------
+
+
+class LoopType(StrEnum):
+    ACTIVATION = "activation"
+    MILESTONE = "milestone"
+
+
+class Backoff(StrEnum):
+    EXPONENTIAL = "exponential"
+    LINEAR = "linear"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRegistered:
+    """The user signed up: a verified Clerk `user.created` (a user row inserted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTrigger:
+    """Fires once, when the user's count of `action` reaches `count`."""
+
+    action: str
+    count: int
+
+
+Trigger = UserRegistered | ActionTrigger
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCondition:
+    """Holds once any one of `actions` was done `count` times; `timeout_ms` None = no deadline."""
+
+    actions: tuple[str, ...]
+    count: int
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailAction:
+    """An email through Resend: a template and its personalization (variable -> Jinja string)."""
+
+    template: str
+    personalization: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a loop; `index` is its place in `Loop.steps` (and in the file's `steps`)."""
+
+    index: int
+    trigger: Trigger | None
+    condition: ActionCondition | None
+    action: EmailAction
+    on_timeout: EmailAction | None
+    delay_ms: int
+
+
+# Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
+# and rate-limit deferrals, which move attempts later without counting as retries.
+MAX_RETRY_SPAN_MS = 12 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How a failed email is retried: `retries` more attempts, waits growing by `backoff`."""
+
+    retries: int
+    backoff: Backoff
+    initial_delay_ms: int
+    max_delay_ms: int
+
+    def span_ms(self) -> int:
+        """The longest time from the first attempt to the start of the last retry (jitter +20 %)."""
+        return sum(self.delay_ms(retry) for retry in range(1, self.retries + 1)) * 6 // 5
+
+    def delay_ms(self, retry: int) -> int:
+        """The wait before retry number `retry` (1 = the first retry), at most `max_delay_ms`."""
+        factor = 1
+        if self.backoff is Backoff.EXPONENTIAL:
+            factor = 1 << max(retry - 1, 0)
+        elif self.backoff is Backoff.LINEAR:
+            factor = max(retry, 1)
+        return min(self.initial_delay_ms * factor, self.max_delay_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """One loop file, checked and normalised; `id` is the file stem."""
+
+    id: str
+    type: LoopType
+    opinion: str
+    steps: tuple[Step, ...]
+    recovery: Recovery
+    source: Path
+
+    def emails(self) -> Iterator[tuple[str, EmailAction]]:
+        """Every email the loop can send, with its field path (`steps[0].on_timeout`)."""
+        for step in self.steps:
+            yield f"steps[{step.index}].action", step.action
+            if step.on_timeout is not None:
+                yield f"steps[{step.index}].on_timeout", step.on_timeout
+
+
+# --- the file format ----------------------------------------------------------------------------
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[Any], Any]:
+    """A check that a string matches, with a message a person can act on (non-strings pass on)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return check
+
+
+def _check_duration(value: Any) -> Any:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[
+    str,
+    BeforeValidator(_check_duration),
+    WithJsonSchema(
+        {"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "5m", "2h", "3d", "1w"]}
+    ),
+]
+ActionName = Annotated[
+    str,
+    BeforeValidator(_matching(ACTION_NAME, "an action name (letters, digits, _ . -; up to 64)")),
+    WithJsonSchema({"type": "string", "pattern": ACTION_NAME_PATTERN}),
+]
+TemplateName = Annotated[
+    str,
+    BeforeValidator(_matching(_TEMPLATE_NAME, "a template name (letters, digits, _ . -)")),
+    WithJsonSchema({"type": "string", "pattern": TEMPLATE_NAME_PATTERN}),
+]
+VariableName = Annotated[
+    str,
+    BeforeValidator(_matching(_VARIABLE_NAME, "a variable name (letters, digits, _)")),
+    WithJsonSchema({"type": "string", "pattern": VARIABLE_NAME_PATTERN}),
+]
+Count = Annotated[
+    int, Field(ge=1, le=MAX_COUNT, description="How many times; at least 1, at most a million.")
+]
+
+
+class _Spec(BaseModel):
+    """A mapping in a loop file: unknown keys and empty values are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                _check_key(cls.model_fields, key, value)
+        return data
+
+
+def _check_key(fields: Mapping[str, Any], key: Hashable, value: Any) -> None:
+    if key not in fields:
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(fields)}"
+        reason = f"unknown key; {hint}"
+        raise PydanticCustomError("unknown_key", "{reason}", {"key": key, "reason": reason})
+    if value is None:
+        reason = "empty: give a value or leave the key out"
+        raise PydanticCustomError("empty_value", "{reason}", {"key": key, "reason": reason})
+
+
+class DatabaseTriggerSpec(_Spec):
+    """A row inserted in the users table: the user registered (a verified Clerk user.created)."""
+
+    model_config = ConfigDict(title="User registered (database)")
+
+    type: Literal["database"]
+    table: Literal["users"]
+    event: Literal["insert"]
+
+
+class ClerkTriggerSpec(_Spec):
+    """The user registered: Clerk's user.created webhook (same as the database trigger)."""
+
+    model_config = ConfigDict(title="User registered (Clerk)")
+
+    type: Literal["clerk"]
+    event: Literal["user.created"]
+
+
+class ActionTriggerSpec(_Spec):
+    """Fires once, when the user's count of `action` reaches `count` (milestones)."""
+
+    model_config = ConfigDict(title="Action count reached")
+
+    type: Literal["action"]
+    action: ActionName = Field(description="The action name your app sends to POST /v1/actions.")
+    count: Count = 1
+
+
+TriggerSpec = Annotated[
+    DatabaseTriggerSpec | ClerkTriggerSpec | ActionTriggerSpec, Field(discriminator="type")
+]
+
+
+class ActionConditionSpec(_Spec):
+    """Wait until the user has done `action` (or any one of `any_of`) `count` times."""
+
+    model_config = ConfigDict(
+        title="Action condition",
+        json_schema_extra={"oneOf": [{"required": ["action"]}, {"required": ["any_of"]}]},
+    )
+
+    type: Literal["action"]
+    action: ActionName | None = Field(None, description="The action to wait for.")
+    any_of: list[ActionName] | None = Field(
+        None, min_length=1, description="Several actions: the condition holds when any one does."
+    )
+    count: Count = 1
+    timeout: Duration | None = Field(
+        None, description="Give up this long after the step started; then on_timeout is sent."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_actions(self) -> Self:
+        if (self.action is None) == (self.any_of is None):
+            raise ValueError("give either action or any_of (exactly one of them)")
+        listed = self.any_of or []
+        repeated = sorted({name for name in listed if listed.count(name) > 1})
+        if repeated:
+            raise ValueError(f"any_of lists {', '.join(map(repr, repeated))} more than once")
+        return self
+
+
+class QueryConditionSpec(_Spec):
+    """A SQL query over user_actions(user_id, action_type, created_at, properties)."""
+
+    model_config = ConfigDict(title="Query condition")
+
+    type: Literal["query"]
+    query: str = Field(
+        description=(
+            "SELECT over user_actions, scoped by user_id = $1, naming action_type = 'x' or "
+            "IN ('a', 'b'); optionally HAVING COUNT(*) >= n."
+        ),
+        examples=[
+            "SELECT * FROM user_actions WHERE user_id = $1 "
+            "AND action_type = 'first_project_created'"
+        ],
+    )
+    timeout: Duration | None = Field(None, description="Give up this long after the step started.")
+
+    @field_validator("query")
+    @classmethod
+    def _translatable(cls, query: str) -> str:
+        translate_query(query)
+        return query
+
+
+ConditionSpec = Annotated[ActionConditionSpec | QueryConditionSpec, Field(discriminator="type")]
+
+
+class EmailSpec(_Spec):
+    """Send an email through Resend from a template in templates/<template>.html."""
+
+    model_config = ConfigDict(title="Email")
+
+    type: Literal["email"]
+    provider: Literal["resend"] = "resend"
+    template: TemplateName = Field(description="The file templates/<template>.html.")
+    personalization: dict[VariableName, str] = Field(
+        default_factory=dict,
+        description="Template variables, each a Jinja string rendered against the user first.",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+
+class StepSpec(_Spec):
+    """One step: (trigger or previous step) -> delay -> condition -> action, or on_timeout."""
+
+    model_config = ConfigDict(title="Step")
+
+    trigger: TriggerSpec | None = Field(None, description="What starts the loop; first step only.")
+    delay: Duration | None = Field(
+        None, description="Wait this long after the trigger or the previous step's action."
+    )
+    condition: ConditionSpec | None = Field(
+        None, description="What the user must do first; without one the step acts at once."
+    )
+    action: EmailSpec = Field(description="What to do when the condition holds.")
+    on_timeout: EmailSpec | None = Field(
+        None, description="What to do when the condition's timeout passes first."
+    )
+
+
+class RecoverySpec(_Spec):
+    """How a failed email is retried."""
+
+    model_config = ConfigDict(title="Recovery")
+
+    retries: int = Field(3, ge=0, le=50, description="Retries after the first attempt fails.")
+    backoff: Literal["exponential", "linear", "fixed"] = "exponential"
+    initial_delay: Duration = Field("10s", description="The wait before the first retry.")
+    max_delay: Duration = Field("1h", description="The longest wait between attempts.")
+
+
+class LoopSpec(_Spec):
+    """An activation loop: loops/<loop_id>.yaml; the loop id is the file name without .yaml."""
+
+    model_config = ConfigDict(
+        title="Activation loop",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    type: Literal["activation", "milestone"] = Field(
+        description="activation: starts when a user registers; milestone: on an action count."
+    )
+    opinion: str = Field(min_length=1, description="What this loop is for, in one sentence.")
+    steps: list[StepSpec] = Field(min_length=1, description="Run in order for each user.")
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec, description="How failed emails are retried."
+    )
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A problem found in a parsed file: where (field path) and why; the caller adds the file."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it, with its own message
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_loops(loops_dir: Path) -> dict[str, Loop]:
+    """Every `*.yaml` / `*.yml` loop in `loops_dir` by id, in file-name order; none is fine."""
+    if not loops_dir.is_dir():
+        raise LoopFileError(loops_dir, None, "no such folder of loop files")
+    loops: dict[str, Loop] = {}
+    for path in _loop_files(loops_dir):
+        loop = load_loop(path, loops_dir / "templates")
+        if loop.id in loops:
+            raise LoopFileError(
+                path, None, f"loop id {loop.id!r} is taken by {loops[loop.id].source}"
+            )
+        loops[loop.id] = loop
+    return loops
+
+
+def _loop_files(loops_dir: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in loops_dir.iterdir()
+        if path.suffix in LOOP_FILE_SUFFIXES and path.is_file() and not path.name.startswith(".")
+    )
+
+
+def load_loop(path: Path, templates_dir: Path) -> Loop:
+    """One loop file, checked whole (templates included), or `LoopFileError`."""
+    try:
+        loop = _build(_check_loop_id(path.stem), _validate(_read_yaml(path)), path)
+        _check_templates(loop, templates_dir)
+    except _Invalid as problem:
+        raise LoopFileError(path, problem.field, problem.reason) from None
+    return loop
+
+
+def _check_loop_id(loop_id: str) -> str:
+    if not _LOOP_ID.fullmatch(loop_id):
+        reason = f"loop id {loop_id!r} (the file name) must match {LOOP_ID_PATTERN.strip('^$')}"
+        raise _Invalid(None, reason)
+    return loop_id
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Invalid(None, f"cannot read the file: {exc}") from None
+    try:
+        # the reader checks the characters as the loader is built: inside the try
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as exc:
+        raise _Invalid(None, f"invalid YAML: {exc}") from None
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        raise _Invalid(None, _describe_yaml_error(exc)) from None
+    except yaml.YAMLError as exc:
+        raise _Invalid(None, f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"invalid YAML{where}: {', '.join(filter(None, (exc.context, exc.problem)))}"
+
+
+def _validate(data: Any) -> LoopSpec:
+    if data is None:
+        raise _Invalid(None, "the file is empty; a loop needs type, opinion and steps")
+    if not isinstance(data, dict):
+        found = type(data).__name__
+        raise _Invalid(
+            None, f"the top level must be a mapping of type, opinion, steps (not {found})"
+        )
+    try:
+        return LoopSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise _Invalid(_field_path(first), _reason(first)) from None
+
+
+# Discriminated unions put the chosen `type` in an error's location; a reader never wrote it.
+_UNION_FIELDS = {"trigger": "database, clerk, action", "condition": "action, query"}
+
+
+def _field_path(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    parts = [part for i, part in enumerate(loc) if part != "[key]" and not _is_union_tag(loc, i)]
+    if error["type"] in ("unknown_key", "empty_value"):
+        parts.append(str(error.get("ctx", {})["key"]))
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+def _is_union_tag(loc: tuple[int | str, ...], i: int) -> bool:
+    return i >= 3 and loc[i - 3] == "steps" and loc[i - 1] in _UNION_FIELDS
+
+
+def _reason(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "missing":
+        return "required, but missing"
+    if kind == "union_tag_not_found":
+        return f"needs a type: one of {_UNION_FIELDS[str(error['loc'][-1])]}"
+    if kind == "union_tag_invalid":
+        return f"unknown type {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
+    if kind == "literal_error":
+        return f"{error['input']!r} is not allowed: expected {ctx['expected']}"
+    if kind in ("model_attributes_type", "model_type", "dict_type"):
+        return "should be a mapping (key: value lines)"
+    return error["msg"]
+
+
+def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
+    loop_type = LoopType(spec.type)
+    steps = tuple(_step(index, step, loop_type) for index, step in enumerate(spec.steps))
+    return Loop(loop_id, loop_type, spec.opinion, steps, _recovery(spec.recovery), source)
+
+
+def _step(index: int, spec: StepSpec, loop_type: LoopType) -> Step:
+    condition = _condition(spec.condition)
+    if spec.on_timeout is not None and (condition is None or condition.timeout_ms is None):
+        reason = "only a condition with a timeout can time out: add condition.timeout"
+        raise _Invalid(f"steps[{index}].on_timeout", reason)
+    return Step(
+        index=index,
+        trigger=_trigger(index, spec.trigger, loop_type),
+        condition=condition,
+        action=_email(spec.action),
+        on_timeout=_email(spec.on_timeout) if spec.on_timeout is not None else None,
+        delay_ms=parse_duration(spec.delay) if spec.delay is not None else 0,
+    )
+
+
+_ACTIVATION_TRIGGERS = "{type: database, table: users, event: insert} or {type: clerk, ...}"
+
+
+def _trigger(index: int, spec: TriggerSpec | None, loop_type: LoopType) -> Trigger | None:
+    where = f"steps[{index}].trigger"
+    if index > 0:
+        if spec is not None:
+            raise _Invalid(where, "only the first step has a trigger; later steps follow it")
+        return None
+    if spec is None:
+        raise _Invalid(where, "the first step needs a trigger: what starts the loop")
+    if isinstance(spec, ActionTriggerSpec):
+        if loop_type is LoopType.ACTIVATION:
+            raise _Invalid(where, f"an activation loop starts on {_ACTIVATION_TRIGGERS}")
+        return ActionTrigger(spec.action, spec.count)
+    if loop_type is LoopType.MILESTONE:
+        raise _Invalid(where, "a milestone loop starts on {type: action, action: ..., count: N}")
+    return UserRegistered()
+
+
+def _condition(spec: ConditionSpec | None) -> ActionCondition | None:
+    if spec is None:
+        return None
+    timeout_ms = parse_duration(spec.timeout) if spec.timeout is not None else None
+    if isinstance(spec, QueryConditionSpec):
+        query = translate_query(spec.query)
+        return ActionCondition(query.actions, query.count, timeout_ms)
+    actions = (spec.action,) if spec.action is not None else tuple(spec.any_of or ())
+    return ActionCondition(actions, spec.count, timeout_ms)
+
+
+def _email(spec: EmailSpec) -> EmailAction:
+    return EmailAction(spec.template, MappingProxyType(dict(spec.personalization)))
+
+
+def _recovery(spec: RecoverySpec) -> Recovery:
+    initial_delay_ms = parse_duration(spec.initial_delay)
+    max_delay_ms = parse_duration(spec.max_delay)
+    if initial_delay_ms > max_delay_ms:
+        reason = f"{spec.initial_delay!r} is longer than max_delay {spec.max_delay!r}"
+        raise _Invalid("recovery.initial_delay", reason)
+    recovery = Recovery(spec.retries, Backoff(spec.backoff), initial_delay_ms, max_delay_ms)
+    span_ms = recovery.span_ms()
+    if span_ms > MAX_RETRY_SPAN_MS:
+        reason = (
+            f"{spec.retries} retries ({spec.backoff}, {spec.initial_delay} up to {spec.max_delay}) "
+            f"span {span_ms / 3_600_000:.1f} h with jitter; the last retry must start within "
+            f"{MAX_RETRY_SPAN_MS // 3_600_000} h of the first attempt (Resend forgets an "
+            "idempotency key after 24 h: a later retry could send the email twice)"
+        )
+        raise _Invalid("recovery", reason)
+    return recovery
+
+
+def _check_templates(loop: Loop, templates_dir: Path) -> None:
+    for where, email in loop.emails():
+        path = templates_dir / f"{email.template}.html"
+        if not path.is_file():
+            raise _Invalid(
+                f"{where}.template", f"no template {email.template!r}: {path} is missing"
+            )
+
+
+# --- the JSON Schema ----------------------------------------------------------------------------
+
+
+class _FileSchema(GenerateJsonSchema):
+    """The file's schema: an optional key is left out, never `null` (the loader refuses null)."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+
+def loop_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a loop file (the raw YAML shape), for editors and validators."""
+    return LoopSpec.model_json_schema(schema_generator=_FileSchema)
+
+
+def loop_json_schema_text() -> str:
+    """The schema as committed in `loops/loop.schema.json`."""
+    return json.dumps(loop_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str]) -> int:
+    if list(argv) != ["schema"]:
+        sys.stderr.write("usage: python -m app.engine.loop_files schema\n")
+        return 2
+    sys.stdout.write(loop_json_schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

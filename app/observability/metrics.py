@@ -1,0 +1,211 @@
+"""Prometheus metrics: one `Metrics` (with its own registry) per runtime, and `GET /metrics`.
+
+A registry per app, not prometheus-client's global one, so tests and several apps in one process
+never share counts. Instrumented code calls one method per event; the schedule and dead-letter
+gauges are read from storage (one ZCARD each) when Prometheus scrapes.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from app.engine.evaluate import Decisions
+from app.errors import StorageError, StorageUnavailable, WebhookRejected
+from app.storage.store import Store
+from app.web import auth
+from app.web.auth import Access
+from app.web.deps import StoreDep
+
+logger = logging.getLogger(__name__)
+
+# seconds from an email's due time to its outcome: sends take ~1 s, retries minutes to hours
+UNKNOWN_TYPE = "-"  # a refused webhook's type is not known (or not to be trusted)
+LATENCY_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
+
+
+class Metrics:
+    """Every metric the service exports, registered in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.webhooks = Counter(
+            "activation_webhooks",
+            "Webhook deliveries by source, event type and outcome",
+            ["source", "type", "outcome"],
+            registry=reg,
+        )
+        self.actions = Counter(
+            "activation_actions",
+            "Actions received, by outcome (accepted, duplicate)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.step_transitions = Counter(
+            "activation_step_transitions",
+            "Loop step transitions, by loop and new status",
+            ["loop", "status"],
+            registry=reg,
+        )
+        self.emails = Counter(
+            "activation_emails",
+            "Email job outcomes (sent, retry, failed, dropped)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.job_latency = Histogram(
+            "activation_job_latency_seconds",
+            "From a job's due time to its outcome",
+            ["kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=reg,
+        )
+        self.suppressions = Counter(
+            "activation_suppressions",
+            "Users suppressed by a Resend event, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self.storage_errors = Counter(
+            "activation_storage_errors",
+            "Storage failures seen (unavailable, error)",
+            ["kind"],
+            registry=reg,
+        )
+        self.worker_errors = Counter(
+            "activation_worker_errors",
+            "Worker failures: a claim (`stage=claim`, the worker backs off) or one job (`job`)",
+            ["stage", "kind"],
+            registry=reg,
+        )
+        self.clock_skew = Gauge(
+            "activation_clock_skew_seconds",
+            "This machine's clock minus Redis's (TIME) at the last sync; the service uses Redis's",
+            registry=reg,
+        )
+        self.schedule_jobs = Gauge(
+            "activation_schedule_jobs",
+            "Jobs on the schedule (queue depth), read at scrape",
+            registry=reg,
+        )
+        self.dead_letter_jobs = Gauge(
+            "activation_dead_letter_jobs",
+            "Email jobs in the dead-letter set, read at scrape",
+            registry=reg,
+        )
+
+        self._zeros()
+
+    def _zeros(self) -> None:
+        """Export the fixed label sets at 0 from the start, so rates and alerts have a series."""
+        for outcome in ("sent", "retry", "failed", "dropped", "defer"):
+            self.emails.labels(outcome)
+        for outcome in ("accepted", "duplicate"):
+            self.actions.labels(outcome)
+        for kind in ("unavailable", "error"):
+            self.storage_errors.labels(kind)
+        for stage in ("claim", "job"):
+            for kind in ("unavailable", "error", "other"):
+                self.worker_errors.labels(stage, kind)
+
+    def __repr__(self) -> str:
+        return f"Metrics(registry={id(self.registry):#x})"
+
+    def webhook(self, source: str, event_type: str, outcome: str) -> None:
+        self.webhooks.labels(source, event_type, outcome).inc()
+
+    @contextmanager
+    def webhook_failures(self, source: str) -> Iterator[None]:
+        """Count a webhook refused (4xx) or not stored (storage down) on its way out."""
+        try:
+            yield
+        except WebhookRejected:
+            self.webhook(source, UNKNOWN_TYPE, "rejected")
+            raise
+        except StorageUnavailable:
+            self.webhook(source, UNKNOWN_TYPE, "unavailable")
+            raise
+
+    def actions_recorded(self, accepted: int, duplicates: int) -> None:
+        self.actions.labels("accepted").inc(accepted)
+        self.actions.labels("duplicate").inc(duplicates)
+
+    def transitions(self, decisions: Decisions) -> None:
+        for name, state in decisions.transitions.items():
+            loop_id = name.rpartition("/")[0]
+            self.step_transitions.labels(loop_id, state.status.value).inc()
+
+    def email(self, outcome: str, *, due_at_ms: int | None = None, now_ms: int = 0) -> None:
+        """One email outcome; a final one (with its due time) also times the job."""
+        self.emails.labels(outcome).inc()
+        if due_at_ms is not None:
+            self.job_latency.labels("email").observe(max(now_ms - due_at_ms, 0) / 1000)
+
+    def storage_error(self, exc: StorageError) -> None:
+        kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"
+        self.storage_errors.labels(kind).inc()
+
+    def worker_failure(self, exc: Exception) -> None:
+        """A claim failed: the worker backs off and tries again."""
+        self._worker_error("claim", exc)
+
+    def job_failure(self, exc: Exception) -> None:
+        """One job failed: its lease brings it back later."""
+        self._worker_error("job", exc)
+
+    def _worker_error(self, stage: str, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            self.storage_error(exc)
+            kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"
+        else:
+            kind = "other"
+        self.worker_errors.labels(stage, kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+# Documentation only (OpenAPI's security scheme): `app.web.gate` checks the token (the METRICS
+# policy: METRICS_TOKEN, else ACTIVATION_API_KEY) before the route runs.
+_bearer = HTTPBearer(
+    auto_error=False, description="Authorization: Bearer $METRICS_TOKEN (else $ACTIVATION_API_KEY)"
+)
+
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(_bearer)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "bad token"}},
+)
+@auth.policy(Access.METRICS)
+async def scrape(metrics: MetricsDep, store: StoreDep) -> Response:
+    """Prometheus text format; queue gauges are read from storage now (two ZCARDs)."""
+    await refresh_queue_gauges(metrics, store)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def refresh_queue_gauges(metrics: Metrics, store: Store) -> None:
+    """Storage trouble must not fail the scrape: the gauges keep their last values."""
+    try:
+        metrics.schedule_jobs.set(await store.schedule_size())
+        metrics.dead_letter_jobs.set(await store.dead_letter_count())
+    except StorageError as exc:
+        metrics.storage_error(exc)
+        logger.warning("metrics: queue gauges not refreshed: %s", exc)

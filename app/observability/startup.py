@@ -1,0 +1,82 @@
+"""What the process says when it starts: log setup and one paragraph on what is configured."""
+
+import logging
+from urllib.parse import urlsplit
+
+from app import __version__
+from app.observability.logs import RedactTokens, build_handler
+from app.settings import Settings, StorageKind
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Give the `app` loggers a handler (text or JSON, addresses masked) unless the host
+    (pytest, a root logging config) configured one."""
+    root = logging.getLogger("app")
+    root.setLevel(level.upper())
+    if not root.handlers and not logging.getLogger().handlers:
+        root.addHandler(build_handler(log_format, LOG_FORMAT))
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(known, RedactTokens) for known in access.filters):
+        access.addFilter(RedactTokens())
+
+
+def describe_configuration(settings: Settings) -> tuple[int, str, str]:
+    """A log level and one paragraph saying what is configured and what is not (no secrets)."""
+    parts = [
+        f"activation-loops {__version__} starting.",
+        describe_storage(settings),
+        describe_email(settings),
+        describe_webhooks(settings),
+        describe_resend_events(settings),
+        describe_api(settings),
+    ]
+    unsafe = settings.storage_kind is StorageKind.EMBEDDED
+    return (logging.WARNING if unsafe else logging.INFO, "%s", " ".join(parts))
+
+
+def describe_storage(settings: Settings) -> str:
+    kind = settings.storage_kind
+    if kind is StorageKind.UPSTASH:
+        return f"Storage: Upstash REST at {host_of(settings.upstash_redis_rest_url or '')}."
+    if kind is StorageKind.REDIS:
+        assert settings.redis_url is not None
+        return f"Storage: Redis at {host_of(settings.redis_url.get_secret_value())}."
+    return (
+        "Storage: EMBEDDED in-memory store; data is NOT persisted and is lost when the process "
+        "stops (set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN, or REDIS_URL)."
+    )
+
+
+def describe_email(settings: Settings) -> str:
+    if settings.resend_api_key is None:
+        return "Email: no RESEND_API_KEY, so emails go to the local outbox and nothing is sent."
+    return f"Email: Resend at {host_of(settings.resend_api_url)}, from {settings.email_from}."
+
+
+def describe_webhooks(settings: Settings) -> str:
+    if settings.clerk_webhook_signing_secret is None:
+        return (
+            "Clerk webhooks: no CLERK_WEBHOOK_SIGNING_SECRET, so POST /webhooks/clerk answers 503."
+        )
+    return "Clerk webhooks: signature checks on at POST /webhooks/clerk."
+
+
+def describe_resend_events(settings: Settings) -> str:
+    if settings.resend_webhook_secret is None:
+        return "Resend events: no RESEND_WEBHOOK_SECRET, so POST /webhooks/resend answers 503."
+    return "Resend events: signature checks on at POST /webhooks/resend."
+
+
+def describe_api(settings: Settings) -> str:
+    if settings.activation_api_key is None:
+        return "Actions API: no ACTIVATION_API_KEY, so /v1/* refuses every request (401)."
+    return "Actions API: bearer key set for /v1/*."
+
+
+def host_of(url: str) -> str:
+    """Scheme, host and port only: never the credentials a URL may carry."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"

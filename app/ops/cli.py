@@ -1,0 +1,201 @@
+"""The `activation` command: serve the app, run the worker, check loops, handle dead letters.
+
+Every subcommand has `--help` with an example; errors are one line on stderr and exit status 1.
+"""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.errors import ActivationError
+from app.observability.startup import configure_logging, describe_configuration
+from app.ops import tools
+from app.runtime import Runtime, build_runtime, load_loop_files, load_settings
+from app.settings import Settings, StorageKind
+
+logger = logging.getLogger("app.ops.cli")  # also when run as `python -m app.ops.cli`
+
+EXAMPLES = {
+    "serve": "activation serve --port 8000",
+    "worker": "activation worker          # until SIGTERM\n  activation worker --burst  # drain",
+    "check": "activation check loops/",
+    "dead": "activation dead list\n  activation dead retry --all",
+    **tools.EXAMPLES,
+    "suppress": "activation suppress list\n  activation suppress remove user_29w83sxmDNGwOuE",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except ActivationError as exc:
+        print(f"activation {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="activation", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = _command(commands, "serve", "serve the web app (same as the Procfile web line)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=run_serve)
+    worker = _command(commands, "worker", "run the delivery worker as its own process")
+    worker.add_argument("--burst", action="store_true", help="run what is due now, then exit")
+    worker.set_defaults(handler=run_worker)
+    check = _command(commands, "check", "validate loop files and templates")
+    check.add_argument("loops_dir", nargs="?", type=Path, help="default: LOOPS_DIR")
+    check.set_defaults(handler=run_check)
+    dead = _command(commands, "dead", "list or retry dead-letter emails")
+    dead.add_argument("action", choices=["list", "retry"])
+    dead.add_argument("job", nargs="?", help="the job id to retry")
+    dead.add_argument("--all", action="store_true", help="retry every dead-letter job")
+    dead.set_defaults(handler=run_dead)
+    tools.add_commands(commands, _command)
+    add_suppress(commands)
+    return root
+
+
+def _command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, summary: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.main:app", host=args.host, port=args.port)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.loops_dir is not None:
+        settings = settings.model_copy(update={"loops_dir": args.loops_dir})
+    loops, templates = load_loop_files(settings)
+    print(f"{len(loops)} loop(s) and {len(templates.names)} template(s) OK in {settings.loops_dir}")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    return asyncio.run(_worker(burst=args.burst))
+
+
+def shared_settings(command: str) -> Settings:
+    """The settings, refused when storage is the embedded store: each process has its own, so
+    this command would only ever see an empty one, never the web app's."""
+    settings = load_settings()
+    if settings.storage_kind is StorageKind.EMBEDDED:
+        raise ActivationError(
+            f"no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL and "
+            f"UPSTASH_REDIS_REST_TOKEN. With neither, every process keeps its own in-memory store, "
+            f"so `activation {command}` would see an empty one, not the web app's (whose worker "
+            "runs in-process)"
+        )
+    return settings
+
+
+async def started(settings: Settings) -> Runtime:
+    """The runtime, its clock synced with Redis's."""
+    runtime = build_runtime(settings)
+    await runtime.start()
+    return runtime
+
+
+async def _worker(*, burst: bool) -> int:
+    settings = shared_settings("worker")
+    configure_logging(settings.log_level, settings.log_format)
+    logger.log(*describe_configuration(settings))
+    runtime = await started(settings)
+    try:
+        if burst:
+            done = await runtime.worker.drain()
+            logger.info("burst: %d job(s) run", done)
+        else:
+            await _until_signalled(runtime)
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _until_signalled(runtime: Runtime) -> None:
+    """Run the worker; SIGTERM or SIGINT finishes the job in hand, then returns."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runtime.worker.stop)
+    logger.info("worker running; SIGTERM stops it after the job in hand")
+    await runtime.worker.run()
+    logger.info("worker stopped")
+
+
+def run_dead(args: argparse.Namespace) -> int:
+    return asyncio.run(_dead(args.action, args.job, retry_all=args.all))
+
+
+async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
+    runtime = await started(shared_settings("dead"))
+    try:
+        jobs = await runtime.store.dead_jobs(limit=10_000)
+        if action == "list":
+            for job in jobs:
+                print(f"{job.id}\tattempts={job.attempts}\t{job.last_error}")
+            print(f"{len(jobs)} dead-letter job(s)", file=sys.stderr)
+            return 0
+        chosen = [job for job in jobs if retry_all or job.id == job_id]
+        if not chosen:
+            raise ActivationError(f"no dead-letter job {job_id!r} (try: activation dead list)")
+        for job in chosen:
+            await runtime.store.retry_dead(job, now_ms=runtime.clock())
+        print(f"{len(chosen)} job(s) queued again")
+        return 0
+    finally:
+        await runtime.close()
+
+
+def add_suppress(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    summary = "list users suppressed by a bounce or complaint, or lift a suppression"
+    suppress = _command(commands, "suppress", summary)
+    suppress.add_argument("action", choices=["list", "remove"])
+    suppress.add_argument("user_id", nargs="?", help="the user to send loop email to again")
+    suppress.set_defaults(handler=run_suppress)
+
+
+def run_suppress(args: argparse.Namespace) -> int:
+    if args.action == "remove" and not args.user_id:
+        raise ActivationError("which user? activation suppress remove USER_ID")
+    return asyncio.run(_suppress(args.user_id if args.action == "remove" else None))
+
+
+async def _suppress(user_id: str | None) -> int:
+    """List the suppressed users (no user id), or lift one user's suppression."""
+    runtime = await started(shared_settings("suppress"))
+    try:
+        if user_id is None:
+            users = await runtime.store.suppressed_users(limit=10_000)
+            for uid, at_ms in users:
+                print(f"{uid}\tsuppressed_at={at_ms}")
+            print(f"{len(users)} suppressed user(s)", file=sys.stderr)
+            return 0
+        if not await runtime.store.unsuppress(user_id, now_ms=runtime.clock()):
+            raise ActivationError(f"user {user_id!r} is not suppressed")
+        print(f"{user_id}: suppression lifted; loop email may resume")
+        return 0
+    finally:
+        await runtime.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

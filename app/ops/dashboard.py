@@ -1,0 +1,255 @@
+"""Operator pages, server-rendered (Jinja2, no JavaScript): `GET /dashboard` (each loop's funnel,
+activation rate, time to activation, sends and failures per day, dead letters), `GET /outbox` (the
+emails the outbox mode kept instead of sending) and the login form that opens them in a browser.
+
+Who may see them is decided by `app.web.gate` (the `OPERATOR` policy: the API key as a bearer token,
+or a session cookie that was not revoked); a refused caller gets this module's login form. Login
+attempts are limited per client address (`app.web.sessions`); logout revokes the session.
+"""
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.delivery.jobs import EmailJob
+from app.engine.funnel import LoopStats, day_counts, dead_loop, last_days
+from app.engine.loop_files import Loop
+from app.settings import Settings
+from app.storage.store import StatsReply, Store
+from app.web import auth, sessions
+from app.web.auth import Access, Verdict
+from app.web.deps import ClockDep, SettingsDep, StoreDep
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operator"])
+
+DAYS_SHOWN = 14
+DEAD_SHOWN = 3
+OUTBOX_SHOWN = 50
+LOGIN_MAX_BODY_BYTES = 4096  # the form: a key and a page name
+PAGES = ("/dashboard", "/outbox")
+# Email HTML is shown in sandboxed iframes (no scripts, no same-origin); the pages run no script.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "img-src https: data:; form-action 'self'; base-uri 'none'",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+PAGE_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("app.ops", "pages"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def page(name: str, status_code: int = 200, **variables: Any) -> HTMLResponse:
+    body = PAGE_ENV.get_template(name).render(**variables)
+    return HTMLResponse(body, status_code=status_code, headers=HEADERS)
+
+
+def refusal(
+    request: Request, verdict: Verdict, error: str = "", status_code: int = 401
+) -> HTMLResponse:
+    """401: the login form, or why nobody can log in."""
+    if verdict is Verdict.UNCONFIGURED:
+        return page("refused.html", 401, title="Not configured")
+    target = request.url.path if request.url.path in PAGES else "/dashboard"
+    return page("login.html", status_code, title="Log in", next=target, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One bar of an inline SVG chart, in the chart's own units."""
+
+    label: str
+    value: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def bars(values: Sequence[tuple[str, int]], *, width: float, height: float) -> list[Bar]:
+    """Bars side by side filling `width`, scaled so the largest reaches `height`."""
+    top = max((value for _, value in values), default=0) or 1
+    slot = width / max(len(values), 1)
+    return [
+        Bar(
+            label,
+            value,
+            i * slot + slot * 0.15,
+            height - value / top * height,
+            slot * 0.7,
+            value / top * height,
+        )
+        for i, (label, value) in enumerate(values)
+    ]
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else "n/a"
+
+
+def when(at_ms: int | None) -> str:
+    if at_ms is None:
+        return "n/a"
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+PAGE_ENV.globals.update(bars=bars, percent=percent, when=when)
+
+
+async def dead_by_loop(store: Store, dead_ids: Iterable[str]) -> dict[str, list[EmailJob]]:
+    """The first few dead-letter jobs of each loop, with their last error."""
+    chosen: dict[str, list[str]] = {}
+    for job_id in dead_ids:
+        ids = chosen.setdefault(dead_loop(job_id), [])
+        if len(ids) < DEAD_SHOWN:
+            ids.append(job_id)
+    jobs: dict[str, list[EmailJob]] = {}
+    for loop_id, ids in chosen.items():
+        found = [await store.get_job(job_id) for job_id in ids]
+        jobs[loop_id] = [job for job in found if job is not None]
+    return jobs
+
+
+def loop_stats(loop: Loop, reply: StatsReply, dead: dict[str, list[EmailJob]]) -> LoopStats:
+    days = list(reply.days)
+    dead_count = sum(1 for job_id in reply.dead_ids if dead_loop(job_id) == loop.id)
+    return LoopStats(
+        loop=loop,
+        counters=reply.loops.get(loop.id, {}),
+        days=day_counts(loop.id, days, reply.days),
+        dead_count=dead_count,
+        dead=dead.get(loop.id, []),
+    )
+
+
+@router.get("/dashboard", response_class=HTMLResponse, responses={401: {"description": "log in"}})
+@auth.policy(Access.OPERATOR, refuse=refusal)
+async def dashboard(
+    request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
+) -> HTMLResponse:
+    """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
+    loops: dict[str, Loop] = request.app.state.loops
+    reply = await store.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
+    dead = await dead_by_loop(store, reply.dead_ids)
+    return page(
+        "dashboard.html",
+        title="Activation loops",
+        loops=[loop_stats(loop, reply, dead) for loop in loops.values()],
+        dead_total=reply.dead_count,
+        storage=settings.storage_kind.value,
+        outbox_mode=settings.resend_api_key is None,
+        now=when(clock()),
+    )
+
+
+@router.get("/outbox", response_class=HTMLResponse, responses={401: {"description": "log in"}})
+@auth.policy(Access.OPERATOR, refuse=refusal)
+async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
+    """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
+    entries = await store.outbox(limit=OUTBOX_SHOWN)
+    return page(
+        "outbox.html",
+        title="Outbox",
+        emails=[outbox_email(entry) for entry in entries],
+        outbox_mode=settings.resend_api_key is None,
+    )
+
+
+def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
+    """An outbox entry as the page shows it: the job id's parts named."""
+    parts = str(entry.get("job", "")).split("|")
+    loop_id, step, kind = parts[2:5] if len(parts) == 5 else ("?", "?", "?")
+    return {**entry, "loop": loop_id, "step": step, "kind": kind, "sent": when(entry.get("at"))}
+
+
+@router.post("/dashboard/login", response_class=HTMLResponse, include_in_schema=False)
+@auth.policy(Access.PUBLIC, max_body_bytes=LOGIN_MAX_BODY_BYTES)
+async def login(
+    request: Request, settings: SettingsDep, store: StoreDep, clock: ClockDep
+) -> Response:
+    """The login form: the API key in, a session cookie out; at most LOGIN_FAILURES_ALLOWED
+    failures per client address per LOGIN_WINDOW_S, after which every try answers 429."""
+    if settings.activation_api_key is None:
+        return refusal(request, Verdict.UNCONFIGURED)
+    client = client_address(request)
+    window_ms = sessions.LOGIN_WINDOW_S * 1000
+    failures, left_ms = await store.login_failures(client, window_ms=window_ms)
+    if failures >= sessions.LOGIN_FAILURES_ALLOWED:  # the key is not even looked at
+        logger.info("dashboard login from %s refused: too many failed attempts", client)
+        return too_many_attempts(request, left_ms)
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
+    if not auth.secret_matches(settings.activation_api_key, given.encode()):
+        failures, left_ms = await store.count_login_failure(client, window_ms=window_ms)
+        logger.warning(
+            "dashboard login from %s refused: wrong key (%d failed in this window, %d allowed)",
+            client, failures, sessions.LOGIN_FAILURES_ALLOWED,
+        )  # fmt: skip
+        return refusal(request, Verdict.REFUSED, "That is not the API key.")
+    return logged_in(request, settings, target, clock())
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as the server reports it (behind a proxy: uvicorn's
+    `--forwarded-allow-ips` makes it the client's), cut to what a key may hold."""
+    host = request.client.host if request.client is not None else ""
+    return "".join(c for c in host[:64] if c.isprintable() and not c.isspace()) or "unknown"
+
+
+def too_many_attempts(request: Request, left_ms: int) -> HTMLResponse:
+    retry_after_s = max(math.ceil(left_ms / 1000), 1)
+    minutes = math.ceil(retry_after_s / 60)
+    error = f"Too many failed attempts. Try again in {minutes} minute(s)."
+    response = refusal(request, Verdict.REFUSED, error, status_code=429)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def logged_in(request: Request, settings: Settings, target: str, now_ms: int) -> Response:
+    response = RedirectResponse(target if target in PAGES else "/dashboard", status_code=303)
+    api_key = settings.activation_api_key
+    assert api_key is not None
+    response.set_cookie(
+        sessions.COOKIE,
+        sessions.issue(api_key.get_secret_value(), now_ms),
+        max_age=sessions.SESSION_S,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        # behind a TLS-terminating proxy the request says http: PUBLIC_URL tells the truth
+        secure=request.url.scheme == "https" or settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+@router.post("/dashboard/logout", include_in_schema=False)
+@auth.policy(Access.PUBLIC, max_body_bytes=LOGIN_MAX_BODY_BYTES)
+async def logout(
+    request: Request, settings: SettingsDep, store: StoreDep, clock: ClockDep
+) -> Response:
+    """Ends the session: revoked in storage until it would have expired, and the cookie dropped."""
+    cookie = request.cookies.get(sessions.COOKIE)
+    if settings.activation_api_key is not None and cookie is not None:
+        now_ms = clock()
+        session = sessions.read(settings.activation_api_key.get_secret_value(), cookie, now_ms)
+        if session is not None:
+            await store.revoke_session(session.id, ttl_ms=session.expires_at_ms - now_ms)
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    return response

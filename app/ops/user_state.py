@@ -1,0 +1,134 @@
+"""`GET /v1/users/{user_id}`: one user's activation state, as a growth engineer wants to read it."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel
+
+from app.delivery.jobs import EmailJob
+from app.engine.evaluate import StepState, step_field
+from app.engine.loop_files import Loop
+from app.storage.keys import USER_ID_PATTERN
+from app.storage.store import UserRecord
+from app.web import auth
+from app.web.auth import Access, ApiKeyDep
+from app.web.deps import StoreDep
+
+router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ApiKeyDep])
+
+
+class StepProgress(BaseModel):
+    step: int
+    status: str  # not_started | waiting | fired | timed_out
+    started_at: int | None = None
+    waiting_until: int | None = None
+    condition_met_at: int | None = None
+    decided_at: int | None = None
+    email_job: str | None = None
+
+
+class LoopProgress(BaseModel):
+    loop: str
+    type: str
+    steps: list[StepProgress]
+
+
+class EmailView(BaseModel):
+    id: str
+    loop: str
+    step: int
+    kind: str
+    template: str
+    status: str
+    queued_at: int
+    due_at: int
+    attempts: int
+    last_error: str | None
+    sent_at: int | None
+    subject: str | None
+
+
+class UserState(BaseModel):
+    user_id: str
+    registered_at: int | None
+    suppressed_at: int | None = None  # a Resend hard bounce or complaint stopped loop email
+    suppression: str | None = None  # "bounced" or "complained"
+    profile: dict[str, Any] | None
+    actions: dict[str, int]
+    loops: list[LoopProgress]
+    emails: list[EmailView]
+    timeline: list[dict[str, Any]]
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserState,
+    responses={401: {"description": "missing or wrong API key"}, 404: {"description": "unknown"}},
+)
+@auth.policy(Access.API_KEY)
+async def get_user_state(
+    request: Request, store: StoreDep, user_id: str = Path(pattern=USER_ID_PATTERN)
+) -> UserState:
+    """Profile, action counts, every loop's progress per step, emails, and a timeline."""
+    record = await store.snapshot(user_id, full=True)
+    if not record.known:
+        raise HTTPException(404, "unknown user")
+    return describe(record, request.app.state.loops)
+
+
+def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:
+    profile = record.profile
+    return UserState(
+        user_id=record.user_id,
+        registered_at=record.registered_at_ms,
+        suppressed_at=record.suppressed_at_ms,
+        suppression=record.suppression,
+        profile={**profile.model_dump(), "name": profile.name} if profile else None,
+        actions={name: stats.count for name, stats in sorted(record.actions.items())},
+        loops=[loop_progress(loop, record.steps) for loop in loops.values()],
+        emails=sorted((email_view(job) for job in record.jobs.values()), key=lambda e: e.queued_at),
+        timeline=record.timeline,
+    )
+
+
+def loop_progress(loop: Loop, states: Mapping[str, StepState]) -> LoopProgress:
+    steps = [
+        step_progress(step.index, states.get(step_field(loop.id, step.index)))
+        for step in loop.steps
+    ]
+    return LoopProgress(loop=loop.id, type=str(loop.type), steps=steps)
+
+
+def step_progress(index: int, state: StepState | None) -> StepProgress:
+    if state is None:
+        return StepProgress(step=index, status="not_started")
+    waiting_until = None
+    if not state.final:
+        waiting_until = state.deadline_at or state.started_at
+    return StepProgress(
+        step=index,
+        status=state.status.value,
+        started_at=state.started_at,
+        waiting_until=waiting_until,
+        condition_met_at=state.met_at,
+        decided_at=state.decided_at,
+        email_job=state.email_job,
+    )
+
+
+def email_view(job: EmailJob) -> EmailView:
+    return EmailView(
+        id=job.id,
+        loop=job.loop_id,
+        step=job.step,
+        kind=job.kind,
+        template=job.template,
+        status=job.status.value,
+        queued_at=job.queued_at,
+        due_at=job.due_at,
+        attempts=job.attempts,
+        last_error=job.last_error,
+        sent_at=job.sent_at,
+        subject=job.rendered.subject if job.rendered else None,
+    )

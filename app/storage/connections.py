@@ -1,0 +1,202 @@
+"""The three ways to reach Redis, behind one narrow interface: `await conn.call(*command)`.
+
+- `UpstashConnection`: Upstash's REST API through the `upstash-redis` async client.
+- `RedisConnection`: any Redis over TCP (Upstash's `rediss://` endpoint too), through
+  `app.storage.wire`: one connection, concurrent commands pipelined, parsed by hiredis.
+- `EmbeddedConnection`: an in-process fakeredis, for trying the service out; nothing is persisted.
+
+Each translates its client's exceptions into `errors.py` types where they enter, and answers every
+command within `storage_timeout_s` or raises `StorageUnavailable`.
+"""
+
+import asyncio
+import logging
+import re
+from typing import Any, Protocol
+
+import fakeredis
+import httpx
+import redis.exceptions as redis_errors
+from upstash_redis.asyncio import Redis as UpstashRedis
+from upstash_redis.errors import UpstashError
+
+from app.errors import StorageError, StorageUnavailable
+from app.settings import Settings, StorageKind
+from app.storage.wire import Address, CommandArg, Wire
+
+logger = logging.getLogger(__name__)
+
+# Error codes (a reply's first word) meaning "the data cannot be reached or written right now",
+# not "the command is wrong": a failover's old primary (READONLY), a restart (LOADING), a replica
+# cut off (MASTERDOWN), a cluster resharding (TRYAGAIN, CLUSTERDOWN), a full or broken server (OOM,
+# MISCONF), a long script (BUSY), lost credentials (NOAUTH, WRONGPASS, Upstash's "Unauthorized").
+TRANSIENT_CODES = frozenset(
+    {
+        "READONLY",
+        "LOADING",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "OOM",
+        "MISCONF",
+        "BUSY",
+        "NOAUTH",
+        "WRONGPASS",
+        "Unauthorized",
+    }
+)
+# Plain `ERR` replies that mean the same: Redis at `maxclients`, Upstash's rate and quota limits.
+TRANSIENT_MESSAGES = (
+    "max number of clients reached",
+    "max requests limit exceeded",
+    "max daily request limit exceeded",
+    "max concurrent connections exceeded",
+)
+# Inside a script, Redis 7 reports a failing `redis.call` as "ERR ... : @user_script:..."-style
+# text or with the original code first; both are looked at.
+_CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:(-])([A-Z]{3,})\b(?= )")
+
+
+class NoScript(StorageError):
+    """EVALSHA named a script the server does not have yet (the caller sends EVAL)."""
+
+
+class Connection(Protocol):
+    kind: StorageKind
+
+    async def call(self, *command: CommandArg) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+def classify_reply_error(message: str) -> StorageError:
+    """Map a Redis error reply to our tree, once for every transport: `StorageUnavailable` for
+    what passes (retry later, answer 503), `StorageError` for a wrong command (a bug)."""
+    code = message.split(" ", 1)[0]
+    if code == "NOSCRIPT":
+        return NoScript(message)
+    if transient_reply(code, message):
+        return StorageUnavailable(message)
+    return StorageError(message)
+
+
+def transient_reply(code: str, message: str) -> bool:
+    if code in TRANSIENT_CODES:
+        return True
+    if any(text in message for text in TRANSIENT_MESSAGES):
+        return True
+    # a script's failing call: its own code is further in ("... OOM command not allowed ...")
+    return "script" in message and any(
+        found in TRANSIENT_CODES for found in _CODE_IN_SCRIPT_ERROR.findall(message)
+    )
+
+
+class RedisConnection:
+    """Redis over TCP (or TLS, or a unix socket): one connection, concurrent commands pipelined
+    (`app.storage.wire`), every reply within `timeout_s`."""
+
+    kind = StorageKind.REDIS
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float) -> "RedisConnection":
+        return cls(Wire(Address.from_url(url), timeout_s, classify_reply_error))
+
+    async def call(self, *command: CommandArg) -> Any:
+        return await self.wire.call(*command)
+
+    async def close(self) -> None:
+        await self.wire.close()
+
+
+class EmbeddedConnection:
+    """An in-memory Redis (fakeredis with Lua); gone when the process stops."""
+
+    kind = StorageKind.EMBEDDED
+
+    def __init__(self, client: fakeredis.FakeAsyncRedis) -> None:
+        self._client = client
+
+    @classmethod
+    def create(cls) -> "EmbeddedConnection":
+        return cls(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True))
+
+    async def call(self, *command: CommandArg) -> Any:
+        try:
+            return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis_errors.ResponseError as exc:
+            if isinstance(exc, redis_errors.NoScriptError):
+                raise NoScript(str(exc)) from exc
+            raise classify_reply_error(str(exc)) from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class UpstashConnection:
+    """Upstash's REST API with a real HTTP timeout and a short retry policy of our own.
+
+    The client's defaults are unsafe for a webhook endpoint: no HTTP timeout at all, and a blind
+    retry of any error after 3 s. We give it a pooled httpx client with a timeout, switch its retry
+    off, and retry once ourselves only when the request never reached the server.
+    """
+
+    kind = StorageKind.UPSTASH
+    retry_delay_s = 0.05
+
+    def __init__(self, client: UpstashRedis) -> None:
+        self._client = client
+
+    @classmethod
+    def from_settings(cls, url: str, token: str, timeout_s: float) -> "UpstashConnection":
+        client = UpstashRedis(
+            url=url.rstrip("/"),
+            token=token,
+            rest_retries=0,
+            allow_telemetry=False,
+            read_your_writes=True,
+        )
+        # The client builds `httpx.AsyncClient(timeout=None)`; swap in one that cannot hang.
+        client._http._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        return cls(client)
+
+    async def call(self, *command: CommandArg) -> Any:
+        try:
+            return await self._call_with_retry(list(command))
+        except UpstashError as exc:
+            raise classify_reply_error(str(exc)) from exc
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # ValueError/KeyError/TypeError: a non-JSON or unexpected body, e.g. a proxy's 502 page.
+            raise StorageUnavailable(f"upstash: {type(exc).__name__}: {exc}") from exc
+
+    async def _call_with_retry(self, command: list[CommandArg]) -> Any:
+        try:
+            return await self._client.execute(command)
+        except httpx.ConnectError:
+            await asyncio.sleep(self.retry_delay_s)
+            return await self._client.execute(command)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def connect(settings: Settings) -> Connection:
+    """The connection the settings ask for: Upstash REST, else Redis TCP, else embedded."""
+    kind = settings.storage_kind
+    if kind is StorageKind.UPSTASH:
+        assert settings.upstash_redis_rest_url
+        assert settings.upstash_redis_rest_token
+        token = settings.upstash_redis_rest_token.get_secret_value()
+        return UpstashConnection.from_settings(
+            settings.upstash_redis_rest_url, token, settings.storage_timeout_s
+        )
+    if kind is StorageKind.REDIS:
+        assert settings.redis_url is not None
+        url = settings.redis_url.get_secret_value()
+        return RedisConnection.from_url(url, settings.storage_timeout_s)
+    return EmbeddedConnection.create()
