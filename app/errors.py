@@ -1,22 +1,33 @@
-"""The service's exceptions; the type, never the message, decides what happens next.
+"""Every exception the service raises on purpose; the type, never the message, decides what
+happens next.
 
     ActivationError
-    ├── ConfigError              unsafe or invalid settings, bad loop files: refuse to start
+    ├── ConfigError              unsafe or invalid settings or loop files: refuse to start
+    │   ├── LoopFileError        a loop file that cannot be used: `<file>: <field>: <reason>`
+    │   ├── QueryError           a condition's SQL that cannot be translated; also a ValueError,
+    │   │                        so pydantic reports it as the field's error in a LoopFileError
+    │   └── TemplateError        a template, or a loop's use of one, that cannot work
+    ├── TemplateRenderError      a checked template failed on one user's data: permanent
     ├── RequestRefused           a request answered with its `status_code` and a short reason
     │   ├── NotConfigured        a feature whose settings are missing was asked for: 503
     │   ├── BadToken             a forged, altered or malformed unsubscribe token: 400
     │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
     │       └── PayloadTooLarge  the body is over the limit: 413
-    ├── SendError                Resend refused or failed (app.delivery.resend): a
-    │                            TransientSendError is retried, a PermanentSendError goes to the
-    │                            dead-letter set
+    ├── SendError                Resend did not take the email (translated in app.delivery.resend)
+    │   ├── TransientSendError   worth retrying later; counts as one of the loop's retries
+    │   │   └── NotSent          the request was not taken (rate limit, same key in flight):
+    │   │                        tried again later without using up a retry
+    │   └── PermanentSendError   the same request would fail again: dead-letter
     ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
         └── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
                                  transient, so requests answer 503 and work is retried
 
-Third-party exceptions (redis, httpx, upstash-redis, svix) are translated where they enter.
+Third-party exceptions (redis, httpx, upstash-redis, svix, resend, jinja2, sqlglot) are translated
+where they enter.
 """
+
+from pathlib import Path
 
 
 class ActivationError(Exception):
@@ -25,6 +36,29 @@ class ActivationError(Exception):
 
 class ConfigError(ActivationError):
     """The configuration cannot be used; the process must not start."""
+
+
+class LoopFileError(ConfigError):
+    """A loop file that cannot be used; str() is `<file>: <field>: <reason>`."""
+
+    def __init__(self, path: Path, field: str | None, reason: str) -> None:
+        self.path = path
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+
+
+class QueryError(ConfigError, ValueError):
+    """A condition query that cannot be translated; the message says why. A ValueError too, so a
+    pydantic validator that raises it reports the field's error."""
+
+
+class TemplateError(ConfigError):
+    """A template, or a loop's use of one, that cannot work: the loops must not load."""
+
+
+class TemplateRenderError(ActivationError):
+    """A checked template failed on one user's data at send time: permanent, never retried."""
 
 
 class RequestRefused(ActivationError):
@@ -51,6 +85,41 @@ class PayloadTooLarge(WebhookRejected):
     """A webhook body over the size limit."""
 
     status_code = 413
+
+
+class SendError(ActivationError):
+    """Resend did not take the email."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientSendError(SendError):
+    """Worth retrying later; `retry_after_s` is Resend's `retry-after`, when it sent one."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+
+
+class NotSent(TransientSendError):
+    """This request was not taken (rate limited, or the same key is in flight): try again after
+    `retry_after_s` without counting an attempt."""
+
+
+class PermanentSendError(SendError):
+    """The same request will fail again: the payload or the API key is wrong."""
+
+
+class AlreadySent(ActivationError):
+    """Resend already accepted an email under this Idempotency-Key (with another payload)."""
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(f"Resend already accepted an email with idempotency key {idempotency_key}")
+        self.idempotency_key = idempotency_key
 
 
 class StorageError(ActivationError):

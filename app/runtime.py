@@ -20,8 +20,8 @@ from app.delivery.send import Delivery, Mailer, OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
-from app.engine.loop_files import Loop, LoopFileError, load_loops
-from app.errors import ConfigError
+from app.engine.loop_files import Loop, load_loops
+from app.errors import ConfigError, LoopFileError
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.connections import connect

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from app.engine.conditions import QueryCondition, QueryError, translate_query
+from app.engine.conditions import QueryCondition, translate_query
+from app.errors import QueryError
 
 SCOPED = "SELECT * FROM user_actions WHERE user_id = $1"
 

@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 
-from app.engine.conditions import ACTION_NAME_PATTERN, QueryCondition, QueryError, translate_query
+from app.engine.conditions import ACTION_NAME_PATTERN, QueryCondition, translate_query
 from app.engine.loop_files import (
     MAX_DURATION_MS,
     UNIT_MS,
     Loop,
-    LoopFileError,
     load_loop,
     parse_duration,
 )
+from app.errors import LoopFileError, QueryError
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import API_KEY, AUTH, SHIPPED_LOOPS, SIGNING_SECRET, load_fixture, sign

@@ -19,7 +19,6 @@ from app.engine.loop_files import (
     Backoff,
     EmailAction,
     Loop,
-    LoopFileError,
     LoopType,
     Recovery,
     UserRegistered,
@@ -30,6 +29,7 @@ from app.engine.loop_files import (
     main,
     parse_duration,
 )
+from app.errors import ConfigError, LoopFileError
 
 LOOPS_DIR = Path(__file__).parent.parent / "loops"
 SHIPPED = sorted([*LOOPS_DIR.glob("*.yaml"), *LOOPS_DIR.glob("*.yml")])
@@ -690,7 +690,7 @@ def test_the_message_names_file_field_and_reason(
     assert info.value.path == Path("loops/welcome.yaml")
     assert info.value.field == "steps[0].condition.timeout"
     assert info.value.reason == "'5 min' is not a duration like 30s, 5m, 2h, 3d"
-    assert type(info.value).__mro__[1] is Exception
+    assert isinstance(info.value, ConfigError)  # a bad loop file refuses startup like bad settings
 
 
 # --- a folder of loops ---------------------------------------------------------------------------

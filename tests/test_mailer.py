@@ -12,15 +12,8 @@ import httpx
 import pytest
 import resend
 
-from app.delivery.resend import (
-    AlreadySent,
-    OutgoingEmail,
-    PermanentSendError,
-    RateLimiter,
-    ResendMailer,
-    TransientSendError,
-)
-from app.errors import ConfigError
+from app.delivery.resend import OutgoingEmail, RateLimiter, ResendMailer
+from app.errors import AlreadySent, ConfigError, PermanentSendError, TransientSendError
 from tests.resend_standin import ResendStandin, run_standin
 
 EMAIL = OutgoingEmail(

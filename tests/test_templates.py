@@ -7,12 +7,10 @@ import pytest
 from app.delivery.templates import (
     USER_FIELDS,
     RenderContext,
-    TemplateError,
-    TemplateRenderError,
     TemplateSet,
     html_to_text,
 )
-from app.errors import ActivationError, ConfigError
+from app.errors import ActivationError, ConfigError, TemplateError, TemplateRenderError
 
 WHERE = "loops/activation.yaml: steps[0].action"
 WELCOME = """---

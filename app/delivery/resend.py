@@ -1,19 +1,17 @@
 """Sending one email through Resend's SDK: a pooled HTTP client, a rate limit, errors translated.
 
 This module is the only one that touches the `resend` SDK's module globals (API key, base URL,
-async HTTP client). Resend's failures enter here and leave as these types:
+async HTTP client). Resend's failures enter here and leave as these types (`app.errors`):
 
-    SendError (ActivationError)
-    ├── TransientSendError   5xx, 408, timeouts, refused or dropped connections: retry later
-    │   │                    (`retry_after_s`); counts as one of the loop's retries
-    │   └── NotSent          the request did not reach Resend's sending at all: 429, 409
-    │                        concurrent_idempotent_requests (an earlier attempt is in flight),
-    │                        or our own rate limit's next slot is too far off: tried again
-    │                        later without using up a retry
-    └── PermanentSendError   every other 4xx: 400/422 bad payload, 401/403 bad key: dead-letter
-    AlreadySent (ActivationError)
-                             409 invalid_idempotent_request: an earlier attempt with this
-                             Idempotency-Key was accepted, so the email counts as sent
+    5xx, 408, timeouts, refused or dropped     TransientSendError: retry later (`retry_after_s`);
+    connections                                counts as one of the loop's retries
+    429, 409 concurrent_idempotent_requests    NotSent: the request did not reach Resend's sending
+    (an earlier attempt is in flight), our     at all, so it is tried again later without using
+    own rate limit's next slot too far off     up a retry
+    409 invalid_idempotent_request             AlreadySent: an earlier attempt with this
+                                               Idempotency-Key was accepted: counts as sent
+    every other 4xx: 400/422 bad payload,      PermanentSendError: dead-letter
+    401/403 bad key
 """
 
 import asyncio
@@ -30,7 +28,14 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client_async import AsyncHTTPClient
 
-from app.errors import ActivationError, ConfigError
+from app.errors import (
+    ActivationError,
+    AlreadySent,
+    ConfigError,
+    NotSent,
+    PermanentSendError,
+    TransientSendError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,41 +43,6 @@ DEFAULT_RATE_PER_S = 2.0  # Resend's default limit, shared by every sender of th
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 _SDK_DEFAULT_ASYNC_CLIENT = resend.default_async_http_client
 _ADDRESS = re.compile(r"[^\s<>()\"',;:]+@")
-
-
-class SendError(ActivationError):
-    """Resend did not take the email."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class TransientSendError(SendError):
-    """Worth retrying later; `retry_after_s` is Resend's `retry-after`, when it sent one."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(message, status=status)
-        self.retry_after_s = retry_after_s
-
-
-class NotSent(TransientSendError):
-    """This request was not taken (rate limited, or the same key is in flight): try again after
-    `retry_after_s` without counting an attempt."""
-
-
-class PermanentSendError(SendError):
-    """The same request will fail again: the payload or the API key is wrong."""
-
-
-class AlreadySent(ActivationError):
-    """Resend already accepted an email under this Idempotency-Key (with another payload)."""
-
-    def __init__(self, idempotency_key: str) -> None:
-        super().__init__(f"Resend already accepted an email with idempotency key {idempotency_key}")
-        self.idempotency_key = idempotency_key
 
 
 @dataclass(frozen=True)

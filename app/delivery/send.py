@@ -21,14 +21,9 @@ from typing import Protocol
 
 from app.clock import Clock
 from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
-from app.delivery.resend import (
-    AlreadySent,
-    NotSent,
-    OutgoingEmail,
-    PermanentSendError,
-    TransientSendError,
-)
+from app.delivery.resend import OutgoingEmail
 from app.engine.loop_files import Loop, Recovery
+from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.store import Attempt, Outcome, Settled, Store
 

@@ -27,7 +27,7 @@ import yaml
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from app.errors import ActivationError, ConfigError
+from app.errors import TemplateError, TemplateRenderError
 
 USER_FIELDS: tuple[str, ...] = (
     "id",
@@ -54,14 +54,6 @@ _HEADER_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _UNSUPPORTED = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 _JINJA_CONSTANTS = frozenset({"true", "false", "none"})
 _VALUE_HINT = "a personalization value may use " + ", ".join(CONTEXT_NAMES)
-
-
-class TemplateError(ConfigError):
-    """A template, or a loop's use of one, that cannot work: the loops must not load."""
-
-
-class TemplateRenderError(ActivationError):
-    """A checked template failed on one user's data at send time: permanent, never retried."""
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from app.clock import Clock
 from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
-from app.delivery.templates import TemplateRenderError
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, evaluate
 from app.engine.funnel import late_activations, step_counters
 from app.engine.loop_files import Loop
-from app.errors import StorageError, StorageUnavailable
+from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
 from app.storage.keys import job_user
 from app.storage.store import Applied, Claim, Store, UserRecord, timeline_entry

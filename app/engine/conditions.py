@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
+from app.errors import QueryError
+
 # The same names `POST /v1/actions` accepts: a loop must not wait for an action that cannot arrive.
 ACTION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 USER_ACTIONS_COLUMNS: tuple[str, ...] = ("user_id", "action_type", "created_at", "properties")
@@ -37,10 +39,6 @@ _UNFILTERABLE = {
     "created_at": "filters on created_at are not supported: the condition's timeout bounds time",
     "properties": "filters on properties are not supported: record a more specific action",
 }
-
-
-class QueryError(ValueError):
-    """A condition query that cannot be translated; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

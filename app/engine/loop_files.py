@@ -52,6 +52,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
+from app.errors import LoopFileError
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -67,16 +68,6 @@ _LOOP_ID = re.compile(LOOP_ID_PATTERN)
 _DURATION = re.compile(r"([0-9]+)([smhdw])")
 _TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
 _VARIABLE_NAME = re.compile(VARIABLE_NAME_PATTERN)
-
-
-class LoopFileError(Exception):
-    """A loop file that cannot be used; str() is `<file>: <field>: <reason>`."""
-
-    def __init__(self, path: Path, field: str | None, reason: str) -> None:
-        self.path = path
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
 
 
 def parse_duration(text: str) -> int:

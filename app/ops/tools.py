@@ -22,12 +22,12 @@ from svix.webhooks import Webhook
 from app.clock import system_clock_ms
 from app.delivery.jobs import RenderedEmail
 from app.delivery.send import OutboxMailer
-from app.delivery.templates import TemplateRenderError, TemplateSet
+from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Worker
 from app.engine.evaluate import EmailOrder, StepState, tracked_counts
 from app.engine.loop_files import Loop, parse_duration
-from app.errors import ActivationError
+from app.errors import ActivationError, TemplateRenderError
 from app.intake.users import ClerkUser, UserProfile
 from app.ops.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id, sample_profile
 from app.runtime import build_composer, build_store, build_worker, load_loop_files, load_settings
