@@ -127,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clerk_verifier=app.state.clerk_verifier,
     )
     app.state.readiness = {
-        "storage": runtime.store.ping,
+        "storage": runtime.store.reads.ping,
         "loops": loops_check(runtime.loops),
         "worker": worker_check(settings, worker),
     }

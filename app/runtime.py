@@ -73,7 +73,7 @@ def build_runtime(
     composer = build_composer(settings, loops, templates, tokens)
     metrics = Metrics()
     if clock is None:
-        clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
+        clock = ServerClock(store.reads.server_time_ms, on_skew=metrics.clock_skew.set)
     worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
     return Runtime(settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
 

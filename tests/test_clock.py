@@ -124,7 +124,7 @@ async def test_a_worker_ahead_by_more_than_the_lease_takes_no_job_in_flight(
     async with running(settings, None) as (web_app, web):  # type: ignore[arg-type]
         assert (await post_webhook(web, signup())).status_code == 200
         store = store_of(web_app)
-        held = await store.claim_due(now_ms=real_now_ms(), lease_ms=60_000, limit=10)
+        held = await store.queue.claim_due(now_ms=real_now_ms(), lease_ms=60_000, limit=10)
     assert held.job_ids == [f"eval|{USER}"]
 
     monkeypatch.setattr(app.clock, "time", SkewedTime(10 * MIN))

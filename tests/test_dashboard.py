@@ -15,7 +15,8 @@ from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings
-from app.storage.store import Outcome, Store
+from app.storage.records import Outcome
+from app.storage.store import Store
 from app.web import sessions
 from tests.browser import browser, chromium_binary
 from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, running, sign
@@ -59,11 +60,11 @@ async def dead_letter(store: Store, now_ms: int) -> None:
         loop_id="activation", step=0, kind="action", template="activation_welcome",
         queued_at=now_ms, due_at=now_ms,
     )  # fmt: skip
-    await store.apply_decisions(job.user_id, rev="0", states={}, jobs=[job], timeline=[],
+    await store.queue.apply_decisions(job.user_id, rev="0", states={}, jobs=[job], timeline=[],
                                 wake_at_ms=None)  # fmt: skip
     failed = job.model_copy(update={"status": JobStatus.FAILED, "attempts": 4,
                                     "last_error": "Resend 422: invalid `to` address"})  # fmt: skip
-    await store.settle(failed, Outcome.FAILED, now_ms=now_ms)
+    await store.queue.settle(failed, Outcome.FAILED, now_ms=now_ms)
 
 
 async def realistic_flow(client: httpx.AsyncClient, app: FastAPI, clock: FakeClock) -> None:

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState, StepStatus
-from app.intake.users import UserProfile
-from app.storage.store import EmailEvent, NewAction, Outcome, Store
+from app.storage.records import EmailEvent, NewAction, Outcome, UserProfile
+from app.storage.store import Store
 from tests.conftest import AUTH, clerk_event, post_webhook, store_of, worker_of
 
 GONE = "user_2deleted00000000000000000"
@@ -54,7 +54,7 @@ async def test_a_deleted_users_emails_leave_the_outbox_and_its_page(
     assert deleted.json() == {"status": "deleted"}
 
     page = (await client.get("/outbox", headers=AUTH)).text
-    entries = await store_of(app).outbox()
+    entries = await store_of(app).reads.outbox()
     assert GONE_ADDRESS not in page
     assert [entry["to"] for entry in entries] == ["kept.person@example.org"]
     assert await personal_keys(store_of(app), GONE) == []
@@ -65,7 +65,7 @@ async def test_nothing_arriving_after_the_deletion_brings_the_user_back(
 ) -> None:
     await welcome(client, app, GONE, GONE_ADDRESS)
     store = store_of(app)
-    [job] = (await store.snapshot(GONE, full=True)).jobs.values()
+    [job] = (await store.reads.snapshot(GONE, full=True)).jobs.values()
     token = app.state.unsubscribe_tokens.issue(GONE)
     assert (await post_webhook(client, event("deleted", GONE, GONE_ADDRESS))).status_code == 200
 
@@ -76,7 +76,7 @@ async def test_nothing_arriving_after_the_deletion_brings_the_user_back(
 
     assert click.status_code == 200
     assert await personal_keys(store, GONE) == []
-    assert not (await store.snapshot(GONE, full=True)).known
+    assert not (await store.reads.snapshot(GONE, full=True)).known
 
 
 async def late_writes(store: Store, job: EmailJob) -> None:
@@ -85,21 +85,23 @@ async def late_writes(store: Store, job: EmailJob) -> None:
     state = StepState(status=StepStatus.WAITING, started_at=now)
     queued = job.model_copy(update={"status": JobStatus.QUEUED, "id": f"{job.id}x"})
     writes: list[Any] = [
-        store.unsubscribe(GONE, now_ms=now),
-        store.record_actions([NewAction(GONE, "x", now, id="late")], now_ms=now, tracked={}),
-        store.record_user("msg_late", profile, created=True, version_ms=now, now_ms=now),
-        store.record_email_event(EmailEvent("msg_ev", GONE, "email.opened"), now_ms=now),
-        store.record_email_event(
+        store.users.unsubscribe(GONE, now_ms=now),
+        store.actions.record([NewAction(GONE, "x", now, id="late")], now_ms=now, tracked={}),
+        store.users.record("msg_late", profile, created=True, version_ms=now, now_ms=now),
+        store.users.record_email_event(EmailEvent("msg_ev", GONE, "email.opened"), now_ms=now),
+        store.users.record_email_event(
             EmailEvent("msg_bounce", GONE, "email.bounced", suppression="bounced"), now_ms=now
         ),
-        store.unsuppress(GONE, now_ms=now),
+        store.users.unsuppress(GONE, now_ms=now),
         # a worker's evaluation made before the deletion, applied after it
-        store.apply_decisions(
+        store.queue.apply_decisions(
             GONE, rev="0", states={"l/0": state}, jobs=[queued], timeline=[], wake_at_ms=now
         ),
-        store.begin_attempt(job.id, token="", now_ms=now),
-        store.settle(job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT, now_ms=now),
-        store.retry_dead(job, now_ms=now),
+        store.queue.begin_attempt(job.id, token="", now_ms=now),
+        store.queue.settle(
+            job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT, now_ms=now
+        ),
+        store.queue.retry_dead(job, now_ms=now),
     ]
     for write in writes:
         await write
@@ -114,5 +116,5 @@ async def test_a_deletion_leaves_other_users_outbox_entries_alone_however_their_
     await welcome(client, app, GONE, GONE_ADDRESS)
     await welcome(client, app, GONE + "x", "prefix.sharer@example.org")
     assert (await post_webhook(client, event("deleted", GONE, GONE_ADDRESS))).status_code == 200
-    entries = await store_of(app).outbox()
+    entries = await store_of(app).reads.outbox()
     assert [entry["to"] for entry in entries] == ["prefix.sharer@example.org"]

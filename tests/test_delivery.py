@@ -157,13 +157,13 @@ async def test_permanent_error_goes_to_the_dead_letters_and_an_operator_retries_
     [email] = await emails(client)
     assert email["status"] == "failed"
     assert "422" in email["last_error"] or "validation" in email["last_error"]
-    [dead] = await store_of(app).dead_jobs()
+    [dead] = await store_of(app).queue.dead_jobs()
     assert dead.id == email["id"]
 
-    assert await store_of(app).retry_dead(dead, now_ms=clock.now_ms)
+    assert await store_of(app).queue.retry_dead(dead, now_ms=clock.now_ms)
     await worker_of(app).drain()
     assert len(resend.inbox) == 1
-    assert await store_of(app).dead_jobs() == []
+    assert await store_of(app).queue.dead_jobs() == []
 
 
 async def test_exhausted_retries_go_to_the_dead_letters(
@@ -178,7 +178,7 @@ async def test_exhausted_retries_go_to_the_dead_letters(
     [email] = await emails(client)
     assert (email["status"], email["attempts"]) == ("failed", 4)  # the first try + 3 retries
     assert resend.inbox == []
-    assert [job.id for job in await store_of(app).dead_jobs()] == [email["id"]]
+    assert [job.id for job in await store_of(app).queue.dead_jobs()] == [email["id"]]
 
 
 @pytest.mark.parametrize("failure", [500, "drop"])

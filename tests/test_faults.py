@@ -288,7 +288,7 @@ async def test_user_deleted_before_the_others_stores_nothing_and_sends_nothing(
 
     assert resend.inbox == []
     assert (await user_state(client)).status_code == 404
-    assert await store_of(app).get_user(USER) is None
+    assert await store_of(app).users.get(USER) is None
     keys = await store_of(app).conn.call("KEYS", f"{key_prefix}*")
     personal = {key.rsplit(":", 1)[-1] for key in keys if "{" in key} - {"tombstone"}
     assert not personal & {"user", "activity", "loops", "jobs", "attempts", "timeline"}, keys
@@ -429,7 +429,7 @@ async def test_permanent_provider_error_goes_to_the_dead_letters_without_retry(
 
     [email] = await emails(client)
     assert (email["status"], email["attempts"]) == ("failed", 1)
-    assert [job.id for job in await store_of(app).dead_jobs()] == [welcome_key()]
+    assert [job.id for job in await store_of(app).queue.dead_jobs()] == [welcome_key()]
     assert resend.inbox == []
     assert resend.requests == 1
 

@@ -17,7 +17,8 @@ from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.store import Applied, Outcome, Settled, Store
+from app.storage.records import Applied, Outcome, Settled
+from app.storage.store import Store
 from tests.conftest import (
     AUTH,
     FakeClock,
@@ -61,7 +62,7 @@ async def queue_job(store: Store, now_ms: int, job_id: str = WELCOME) -> EmailJo
         due_at=now_ms,
         rendered=rendered,
     )
-    applied = await store.apply_decisions(
+    applied = await store.queue.apply_decisions(
         USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
     )
     assert applied is Applied.APPLIED
@@ -74,7 +75,7 @@ def sent(job: EmailJob, at_ms: int, attempts: int = 1) -> EmailJob:
 
 
 async def emails_sent(store: Store) -> int:
-    stats = await store.read_stats(["welcome"], [])
+    stats = await store.reads.read_stats(["welcome"], [])
     return stats.loops["welcome"].get("emails_sent", 0)
 
 
@@ -85,29 +86,33 @@ async def test_a_worker_whose_lease_was_taken_over_can_neither_start_nor_settle(
     store: Store,
 ) -> None:
     job = await queue_job(store, 100)
-    first = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    assert await store.begin_attempt(job.id, token=first.token, now_ms=100) is not None
+    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    assert await store.queue.begin_attempt(job.id, token=first.token, now_ms=100) is not None
     # the first worker stalls past its lease: the second takes the job over
-    second = await store.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
+    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
     assert (second.job_ids, second.token != first.token) == ([job.id], True)
 
-    assert await store.begin_attempt(job.id, token=first.token, now_ms=1_300) is None
+    assert await store.queue.begin_attempt(job.id, token=first.token, now_ms=1_300) is None
     for outcome in (Outcome.RETRY, Outcome.FAILED, Outcome.DEFER):
         failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "stale"})
-        answer = await store.settle(
+        answer = await store.queue.settle(
             failed, outcome, now_ms=1_300, retry_at_ms=9_000, token=first.token
         )
         assert answer is Settled.STALE
-    assert (await store.get_job(job.id)) == job  # nothing the stale worker said was written
-    assert await store.dead_jobs() == []
+    assert (await store.reads.get_job(job.id)) == job  # nothing the stale worker said was written
+    assert await store.queue.dead_jobs() == []
 
-    assert await store.begin_attempt(job.id, token=second.token, now_ms=1_300) is not None
-    answer = await store.settle(sent(job, 1_400), Outcome.SENT, now_ms=1_400, token=second.token)
+    assert await store.queue.begin_attempt(job.id, token=second.token, now_ms=1_300) is not None
+    answer = await store.queue.settle(
+        sent(job, 1_400), Outcome.SENT, now_ms=1_400, token=second.token
+    )
     assert answer is Settled.SETTLED
     # the stale worker's own send came back later: the job stays as the newer worker left it
-    late = await store.settle(sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=first.token)
+    late = await store.queue.settle(
+        sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=first.token
+    )
     assert late is Settled.FINAL
-    stored = await store.get_job(job.id)
+    stored = await store.reads.get_job(job.id)
     assert stored is not None
     assert (stored.sent_at, stored.attempts) == (1_400, 1)
     assert await emails_sent(store) == 1
@@ -117,25 +122,29 @@ async def test_a_send_from_a_lost_lease_lands_and_nothing_overwrites_it(store: S
     """The last retry's worker gets a 409 while the first worker's slow send is accepted: the
     send is recorded, never dead-lettered, and counted once."""
     job = await queue_job(store, 100)
-    first = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    await store.begin_attempt(job.id, token=first.token, now_ms=100)
-    second = await store.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
+    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    await store.queue.begin_attempt(job.id, token=first.token, now_ms=100)
+    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
 
-    answer = await store.settle(sent(job, 1_300), Outcome.SENT, now_ms=1_300, token=first.token)
+    answer = await store.queue.settle(
+        sent(job, 1_300), Outcome.SENT, now_ms=1_300, token=first.token
+    )
     assert answer is Settled.SETTLED  # a send is a fact, whoever holds the lease
     failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "409"})
-    assert await store.settle(failed, Outcome.FAILED, now_ms=1_400, token=second.token) in (
+    assert await store.queue.settle(failed, Outcome.FAILED, now_ms=1_400, token=second.token) in (
         Settled.FINAL,
     )
-    again = await store.settle(sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=second.token)
+    again = await store.queue.settle(
+        sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=second.token
+    )
     assert again is Settled.FINAL
 
-    stored = await store.get_job(job.id)
+    stored = await store.reads.get_job(job.id)
     assert stored is not None
     assert stored.status is JobStatus.SENT
-    assert await store.dead_jobs() == []
+    assert await store.queue.dead_jobs() == []
     assert await emails_sent(store) == 1
-    nothing = await store.claim_due(now_ms=99_000, lease_ms=1_000, limit=10)
+    nothing = await store.queue.claim_due(now_ms=99_000, lease_ms=1_000, limit=10)
     assert nothing.job_ids == []  # not on the schedule, not leased: nothing to take over
 
 
@@ -143,22 +152,24 @@ async def test_renewed_leases_are_not_taken_over_and_a_stale_token_renews_nothin
     store: Store,
 ) -> None:
     job = await queue_job(store, 100)
-    claim = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    assert await store.renew_leases([job.id], token="not-it", now_ms=900, lease_ms=1_000) == 0
-    assert await store.renew_leases([job.id], token=claim.token, now_ms=900, lease_ms=1_000) == 1
+    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    assert await store.queue.renew_leases([job.id], token="not-it", now_ms=900, lease_ms=1_000) == 0
+    assert (
+        await store.queue.renew_leases([job.id], token=claim.token, now_ms=900, lease_ms=1_000) == 1
+    )
 
-    assert (await store.claim_due(now_ms=1_500, lease_ms=1_000, limit=10)).job_ids == []
-    assert (await store.claim_due(now_ms=1_900, lease_ms=1_000, limit=10)).job_ids == [job.id]
+    assert (await store.queue.claim_due(now_ms=1_500, lease_ms=1_000, limit=10)).job_ids == []
+    assert (await store.queue.claim_due(now_ms=1_900, lease_ms=1_000, limit=10)).job_ids == [job.id]
 
 
 async def test_an_attempt_that_never_reached_resend_is_not_counted(store: Store) -> None:
     job = await queue_job(store, 100)
-    claim = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    attempt = await store.begin_attempt(job.id, token=claim.token, now_ms=100)
+    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=100)
     assert attempt is not None
     assert attempt.previous_attempts == 0
     deferred = job.model_copy(update={"last_error": "429", "due_at": 5_000})
-    answer = await store.settle(
+    answer = await store.queue.settle(
         deferred,
         Outcome.DEFER,
         now_ms=150,
@@ -168,8 +179,8 @@ async def test_an_attempt_that_never_reached_resend_is_not_counted(store: Store)
     )
     assert answer is Settled.SETTLED
 
-    claim = await store.claim_due(now_ms=5_000, lease_ms=1_000, limit=10)
-    attempt = await store.begin_attempt(job.id, token=claim.token, now_ms=5_000)
+    claim = await store.queue.claim_due(now_ms=5_000, lease_ms=1_000, limit=10)
+    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=5_000)
     assert attempt is not None
     assert (attempt.previous_attempts, attempt.first_reached_at_ms) == (0, None)
 
@@ -178,13 +189,15 @@ async def test_resends_window_is_counted_from_the_first_attempt_that_may_have_re
     store: Store,
 ) -> None:
     job = await queue_job(store, 100)
-    claim = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    await store.begin_attempt(job.id, token=claim.token, now_ms=100)  # timed out: unknown
+    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    await store.queue.begin_attempt(job.id, token=claim.token, now_ms=100)  # timed out: unknown
     retry = job.model_copy(update={"attempts": 1, "due_at": 2 * HOUR})
-    await store.settle(retry, Outcome.RETRY, now_ms=200, retry_at_ms=2 * HOUR, token=claim.token)
+    await store.queue.settle(
+        retry, Outcome.RETRY, now_ms=200, retry_at_ms=2 * HOUR, token=claim.token
+    )
 
-    claim = await store.claim_due(now_ms=2 * HOUR, lease_ms=1_000, limit=10)
-    attempt = await store.begin_attempt(job.id, token=claim.token, now_ms=2 * HOUR)
+    claim = await store.queue.claim_due(now_ms=2 * HOUR, lease_ms=1_000, limit=10)
+    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=2 * HOUR)
     assert attempt is not None
     assert (attempt.previous_attempts, attempt.first_reached_at_ms) == (1, 100)
 
@@ -193,15 +206,15 @@ async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
     await queue_job(store, 100)
     evaluation = f"eval|{USER}"
     await store.conn.call("ZADD", store.keys.schedule, 100, evaluation)
-    first = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    second = await store.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
+    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
     assert evaluation in first.job_ids
     assert evaluation in second.job_ids
-    record = await store.snapshot(USER)
-    stale = await store.apply_decisions(
+    record = await store.reads.snapshot(USER)
+    stale = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[], timeline=[], wake_at_ms=None, token=first.token
     )
-    fresh = await store.apply_decisions(
+    fresh = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[], timeline=[], wake_at_ms=None, token=second.token
     )
     assert (stale, fresh) == (Applied.STALE, Applied.APPLIED)
@@ -240,7 +253,7 @@ async def wait_in_flight(resend: ResendStandin) -> None:
 
 
 async def job_status(app: FastAPI, job_id: str) -> EmailJob:
-    job = await store_of(app).get_job(job_id)
+    job = await store_of(app).reads.get_job(job_id)
     assert job is not None
     return job
 
@@ -276,7 +289,7 @@ async def test_a_concurrent_request_on_the_last_retry_is_deferred_not_dead_lette
 
         job = await job_status(app, WELCOME)
         assert (job.status, job.attempts) == (JobStatus.SENT, 1)
-        assert await store_of(app).dead_jobs() == []
+        assert await store_of(app).queue.dead_jobs() == []
         assert [sent["idempotency_key"] for sent in resend.inbox] == [WELCOME]
         assert await emails_sent(store_of(app)) == 1
 
@@ -300,7 +313,9 @@ async def test_a_send_slower_than_its_lease_keeps_it_by_renewal(
         await wait_in_flight(resend)
         taken: list[str] = []
         while not sending.done():
-            claim = await store_of(app).claim_due(now_ms=system_clock_ms(), lease_ms=300, limit=9)
+            claim = await store_of(app).queue.claim_due(
+                now_ms=system_clock_ms(), lease_ms=300, limit=9
+            )
             taken += claim.job_ids
             await asyncio.sleep(0.05)
         await sending

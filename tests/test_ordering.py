@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from app.engine.evaluate import ActionStats, Snapshot, evaluate
-from app.intake.users import UserProfile
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.store import NewAction, Store
+from app.storage.records import NewAction, UserProfile
+from app.storage.store import Store
 from tests.conftest import FakeClock, running, store_of, worker_of
 from tests.test_flow import act, emails, signup, state, step
 
@@ -181,7 +181,7 @@ class Play:
     async def check(self, user_id: str, arrived: Sequence[tuple[str, int]]) -> None:
         """The worker's decisions now are the engine's over the sorted history arrived so far."""
         evaluator = worker_of(self.app).evaluator
-        record = await store_of(self.app).snapshot(user_id)
+        record = await store_of(self.app).reads.snapshot(user_id)
         reference = Snapshot(user_id, record.registered_at_ms, by_time(arrived), record.steps)
         expected = evaluate(evaluator.loops.values(), reference, self.clock.now_ms)
         assert await evaluator.run(user_id) == expected
@@ -200,11 +200,13 @@ class Play:
             at = signed_up_at + offset_ms
             self.clock.now_ms = max(self.clock.now_ms + wait_ms, at)  # reported once it happened
             batch = [NewAction(uid, name, at, id=f"a{index}") for uid in (watched, once)]
-            await store.record_actions(batch, now_ms=self.clock.now_ms, tracked=tracked)
+            await store.actions.record(batch, now_ms=self.clock.now_ms, tracked=tracked)
             arrived.append((name, at))
             await self.looks(watched, arrived, looks_ms)
         await self.looks(watched, arrived, [history.last_look_ms])
-        assert (await store.snapshot(once)).steps == {}  # its first look: on the whole history
+        assert (
+            await store.reads.snapshot(once)
+        ).steps == {}  # its first look: on the whole history
         await self.check(once, arrived)
 
     async def sign_up(self, *user_ids: str) -> int:
@@ -212,7 +214,7 @@ class Play:
         self.clock.now_ms += DAY
         for uid in user_ids:
             profile = UserProfile(id=uid, email="ada@example.org")
-            await store_of(self.app).record_user(
+            await store_of(self.app).users.record(
                 f"msg_{uid}", profile, created=True, version_ms=1, now_ms=self.clock.now_ms
             )
         return self.clock.now_ms
@@ -269,14 +271,14 @@ async def test_the_stored_times_are_always_the_earliest_whatever_the_counts_trac
     arrived: list[int] = []
     for at, largest in arrivals:
         tracked = {"x": range(1, largest + 1)}
-        await store.record_actions([NewAction(uid, "x", at)], now_ms=100, tracked=tracked)
+        await store.actions.record([NewAction(uid, "x", at)], now_ms=100, tracked=tracked)
         arrived.append(at)
         truth = sorted(arrived)
         kept = await stored_times(store, uid)
         assert kept == truth[: len(kept)]
         if all(keep == largest for _, keep in arrivals[: len(arrived)]):
             assert len(kept) == min(len(arrived), largest)
-        stats = (await store.snapshot(uid)).actions["x"]
+        stats = (await store.reads.snapshot(uid)).actions["x"]
         for count in range(1, len(arrived) + 1):
             reached = stats.time_count_reached(count)
             assert reached is not None
@@ -288,12 +290,12 @@ async def test_the_stored_times_are_always_the_earliest_whatever_the_counts_trac
 async def test_a_count_past_the_cap_is_the_latest_time_when_reached(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.storage.store.MAX_RANKED_TIMES", 3)
+    monkeypatch.setattr("app.storage.actions.MAX_RANKED_TIMES", 3)
     for at in [50, 10, 40, 20, 30, 5]:  # the 5th to arrive comes when the latest is 50
-        await store.record_actions([NewAction("user_c", "x", at)], now_ms=100, tracked={"x": [5]})
+        await store.actions.record([NewAction("user_c", "x", at)], now_ms=100, tracked={"x": [5]})
 
     assert await stored_times(store, "user_c") == [5, 10, 20]
-    stats = (await store.snapshot("user_c")).actions["x"]
+    stats = (await store.reads.snapshot("user_c")).actions["x"]
     assert stats.time_count_reached(5) == 50  # an upper bound: by time, the 5th is 40
     assert stats.time_count_reached(3) == 20
 
@@ -305,11 +307,11 @@ async def test_activity_stored_before_the_earliest_times_were_kept_still_reads(
     activity = store.keys.activity("user_old")
     old = {"n:x": 2, "first:x": 100, "last:x": 300, "at:x:1": 300, "at:x:2": 100, "rev": 2}
     await store.conn.call("HSET", activity, *(part for pair in old.items() for part in pair))
-    assert (await store.snapshot("user_old")).actions["x"].reached_at == {1: 300, 2: 100}
+    assert (await store.reads.snapshot("user_old")).actions["x"].reached_at == {1: 300, 2: 100}
 
-    await store.record_actions([NewAction("user_old", "x", 50)], now_ms=400, tracked={"x": [1, 3]})
+    await store.actions.record([NewAction("user_old", "x", 50)], now_ms=400, tracked={"x": [1, 3]})
 
-    stats = (await store.snapshot("user_old")).actions["x"]
+    stats = (await store.reads.snapshot("user_old")).actions["x"]
     assert await stored_times(store, "user_old") == [50, 100]  # the earliest is always known
     assert (stats.count, stats.first_at, stats.last_at) == (3, 50, 300)
     assert stats.reached_at == {1: 50, 2: 100, 3: 300}

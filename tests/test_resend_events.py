@@ -170,7 +170,7 @@ async def test_hard_bounce_suppresses_the_user_and_no_further_email_goes_out(
     [bounce] = events_of(state, "email.bounced")
     assert (bounce["bounce_type"], bounce["bounce_subtype"]) == ("Permanent", "Suppressed")
     assert events_of(state, "suppressed")[0]["reason"] == "bounced"
-    assert await store_of(app).suppressed_users() == [(USER, clock.now_ms)]
+    assert await store_of(app).users.suppressed() == [(USER, clock.now_ms)]
 
     clock.advance(3 * DAY)  # the day-2 tips would be due now
     await worker_of(app).drain()
@@ -245,7 +245,7 @@ async def test_a_deleted_users_events_change_nothing(
     body = json.dumps(deleted).encode()
     assert (await client.post("/webhooks/clerk", content=body, headers=sign(body))).is_success
     assert await status_of(client, tagged_event("email.bounced")) == "tombstoned"
-    assert await store_of(app).suppressed_users() == []
+    assert await store_of(app).users.suppressed() == []
 
 
 @embedded_only
@@ -328,7 +328,7 @@ async def test_cli_lists_and_lifts_a_suppression_and_loop_email_resumes(
     assert await asyncio.to_thread(main, ["suppress", "remove", USER]) == 0
     assert await asyncio.to_thread(main, ["suppress", "remove", USER]) == 1  # not suppressed now
     assert await asyncio.to_thread(main, ["suppress", "remove"]) == 1
-    assert await store_of(app).suppressed_users() == []
+    assert await store_of(app).users.suppressed() == []
 
     state = await user_state(client)
     assert (state["suppressed_at"], state["suppression"]) == (None, None)

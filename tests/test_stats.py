@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.funnel import LoopStats, last_days, send_counter, tta_bucket, utc_day
 from app.settings import Settings
-from app.storage.store import Outcome
+from app.storage.records import Outcome
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
 from tests.test_flow import act, signup
 
@@ -28,7 +28,7 @@ def settings(make_settings: Callable[..., Settings], loops_dir: Path) -> Setting
 
 
 async def counters(app: FastAPI, loop_id: str = "welcome") -> dict[str, int]:
-    reply = await store_of(app).read_stats([loop_id], [])
+    reply = await store_of(app).reads.read_stats([loop_id], [])
     return reply.loops[loop_id]
 
 
@@ -46,7 +46,7 @@ async def test_activation_counts_the_funnel_and_the_time_to_activation(
 
     assert await counters(app) == {"entered": 1, "met": 1, "tta:5m": 1, "sent": 1, "emails_sent": 1}
     today = utc_day(clock.now_ms)
-    reply = await store_of(app).read_stats(["welcome"], [today])
+    reply = await store_of(app).reads.read_stats(["welcome"], [today])
     assert reply.days[today] == {"welcome:sent": 1}
 
 
@@ -107,21 +107,23 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
 ) -> None:
     store = store_of(app)
     job = email_job()
-    await store.apply_decisions(USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None)
+    await store.queue.apply_decisions(
+        USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
+    )
     failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "Resend 422"})
     for _ in range(2):
-        assert await store.settle(failed, Outcome.FAILED, now_ms=clock.now_ms)
+        assert await store.queue.settle(failed, Outcome.FAILED, now_ms=clock.now_ms)
     today = utc_day(clock.now_ms)
-    reply = await store.read_stats(["welcome"], [today])
+    reply = await store.reads.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1}
     assert reply.days[today] == {"welcome:failed": 1}
     assert (reply.dead_count, reply.dead_ids) == (1, [job.id])
 
-    await store.retry_dead(failed, now_ms=clock.now_ms)
+    await store.queue.retry_dead(failed, now_ms=clock.now_ms)
     sent = job.model_copy(update={"status": JobStatus.SENT, "sent_at": clock.now_ms})
     for _ in range(2):
-        await store.settle(sent, Outcome.SENT, now_ms=clock.now_ms)
-    reply = await store.read_stats(["welcome"], [today])
+        await store.queue.settle(sent, Outcome.SENT, now_ms=clock.now_ms)
+    reply = await store.reads.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1, "emails_sent": 1, "sent": 1}
     assert reply.days[today] == {"welcome:failed": 1, "welcome:sent": 1}
 
@@ -129,8 +131,10 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
 async def test_daily_hashes_expire_after_90_days(app: FastAPI, clock: FakeClock) -> None:
     store = store_of(app)
     job = email_job()
-    await store.apply_decisions(USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None)
-    await store.settle(job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT,
+    await store.queue.apply_decisions(
+        USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
+    )
+    await store.queue.settle(job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT,
                        now_ms=clock.now_ms)  # fmt: skip
     ttl = await store.conn.call("TTL", store.keys.daily(utc_day(clock.now_ms)))
     assert 89 * 24 * 3600 < int(ttl) <= 90 * 24 * 3600

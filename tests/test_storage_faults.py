@@ -224,7 +224,7 @@ async def test_the_worker_survives_any_exception_of_a_claim(
     async with running(settings, system_clock_ms) as (app, http):
         worker: Worker = app.state.worker
         store = app.state.store
-        real_claim = store.claim_due
+        real_claim = store.queue.claim_due
         failures = [RuntimeError("a bug in a claim"), StorageError("ERR a script bug")]
 
         async def flaky_claim(**options: Any) -> Any:
@@ -232,7 +232,7 @@ async def test_the_worker_survives_any_exception_of_a_claim(
                 raise failures.pop(0)
             return await real_claim(**options)
 
-        monkeypatch.setattr(store, "claim_due", flaky_claim)
+        monkeypatch.setattr(store.queue, "claim_due", flaky_claim)
         worker.wake()
 
         async def failing() -> bool:

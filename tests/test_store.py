@@ -7,11 +7,12 @@ import pytest
 import redis
 
 from app.engine.evaluate import StepState, StepStatus
-from app.intake.users import UserProfile
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.store import RECORD_USER, Applied, Claim, NewAction, Store, UserWrite
+from app.storage.records import Applied, Claim, NewAction, UserProfile, UserWrite
+from app.storage.scripts import RECORD_USER
+from app.storage.store import Store
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
 
@@ -25,13 +26,13 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 async def record(store: Store, delivery: str, version_ms: int = 1, **profile: Any) -> UserWrite:
     data = PROFILE.model_copy(update=profile)
-    return await store.record_user(delivery, data, created=True, version_ms=version_ms, now_ms=5)
+    return await store.users.record(delivery, data, created=True, version_ms=version_ms, now_ms=5)
 
 
 async def test_record_then_read_back(store: Store) -> None:
     assert await record(store, "msg_1", version_ms=10) is UserWrite.CREATED
 
-    stored = await store.get_user("user_store_1")
+    stored = await store.users.get("user_store_1")
     assert stored is not None
     assert stored.profile == PROFILE
     assert stored.version_ms == 10
@@ -39,13 +40,13 @@ async def test_record_then_read_back(store: Store) -> None:
 
 
 async def test_unknown_user_reads_as_none(store: Store) -> None:
-    assert await store.get_user("user_nobody") is None
+    assert await store.users.get("user_nobody") is None
 
 
 async def test_newer_version_wins_whatever_the_order(store: Store) -> None:
     assert await record(store, "msg_new", version_ms=20, first_name="New") is UserWrite.CREATED
     assert await record(store, "msg_old", version_ms=10, first_name="Old") is UserWrite.STALE
-    stored = await store.get_user("user_store_1")
+    stored = await store.users.get("user_store_1")
     assert stored is not None
     assert stored.profile.first_name == "New"
 
@@ -58,11 +59,11 @@ async def test_script_missing_from_the_server_is_loaded_again(store: Store) -> N
 
 async def test_delete_removes_every_personal_key(store: Store) -> None:
     await record(store, "msg_1")
-    assert await store.delete_user("msg_del", "user_store_1", now_ms=9) is UserWrite.DELETED
+    assert await store.users.delete("msg_del", "user_store_1", now_ms=9) is UserWrite.DELETED
     for key in store.keys.personal("user_store_1"):
         assert await store.conn.call("EXISTS", key) == 0
-    assert await store.is_deleted("user_store_1")
-    assert await store.delete_user("msg_del", "user_store_1", now_ms=9) is UserWrite.DUPLICATE
+    assert await store.users.is_deleted("user_store_1")
+    assert await store.users.delete("msg_del", "user_store_1", now_ms=9) is UserWrite.DUPLICATE
 
 
 def test_every_user_key_carries_the_user_hash_tag() -> None:
@@ -148,9 +149,9 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
         NewAction("user_a", "invited", 3_000),
     ]
     tracked = {"project_created": [2]}
-    assert await store.record_actions(actions, now_ms=5_000, tracked=tracked) == (3, 1)
+    assert await store.actions.record(actions, now_ms=5_000, tracked=tracked) == (3, 1)
 
-    record = await store.snapshot("user_a", full=True)
+    record = await store.reads.snapshot("user_a", full=True)
     projects = record.actions["project_created"]
     assert (projects.count, projects.first_at, projects.last_at) == (2, 1_000, 2_000)
     assert projects.reached_at == {1: 1_000, 2: 2_000}  # the earliest times, up to count 2
@@ -160,57 +161,57 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
 
 
 async def test_actions_before_the_user_exists_are_kept(store: Store) -> None:
-    await store.record_actions([NewAction("user_early", "x", 1)], now_ms=1, tracked={})
-    record = await store.snapshot("user_early")
+    await store.actions.record([NewAction("user_early", "x", 1)], now_ms=1, tracked={})
+    record = await store.reads.snapshot("user_early")
     assert record.profile is None
     assert record.actions["x"].count == 1
     assert record.known
 
 
 async def test_actions_for_a_deleted_user_are_accepted_and_dropped(store: Store) -> None:
-    await store.delete_user("msg_d", "user_gone", now_ms=1)
-    assert await store.record_actions([NewAction("user_gone", "x", 1)], now_ms=1, tracked={}) == (
+    await store.users.delete("msg_d", "user_gone", now_ms=1)
+    assert await store.actions.record([NewAction("user_gone", "x", 1)], now_ms=1, tracked={}) == (
         1,
         0,
     )
-    assert not (await store.snapshot("user_gone")).known
+    assert not (await store.reads.snapshot("user_gone")).known
 
 
 async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Store) -> None:
-    await store.record_actions([NewAction("user_s", "x", 10)], now_ms=100, tracked={})
-    assert (await store.claim_due(now_ms=99, lease_ms=1_000, limit=10)).job_ids == []
+    await store.actions.record([NewAction("user_s", "x", 10)], now_ms=100, tracked={})
+    assert (await store.queue.claim_due(now_ms=99, lease_ms=1_000, limit=10)).job_ids == []
 
-    claim = await store.claim_due(now_ms=100, lease_ms=1_000, limit=10)
+    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
     assert claim.job_ids == ["eval|user_s"]
     assert claim.wake_at_ms == 1_100  # the lease's end
     # while leased, nobody else gets it
-    assert (await store.claim_due(now_ms=500, lease_ms=1_000, limit=10)).job_ids == []
+    assert (await store.queue.claim_due(now_ms=500, lease_ms=1_000, limit=10)).job_ids == []
     # a crashed worker's lease runs out: the job comes back
-    assert (await store.claim_due(now_ms=1_100, lease_ms=1_000, limit=10)).job_ids == [
+    assert (await store.queue.claim_due(now_ms=1_100, lease_ms=1_000, limit=10)).job_ids == [
         "eval|user_s"
     ]
 
 
 async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> None:
-    await store.record_actions([NewAction("user_c", "x", 10)], now_ms=100, tracked={})
-    old = await store.snapshot("user_c")
-    await store.record_actions([NewAction("user_c", "x", 20)], now_ms=200, tracked={})
+    await store.actions.record([NewAction("user_c", "x", 10)], now_ms=100, tracked={})
+    old = await store.reads.snapshot("user_c")
+    await store.actions.record([NewAction("user_c", "x", 20)], now_ms=200, tracked={})
     state = StepState(status=StepStatus.WAITING, started_at=100)
 
-    applied = await store.apply_decisions(
+    applied = await store.queue.apply_decisions(
         "user_c", rev=old.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=None
     )
     assert applied is Applied.CONFLICT
-    assert (await store.snapshot("user_c")).steps == {}
+    assert (await store.reads.snapshot("user_c")).steps == {}
 
 
 async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(store: Store) -> None:
-    await store.record_actions([NewAction("user_w", "x", 10)], now_ms=100, tracked={})
-    lease = await store.claim_due(now_ms=100, lease_ms=60_000, limit=10)
-    record = await store.snapshot("user_w")
+    await store.actions.record([NewAction("user_w", "x", 10)], now_ms=100, tracked={})
+    lease = await store.queue.claim_due(now_ms=100, lease_ms=60_000, limit=10)
+    record = await store.reads.snapshot("user_w")
     state = StepState(status=StepStatus.WAITING, started_at=100, deadline_at=400)
 
-    applied = await store.apply_decisions(
+    applied = await store.queue.apply_decisions(
         "user_w",
         rev=record.rev,
         states={"l/0": state},
@@ -220,8 +221,8 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
         token=lease.token,
     )
     assert applied is Applied.APPLIED
-    assert (await store.snapshot("user_w")).steps == {"l/0": state}
-    claim = await store.claim_due(now_ms=200, lease_ms=60_000, limit=10)
+    assert (await store.reads.snapshot("user_w")).steps == {"l/0": state}
+    claim = await store.queue.claim_due(now_ms=200, lease_ms=60_000, limit=10)
     assert claim == Claim(job_ids=[], wake_at_ms=400)  # lease settled, next look at the deadline
 
 
@@ -229,9 +230,9 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
 async def test_an_idle_look_at_the_schedule_costs_three_commands(
     store: Store, redis_client: redis.Redis
 ) -> None:
-    await store.claim_due(now_ms=1, lease_ms=1000, limit=10)  # loads the script
+    await store.queue.claim_due(now_ms=1, lease_ms=1000, limit=10)  # loads the script
     before = command_calls(redis_client)
-    claim = await store.claim_due(now_ms=2, lease_ms=1000, limit=10)
+    claim = await store.queue.claim_due(now_ms=2, lease_ms=1000, limit=10)
     delta = calls_between(before, command_calls(redis_client))
 
     assert claim == Claim(job_ids=[], wake_at_ms=None)
@@ -242,10 +243,10 @@ async def test_an_idle_look_at_the_schedule_costs_three_commands(
 async def test_an_action_costs_one_round_trip_and_eight_commands(
     store: Store, redis_client: redis.Redis
 ) -> None:
-    await store.record_actions([NewAction("user_warm", "x", 1, id="w")], now_ms=1, tracked={})
+    await store.actions.record([NewAction("user_warm", "x", 1, id="w")], now_ms=1, tracked={})
     before = command_calls(redis_client)
     action = NewAction("user_cost", "first_project_created", 1, id="a1")
-    await store.record_actions([action], now_ms=1, tracked={"first_project_created": [1]})
+    await store.actions.record([action], now_ms=1, tracked={"first_project_created": [1]})
     delta = calls_between(before, command_calls(redis_client))
 
     # id marker, tombstone, read counts, write counts, timeline (+trim), wake the user's loops
@@ -264,7 +265,7 @@ async def test_an_action_costs_one_round_trip_and_eight_commands(
 async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.storage.store.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
+    monkeypatch.setattr("app.storage.actions.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
     actions = [NewAction(f"user_big_{i % 3}", "x", 1, id=f"b{i}") for i in range(30)]
-    assert await store.record_actions([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
-    assert (await store.snapshot("user_big_1")).actions["x"].count == 10
+    assert await store.actions.record([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
+    assert (await store.reads.snapshot("user_big_1")).actions["x"].count == 10

@@ -41,7 +41,7 @@ async def test_user_created_stores_the_profile(client: httpx.AsyncClient, app: F
 
     assert response.status_code == 200
     assert response.json() == {"status": "created"}
-    stored = await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
     assert stored is not None
     assert stored.profile.email == "example@example.org"
     assert stored.profile.first_name == "Example"
@@ -63,7 +63,7 @@ async def test_user_created_keeps_metadata_but_never_private_metadata(
     )
     await post_signed(client, event)
 
-    stored = await store_of(app).get_user(event["data"]["id"])
+    stored = await store_of(app).users.get(event["data"]["id"])
     assert stored is not None
     assert stored.profile.public_metadata == {"plan": "pro"}
     assert stored.profile.unsafe_metadata == {"referrer": "hn"}
@@ -100,7 +100,7 @@ async def test_user_updated_replaces_the_profile(client: httpx.AsyncClient, app:
     response = await post_signed(client, updated_event(first_name="Renamed"))
 
     assert response.json() == {"status": "updated"}
-    stored = await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
     assert stored is not None
     assert stored.profile.first_name == "Renamed"
     assert stored.profile.last_name is None
@@ -115,7 +115,7 @@ async def test_user_updated_before_created_creates_and_older_created_does_not_ov
 
     assert updated.json() == {"status": "created"}
     assert created.json() == {"status": "stale"}
-    stored = await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
     assert stored is not None
     assert stored.profile.first_name == "Newer"
     # the late user.created still counts as the registration
@@ -127,7 +127,7 @@ async def test_user_updated_alone_is_not_a_registration(
 ) -> None:
     await post_signed(client, updated_event())
 
-    stored = await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
     assert stored is not None
     assert stored.registered_at_ms is None
 
@@ -144,8 +144,8 @@ async def test_user_deleted_removes_data_and_late_events_do_not_revive(
     assert late_created.json() == {"status": "deleted"}
     assert late_updated.json() == {"status": "deleted"}
     store = store_of(app)
-    assert await store.get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is None
-    assert await store.is_deleted("user_29w83sxmDNGwOuEthce5gg56FcC")
+    assert await store.users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store.users.is_deleted("user_29w83sxmDNGwOuEthce5gg56FcC")
 
 
 async def test_user_deleted_before_created_leaves_a_tombstone(
@@ -156,7 +156,7 @@ async def test_user_deleted_before_created_leaves_a_tombstone(
 
     assert deleted.json() == {"status": "tombstoned"}
     assert created.json() == {"status": "deleted"}
-    assert await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
 
 
 async def test_other_event_types_are_acknowledged_and_ignored(client: httpx.AsyncClient) -> None:
@@ -201,7 +201,7 @@ async def test_payload_variants(
     response = await post_signed(client, created_event(**data))
 
     assert response.status_code == 200
-    stored = await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
     assert stored is not None
     for field, value in expected.items():
         assert getattr(stored.profile, field) == value
@@ -217,7 +217,7 @@ async def test_event_without_instance_id_and_with_seconds_timestamp(
     response = await post_signed(client, event)
 
     assert response.json() == {"status": "created"}
-    stored = await store_of(app).get_user(event["data"]["id"])
+    stored = await store_of(app).users.get(event["data"]["id"])
     assert stored is not None
     assert stored.version_ms == 1654012600000
 
@@ -230,7 +230,7 @@ async def assert_refused(
 ) -> None:
     assert response.status_code == status, response.text
     assert reason_part in response.json()["error"]
-    assert await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
 
 
 def signed_parts(event: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
@@ -486,7 +486,7 @@ async def test_upstash_fault_answers_503_then_redelivery_stores(
 
     assert failed.status_code == 503
     assert retried.json() == {"status": "created"}
-    assert await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is not None
+    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is not None
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
@@ -535,4 +535,4 @@ async def test_a_sender_hanging_up_mid_body_is_refused_quietly(
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
-    assert await store_of(app).get_user("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None

@@ -14,7 +14,7 @@ from app.delivery.worker import Worker, WorkerConfig
 from app.errors import StorageUnavailable
 from app.main import create_app
 from app.settings import Settings
-from app.storage.store import NewAction
+from app.storage.records import NewAction
 from tests.conftest import AUTH, load_fixture, running, sign
 
 
@@ -92,7 +92,7 @@ async def test_run_survives_storage_outage_and_carries_on(
         assert worker.last_loop_at_ms is None  # no claim has succeeded: readiness says so
         own_redis.start()
         now = system_clock_ms()
-        await app.state.store.record_actions(
+        await app.state.store.actions.record(
             [NewAction("user_x", "x", now)], now_ms=now, tracked={}
         )
         worker.wake()
@@ -132,7 +132,7 @@ async def due_evaluations(app: Any, count: int) -> list[str]:
     now = app.state.clock()
     users = [f"user_lane{i:03d}" for i in range(count)]
     actions = [NewAction(user_id, "x", now) for user_id in users]
-    await app.state.store.record_actions(actions, now_ms=now, tracked={})
+    await app.state.store.actions.record(actions, now_ms=now, tracked={})
     return users
 
 

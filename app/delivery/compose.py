@@ -14,7 +14,7 @@ from app.delivery.templates import RenderContext, TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.engine.evaluate import EmailOrder
 from app.engine.loop_files import Loop
-from app.intake.users import UserProfile
+from app.storage.records import UserProfile
 
 # Resend's own sandbox sender: what the outbox shows when EMAIL_FROM is unset.
 DEFAULT_SENDER = "Activation loops <onboarding@resend.dev>"

@@ -25,7 +25,8 @@ from app.delivery.resend import OutgoingEmail
 from app.engine.loop_files import Loop, Recovery
 from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
-from app.storage.store import Attempt, Outcome, Settled, Store
+from app.storage.records import Attempt, Outcome, Settled
+from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Delivery:
 
     async def __call__(self, job_id: str, token: str = "") -> None:
         now = self.clock()
-        attempt = await self.store.begin_attempt(job_id, token=token, now_ms=now)
+        attempt = await self.store.queue.begin_attempt(job_id, token=token, now_ms=now)
         if attempt is None:
             logger.info("email %s: its lease was taken over by another worker; left to it", job_id)
             return
@@ -185,7 +186,7 @@ class Delivery:
             }
         )
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
-        settled = await self.store.settle(
+        settled = await self.store.queue.settle(
             sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry, token=hand.token
         )
         if settled is Settled.SETTLED:
@@ -203,7 +204,7 @@ class Delivery:
         now = self.clock()
         due = now + max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
         job = hand.job.model_copy(update={"last_error": error, "due_at": due})
-        settled = await self.store.settle(
+        settled = await self.store.queue.settle(
             job,
             Outcome.DEFER,
             now_ms=now,
@@ -229,7 +230,7 @@ class Delivery:
         now = self.clock()
         due = now + retry_delay_ms(recovery, attempts, retry_after_s)
         again = job.model_copy(update={"attempts": attempts, "last_error": error, "due_at": due})
-        settled = await self.store.settle(
+        settled = await self.store.queue.settle(
             again, Outcome.RETRY, now_ms=now, retry_at_ms=due, token=hand.token
         )
         if settled is Settled.SETTLED:
@@ -261,7 +262,7 @@ class Delivery:
             update["attempts"] = attempts
         final = hand.job.model_copy(update=update)
         now = self.clock()
-        settled = await self.store.settle(final, outcome, now_ms=now, token=hand.token)
+        settled = await self.store.queue.settle(final, outcome, now_ms=now, token=hand.token)
         if settled is Settled.SETTLED:
             self.metrics.email(outcome, due_at_ms=final.due_at, now_ms=now)
         logger.info(

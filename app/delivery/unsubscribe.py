@@ -113,7 +113,7 @@ async def unsubscribe(
 ) -> HTMLResponse:
     """Unsubscribe the token's user (the page's button, or RFC 8058 one-click POST)."""
     user_id = request.app.state.unsubscribe_tokens.verify(token)
-    dropped = await store.unsubscribe(user_id, now_ms=clock())
+    dropped = await store.users.unsubscribe(user_id, now_ms=clock())
     if dropped is None:  # deleted meanwhile: nothing of theirs is kept, nothing is written
         logger.info("unsubscribe for user %s: not stored (deleted); nothing to do", user_id)
     else:

@@ -28,7 +28,8 @@ from app.engine.loop_files import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
 from app.storage.keys import job_user
-from app.storage.store import Applied, Claim, Store, UserRecord, timeline_entry
+from app.storage.records import Applied, Claim, UserRecord, timeline_entry
+from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Evaluator:
         """Evaluate under the lease `token`; None when nothing was applied (another worker took
         the evaluation over, the user was deleted, or kept changing)."""
         for _ in range(MAX_CONFLICTS):
-            record = await self.store.snapshot(user_id)
+            record = await self.store.reads.snapshot(user_id)
             now = self.clock()
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)
             applied = await self._apply(record, decisions, now, token)
@@ -95,7 +96,7 @@ class Evaluator:
         # the loop funnel's counters move with the states (stats.py); a late activation too
         late = late_activations(self.loops.values(), record.steps, record.actions)
         timeline += [timeline_entry(now, "step.activated_late", step=name) for name in late]
-        return await self.store.apply_decisions(
+        return await self.store.queue.apply_decisions(
             uid,
             rev=record.rev,
             states={**late, **decisions.transitions},
@@ -185,7 +186,7 @@ class LeaseKeeper:
 
     async def _renew(self) -> None:
         try:
-            await self.store.renew_leases(
+            await self.store.queue.renew_leases(
                 sorted(self.unfinished),
                 token=self.token,
                 now_ms=self.clock(),
@@ -253,7 +254,7 @@ class Worker:
     async def run_once(self) -> Claim:
         """Claim what is due now and run it; returns the claim (with when to look again)."""
         now = self.clock()
-        claim = await self.store.claim_due(
+        claim = await self.store.queue.claim_due(
             now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
         )
         self.last_loop_at_ms = now  # the schedule was reached: what readiness checks

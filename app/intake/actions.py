@@ -32,7 +32,7 @@ from app.engine.conditions import ACTION_NAME_PATTERN
 from app.errors import ActivationError, PayloadTooLarge
 from app.intake.users import to_epoch_ms
 from app.storage.keys import USER_ID_PATTERN
-from app.storage.store import NewAction
+from app.storage.records import NewAction
 from app.web import auth
 from app.web.auth import Access
 from app.web.errors import error_response, invalid_request_response
@@ -198,7 +198,7 @@ async def record(intake: Intake, body: ActionIn | ActionBatch) -> Accepted:
     now_ms = intake.clock()
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
-    accepted, duplicates = await intake.store.record_actions(
+    accepted, duplicates = await intake.store.actions.record(
         actions, now_ms=now_ms, tracked=intake.tracked_counts
     )
     intake.metrics.actions_recorded(accepted, duplicates)

@@ -173,13 +173,13 @@ async def apply_event(store: Store, event: ClerkEvent, delivery_id: str, *, now_
         profile = user.to_profile()
         version_ms = profile.updated_at or event.timestamp_ms or now_ms
         created = event.type == EventType.USER_CREATED
-        write = await store.record_user(
+        write = await store.users.record(
             delivery_id, profile, created=created, version_ms=version_ms, now_ms=now_ms
         )
         return write.value
     if event.type == EventType.USER_DELETED:
         deleted = parse_data(ClerkDeletedUser, event)
-        return (await store.delete_user(delivery_id, deleted.id, now_ms=now_ms)).value
+        return (await store.users.delete(delivery_id, deleted.id, now_ms=now_ms)).value
     return "ignored"
 
 

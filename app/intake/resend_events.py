@@ -27,7 +27,8 @@ from app.intake.clerk import (
 from app.observability.metrics import MetricsDep
 from app.settings import Settings
 from app.storage.keys import valid_user_id
-from app.storage.store import EmailEvent, Store
+from app.storage.records import EmailEvent
+from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import ClockDep, StoreDep
@@ -95,7 +96,7 @@ async def apply_event(store: Store, event: ResendEvent, delivery_id: str, *, now
     found = to_email_event(event, delivery_id)
     if found is None:
         return "unmatched"  # not one of our loop emails (no `user` tag)
-    return await store.record_email_event(found, now_ms=now_ms)
+    return await store.users.record_email_event(found, now_ms=now_ms)
 
 
 def to_email_event(event: ResendEvent, delivery_id: str) -> EmailEvent | None:

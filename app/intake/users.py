@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.storage.keys import USER_ID_PATTERN
+from app.storage.records import UserProfile
 
 # Epoch values below this are seconds, above it milliseconds: 1e11 s is the year 5138, 1e11 ms 1973.
 _SECONDS_UPPER_BOUND = 10**11
@@ -26,33 +27,6 @@ class EventType(StrEnum):
     USER_CREATED = "user.created"
     USER_UPDATED = "user.updated"
     USER_DELETED = "user.deleted"
-
-
-class UserProfile(BaseModel):
-    """A user as stored (JSON in `P{uid}:user` field `profile`)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    email: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    username: str | None = None
-    image_url: str | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
-    public_metadata: dict[str, Any] = Field(default_factory=dict)
-    unsafe_metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        """First and last name, else the username, else the email's local part."""
-        full = " ".join(part for part in (self.first_name, self.last_name) if part)
-        if full:
-            return full
-        if self.username:
-            return self.username
-        return self.email.partition("@")[0] if self.email else ""
 
 
 class _Lenient(BaseModel):

@@ -204,8 +204,8 @@ async def scrape(metrics: MetricsDep, store: StoreDep) -> Response:
 async def refresh_queue_gauges(metrics: Metrics, store: Store) -> None:
     """Storage trouble must not fail the scrape: the gauges keep their last values."""
     try:
-        metrics.schedule_jobs.set(await store.schedule_size())
-        metrics.dead_letter_jobs.set(await store.dead_letter_count())
+        metrics.schedule_jobs.set(await store.reads.schedule_size())
+        metrics.dead_letter_jobs.set(await store.reads.dead_letter_count())
     except StorageError as exc:
         metrics.storage_error(exc)
         logger.warning("metrics: queue gauges not refreshed: %s", exc)

@@ -148,7 +148,7 @@ def run_dead(args: argparse.Namespace) -> int:
 async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
     runtime = await started(shared_settings("dead"))
     try:
-        jobs = await runtime.store.dead_jobs(limit=10_000)
+        jobs = await runtime.store.queue.dead_jobs(limit=10_000)
         if action == "list":
             for job in jobs:
                 print(f"{job.id}\tattempts={job.attempts}\t{job.last_error}")
@@ -158,7 +158,7 @@ async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
         if not chosen:
             raise ActivationError(f"no dead-letter job {job_id!r} (try: activation dead list)")
         for job in chosen:
-            await runtime.store.retry_dead(job, now_ms=runtime.clock())
+            await runtime.store.queue.retry_dead(job, now_ms=runtime.clock())
         print(f"{len(chosen)} job(s) queued again")
         return 0
     finally:
@@ -184,12 +184,12 @@ async def _suppress(user_id: str | None) -> int:
     runtime = await started(shared_settings("suppress"))
     try:
         if user_id is None:
-            users = await runtime.store.suppressed_users(limit=10_000)
+            users = await runtime.store.users.suppressed(limit=10_000)
             for uid, at_ms in users:
                 print(f"{uid}\tsuppressed_at={at_ms}")
             print(f"{len(users)} suppressed user(s)", file=sys.stderr)
             return 0
-        if not await runtime.store.unsuppress(user_id, now_ms=runtime.clock()):
+        if not await runtime.store.users.unsuppress(user_id, now_ms=runtime.clock()):
             raise ActivationError(f"user {user_id!r} is not suppressed")
         print(f"{user_id}: suppression lifted; loop email may resume")
         return 0

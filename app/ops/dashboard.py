@@ -23,7 +23,8 @@ from app.delivery.jobs import EmailJob
 from app.engine.funnel import LoopStats, day_counts, dead_loop, last_days
 from app.engine.loop_files import Loop
 from app.settings import Settings
-from app.storage.store import StatsReply, Store
+from app.storage.records import StatsReply
+from app.storage.store import Store
 from app.web import auth, sessions
 from app.web.auth import Access, Verdict
 from app.web.deps import ClockDep, SettingsDep, StoreDep
@@ -121,7 +122,7 @@ async def dead_by_loop(store: Store, dead_ids: Iterable[str]) -> dict[str, list[
             ids.append(job_id)
     jobs: dict[str, list[EmailJob]] = {}
     for loop_id, ids in chosen.items():
-        found = [await store.get_job(job_id) for job_id in ids]
+        found = [await store.reads.get_job(job_id) for job_id in ids]
         jobs[loop_id] = [job for job in found if job is not None]
     return jobs
 
@@ -145,7 +146,7 @@ async def dashboard(
 ) -> HTMLResponse:
     """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
     loops: dict[str, Loop] = request.app.state.loops
-    reply = await store.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
+    reply = await store.reads.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
     dead = await dead_by_loop(store, reply.dead_ids)
     return page(
         "dashboard.html",
@@ -162,7 +163,7 @@ async def dashboard(
 @auth.policy(Access.OPERATOR, refuse=refusal)
 async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
     """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
-    entries = await store.outbox(limit=OUTBOX_SHOWN)
+    entries = await store.reads.outbox(limit=OUTBOX_SHOWN)
     return page(
         "outbox.html",
         title="Outbox",
@@ -189,14 +190,14 @@ async def login(
         return refusal(request, Verdict.UNCONFIGURED)
     client = client_address(request)
     window_ms = sessions.LOGIN_WINDOW_S * 1000
-    failures, left_ms = await store.login_failures(client, window_ms=window_ms)
+    failures, left_ms = await store.logins.login_failures(client, window_ms=window_ms)
     if failures >= sessions.LOGIN_FAILURES_ALLOWED:  # the key is not even looked at
         logger.info("dashboard login from %s refused: too many failed attempts", client)
         return too_many_attempts(request, left_ms)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
     if not auth.secret_matches(settings.activation_api_key, given.encode()):
-        failures, left_ms = await store.count_login_failure(client, window_ms=window_ms)
+        failures, left_ms = await store.logins.count_login_failure(client, window_ms=window_ms)
         logger.warning(
             "dashboard login from %s refused: wrong key (%d failed in this window, %d allowed)",
             client, failures, sessions.LOGIN_FAILURES_ALLOWED,
@@ -249,7 +250,7 @@ async def logout(
         now_ms = clock()
         session = sessions.read(settings.activation_api_key.get_secret_value(), cookie, now_ms)
         if session is not None:
-            await store.revoke_session(session.id, ttl_ms=session.expires_at_ms - now_ms)
+            await store.logins.revoke_session(session.id, ttl_ms=session.expires_at_ms - now_ms)
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
     return response

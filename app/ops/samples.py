@@ -5,7 +5,7 @@
 import secrets
 from typing import Any
 
-from app.intake.users import UserProfile
+from app.storage.records import UserProfile
 
 SAMPLE_USER_ID = "user_2sampleAdaLovelace00000000"
 SAMPLE_EMAIL = "ada@example.com"

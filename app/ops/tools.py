@@ -28,12 +28,13 @@ from app.delivery.worker import Worker
 from app.engine.evaluate import EmailOrder, StepState, tracked_counts
 from app.engine.loop_files import Loop, parse_duration
 from app.errors import ActivationError, TemplateRenderError
-from app.intake.users import ClerkUser, UserProfile
+from app.intake.users import ClerkUser
 from app.ops.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id, sample_profile
 from app.runtime import build_composer, build_store, build_worker, load_loop_files, load_settings
 from app.settings import Settings
 from app.storage.keys import valid_user_id
-from app.storage.store import NewAction, Store, UserRecord
+from app.storage.records import NewAction, UserProfile, UserRecord
+from app.storage.store import Store
 
 CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
 
@@ -110,7 +111,7 @@ def read_user_file(path: Path) -> UserProfile:
 async def stored_user(settings: Settings, user_id: str) -> UserProfile:
     store = build_store(settings)
     try:
-        found = await store.get_user(user_id)
+        found = await store.users.get(user_id)
     finally:
         await store.close()
     if found is None:
@@ -265,12 +266,12 @@ async def simulate(
     worker = build_worker(settings, store, only, composer, OutboxMailer(), clock)
     try:
         profile = sample_profile(user_id, created_at_ms=start)
-        await store.record_user("simulated", profile, created=True, version_ms=start, now_ms=start)
+        await store.users.record("simulated", profile, created=True, version_ms=start, now_ms=start)
         until = start + (advance_ms if advance_ms is not None else SIMULATION_CAP_MS)
         await run_clock(
             Run(worker, store, clock, user_id, tracked_counts(only.values())), plans, start, until
         )
-        record = await store.snapshot(user_id, full=True)
+        record = await store.reads.snapshot(user_id, full=True)
     finally:
         await store.close()
     lines = [
@@ -303,7 +304,7 @@ class Run:
             NewAction(self.user_id, plan.action, now) for plan in plans for _ in range(plan.times)
         ]
         if actions:
-            await self.store.record_actions(actions, now_ms=now, tracked=self.tracked)
+            await self.store.actions.record(actions, now_ms=now, tracked=self.tracked)
 
     async def drain(self) -> int | None:
         """Run everything due now; when the schedule next needs a look (None: never)."""

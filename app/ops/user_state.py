@@ -10,7 +10,7 @@ from app.delivery.jobs import EmailJob
 from app.engine.evaluate import StepState, step_field
 from app.engine.loop_files import Loop
 from app.storage.keys import USER_ID_PATTERN
-from app.storage.store import UserRecord
+from app.storage.records import UserRecord
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep
 from app.web.deps import StoreDep
@@ -71,7 +71,7 @@ async def get_user_state(
     request: Request, store: StoreDep, user_id: str = Path(pattern=USER_ID_PATTERN)
 ) -> UserState:
     """Profile, action counts, every loop's progress per step, emails, and a timeline."""
-    record = await store.snapshot(user_id, full=True)
+    record = await store.reads.snapshot(user_id, full=True)
     if not record.known:
         raise HTTPException(404, "unknown user")
     return describe(record, request.app.state.loops)

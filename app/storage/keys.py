@@ -170,6 +170,17 @@ class Keys:
         """`client` is the caller's address, as the server reports it."""
         return f"{self.prefix}login_failures:{client}"
 
+    def snapshot(self, user_id: str) -> list[str]:
+        """What `snapshot.lua` reads of one user, in its KEYS order."""
+        return [
+            self.user(user_id),
+            self.activity(user_id),
+            self.loops(user_id),
+            self.jobs(user_id),
+            self.timeline(user_id),
+            self.tombstone(user_id),
+        ]
+
     def personal(self, user_id: str) -> list[str]:
         """Every key holding the user's personal data (removed on `user.deleted`)."""
         return [

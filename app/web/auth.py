@@ -138,6 +138,6 @@ async def operator_verdict(
         return Verdict.GRANTED
     api_key = settings.activation_api_key.get_secret_value()
     session = sessions.read(api_key, cookie, now_ms) if cookie is not None else None
-    if session is None or await store.session_revoked(session.id):
+    if session is None or await store.logins.session_revoked(session.id):
         return Verdict.REFUSED
     return Verdict.GRANTED

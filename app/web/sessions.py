@@ -3,8 +3,8 @@
 The cookie holds a random session id and when it expires, signed with itsdangerous under a key
 derived from `ACTIVATION_API_KEY` (changing the key ends every session). Reading one never
 raises, whatever the cookie holds. Logout revokes the id in storage until it would have expired
-(`Store.revoke_session`), so a copied cookie dies with it. Failed logins are counted per client
-in storage, so every web process shares the count (`Store.count_login_failure`).
+(`store.logins`), so a copied cookie dies with it. Failed logins are counted per client
+in storage, so every web process shares the count (`store.logins` too).
 """
 
 import hashlib

@@ -1,0 +1,187 @@
+"""The durable schedule: jobs claimed under fenced leases, renewed while in hand, the engine's
+decisions applied, email attempts begun and settled, dead letters listed and retried."""
+
+from collections.abc import Mapping, Sequence
+
+from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.evaluate import StepState
+from app.engine.funnel import Counter, send_counter, utc_day
+from app.storage.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH, eval_job, job_user
+from app.storage.records import Applied, Attempt, Claim, Outcome, Settled, timeline_entry
+from app.storage.scripts import (
+    APPLY,
+    BEGIN_ATTEMPT,
+    CLAIM,
+    RENEW,
+    RETRY_DEAD,
+    SETTLE,
+    ScriptRunner,
+    as_enum,
+    int_or_none,
+)
+from app.storage.wire import CommandArg
+
+
+class Queue(ScriptRunner):
+    """The queue aggregate: `schedule`, `leases` and their tokens, `dead`, each job's attempts."""
+
+    async def apply_decisions(
+        self,
+        user_id: str,
+        *,
+        rev: str,
+        states: Mapping[str, StepState],
+        jobs: Sequence[EmailJob],
+        timeline: Sequence[str],
+        wake_at_ms: int | None,
+        counters: Sequence[Counter] = (),
+        token: str = "",
+    ) -> Applied:
+        """Write the engine's decisions unless the user changed meanwhile, was deleted, or the
+        evaluation's lease (`token`; "" = none held) was taken over."""
+        keys = [
+            self.keys.activity(user_id),
+            self.keys.loops(user_id),
+            self.keys.jobs(user_id),
+            self.keys.timeline(user_id),
+            self.keys.schedule,
+            self.keys.leases,
+            self.keys.tombstone(user_id),
+            self.keys.lease_tokens,
+        ]
+        stats_keys = list(dict.fromkeys(self.keys.stats(counter.loop_id) for counter in counters))
+        keys += stats_keys
+        args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH, token]
+        args.append(len(states))
+        for name, state in states.items():
+            args += [name, state.model_dump_json()]
+        args.append(len(jobs))
+        for job in jobs:
+            args += [job.id, job.model_dump_json(), job.due_at]
+        args += [len(timeline), *timeline, len(counters)]
+        for counter in counters:
+            args += [
+                stats_keys.index(self.keys.stats(counter.loop_id)) + 1,
+                counter.field,
+                counter.by,
+            ]
+        return as_enum(Applied, APPLY, await self.run(APPLY, keys, args))
+
+    def _lease_keys(self) -> list[str]:
+        return [self.keys.schedule, self.keys.leases, self.keys.lease_tokens, self.keys.lease_seq]
+
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> Claim:
+        """Take due jobs under one fenced lease (expired leases first go back on the schedule)."""
+        args: list[CommandArg] = [now_ms, lease_ms, limit]
+        wake_at, token, *job_ids = await self.run(CLAIM, self._lease_keys(), args)
+        return Claim(
+            job_ids=[str(job) for job in job_ids],
+            wake_at_ms=int_or_none(wake_at),
+            token=str(token) if token is not None else "",
+        )
+
+    async def renew_leases(
+        self, job_ids: Sequence[str], *, token: str, now_ms: int, lease_ms: int
+    ) -> int:
+        """Extend the leases of a claim's jobs still in hand; returns how many were extended."""
+        if not job_ids:
+            return 0
+        keys = [self.keys.leases, self.keys.lease_tokens]
+        args: list[CommandArg] = [now_ms + lease_ms, token, *job_ids]
+        return int(await self.run(RENEW, keys, args))
+
+    async def begin_attempt(self, job_id: str, *, token: str, now_ms: int) -> Attempt | None:
+        """Count one send attempt under the lease `token`; None when another worker holds the job
+        now (do nothing), an `Attempt` without a job when its user was deleted."""
+        uid = job_user(job_id)
+        keys = [
+            self.keys.jobs(uid),
+            self.keys.attempts(uid),
+            self.keys.user(uid),
+            self.keys.leases,
+            self.keys.lease_tokens,
+        ]
+        status, *reply = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms, token])
+        if status == "stale":
+            return None
+        if status == "gone":
+            return Attempt(job=None)
+        job, before, first, unsubscribed, suppressed = reply
+        return Attempt(
+            job=EmailJob.model_validate_json(job),
+            previous_attempts=int(before),
+            first_reached_at_ms=int_or_none(first),
+            unsubscribed=unsubscribed is not None,
+            suppressed=suppressed is not None,
+        )
+
+    async def settle(
+        self,
+        job: EmailJob,
+        outcome: Outcome,
+        *,
+        now_ms: int,
+        retry_at_ms: int | None = None,
+        outbox_entry: str = "",
+        token: str = "",
+        attempt_started_at_ms: int | None = None,
+    ) -> Settled:
+        """Record the job's outcome under the lease `token` ("" = none held) and release it.
+
+        A send lands whatever the lease (it happened); any other outcome only from the lease's
+        holder, and nothing overwrites a sent job (see settle.lua). `attempt_started_at_ms`, with
+        DEFER: the attempt that never reached Resend, which is then not counted."""
+        uid = job.user_id
+        keys = [
+            self.keys.jobs(uid),
+            self.keys.leases,
+            self.keys.schedule,
+            self.keys.dead,
+            self.keys.timeline(uid),
+            self.keys.outbox,
+            self.keys.stats(job.loop_id),
+            self.keys.daily(utc_day(now_ms)),
+            self.keys.lease_tokens,
+            self.keys.attempts(uid),
+        ]
+        entry = timeline_entry(
+            now_ms,
+            f"email.{job.status.value}",
+            email=job.id,
+            attempts=job.attempts,
+            error=job.last_error,
+        )
+        args: list[CommandArg] = [
+            job.id,
+            job.model_dump_json(),
+            outcome.value,
+            retry_at_ms or "",
+            now_ms,
+            entry,
+            TIMELINE_LENGTH,
+            outbox_entry,
+            OUTBOX_LENGTH,
+            job.loop_id,
+            send_counter(job),
+            DAILY_TTL_S,
+            token,
+            attempt_started_at_ms if attempt_started_at_ms is not None else "",
+        ]
+        return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
+
+    async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
+        """Dead-letter jobs, oldest first, with their last error."""
+        job_ids = await self.conn.call("ZRANGE", self.keys.dead, 0, limit - 1)
+        jobs = []
+        for job_id in job_ids:
+            raw = await self.conn.call("HGET", self.keys.jobs(job_user(job_id)), job_id)
+            if raw is not None:
+                jobs.append(EmailJob.model_validate_json(raw))
+        return jobs
+
+    async def retry_dead(self, job: EmailJob, *, now_ms: int) -> bool:
+        """Queue a dead-letter job again, attempts reset; False when it was not dead."""
+        uid = job.user_id
+        again = job.model_copy(update={"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms})
+        keys = [self.keys.dead, self.keys.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
+        return bool(await self.run(RETRY_DEAD, keys, [job.id, again.model_dump_json(), now_ms]))

@@ -1,0 +1,79 @@
+"""The Lua scripts (`app/storage/lua/`, loaded once) and what runs them: every read-decide-write
+is one script, EVALSHA first and EVAL when the server does not know it yet, so the three
+transports behave the same and each request costs one round trip."""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import Any, TypeVar
+
+from app.errors import StorageError
+from app.storage.connections import Connection, NoScript
+from app.storage.keys import Keys
+from app.storage.wire import CommandArg
+
+logger = logging.getLogger(__name__)
+
+AnswerT = TypeVar("AnswerT", bound=StrEnum)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script from `app/storage/lua/<name>.lua`, with its SHA1 for EVALSHA."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> "Script":
+        source = resources.files("app.storage").joinpath("lua", f"{name}.lua").read_text("utf-8")
+        return cls(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+RECORD_USER = Script.load("record_user")
+DELETE_USER = Script.load("delete_user")
+RECORD_ACTIONS = Script.load("record_actions")
+SNAPSHOT = Script.load("snapshot")
+APPLY = Script.load("apply")
+CLAIM = Script.load("claim")
+RENEW = Script.load("renew")
+BEGIN_ATTEMPT = Script.load("begin_attempt")
+SETTLE = Script.load("settle")
+UNSUBSCRIBE = Script.load("unsubscribe")
+RETRY_DEAD = Script.load("retry_dead")
+STATS = Script.load("stats")
+EMAIL_EVENT = Script.load("email_event")
+UNSUPPRESS = Script.load("unsuppress")
+LOGIN_FAILURES = Script.load("login_failures")
+
+
+class ScriptRunner:
+    """Runs the scripts over one connection with the key schema: what every aggregate of the
+    store (users, actions, the queue, reads, logins) is built on."""
+
+    def __init__(self, conn: Connection, keys: Keys) -> None:
+        self.conn = conn
+        self.keys = keys
+
+    async def run(self, script: Script, keys: list[str], args: list[CommandArg]) -> Any:
+        """Run a script in one round trip; the first run on a fresh server costs a second."""
+        try:
+            return await self.conn.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScript:
+            logger.info("loading script %s into the server", script.name)
+            return await self.conn.call("EVAL", script.source, len(keys), *keys, *args)
+
+
+def as_enum(kind: type[AnswerT], script: Script, reply: object) -> AnswerT:
+    """A script's one-word answer as its enum; anything else is a bug: StorageError."""
+    try:
+        return kind(str(reply))
+    except ValueError:
+        raise StorageError(f"script {script.name} answered {reply!r}") from None
+
+
+def int_or_none(value: object) -> int | None:
+    return None if value is None else int(str(value))
