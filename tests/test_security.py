@@ -266,14 +266,14 @@ def b64(text: str) -> str:
 
 def forged_tokens(app: FastAPI) -> dict[str, str]:
     genuine: str = app.state.unsubscribe_tokens.issue(USER)
-    encoded, signature = genuine.split(".")
+    encoded, _, signature = genuine.rpartition(".")
+    other_encoded, _, other_signature = app.state.unsubscribe_tokens.issue(OTHER).rpartition(".")
     other_secret = UnsubscribeTokens(b"another deployment's secret")
     return {
         "another secret": other_secret.issue(USER),
-        "moved to another user": f"{b64(OTHER)}.{signature}",
-        "another user's token": app.state.unsubscribe_tokens.issue(OTHER).replace(
-            b64(OTHER), encoded
-        ),
+        "moved to another user": f"{other_encoded}.{signature}",
+        "moved, as the first format spelled the user": f"{b64(OTHER)}.{signature}",
+        "another user's token": f"{encoded}.{other_signature}",
         "signature truncated": f"{encoded}.{signature[:-1]}",
         "signature extended": f"{encoded}.{signature}A",
         "signature only": f".{signature}",

@@ -1,17 +1,13 @@
 """One-click unsubscribe (RFC 8058): signed per-user tokens and `GET`/`POST /unsubscribe`.
 
-A token is `<user id, base64url>.<HMAC-SHA256 of it, base64url>`: it names one user and cannot be
-forged or altered without the secret. `GET` shows a confirmation page (mail scanners follow links;
-they must not unsubscribe anyone); `POST` (the button, or the mail client's one-click POST)
-unsubscribes: no further loop email, and pending emails are dropped and recorded.
+A token names one user, signed by `app.signing` (itsdangerous): it cannot be forged, altered or
+moved to another user without the secret. `GET` shows a confirmation page (mail scanners follow
+links; they must not unsubscribe anyone); `POST` (the button, or the mail client's one-click
+POST) unsubscribes: no further loop email, and pending emails are dropped and recorded.
 """
 
-import base64
-import hashlib
-import hmac
 import html
 import logging
-import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -19,6 +15,7 @@ from fastapi.responses import HTMLResponse
 
 from app.errors import BadToken
 from app.settings import Settings
+from app.signing import UnsubscribeSigner, unsubscribe_key
 from app.storage.keys import valid_user_id
 from app.web import auth
 from app.web.auth import Access
@@ -31,55 +28,25 @@ router = APIRouter(tags=["unsubscribe"])
 TokenQuery = Annotated[str, Query(min_length=3, max_length=512)]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class UnsubscribeTokens:
     """Issues and checks the signed tokens in unsubscribe links."""
 
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+    def __init__(self, key: bytes) -> None:
+        self._signer = UnsubscribeSigner(key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "UnsubscribeTokens":
-        return cls(unsubscribe_secret(settings))
-
-    def _signature(self, user_id: str) -> str:
-        digest = hmac.new(self._secret, f"unsubscribe:{user_id}".encode(), hashlib.sha256)
-        return _b64(digest.digest())
+        return cls(unsubscribe_key(settings))
 
     def issue(self, user_id: str) -> str:
-        return f"{_b64(user_id.encode())}.{self._signature(user_id)}"
+        return self._signer.sign(user_id)
 
     def verify(self, token: str) -> str:
         """The user id the token names, or BadToken."""
-        encoded, _, signature = token.partition(".")
-        try:
-            user_id = _unb64(encoded).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise BadToken("malformed unsubscribe token") from None
-        expected = self._signature(user_id)
-        given = signature.encode("utf-8", "surrogateescape")
-        if not valid_user_id(user_id) or not hmac.compare_digest(given, expected.encode()):
+        user_id = self._signer.unsign(token)
+        if not valid_user_id(user_id):
             raise BadToken("invalid unsubscribe token")
         return user_id
-
-
-def unsubscribe_secret(settings: Settings) -> bytes:
-    """UNSUBSCRIBE_SECRET, else one derived from another configured secret, else a random one."""
-    if settings.unsubscribe_secret is not None:
-        return settings.unsubscribe_secret.get_secret_value().encode()
-    for secret in (settings.activation_api_key, settings.clerk_webhook_signing_secret):
-        if secret is not None:
-            key = secret.get_secret_value().encode()
-            return hmac.new(key, b"activation-loops unsubscribe v1", hashlib.sha256).digest()
-    logger.warning("no UNSUBSCRIBE_SECRET: unsubscribe links work until this process restarts")
-    return secrets.token_bytes(32)
 
 
 def _page(title: str, body: str) -> HTMLResponse:

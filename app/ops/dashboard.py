@@ -23,6 +23,7 @@ from app.delivery.jobs import EmailJob
 from app.engine.funnel import LoopStats, day_counts, dead_loop, last_days
 from app.engine.loop_files import Loop
 from app.settings import Settings
+from app.signing import secret_matches
 from app.storage.records import StatsReply
 from app.storage.store import Store
 from app.web import auth, sessions
@@ -196,7 +197,7 @@ async def login(
         return too_many_attempts(request, left_ms)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
-    if not auth.secret_matches(settings.activation_api_key, given.encode()):
+    if not secret_matches(settings.activation_api_key, given.encode()):
         failures, left_ms = await store.logins.count_login_failure(client, window_ms=window_ms)
         logger.warning(
             "dashboard login from %s refused: wrong key (%d failed in this window, %d allowed)",

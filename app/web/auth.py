@@ -1,5 +1,5 @@
 """Who may call which route: each route's declared access policy and body limit, the verdict on a
-request's credentials, and the one place that compares secrets (constant time, as bytes).
+request's credentials (bearer keys and tokens, session cookies); `app.signing` compares them.
 
 A route declares its policy beside its endpoint with `@policy(Access..., max_body_bytes=...)`;
 `app.web.gate.Gate` matches each request to its route and enforces that policy before anything reads
@@ -15,7 +15,6 @@ With no secret configured for a policy, nobody gets in. `ApiKeyDep` only documen
 scheme in OpenAPI: the gate has already decided.
 """
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.settings import Settings
+from app.signing import secret_matches
 from app.storage.store import Store
 from app.web import sessions
 
@@ -92,13 +92,6 @@ def policy(
 def policy_of(endpoint: object) -> Policy | None:
     found = getattr(endpoint, POLICY_ATTRIBUTE, None)
     return found if isinstance(found, Policy) else None
-
-
-def secret_matches(expected: SecretStr | None, given: bytes) -> bool:
-    """Constant-time comparison; no configured secret matches nothing."""
-    if expected is None:
-        return False
-    return hmac.compare_digest(given, expected.get_secret_value().encode())
 
 
 def bearer_token(authorization: bytes | None) -> bytes:

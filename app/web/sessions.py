@@ -7,11 +7,10 @@ raises, whatever the cookie holds. Logout revokes the id in storage until it wou
 in storage, so every web process shares the count (`store.logins` too).
 """
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 
-from itsdangerous import BadData, URLSafeSerializer
+from app import signing
 
 COOKIE = "activation_session"
 SESSION_S = 12 * 3600
@@ -19,7 +18,6 @@ MAX_COOKIE_CHARS = 512  # a genuine token is about 110 characters
 SESSION_ID_BYTES = 16
 LOGIN_FAILURES_ALLOWED = 10
 LOGIN_WINDOW_S = 15 * 60
-_SALT = "activation-loops dashboard session v2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +26,10 @@ class Session:
     expires_at_ms: int
 
 
-def _serializer(api_key: str) -> URLSafeSerializer:
-    return URLSafeSerializer(api_key, salt=_SALT, signer_kwargs={"digest_method": hashlib.sha256})
-
-
 def issue(api_key: str, now_ms: int) -> str:
     """A new session's cookie value: a random id and its expiry (epoch ms), signed."""
     session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
-    token: str = _serializer(api_key).dumps({"id": session_id, "exp": now_ms + SESSION_S * 1000})
-    return token
+    return signing.sign_session(api_key, {"id": session_id, "exp": now_ms + SESSION_S * 1000})
 
 
 def read(api_key: str, token: str, now_ms: int) -> Session | None:
@@ -44,11 +37,7 @@ def read(api_key: str, token: str, now_ms: int) -> Session | None:
     malformed. Never raises: the value is whatever a client sent."""
     if not token.isascii() or len(token) > MAX_COOKIE_CHARS:
         return None  # a lone surrogate could not even be encoded to be checked
-    try:
-        payload = _serializer(api_key).loads(token)
-    except BadData:
-        return None
-    return _session(payload, now_ms)
+    return _session(signing.unsign_session(api_key, token), now_ms)
 
 
 def _session(payload: object, now_ms: int) -> Session | None:
