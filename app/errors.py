@@ -20,8 +20,10 @@ happens next.
     │   └── PermanentSendError   the same request would fail again: dead-letter
     ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
-        └── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
-                                 transient, so requests answer 503 and work is retried
+        ├── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
+        │                        transient, so requests answer 503 and work is retried
+        └── NoScript             EVALSHA named a script the server does not have yet: the
+                                 caller sends EVAL (never leaves app.storage)
 
 Third-party exceptions (redis, httpx, upstash-redis, svix, resend, jinja2, sqlglot) are translated
 where they enter.
@@ -124,6 +126,10 @@ class AlreadySent(ActivationError):
 
 class StorageError(ActivationError):
     """Redis answered, but with an error."""
+
+
+class NoScript(StorageError):
+    """EVALSHA named a script the server does not have yet (the caller sends EVAL)."""
 
 
 class StorageUnavailable(StorageError):

@@ -11,10 +11,10 @@ from app.engine.evaluate import (
     Snapshot,
     StepState,
     StepStatus,
-    email_job_id,
     evaluate,
     tracked_counts,
 )
+from app.engine.job_ids import email_id
 from app.engine.loop_files import Loop, load_loop
 
 MIN = 60_000
@@ -133,7 +133,7 @@ def test_action_within_the_timeout_fires_the_action_not_the_nudge(welcome: Loop)
         T0 + 2 * MIN,
         T0 + 2 * MIN,
     )
-    assert state.email_job == email_job_id("user_1", "welcome", 0, "action")
+    assert state.email_job == email_id("user_1", "welcome", 0, "action")
 
 
 def test_deadline_passed_without_the_action_sends_the_nudge(welcome: Loop) -> None:
@@ -294,4 +294,4 @@ def test_tracked_counts_are_what_loops_wait_for(
 
 
 def test_job_ids_are_deterministic() -> None:
-    assert email_job_id("user_1", "welcome", 0, "action") == "email|user_1|welcome|0|action"
+    assert email_id("user_1", "welcome", 0, "action") == "email|user_1|welcome|0|action"

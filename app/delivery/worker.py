@@ -24,10 +24,10 @@ from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, evaluate
 from app.engine.funnel import late_activations, step_counters
+from app.engine.job_ids import is_evaluation, user_of
 from app.engine.loop_files import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
-from app.storage.keys import job_user
 from app.storage.records import Applied, Claim, UserRecord, timeline_entry
 from app.storage.store import Store
 
@@ -355,8 +355,8 @@ class Worker:
         """Run one job under the claim's lease `token`; a failure other than an outage is
         logged and counted, and the lease brings the job back later."""
         try:
-            if job_id.startswith("eval|"):
-                await self.evaluator.run(job_user(job_id), token)
+            if is_evaluation(job_id):
+                await self.evaluator.run(user_of(job_id), token)
             elif self.send_email is not None:
                 await self.send_email(job_id, token)
             self.jobs_done += 1

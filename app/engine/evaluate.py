@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from app.engine.job_ids import EmailReason, email_id
 from app.engine.loop_files import ActionCondition, ActionTrigger, EmailAction, Loop, Step
 
 
@@ -99,10 +100,6 @@ class Decisions:
 def step_field(loop_id: str, step: int) -> str:
     """The field of a step's state in the user's `loops` hash."""
     return f"{loop_id}/{step}"
-
-
-def email_job_id(user_id: str, loop_id: str, step: int, kind: str) -> str:
-    return f"email|{user_id}|{loop_id}|{step}|{kind}"
 
 
 def evaluate(loops: Iterable[Loop], snapshot: Snapshot, now: int) -> Decisions:
@@ -186,12 +183,13 @@ class _LoopRun:
         email = step.action if fired else step.on_timeout
         job_id = None
         if email is not None and not self.snapshot.suppressed:
-            job_id = self._order(step, "action" if fired else "timeout", email)
+            reason = EmailReason.ACTION if fired else EmailReason.TIMEOUT
+            job_id = self._order(step, reason, email)
         update = {"status": status, "met_at": met_at, "decided_at": self.now, "email_job": job_id}
         return state.model_copy(update=update)
 
     def _order(self, step: Step, kind: str, email: EmailAction) -> str:
-        job_id = email_job_id(self.snapshot.user_id, self.loop.id, step.index, kind)
+        job_id = email_id(self.snapshot.user_id, self.loop.id, step.index, kind)
         personalization = dict(email.personalization)
         order = EmailOrder(
             job_id, self.loop.id, step.index, kind, email.template, personalization, self.now

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.delivery.jobs import EmailJob
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
+from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
 
 DAY_MS = 24 * 3600 * 1000
@@ -167,6 +168,8 @@ def day_counts(
 
 
 def dead_loop(job_id: str) -> str:
-    """The loop a dead-letter job belongs to (`email|<uid>|<loop>|<step>|<kind>`)."""
-    parts = job_id.split("|")
-    return parts[2] if len(parts) == 5 else ""
+    """The loop a dead-letter job belongs to ("" for what is not an email job id)."""
+    try:
+        return JobId.parse(job_id).loop_id or ""
+    except ValueError:
+        return ""

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from svix.webhooks import Webhook
 
-from app.engine.evaluate import email_job_id
+from app.engine.job_ids import email_id
 from app.errors import NotConfigured
 from app.intake.clerk import (
     MAX_BODY_BYTES,
@@ -131,7 +131,7 @@ def job_id_of(user_id: str, tags: dict[str, str]) -> str | None:
     loop_id, step, kind = tags.get("loop"), tags.get("step", ""), tags.get("kind")
     if loop_id is None or kind is None or not step.isdigit():
         return None
-    return email_job_id(user_id, loop_id, int(step), kind)
+    return email_id(user_id, loop_id, int(step), kind)
 
 
 def suppression_reason(event: ResendEvent) -> str | None:

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.delivery.jobs import EmailJob
 from app.engine.funnel import LoopStats, day_counts, dead_loop, last_days
+from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
 from app.settings import Settings
 from app.signing import secret_matches
@@ -175,8 +176,11 @@ async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
 
 def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
     """An outbox entry as the page shows it: the job id's parts named."""
-    parts = str(entry.get("job", "")).split("|")
-    loop_id, step, kind = parts[2:5] if len(parts) == 5 else ("?", "?", "?")
+    try:
+        job = JobId.parse(str(entry.get("job", "")))
+        loop_id, step, kind = str(job.loop_id), str(job.step), str(job.reason)
+    except ValueError:
+        loop_id, step, kind = "?", "?", "?"
     return {**entry, "loop": loop_id, "step": step, "kind": kind, "sent": when(entry.get("at"))}
 
 

@@ -2,8 +2,9 @@
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from app.engine.job_ids import evaluation_id
 from app.storage.connections import Connection
-from app.storage.keys import TIMELINE_LENGTH, Keys, eval_job
+from app.storage.keys import TIMELINE_LENGTH, Keys
 from app.storage.records import NewAction, timeline_entry
 from app.storage.scripts import RECORD_ACTIONS, ScriptRunner
 from app.storage.wire import CommandArg
@@ -73,5 +74,5 @@ class Actions(ScriptRunner):
             min(ordered[-1], MAX_RANKED_TIMES) if ordered else 0,
             ",".join(str(count) for count in ordered),
             entry,
-            eval_job(action.user_id),
+            evaluation_id(action.user_id),
         ]

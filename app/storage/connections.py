@@ -20,7 +20,7 @@ import redis.exceptions as redis_errors
 from upstash_redis.asyncio import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
-from app.errors import StorageError, StorageUnavailable
+from app.errors import NoScript, StorageError, StorageUnavailable
 from app.settings import Settings, StorageKind
 from app.storage.wire import Address, CommandArg, Wire
 
@@ -55,10 +55,6 @@ TRANSIENT_MESSAGES = (
 # Inside a script, Redis 7 reports a failing `redis.call` as "ERR ... : @user_script:..."-style
 # text or with the original code first; both are looked at.
 _CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:(-])([A-Z]{3,})\b(?= )")
-
-
-class NoScript(StorageError):
-    """EVALSHA named a script the server does not have yet (the caller sends EVAL)."""
 
 
 class Connection(Protocol):

@@ -196,13 +196,3 @@ class Keys:
 TIMELINE_LENGTH = 200
 OUTBOX_LENGTH = 1000
 DAILY_TTL_S = 90 * 24 * 3600
-
-
-def eval_job(user_id: str) -> str:
-    """The schedule member that makes a worker look at one user's loops."""
-    return f"eval|{user_id}"
-
-
-def job_user(job_id: str) -> str:
-    """The user a job id belongs to (`eval|<uid>` or `email|<uid>|...`)."""
-    return job_id.split("|", 2)[1]

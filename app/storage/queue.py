@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, send_counter, utc_day
-from app.storage.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH, eval_job, job_user
+from app.engine.job_ids import evaluation_id, user_of
+from app.storage.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH
 from app.storage.records import Applied, Attempt, Claim, Outcome, Settled, timeline_entry
 from app.storage.scripts import (
     APPLY,
@@ -51,20 +52,12 @@ class Queue(ScriptRunner):
         ]
         stats_keys = list(dict.fromkeys(self.keys.stats(counter.loop_id) for counter in counters))
         keys += stats_keys
-        args: list[CommandArg] = [rev, eval_job(user_id), wake_at_ms or "", TIMELINE_LENGTH, token]
-        args.append(len(states))
-        for name, state in states.items():
-            args += [name, state.model_dump_json()]
-        args.append(len(jobs))
-        for job in jobs:
-            args += [job.id, job.model_dump_json(), job.due_at]
-        args += [len(timeline), *timeline, len(counters)]
+        args: list[CommandArg] = [rev, evaluation_id(user_id), wake_at_ms or "", TIMELINE_LENGTH]
+        args += [token, *decision_args(states, jobs, timeline)]
+        args.append(len(counters))
         for counter in counters:
-            args += [
-                stats_keys.index(self.keys.stats(counter.loop_id)) + 1,
-                counter.field,
-                counter.by,
-            ]
+            stats_key = stats_keys.index(self.keys.stats(counter.loop_id)) + 1
+            args += [stats_key, counter.field, counter.by]
         return as_enum(Applied, APPLY, await self.run(APPLY, keys, args))
 
     def _lease_keys(self) -> list[str]:
@@ -93,7 +86,7 @@ class Queue(ScriptRunner):
     async def begin_attempt(self, job_id: str, *, token: str, now_ms: int) -> Attempt | None:
         """Count one send attempt under the lease `token`; None when another worker holds the job
         now (do nothing), an `Attempt` without a job when its user was deleted."""
-        uid = job_user(job_id)
+        uid = user_of(job_id)
         keys = [
             self.keys.jobs(uid),
             self.keys.attempts(uid),
@@ -174,7 +167,7 @@ class Queue(ScriptRunner):
         job_ids = await self.conn.call("ZRANGE", self.keys.dead, 0, limit - 1)
         jobs = []
         for job_id in job_ids:
-            raw = await self.conn.call("HGET", self.keys.jobs(job_user(job_id)), job_id)
+            raw = await self.conn.call("HGET", self.keys.jobs(user_of(job_id)), job_id)
             if raw is not None:
                 jobs.append(EmailJob.model_validate_json(raw))
         return jobs
@@ -185,3 +178,16 @@ class Queue(ScriptRunner):
         again = job.model_copy(update={"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms})
         keys = [self.keys.dead, self.keys.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
         return bool(await self.run(RETRY_DEAD, keys, [job.id, again.model_dump_json(), now_ms]))
+
+
+def decision_args(
+    states: Mapping[str, StepState], jobs: Sequence[EmailJob], timeline: Sequence[str]
+) -> list[CommandArg]:
+    """apply.lua's counted lists: the step states, the email jobs, the timeline entries."""
+    args: list[CommandArg] = [len(states)]
+    for name, state in states.items():
+        args += [name, state.model_dump_json()]
+    args.append(len(jobs))
+    for job in jobs:
+        args += [job.id, job.model_dump_json(), job.due_at]
+    return [*args, len(timeline), *timeline]

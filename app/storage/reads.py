@@ -7,7 +7,7 @@ from typing import Any
 
 from app.delivery.jobs import EmailJob
 from app.engine.funnel import parse_counters
-from app.storage.keys import job_user
+from app.engine.job_ids import user_of
 from app.storage.records import StatsReply, UserRecord, parse_snapshot
 from app.storage.scripts import SNAPSHOT, STATS, ScriptRunner
 
@@ -47,7 +47,7 @@ class Reads(ScriptRunner):
         )
 
     async def get_job(self, job_id: str) -> EmailJob | None:
-        raw = await self.conn.call("HGET", self.keys.jobs(job_user(job_id)), job_id)
+        raw = await self.conn.call("HGET", self.keys.jobs(user_of(job_id)), job_id)
         return None if raw is None else EmailJob.model_validate_json(raw)
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:

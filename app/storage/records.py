@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.delivery.jobs import EmailJob
 from app.engine.evaluate import ActionStats, StepState
+from app.engine.job_ids import email_id_prefix
 from app.storage.scripts import int_or_none
 
 
@@ -181,7 +182,7 @@ class StoredUser:
 def outbox_prefix(user_id: str) -> str:
     """How the user's outbox entries begin, as `json.dumps` writes them (`delivery` puts the job
     id first), so `user.deleted` finds them without decoding every entry."""
-    return '{"job":' + json.dumps(f"email|{user_id}|")[:-1]
+    return '{"job":' + json.dumps(email_id_prefix(user_id))[:-1]
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

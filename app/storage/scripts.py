@@ -9,8 +9,8 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, TypeVar
 
-from app.errors import StorageError
-from app.storage.connections import Connection, NoScript
+from app.errors import NoScript, StorageError
+from app.storage.connections import Connection
 from app.storage.keys import Keys
 from app.storage.wire import CommandArg
 

@@ -4,8 +4,9 @@ suppressions, each one script."""
 from collections.abc import Iterable
 
 from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.job_ids import evaluation_id
 from app.storage.connections import Connection
-from app.storage.keys import TIMELINE_LENGTH, Keys, eval_job
+from app.storage.keys import TIMELINE_LENGTH, Keys
 from app.storage.records import (
     EmailEvent,
     StoredUser,
@@ -58,7 +59,7 @@ class Users(ScriptRunner):
             self.webhook_dedupe_ttl_s,
             entry,
             TIMELINE_LENGTH,
-            eval_job(uid),
+            evaluation_id(uid),
         ]
         return as_enum(UserWrite, RECORD_USER, await self.run(RECORD_USER, keys, args))
 
@@ -78,7 +79,7 @@ class Users(ScriptRunner):
         args: list[CommandArg] = [
             now_ms,
             self.webhook_dedupe_ttl_s,
-            eval_job(user_id),
+            evaluation_id(user_id),
             user_id,
             outbox_prefix(user_id),
         ]

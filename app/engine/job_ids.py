@@ -1,0 +1,78 @@
+"""Job ids: the one place that spells and parses them.
+
+    eval|<user_id>                              look at one user's loops
+    email|<user_id>|<loop_id>|<step>|<reason>   send one email (reason: action | timeout)
+
+An id is deterministic, so the same decision queues one job, and an email job's id is Resend's
+Idempotency-Key. User ids hold no `|` (`storage.keys.USER_ID_PATTERN`), loop ids are file stems.
+The spelling functions are plain f-strings: intake builds an evaluation id on every request.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+SEPARATOR = "|"
+
+
+class JobKind(StrEnum):
+    EVAL = "eval"
+    EMAIL = "email"
+
+
+class EmailReason(StrEnum):
+    ACTION = "action"  # the step's condition was met: its action
+    TIMEOUT = "timeout"  # its deadline passed first: its on_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class JobId:
+    """A job id, parsed; `str()` spells it again."""
+
+    kind: JobKind
+    user_id: str
+    loop_id: str | None = None
+    step: int | None = None
+    reason: EmailReason | None = None
+
+    def __str__(self) -> str:
+        if self.kind is JobKind.EVAL:
+            return evaluation_id(self.user_id)
+        assert self.loop_id is not None
+        assert self.step is not None
+        assert self.reason is not None
+        return email_id(self.user_id, self.loop_id, self.step, self.reason)
+
+    @classmethod
+    def parse(cls, job_id: str) -> "JobId":
+        """The parts of a job id; ValueError when it is not one."""
+        kind, _, rest = job_id.partition(SEPARATOR)
+        if kind == JobKind.EVAL and rest and SEPARATOR not in rest:
+            return cls(JobKind.EVAL, rest)
+        parts = rest.split(SEPARATOR)
+        if kind != JobKind.EMAIL or len(parts) != 4 or not parts[2].isdigit():
+            raise ValueError(f"not a job id: {job_id!r}")
+        user_id, loop_id, step, reason = parts
+        return cls(JobKind.EMAIL, user_id, loop_id, int(step), EmailReason(reason))
+
+
+def evaluation_id(user_id: str) -> str:
+    """The schedule member that makes a worker look at one user's loops."""
+    return f"eval{SEPARATOR}{user_id}"
+
+
+def email_id(user_id: str, loop_id: str, step: int, reason: str) -> str:
+    return SEPARATOR.join(("email", user_id, loop_id, str(step), reason))
+
+
+def email_id_prefix(user_id: str) -> str:
+    """How every email job id of the user begins."""
+    return f"email{SEPARATOR}{user_id}{SEPARATOR}"
+
+
+def user_of(job_id: str) -> str:
+    """The user a job belongs to, without parsing the rest (the worker asks for every job)."""
+    return job_id.split(SEPARATOR, 2)[1]
+
+
+def is_evaluation(job_id: str) -> bool:
+    return job_id.startswith(f"eval{SEPARATOR}")
