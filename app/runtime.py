@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from app.clock import Clock, ServerClock
 from app.delivery.compose import DEFAULT_SENDER, Composer
+from app.delivery.outbox import Mailer, OutboxMailer
 from app.delivery.resend import RateLimiter, ResendMailer
-from app.delivery.send import Delivery, Mailer, OutboxMailer
+from app.delivery.send import Delivery
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig

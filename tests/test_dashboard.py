@@ -15,7 +15,6 @@ from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings
-from app.storage.records import Outcome
 from app.storage.store import Store
 from app.web import sessions
 from tests.browser import browser, chromium_binary
@@ -64,7 +63,7 @@ async def dead_letter(store: Store, now_ms: int) -> None:
                                 wake_at_ms=None)  # fmt: skip
     failed = job.model_copy(update={"status": JobStatus.FAILED, "attempts": 4,
                                     "last_error": "Resend 422: invalid `to` address"})  # fmt: skip
-    await store.queue.settle(failed, Outcome.FAILED, now_ms=now_ms)
+    await store.queue.settle(failed, now_ms=now_ms)
 
 
 async def realistic_flow(client: httpx.AsyncClient, app: FastAPI, clock: FakeClock) -> None:

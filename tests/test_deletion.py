@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState, StepStatus
-from app.storage.records import EmailEvent, NewAction, Outcome, UserProfile
+from app.storage.records import EmailEvent, NewAction, UserProfile
 from app.storage.store import Store
 from tests.conftest import AUTH, clerk_event, post_webhook, store_of, worker_of
 
@@ -98,9 +98,7 @@ async def late_writes(store: Store, job: EmailJob) -> None:
             GONE, rev="0", states={"l/0": state}, jobs=[queued], timeline=[], wake_at_ms=now
         ),
         store.queue.begin_attempt(job.id, token="", now_ms=now),
-        store.queue.settle(
-            job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT, now_ms=now
-        ),
+        store.queue.settle(job.model_copy(update={"status": JobStatus.SENT}), now_ms=now),
         store.queue.retry_dead(job, now_ms=now),
     ]
     for write in writes:

@@ -11,8 +11,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery.resend import OutgoingEmail, RateLimiter
-from app.delivery.send import Delivery, OutboxMailer, mask, retry_delay_ms
+from app.delivery.jobs import RenderedEmail
+from app.delivery.outbox import OutboxMailer, mask
+from app.delivery.resend import RateLimiter
+from app.delivery.send import Delivery, retry_delay_ms
 from app.engine.loop_files import Backoff, Recovery
 from app.main import create_app
 from app.settings import Settings
@@ -208,7 +210,7 @@ class DiesAfterSending:
         self.inner = inner
         self.deaths = 1
 
-    async def send(self, email: OutgoingEmail, idempotency_key: str, **options: Any) -> str:
+    async def send(self, email: RenderedEmail, idempotency_key: str, **options: Any) -> str:
         provider_id: str = await self.inner.send(email, idempotency_key, **options)
         if self.deaths:
             self.deaths -= 1
@@ -389,5 +391,5 @@ def test_addresses_are_masked_in_logs() -> None:
 
 
 async def test_outbox_mailer_sends_nothing_and_names_the_key() -> None:
-    email = OutgoingEmail(from_=SENDER, to="ada@example.org", subject="Hi", html="<p>", text="")
+    email = RenderedEmail(sender=SENDER, to="ada@example.org", subject="Hi", html="<p>", text="")
     assert await OutboxMailer().send(email, "email|u|l|0|action") == "outbox:email|u|l|0|action"

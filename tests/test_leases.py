@@ -17,7 +17,7 @@ from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.records import Applied, Outcome, Settled
+from app.storage.records import Applied, Settled
 from app.storage.store import Store
 from tests.conftest import (
     AUTH,
@@ -93,24 +93,25 @@ async def test_a_worker_whose_lease_was_taken_over_can_neither_start_nor_settle(
     assert (second.job_ids, second.token != first.token) == ([job.id], True)
 
     assert await store.queue.begin_attempt(job.id, token=first.token, now_ms=1_300) is None
-    for outcome in (Outcome.RETRY, Outcome.FAILED, Outcome.DEFER):
-        failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "stale"})
+    queued = job.model_copy(update={"last_error": "stale", "due_at": 9_000})
+    failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "stale"})
+    for late, deferred_ms in ((queued, None), (queued, 1_300), (failed, None)):
         answer = await store.queue.settle(
-            failed, outcome, now_ms=1_300, retry_at_ms=9_000, token=first.token
+            late,
+            now_ms=1_300,
+            retry_at_ms=9_000,
+            token=first.token,
+            deferred_attempt_ms=deferred_ms,
         )
         assert answer is Settled.STALE
     assert (await store.reads.get_job(job.id)) == job  # nothing the stale worker said was written
     assert await store.queue.dead_jobs() == []
 
     assert await store.queue.begin_attempt(job.id, token=second.token, now_ms=1_300) is not None
-    answer = await store.queue.settle(
-        sent(job, 1_400), Outcome.SENT, now_ms=1_400, token=second.token
-    )
+    answer = await store.queue.settle(sent(job, 1_400), now_ms=1_400, token=second.token)
     assert answer is Settled.SETTLED
     # the stale worker's own send came back later: the job stays as the newer worker left it
-    late = await store.queue.settle(
-        sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=first.token
-    )
+    late = await store.queue.settle(sent(job, 1_500, 2), now_ms=1_500, token=first.token)
     assert late is Settled.FINAL
     stored = await store.reads.get_job(job.id)
     assert stored is not None
@@ -126,17 +127,11 @@ async def test_a_send_from_a_lost_lease_lands_and_nothing_overwrites_it(store: S
     await store.queue.begin_attempt(job.id, token=first.token, now_ms=100)
     second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
 
-    answer = await store.queue.settle(
-        sent(job, 1_300), Outcome.SENT, now_ms=1_300, token=first.token
-    )
+    answer = await store.queue.settle(sent(job, 1_300), now_ms=1_300, token=first.token)
     assert answer is Settled.SETTLED  # a send is a fact, whoever holds the lease
     failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "409"})
-    assert await store.queue.settle(failed, Outcome.FAILED, now_ms=1_400, token=second.token) in (
-        Settled.FINAL,
-    )
-    again = await store.queue.settle(
-        sent(job, 1_500, 2), Outcome.SENT, now_ms=1_500, token=second.token
-    )
+    assert await store.queue.settle(failed, now_ms=1_400, token=second.token) in (Settled.FINAL,)
+    again = await store.queue.settle(sent(job, 1_500, 2), now_ms=1_500, token=second.token)
     assert again is Settled.FINAL
 
     stored = await store.reads.get_job(job.id)
@@ -171,11 +166,10 @@ async def test_an_attempt_that_never_reached_resend_is_not_counted(store: Store)
     deferred = job.model_copy(update={"last_error": "429", "due_at": 5_000})
     answer = await store.queue.settle(
         deferred,
-        Outcome.DEFER,
         now_ms=150,
         retry_at_ms=5_000,
         token=claim.token,
-        attempt_started_at_ms=100,
+        deferred_attempt_ms=100,
     )
     assert answer is Settled.SETTLED
 
@@ -192,9 +186,7 @@ async def test_resends_window_is_counted_from_the_first_attempt_that_may_have_re
     claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
     await store.queue.begin_attempt(job.id, token=claim.token, now_ms=100)  # timed out: unknown
     retry = job.model_copy(update={"attempts": 1, "due_at": 2 * HOUR})
-    await store.queue.settle(
-        retry, Outcome.RETRY, now_ms=200, retry_at_ms=2 * HOUR, token=claim.token
-    )
+    await store.queue.settle(retry, now_ms=200, retry_at_ms=2 * HOUR, token=claim.token)
 
     claim = await store.queue.claim_due(now_ms=2 * HOUR, lease_ms=1_000, limit=10)
     attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=2 * HOUR)

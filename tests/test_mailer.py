@@ -5,19 +5,19 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import resend
 
-from app.delivery.resend import OutgoingEmail, RateLimiter, ResendMailer
+from app.delivery.jobs import RenderedEmail
+from app.delivery.resend import RateLimiter, ResendMailer
 from app.errors import AlreadySent, ConfigError, PermanentSendError, TransientSendError
 from tests.resend_standin import ResendStandin, run_standin
 
-EMAIL = OutgoingEmail(
-    from_="Acme <hello@acme.dev>",
+EMAIL = RenderedEmail(
+    sender="Acme <hello@acme.dev>",
     to="ann@example.com",
     subject="Welcome aboard, Ann!",
     html='<p>Hi Ann, <a href="https://app.acme.dev/p/1">keep going</a></p>',
@@ -26,8 +26,8 @@ EMAIL = OutgoingEmail(
         "List-Unsubscribe": "<https://loops.acme.dev/unsubscribe?token=abc>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     },
-    tags={"loop": "activation", "step": "welcome-1"},
 )
+TAGS = {"loop": "activation", "step": "welcome-1"}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> None:
 
 
 async def test_send_arrives_in_the_inbox_exactly(mailer: ResendMailer, standin: ResendStandin):
-    email_id = await mailer.send(EMAIL, "welcome/user_1")
+    email_id = await mailer.send(EMAIL, "welcome/user_1", tags=TAGS)
 
     [entry] = standin.inbox
     assert entry["id"] == email_id
@@ -110,7 +110,7 @@ async def test_same_key_with_another_payload_counts_as_already_sent(
     await mailer.send(EMAIL, job)
 
     with pytest.raises(AlreadySent) as caught:
-        await mailer.send(replace(EMAIL, subject="Another subject"), job)
+        await mailer.send(EMAIL.model_copy(update={"subject": "Another subject"}), job)
 
     assert caught.value.idempotency_key == job
     assert len(standin.inbox) == 1
@@ -299,7 +299,7 @@ async def test_accepted_but_unanswered_is_transient_and_the_retry_gets_the_same_
     "change",
     [
         {"subject": None},
-        {"from_": "Acme hello-at-acme.dev"},
+        {"sender": "Acme hello-at-acme.dev"},
         {"to": "not an address"},
         {"tags": {"loop": "activation.v2"}},
     ],
@@ -307,8 +307,10 @@ async def test_accepted_but_unanswered_is_transient_and_the_retry_gets_the_same_
 async def test_a_payload_resend_would_refuse_is_a_permanent_422(
     mailer: ResendMailer, standin: ResendStandin, change: dict[str, Any]
 ):
+    tags = change.pop("tags", TAGS)
+    email = EMAIL.model_copy(update=change)
     with pytest.raises(PermanentSendError) as caught:
-        await mailer.send(replace(EMAIL, **change), key())
+        await mailer.send(email, key(), tags=tags)
 
     assert caught.value.status == 422
     assert standin.inbox == []

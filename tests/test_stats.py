@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.funnel import LoopStats, last_days, send_counter, tta_bucket, utc_day
 from app.settings import Settings
-from app.storage.records import Outcome
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
 from tests.test_flow import act, signup
 
@@ -112,7 +111,7 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
     )
     failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "Resend 422"})
     for _ in range(2):
-        assert await store.queue.settle(failed, Outcome.FAILED, now_ms=clock.now_ms)
+        assert await store.queue.settle(failed, now_ms=clock.now_ms)
     today = utc_day(clock.now_ms)
     reply = await store.reads.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1}
@@ -122,7 +121,7 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
     await store.queue.retry_dead(failed, now_ms=clock.now_ms)
     sent = job.model_copy(update={"status": JobStatus.SENT, "sent_at": clock.now_ms})
     for _ in range(2):
-        await store.queue.settle(sent, Outcome.SENT, now_ms=clock.now_ms)
+        await store.queue.settle(sent, now_ms=clock.now_ms)
     reply = await store.reads.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1, "emails_sent": 1, "sent": 1}
     assert reply.days[today] == {"welcome:failed": 1, "welcome:sent": 1}
@@ -134,7 +133,7 @@ async def test_daily_hashes_expire_after_90_days(app: FastAPI, clock: FakeClock)
     await store.queue.apply_decisions(
         USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
     )
-    await store.queue.settle(job.model_copy(update={"status": JobStatus.SENT}), Outcome.SENT,
+    await store.queue.settle(job.model_copy(update={"status": JobStatus.SENT}),
                        now_ms=clock.now_ms)  # fmt: skip
     ttl = await store.conn.call("TTL", store.keys.daily(utc_day(clock.now_ms)))
     assert 89 * 24 * 3600 < int(ttl) <= 90 * 24 * 3600

@@ -20,7 +20,6 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 import httpx
@@ -28,6 +27,7 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client_async import AsyncHTTPClient
 
+from app.delivery.jobs import RenderedEmail
 from app.errors import (
     ActivationError,
     AlreadySent,
@@ -43,19 +43,6 @@ DEFAULT_RATE_PER_S = 2.0  # Resend's default limit, shared by every sender of th
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 _SDK_DEFAULT_ASYNC_CLIENT = resend.default_async_http_client
 _ADDRESS = re.compile(r"[^\s<>()\"',;:]+@")
-
-
-@dataclass(frozen=True)
-class OutgoingEmail:
-    """One rendered email to one recipient."""
-
-    from_: str
-    to: str
-    subject: str
-    html: str
-    text: str
-    headers: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 class RateLimiter:
@@ -149,7 +136,7 @@ class _PooledClient(AsyncHTTPClient):
 
 
 class ResendMailer:
-    """Sends `OutgoingEmail`s through Resend, each with an Idempotency-Key, over one HTTP pool."""
+    """Sends `RenderedEmail`s through Resend, each with an Idempotency-Key, over one HTTP pool."""
 
     def __init__(
         self,
@@ -172,10 +159,15 @@ class ResendMailer:
         return f"ResendMailer(api_url={self.api_url!r}, timeout_s={self.http_client.timeout_s})"
 
     async def send(
-        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
+        self,
+        email: RenderedEmail,
+        idempotency_key: str,
+        *,
+        tags: Mapping[str, str] = {},
+        max_wait_s: float = math.inf,
     ) -> str:
-        """Send `email`; return Resend's email id. Raises the types drawn in the docstring;
-        `NotSent` when the rate limit's next slot is more than `max_wait_s` away."""
+        """Send `email` with `tags`; return Resend's email id. Raises the types drawn in the
+        docstring; `NotSent` when the rate limit's next slot is more than `max_wait_s` away."""
         _check_idempotency_key(idempotency_key)
         wait_s = await self.rate_limiter.acquire(max_wait_s)
         if wait_s > 0:
@@ -183,7 +175,7 @@ class ResendMailer:
                 f"rate limit: the next send slot is {wait_s:.1f} s away", retry_after_s=wait_s
             )
         try:
-            response = await self._call_sdk(_send_params(email), idempotency_key)
+            response = await self._call_sdk(_send_params(email, tags), idempotency_key)
         except _TransportFailure as exc:
             failure = PermanentSendError if exc.permanent else TransientSendError
             raise failure(exc.message) from exc
@@ -264,9 +256,9 @@ def _check_idempotency_key(key: str) -> None:
         raise PermanentSendError("the idempotency key must be 1-256 printable ASCII characters")
 
 
-def _send_params(email: OutgoingEmail) -> resend.Emails.SendParams:
+def _send_params(email: RenderedEmail, tags: Mapping[str, str]) -> resend.Emails.SendParams:
     params: resend.Emails.SendParams = {
-        "from": email.from_,
+        "from": email.sender,
         "to": [email.to],
         "subject": email.subject,
         "html": email.html,
@@ -274,8 +266,8 @@ def _send_params(email: OutgoingEmail) -> resend.Emails.SendParams:
     }
     if email.headers:
         params["headers"] = dict(email.headers)
-    if email.tags:
-        params["tags"] = [{"name": name, "value": value} for name, value in email.tags.items()]
+    if tags:
+        params["tags"] = [{"name": name, "value": value} for name, value in tags.items()]
     return params
 
 

@@ -17,15 +17,14 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from app.clock import Clock
-from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
-from app.delivery.resend import OutgoingEmail
+from app.delivery.jobs import EmailJob, JobStatus
+from app.delivery.outbox import Mailer, OutboxMailer
 from app.engine.loop_files import Loop, Recovery
 from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
-from app.storage.records import Attempt, Outcome, Settled
+from app.storage.records import Attempt, Settled
 from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -34,30 +33,9 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_WINDOW_MS = 23 * 3600 * 1000
 # A deferred attempt (429 without retry-after, a concurrent request) comes back after this at least.
 MIN_DEFER_MS = 1000
-OUTBOX_ID_PREFIX = "outbox:"
+# What the metrics call a job queued again (the job's status stays `queued`)
+RETRY, DEFER = "retry", "defer"
 TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
-
-
-class Mailer(Protocol):
-    async def send(
-        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
-    ) -> str: ...
-
-
-class OutboxMailer:
-    """No Resend key: nothing leaves the machine; the email is kept in the outbox and logged."""
-
-    async def send(
-        self, email: OutgoingEmail, idempotency_key: str, *, max_wait_s: float = math.inf
-    ) -> str:
-        logger.info("outbox: %r to %s (not sent: no RESEND_API_KEY)", email.subject, mask(email.to))
-        return f"{OUTBOX_ID_PREFIX}{idempotency_key}"
-
-
-def mask(address: str) -> str:
-    """`ada@example.org` -> `a***@example.org`: enough to recognise, not to harvest."""
-    local, _, domain = address.partition("@")
-    return f"{local[:1]}***@{domain}" if domain else "***"
 
 
 def retry_delay_ms(
@@ -74,16 +52,9 @@ def retry_delay_ms(
     return max(jittered_ms, floor_ms, 1)
 
 
-def outgoing(rendered: RenderedEmail, job: EmailJob) -> OutgoingEmail:
-    return OutgoingEmail(
-        from_=rendered.sender,
-        to=rendered.to,
-        subject=rendered.subject,
-        html=rendered.html,
-        text=rendered.text,
-        headers=dict(rendered.headers),
-        tags={"loop": job.loop_id, "step": str(job.step), "kind": job.kind, **user_tag(job)},
-    )
+def tags_of(job: EmailJob) -> dict[str, str]:
+    """The tags Resend keeps with the email and echoes in its delivery events."""
+    return {"loop": job.loop_id, "step": str(job.step), "kind": job.kind, **user_tag(job)}
 
 
 def user_tag(job: EmailJob) -> dict[str, str]:
@@ -136,16 +107,14 @@ class Delivery:
     async def _attempt(self, attempt: Attempt, hand: InHand) -> None:
         job = hand.job
         if job.terminal:
-            await self._finish(hand, Outcome(job.status.value))
+            await self._finish(hand)  # ended already (no address, no template): recorded as is
         elif attempt.stop_reason is not None:
-            await self._finish(
-                hand, Outcome.DROPPED, status=JobStatus.DROPPED, error=attempt.stop_reason
-            )
+            await self._finish(hand, status=JobStatus.DROPPED, error=attempt.stop_reason)
         elif self._past_window(attempt):
             error = (
                 "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
             )
-            await self._finish(hand, Outcome.FAILED, status=JobStatus.FAILED, error=error)
+            await self._finish(hand, status=JobStatus.FAILED, error=error)
         else:
             await self._send(hand, attempt.previous_attempts + 1)
 
@@ -156,9 +125,10 @@ class Delivery:
     async def _send(self, hand: InHand, attempts: int) -> None:
         job = hand.job
         assert job.rendered is not None  # queued jobs are rendered (else queued as failed)
-        email = outgoing(job.rendered, job)
         try:
-            provider_id = await self.mailer.send(email, job.id, max_wait_s=self.max_wait_s)
+            provider_id = await self.mailer.send(
+                job.rendered, job.id, tags=tags_of(job), max_wait_s=self.max_wait_s
+            )
         except AlreadySent:
             provider_id = None
         except NotSent as exc:
@@ -168,9 +138,7 @@ class Delivery:
             await self._retry_or_fail(hand, attempts, str(exc), exc.retry_after_s)
             return
         except PermanentSendError as exc:
-            await self._finish(
-                hand, Outcome.FAILED, status=JobStatus.FAILED, error=str(exc), attempts=attempts
-            )
+            await self._finish(hand, status=JobStatus.FAILED, error=str(exc), attempts=attempts)
             return
         await self._sent(hand, attempts, provider_id)
 
@@ -187,10 +155,10 @@ class Delivery:
         )
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
         settled = await self.store.queue.settle(
-            sent, Outcome.SENT, now_ms=now, outbox_entry=outbox_entry, token=hand.token
+            sent, now_ms=now, outbox_entry=outbox_entry, token=hand.token
         )
         if settled is Settled.SETTLED:
-            self.metrics.email(Outcome.SENT, due_at_ms=job.due_at, now_ms=now)
+            self.metrics.email(JobStatus.SENT, due_at_ms=job.due_at, now_ms=now)
         logger.info("email %s sent (attempt %d)%s", job.id, attempts, _unless_settled(settled))
 
     def _outbox_entry(self, job: EmailJob) -> str:
@@ -206,13 +174,12 @@ class Delivery:
         job = hand.job.model_copy(update={"last_error": error, "due_at": due})
         settled = await self.store.queue.settle(
             job,
-            Outcome.DEFER,
             now_ms=now,
             retry_at_ms=due,
             token=hand.token,
-            attempt_started_at_ms=hand.started_at_ms,
+            deferred_attempt_ms=hand.started_at_ms,
         )
-        self.metrics.email(Outcome.DEFER)
+        self.metrics.email(DEFER)
         logger.info(
             "email %s not sent (%s); again at %d%s", job.id, error, due, _unless_settled(settled)
         )
@@ -223,18 +190,16 @@ class Delivery:
         job = hand.job
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or attempts > recovery.retries:
-            await self._finish(
-                hand, Outcome.FAILED, status=JobStatus.FAILED, error=error, attempts=attempts
-            )
+            await self._finish(hand, status=JobStatus.FAILED, error=error, attempts=attempts)
             return
         now = self.clock()
         due = now + retry_delay_ms(recovery, attempts, retry_after_s)
         again = job.model_copy(update={"attempts": attempts, "last_error": error, "due_at": due})
         settled = await self.store.queue.settle(
-            again, Outcome.RETRY, now_ms=now, retry_at_ms=due, token=hand.token
+            again, now_ms=now, retry_at_ms=due, token=hand.token
         )
         if settled is Settled.SETTLED:
-            self.metrics.email(Outcome.RETRY)
+            self.metrics.email(RETRY)
         logger.info(
             "email %s attempt %d failed (%s); retry at %d%s",
             job.id,
@@ -247,7 +212,6 @@ class Delivery:
     async def _finish(
         self,
         hand: InHand,
-        outcome: Outcome,
         *,
         status: JobStatus | None = None,
         error: str | None = None,
@@ -262,9 +226,9 @@ class Delivery:
             update["attempts"] = attempts
         final = hand.job.model_copy(update=update)
         now = self.clock()
-        settled = await self.store.queue.settle(final, outcome, now_ms=now, token=hand.token)
+        settled = await self.store.queue.settle(final, now_ms=now, token=hand.token)
         if settled is Settled.SETTLED:
-            self.metrics.email(outcome, due_at_ms=final.due_at, now_ms=now)
+            self.metrics.email(final.status, due_at_ms=final.due_at, now_ms=now)
         logger.info(
             "email %s %s: %s%s",
             final.id,

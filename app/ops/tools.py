@@ -21,7 +21,7 @@ from svix.webhooks import Webhook
 
 from app.clock import system_clock_ms
 from app.delivery.jobs import RenderedEmail
-from app.delivery.send import OutboxMailer
+from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Worker

@@ -8,7 +8,7 @@ from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, send_counter, utc_day
 from app.engine.job_ids import evaluation_id, user_of
 from app.storage.keys import DAILY_TTL_S, OUTBOX_LENGTH, TIMELINE_LENGTH
-from app.storage.records import Applied, Attempt, Claim, Outcome, Settled, timeline_entry
+from app.storage.records import Applied, Attempt, Claim, Settled, timeline_entry
 from app.storage.scripts import (
     APPLY,
     BEGIN_ATTEMPT,
@@ -111,19 +111,19 @@ class Queue(ScriptRunner):
     async def settle(
         self,
         job: EmailJob,
-        outcome: Outcome,
         *,
         now_ms: int,
         retry_at_ms: int | None = None,
         outbox_entry: str = "",
         token: str = "",
-        attempt_started_at_ms: int | None = None,
+        deferred_attempt_ms: int | None = None,
     ) -> Settled:
-        """Record the job's outcome under the lease `token` ("" = none held) and release it.
+        """Record the job as it now is (its status says what happened) under the lease `token`
+        ("" = none held) and release it; a queued job goes back on the schedule at `retry_at_ms`.
 
-        A send lands whatever the lease (it happened); any other outcome only from the lease's
-        holder, and nothing overwrites a sent job (see settle.lua). `attempt_started_at_ms`, with
-        DEFER: the attempt that never reached Resend, which is then not counted."""
+        A send lands whatever the lease (it happened); anything else only from the lease's holder,
+        and nothing overwrites a sent job (see settle.lua). `deferred_attempt_ms`: when the
+        attempt began that never reached Resend, which is then not counted."""
         uid = job.user_id
         keys = [
             self.keys.jobs(uid),
@@ -147,7 +147,7 @@ class Queue(ScriptRunner):
         args: list[CommandArg] = [
             job.id,
             job.model_dump_json(),
-            outcome.value,
+            settle_action(job, deferred=deferred_attempt_ms is not None),
             retry_at_ms or "",
             now_ms,
             entry,
@@ -158,7 +158,7 @@ class Queue(ScriptRunner):
             send_counter(job),
             DAILY_TTL_S,
             token,
-            attempt_started_at_ms if attempt_started_at_ms is not None else "",
+            deferred_attempt_ms if deferred_attempt_ms is not None else "",
         ]
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
@@ -191,3 +191,11 @@ def decision_args(
     for job in jobs:
         args += [job.id, job.model_dump_json(), job.due_at]
     return [*args, len(timeline), *timeline]
+
+
+def settle_action(job: EmailJob, *, deferred: bool) -> str:
+    """What settle.lua does: record a `sent`, `failed` or `dropped` job, or put a queued one
+    back on the schedule (`retry`, or `defer`: the attempt is not counted)."""
+    if job.status is not JobStatus.QUEUED:
+        return job.status.value
+    return "defer" if deferred else "retry"

@@ -116,14 +116,6 @@ class Attempt:
         return "suppressed" if self.suppressed else None
 
 
-class Outcome(StrEnum):
-    SENT = "sent"
-    RETRY = "retry"
-    FAILED = "failed"
-    DROPPED = "dropped"
-    DEFER = "defer"  # the attempt never reached Resend: queued again, not counted as an attempt
-
-
 class Settled(StrEnum):
     """What `settle` did (settle.lua's one-word answers)."""
 

@@ -2,7 +2,8 @@
 -- KEYS[1] jobs hash P{uid}:jobs; KEYS[2] leases; KEYS[3] schedule; KEYS[4] dead; KEYS[5] timeline
 -- KEYS[6] outbox list; KEYS[7] the loop's stats hash; KEYS[8] today's daily hash
 -- KEYS[9] lease tokens hash P:lease_tokens; KEYS[10] attempts hash P{uid}:attempts
--- ARGV[1] job id; ARGV[2] job JSON; ARGV[3] outcome: sent | retry | failed | dropped | defer
+-- ARGV[1] job id; ARGV[2] job JSON; ARGV[3] what to do: the job's status (sent | failed |
+-- dropped) or, for a queued job, retry | defer
 -- ARGV[4] retry due at (epoch ms) or ""; ARGV[5] now; ARGV[6] timeline entry JSON;
 -- ARGV[7] timeline length cap; ARGV[8] outbox entry JSON or ""; ARGV[9] outbox length cap
 -- ARGV[10] loop id; ARGV[11] funnel counter a send bumps ("sent", "nudged" or "");

@@ -1,0 +1,49 @@
+"""What sends an email (`Mailer`), and the outbox that stands in for Resend when no key is set.
+
+Without `RESEND_API_KEY` nothing leaves the machine: the send module records the email in the
+outbox (storage keeps the newest, `/outbox` shows them) and this mailer logs one line with the
+subject and a masked address.
+"""
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Protocol
+
+from app.delivery.jobs import RenderedEmail
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_ID_PREFIX = "outbox:"
+
+
+class Mailer(Protocol):
+    async def send(
+        self,
+        email: RenderedEmail,
+        idempotency_key: str,
+        *,
+        tags: Mapping[str, str] = {},
+        max_wait_s: float = math.inf,
+    ) -> str: ...
+
+
+class OutboxMailer:
+    """No Resend key: nothing leaves the machine; the email is kept in the outbox and logged."""
+
+    async def send(
+        self,
+        email: RenderedEmail,
+        idempotency_key: str,
+        *,
+        tags: Mapping[str, str] = {},
+        max_wait_s: float = math.inf,
+    ) -> str:
+        logger.info("outbox: %r to %s (not sent: no RESEND_API_KEY)", email.subject, mask(email.to))
+        return f"{OUTBOX_ID_PREFIX}{idempotency_key}"
+
+
+def mask(address: str) -> str:
+    """`ada@example.org` -> `a***@example.org`: enough to recognise, not to harvest."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
