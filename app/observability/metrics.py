@@ -24,83 +24,99 @@ from app.web.deps import StoreDep
 
 logger = logging.getLogger(__name__)
 
-# seconds from an email's due time to its outcome: sends take ~1 s, retries minutes to hours
 UNKNOWN_TYPE = "-"  # a refused webhook's type is not known (or not to be trusted)
+# seconds from an email's due time to its outcome: sends take ~1 s, retries minutes to hours
 LATENCY_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
 class Metrics:
-    """Every metric the service exports, registered in a registry of its own."""
+    """Every metric the service exports, registered in a registry of its own.
+
+    One method registers each family, in the order they are exported."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reg = self.registry
+        self._register_intake()
+        self._register_loops()
+        self._register_failures()
+        self._register_gauges()
+        self._zeros()
+
+    def _register_intake(self) -> None:
+        """What comes in: webhooks and actions."""
         self.webhooks = Counter(
             "activation_webhooks",
             "Webhook deliveries by source, event type and outcome",
             ["source", "type", "outcome"],
-            registry=reg,
+            registry=self.registry,
         )
         self.actions = Counter(
             "activation_actions",
             "Actions received, by outcome (accepted, duplicate)",
             ["outcome"],
-            registry=reg,
+            registry=self.registry,
         )
+
+    def _register_loops(self) -> None:
+        """What the loops do: step transitions, emails and their latency, suppressions."""
         self.step_transitions = Counter(
             "activation_step_transitions",
             "Loop step transitions, by loop and new status",
             ["loop", "status"],
-            registry=reg,
+            registry=self.registry,
         )
         self.emails = Counter(
             "activation_emails",
             "Email job outcomes (sent, retry, failed, dropped)",
             ["outcome"],
-            registry=reg,
+            registry=self.registry,
         )
         self.job_latency = Histogram(
             "activation_job_latency_seconds",
             "From a job's due time to its outcome",
             ["kind"],
             buckets=LATENCY_BUCKETS_S,
-            registry=reg,
+            registry=self.registry,
         )
         self.suppressions = Counter(
             "activation_suppressions",
             "Users suppressed by a Resend event, by reason",
             ["reason"],
-            registry=reg,
+            registry=self.registry,
         )
+
+    def _register_failures(self) -> None:
+        """What went wrong: storage errors and the worker's failures."""
         self.storage_errors = Counter(
             "activation_storage_errors",
             "Storage failures seen (unavailable, error)",
             ["kind"],
-            registry=reg,
+            registry=self.registry,
         )
         self.worker_errors = Counter(
             "activation_worker_errors",
             "Worker failures: a claim (`stage=claim`, the worker backs off) or one job (`job`)",
             ["stage", "kind"],
-            registry=reg,
+            registry=self.registry,
         )
+
+    def _register_gauges(self) -> None:
+        """What is true now: the clock's skew, the schedule and dead-letter sizes."""
         self.clock_skew = Gauge(
             "activation_clock_skew_seconds",
             "This machine's clock minus Redis's (TIME) at the last sync; the service uses Redis's",
-            registry=reg,
+            registry=self.registry,
         )
         self.schedule_jobs = Gauge(
             "activation_schedule_jobs",
             "Jobs on the schedule (queue depth), read at scrape",
-            registry=reg,
+            registry=self.registry,
         )
         self.dead_letter_jobs = Gauge(
             "activation_dead_letter_jobs",
             "Email jobs in the dead-letter set, read at scrape",
-            registry=reg,
+            registry=self.registry,
         )
-
-        self._zeros()
 
     def _zeros(self) -> None:
         """Export the fixed label sets at 0 from the start, so rates and alerts have a series."""

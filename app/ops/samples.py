@@ -32,12 +32,22 @@ def new_user_id() -> str:
 
 def clerk_user_created(user_id: str, email: str, now_ms: int) -> dict[str, Any]:
     """A `user.created` event as Clerk sends it (private metadata included, as Clerk does)."""
+    return {
+        "data": _clerk_user(user_id, email, now_ms),
+        "event_attributes": {
+            "http_request": {"client_ip": "127.0.0.1", "user_agent": "activation"}
+        },
+        "instance_id": "ins_activation_test",
+        "object": "event",
+        "timestamp": now_ms,
+        "type": "user.created",
+    }
+
+
+def _clerk_user(user_id: str, email: str, now_ms: int) -> dict[str, Any]:
+    """Clerk's user object: who the user is, then the account fields, in Clerk's (sorted) order."""
     email_id = f"idn_{secrets.token_hex(12)}"
-    local = email.partition("@")[0]
-    user = {
-        "backup_code_enabled": False,
-        "banned": False,
-        "birthday": "",
+    identity = {
         "created_at": now_ms,
         "email_addresses": [
             {
@@ -48,36 +58,36 @@ def clerk_user_created(user_id: str, email: str, now_ms: int) -> dict[str, Any]:
                 "verification": {"status": "verified", "strategy": "email_code"},
             }
         ],
+        "first_name": email.partition("@")[0].capitalize(),
+        "id": user_id,
+        "last_sign_in_at": now_ms,
+        "primary_email_address_id": email_id,
+        "updated_at": now_ms,
+    }
+    return dict(sorted({**identity, **_account_fields()}.items()))
+
+
+def _account_fields() -> dict[str, Any]:
+    """What a new password account without extras carries (the service reads none of it)."""
+    return {
+        "backup_code_enabled": False,
+        "banned": False,
+        "birthday": "",
         "external_accounts": [],
         "external_id": None,
-        "first_name": local.capitalize(),
         "gender": "",
-        "id": user_id,
         "image_url": "https://img.clerk.com/preview",
         "last_name": "Tester",
-        "last_sign_in_at": now_ms,
         "locked": False,
         "object": "user",
         "password_enabled": True,
         "phone_numbers": [],
-        "primary_email_address_id": email_id,
         "primary_phone_number_id": None,
         "primary_web3_wallet_id": None,
         "private_metadata": {},
         "public_metadata": {},
         "two_factor_enabled": False,
         "unsafe_metadata": {},
-        "updated_at": now_ms,
         "username": None,
         "web3_wallets": [],
-    }
-    return {
-        "data": user,
-        "event_attributes": {
-            "http_request": {"client_ip": "127.0.0.1", "user_agent": "activation"}
-        },
-        "instance_id": "ins_activation_test",
-        "object": "event",
-        "timestamp": now_ms,
-        "type": "user.created",
     }
