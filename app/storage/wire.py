@@ -4,8 +4,8 @@ What `connections.RedisConnection` speaks. The commands that concurrent callers 
 event-loop turn leave in one write, and their replies come back in order on the same connection
 (RESP2, packed and parsed by hiredis, the C library redis-py itself uses when it is installed):
 the auto-pipelining of ioredis and @upstash/redis. Written by hand because the intake routes'
-cost in Redis is this module's CPU per command, which redis-py's asyncio client spends several
-times over on its pool, retry and timeout bookkeeping.
+cost in Redis is this module's CPU per command, to which redis-py's asyncio client adds its pool,
+retry and timeout bookkeeping (how much: bench/README.md, "Where the time goes").
 
 What each caller is promised:
 - its own reply, or its own error reply as an error of our tree (`classify_reply_error`);

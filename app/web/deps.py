@@ -1,7 +1,7 @@
 """FastAPI dependency aliases: what a route may ask for, built once in the app's lifespan.
 
 They are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a
-thread hand-off per dependency per request (measured: about a third of a webhook's CPU).
+thread hand-off per dependency per request (what it cost: bench/README.md, "Where the time goes").
 """
 
 from typing import Annotated

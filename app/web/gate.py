@@ -6,10 +6,10 @@ is declared or streamed past its limit. Then a hot endpoint is called directly; 
 to FastAPI, and so does a request no route matches (FastAPI's 404, 405 or redirect, no body read).
 
 Hot endpoints (`POST /webhooks/clerk`, `POST /v1/actions`) skip FastAPI's middleware, router and
-request handler: measured under wrk on one uvicorn worker, that machinery costs a bare FastAPI
-endpoint about 65 µs of CPU per request, twice what uvicorn itself spends. A hot endpoint takes a
-`Request`, answers its own errors (`app.web.errors`) and returns a `Response`; FastAPI still routes
-and documents the same path, and tests send both ways the same requests.
+request handler, which cost a bare FastAPI endpoint more CPU per request than uvicorn itself
+spends (the figures: bench/README.md, "Where the time goes"). A hot endpoint takes a `Request`,
+answers its own errors (`app.web.errors`) and returns a `Response`; FastAPI still routes and
+documents the same path, and tests send both ways the same requests.
 
 Matching: a dict of (path, method) for routes without path parameters, filled by asking every
 route in the router's order, so the first full match wins as in the router; other requests ask
