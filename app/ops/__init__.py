@@ -1,1 +1,8 @@
-"""ops"""
+"""What an operator uses: the `activation` command (`cli`, `tools`), the dashboard and outbox
+pages (`dashboard`, `pages/`), one user's activation state over HTTP (`user_state`), and the
+sample data the tools preview and simulate with (`samples`).
+
+May import: `app.runtime` (the commands build a process's parts as the web app does),
+`app.intake`, `app.delivery`, `app.web`, `app.storage`, `app.observability`, `app.engine`,
+`app.signing`, `app.settings`, `app.clock`, `app.errors`.
+"""
