@@ -21,6 +21,17 @@ RETRY_S = 15.0  # after a failed sync
 SKEW_WARNING_MS = 1000
 
 
+# Epoch values below this are seconds, above it milliseconds: 1e11 s is the year 5138, 1e11 ms 1973.
+_SECONDS_UPPER_BOUND = 10**11
+
+
+def to_epoch_ms(value: int | float | None) -> int | None:
+    """Clerk sends epoch milliseconds; older payloads and hand-made ones send seconds."""
+    if value is None:
+        return None
+    return int(value * 1000) if value < _SECONDS_UPPER_BOUND else int(value)
+
+
 def system_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 

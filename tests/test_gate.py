@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from app.intake import clerk as webhooks
+from app.intake import clerk
 from app.main import ActivationApp, create_app
 from app.settings import Settings
 from app.web import auth, gate
@@ -312,7 +312,7 @@ async def test_unmatched_paths_and_methods_reach_fastapi_unread(
     app = create_app(settings, clock=clock)
     async with serving(app) as http:
         answers = []
-        for method, path in [("GET", "/nowhere"), ("GET", webhooks.CLERK_PATH), ("PUT", "/health")]:
+        for method, path in [("GET", "/nowhere"), ("GET", clerk.CLERK_PATH), ("PUT", "/health")]:
             body = Body(1024)
             answers.append((await http.request(method, path, content=body)).status_code)
             assert body.pulled_bytes == 0
@@ -334,7 +334,7 @@ async def test_a_hot_route_is_served_hot_under_every_prefix(
     assert isinstance(app, ActivationApp)
     event = json.dumps(created_event()).encode()
     async with serving(app, root_path=ROOT) as http:
-        for path in (f"{ROOT}{webhooks.CLERK_PATH}", webhooks.CLERK_PATH):
+        for path in (f"{ROOT}{clerk.CLERK_PATH}", clerk.CLERK_PATH):
             response = await http.post(path, content=event, headers=sign(event))
             assert response.status_code == 200
     assert not app.traffic.busy()
@@ -342,7 +342,7 @@ async def test_a_hot_route_is_served_hot_under_every_prefix(
 
 def test_a_hot_route_that_is_no_route_of_the_app_is_refused_at_startup() -> None:
     app = create_app()
-    app.hot_routes = {("POST", "/nowhere"): webhooks.receive_clerk_webhook}
+    app.hot_routes = {("POST", "/nowhere"): clerk.receive_clerk_webhook}
     with pytest.raises(RuntimeError, match="not a route"):
         app.build_middleware_stack()
 

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from starlette.types import Receive, Scope, Send
 
-from app.intake import clerk as webhooks
+from app.intake import clerk
+from app.intake.signed import MAX_BODY_BYTES
 from app.main import ActivationApp, create_app, native_telemetry
 from app.settings import Settings
 from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
@@ -69,7 +70,7 @@ def webhook_requests() -> list[dict[str, Any]]:
         first,  # the same delivery again
         signed(created_event("user_2"), **{"svix-signature": "v1,AAAA"}),
         signed(b"not json"),
-        signed(b"{" + b" " * (webhooks.MAX_BODY_BYTES + 1) + b"}"),
+        signed(b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}"),
         signed(other),
         {"content": b"{}", "headers": {"content-type": "application/json"}},
     ]
@@ -215,7 +216,7 @@ async def test_other_methods_on_a_hot_path_reach_the_router(
 
 def test_every_hot_route_is_in_the_openapi_document() -> None:
     paths = create_app().openapi()["paths"]
-    for method, path in webhooks.HOT_ROUTES:
+    for method, path in clerk.HOT_ROUTES:
         operation = paths[path][method.lower()]
         assert operation["responses"]["200"]["content"]["application/json"]["schema"]
 
@@ -235,7 +236,7 @@ async def test_while_serving_the_startup_heap_is_out_of_the_collectors_sight(
 
 
 @embedded_only
-@pytest.mark.parametrize("path", [webhooks.CLERK_PATH, "/v1/actions"])
+@pytest.mark.parametrize("path", [clerk.CLERK_PATH, "/v1/actions"])
 async def test_traffic_counts_the_requests_in_flight_hot_or_routed(
     settings: Settings, clock: FakeClock, path: str
 ) -> None:

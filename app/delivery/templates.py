@@ -75,7 +75,10 @@ class RenderContext:
 
 
 @dataclass(frozen=True)
-class RenderedEmail:
+class Content:
+    """What a template renders to: the subject and both parts (`jobs.RenderedEmail` adds the
+    sender, the recipient and the headers)."""
+
     subject: str
     html: str
     text: str
@@ -153,7 +156,7 @@ class TemplateSet:
 
     def render(
         self, name: str, personalization: Mapping[str, str], context: RenderContext
-    ) -> RenderedEmail:
+    ) -> Content:
         """Render the values against the user first, then the template with them."""
         email = self._emails.get(name)
         if email is None:
@@ -166,7 +169,7 @@ class TemplateSet:
         subject = _one_line(rendered.subject)
         if not subject:
             raise TemplateRenderError(f"template {name!r}: the rendered subject is empty")
-        return RenderedEmail(subject=subject, html=rendered.html, text=rendered.text)
+        return Content(subject=subject, html=rendered.html, text=rendered.text)
 
     def _check_value(self, key: str, source: str, where: str) -> None:
         origin = f"{where}: personalization.{key}"
@@ -182,13 +185,13 @@ class TemplateSet:
 
     def _render(
         self, email: _Email, personalization: Mapping[str, str], context: RenderContext
-    ) -> RenderedEmail:
+    ) -> Content:
         base = context.variables()
         values = {key: self._value(source).render(base) for key, source in personalization.items()}
         variables = {**values, **base}  # contract names win even if a loop skipped `check`
         html = email.html.template.render(variables)
         text = email.text.template.render(variables) if email.text else html_to_text(html)
-        return RenderedEmail(email.subject.template.render(variables), html, text)
+        return Content(email.subject.template.render(variables), html, text)
 
 
 def _autoescape(template_name: str | None) -> bool:

@@ -28,9 +28,9 @@ from pydantic import (
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
+from app.clock import to_epoch_ms
 from app.engine.conditions import ACTION_NAME_PATTERN
 from app.errors import ActivationError, PayloadTooLarge
-from app.intake.users import to_epoch_ms
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import NewAction
 from app.web import auth

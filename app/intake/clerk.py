@@ -1,23 +1,35 @@
-"""`POST /webhooks/clerk`: Svix-verified Clerk user events, stored once per delivery.
+"""`POST /webhooks/clerk`: Svix-verified Clerk user events, stored once per delivery, and the
+Clerk payloads they carry.
 
 Order of checks: size, UTF-8, signature (svix), JSON shape, storage. Anything wrong before storage
 is a 4xx with a short JSON reason and nothing stored; storage trouble is a 503 so Svix retries; a
-2xx is only sent once the event is stored (or is a duplicate, or a type we ignore).
+2xx is only sent once the event is stored (or is a duplicate, or a type we ignore). Only what loops
+and templates need is kept of a Clerk user: `private_metadata`, phone numbers and external
+accounts never reach storage.
 """
 
-import json
 import logging
-import re
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
-from starlette.requests import ClientDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse, Response
-from svix.webhooks import Webhook, WebhookVerificationError
 
-from app.errors import ActivationError, PayloadTooLarge, WebhookRejected
-from app.intake.users import ClerkDeletedUser, ClerkEvent, ClerkUser, EventType
+from app.clock import to_epoch_ms
+from app.errors import ActivationError, WebhookRejected
+from app.intake.signed import (
+    MAX_BODY_BYTES,
+    WEBHOOK_RESPONSES,
+    DataT,
+    WebhookAck,
+    first_error,
+    parse_event,
+    read_body,
+    verify,
+)
+from app.storage.keys import USER_ID_PATTERN
+from app.storage.records import UserProfile
 from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
@@ -26,32 +38,92 @@ from app.web.intake import intake_of
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-MAX_DELIVERY_ID_CHARS = 256
 CLERK_PATH = "/webhooks/clerk"
 
 router = APIRouter(tags=["webhooks"])
 
-DataT = TypeVar("DataT", bound=BaseModel)
+
+# --- Clerk's payloads ------------------------------------------------------------------------
 
 
-class WebhookAck(BaseModel):
-    """What the endpoint did: created, updated, stale, deleted, tombstoned, duplicate or ignored."""
-
-    status: str
-
-
-class WebhookError(BaseModel):
-    error: str
+class EventType(StrEnum):
+    USER_CREATED = "user.created"
+    USER_UPDATED = "user.updated"
+    USER_DELETED = "user.deleted"
 
 
-# What a Svix-signed webhook endpoint answers besides 2xx (documented in OpenAPI).
-WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": WebhookError, "description": "bad signature, stale timestamp, bad body"},
-    413: {"model": WebhookError, "description": "body over 1 MiB"},
-    503: {"model": WebhookError, "description": "not configured, or storage unavailable"},
-}
+class _Lenient(BaseModel):
+    # Clerk adds fields over time; unknown ones are not an error in a payload we do not own.
+    model_config = ConfigDict(extra="ignore")
+
+
+class ClerkEmailAddress(_Lenient):
+    id: str
+    email_address: str
+
+
+class ClerkUser(_Lenient):
+    """`data` of `user.created` / `user.updated`."""
+
+    id: str = Field(pattern=USER_ID_PATTERN)
+    email_addresses: list[ClerkEmailAddress] = Field(default_factory=list)
+    primary_email_address_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    username: str | None = None
+    image_url: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    public_metadata: dict[str, Any] | None = None
+    unsafe_metadata: dict[str, Any] | None = None
+
+    @field_validator("first_name", "last_name", "username", "image_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def primary_email(self) -> str | None:
+        """The entry whose id is `primary_email_address_id`; None when null or dangling."""
+        for address in self.email_addresses:
+            if address.id == self.primary_email_address_id:
+                return address.email_address
+        return None
+
+    def to_profile(self) -> UserProfile:
+        return UserProfile(
+            id=self.id,
+            email=self.primary_email(),
+            first_name=self.first_name,
+            last_name=self.last_name,
+            username=self.username,
+            image_url=self.image_url,
+            created_at=to_epoch_ms(self.created_at),
+            updated_at=to_epoch_ms(self.updated_at),
+            public_metadata=self.public_metadata or {},
+            unsafe_metadata=self.unsafe_metadata or {},
+        )
+
+
+class ClerkDeletedUser(_Lenient):
+    """`data` of `user.deleted`."""
+
+    id: str = Field(pattern=USER_ID_PATTERN)
+
+
+class ClerkEvent(_Lenient):
+    """The envelope of every Clerk webhook; `data` is parsed by type once it is known."""
+
+    type: str = Field(min_length=1)
+    data: dict[str, Any]
+    timestamp: float | None = None
+    instance_id: str | None = None
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        return to_epoch_ms(self.timestamp)
+
+
+# --- the endpoint ------------------------------------------------------------------------------
 
 
 @router.post(
@@ -81,89 +153,6 @@ async def receive_clerk_webhook(request: Request) -> Response:
 
 
 HOT_ROUTES = {("POST", CLERK_PATH): receive_clerk_webhook}  # served by app.web.gate
-
-
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The raw body, refused as soon as it is known to exceed the limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
-        raise PayloadTooLarge(f"body over {limit_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit_bytes:
-                raise PayloadTooLarge(f"body over {limit_bytes} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # the sender gave up (a Svix timeout): nothing was stored, it will retry
-        raise WebhookRejected("the client disconnected before the body arrived") from None
-    return b"".join(chunks)
-
-
-def verify(verifier: Webhook, body: bytes, headers: dict[str, str]) -> str:
-    """Check the Svix signature and timestamp (±5 min); returns the delivery id (`svix-id`)."""
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WebhookRejected("body is not UTF-8") from None
-    try:
-        verifier.verify(body, headers)
-    except WebhookVerificationError as exc:
-        raise WebhookRejected(f"signature check failed: {exc}") from None
-    except ValueError:
-        # svix raises bare ValueError (binascii.Error included) on some malformed headers.
-        raise WebhookRejected("signature check failed: malformed svix-signature") from None
-    return delivery_id(headers)
-
-
-def delivery_id(headers: dict[str, str]) -> str:
-    value = headers.get("svix-id") or headers.get("webhook-id") or ""
-    if not value or len(value) > MAX_DELIVERY_ID_CHARS or not value.isprintable():
-        raise WebhookRejected("malformed svix-id")
-    return value
-
-
-def load_json(body: bytes) -> Any:
-    """The body's JSON; refused when it is not JSON or holds text that cannot be stored."""
-    try:
-        payload = json.loads(body)
-        # JSON may escape a lone UTF-16 surrogate (\ud800): valid JSON, but no UTF-8 exists for
-        # it, so it could never be stored; refuse it now rather than fail on every retry. Only a
-        # body holding a `\uD8..`-`\uDF..` escape can carry one: the rest skip the re-encoding.
-        if SURROGATE_ESCAPE.search(body):
-            json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise WebhookRejected("body holds an invalid Unicode escape (a lone surrogate)") from None
-    except ValueError:
-        raise WebhookRejected("body is not JSON") from None
-    except RecursionError:
-        raise WebhookRejected("body is JSON nested too deep") from None
-    return payload
-
-
-def parse_event(body: bytes, model: type[DataT]) -> DataT:
-    """The body as an event envelope (Clerk's, Resend's): its JSON, then its shape.
-
-    One pass through pydantic's JSON parser; a body it refuses as JSON (not JSON, a lone
-    surrogate, NaN) takes the slow path, which says which it is, or accepts what `json` does."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        if exc.errors(include_url=False)[0]["type"] != "json_invalid":
-            raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
-    payload = load_json(body)
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise WebhookRejected(f"malformed event: {first_error(exc)}") from None
-
-
-def first_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "body"
-    return f"{where}: {error['msg']}"
 
 
 async def apply_event(store: Store, event: ClerkEvent, delivery_id: str, *, now_ms: int) -> str:

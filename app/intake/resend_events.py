@@ -16,7 +16,7 @@ from svix.webhooks import Webhook
 
 from app.engine.job_ids import email_id
 from app.errors import NotConfigured
-from app.intake.clerk import (
+from app.intake.signed import (
     MAX_BODY_BYTES,
     WEBHOOK_RESPONSES,
     WebhookAck,

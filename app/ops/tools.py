@@ -28,7 +28,7 @@ from app.delivery.worker import Worker
 from app.engine.evaluate import EmailOrder, StepState, tracked_counts
 from app.engine.loop_files import Loop, parse_duration
 from app.errors import ActivationError, TemplateRenderError
-from app.intake.users import ClerkUser
+from app.intake.clerk import ClerkUser
 from app.ops.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id, sample_profile
 from app.runtime import build_composer, build_store, build_worker, load_loop_files, load_settings
 from app.settings import Settings
