@@ -30,9 +30,8 @@ from app.engine.loop_files import Loop
 from app.errors import ActivationError, RequestRefused, StorageError
 from app.intake import actions, resend_events
 from app.intake import clerk as webhooks
-from app.observability import metrics
 from app.observability.startup import configure_logging, describe_configuration
-from app.ops import dashboard
+from app.ops import dashboard, scrape
 from app.ops import user_state as progress
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
@@ -81,7 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(unsubscribe.router)
     app.include_router(dashboard.router)
     app.include_router(resend_events.router)
-    app.include_router(metrics.router)
+    app.include_router(scrape.router)
     add_error_handlers(app)
     app.hot_routes = webhooks.HOT_ROUTES | actions.HOT_ROUTES
     return app

@@ -1,14 +1,14 @@
 """Loop counters kept as events happen (never a scan of users): what a worker's decisions add,
-time-to-activation buckets, and the dashboard's reading of the counters (keys.py: `stats`, `daily`).
+what a sent email adds, time-to-activation buckets (keys.py: `stats`, `daily`). The dashboard
+reads them (`app.ops.dashboard`).
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from app.delivery.jobs import EmailJob
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
-from app.engine.job_ids import JobId
+from app.engine.job_ids import EmailReason, JobId
 from app.engine.loop_files import Loop
 
 DAY_MS = 24 * 3600 * 1000
@@ -58,11 +58,11 @@ def last_days(now_ms: int, days: int) -> list[str]:
     return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
 
 
-def send_counter(job: EmailJob) -> str:
+def send_counter(step: int, reason: str) -> str:
     """The funnel counter a sent email bumps: step 0's email (`sent`) or its nudge (`nudged`)."""
-    if job.step != 0:
+    if step != 0:
         return ""
-    return {"action": "sent", "timeout": "nudged"}.get(job.kind, "")
+    return {EmailReason.ACTION.value: "sent", EmailReason.TIMEOUT.value: "nudged"}.get(reason, "")
 
 
 def late_activations(
@@ -112,59 +112,9 @@ def _transition_fields(before: StepState | None, after: StepState) -> list[str]:
     return fields
 
 
-@dataclass(frozen=True, slots=True)
-class DayCount:
-    day: str
-    sent: int
-    failed: int
-
-
-@dataclass(frozen=True, slots=True)
-class LoopStats:
-    """What the dashboard shows for one loop."""
-
-    loop: Loop
-    counters: Mapping[str, int]
-    days: list[DayCount]
-    dead_count: int = 0
-    dead: list[EmailJob] = field(default_factory=list)
-
-    def count(self, name: str) -> int:
-        return self.counters.get(name, 0)
-
-    @property
-    def funnel(self) -> list[tuple[str, str, int]]:
-        return [(name, label, self.count(name)) for name, label in FUNNEL]
-
-    @property
-    def activation_rate(self) -> float | None:
-        """Condition met by the deadline, out of entered; None before anyone entered."""
-        entered = self.count("entered")
-        return self.count("met") / entered if entered else None
-
-    @property
-    def histogram(self) -> list[tuple[str, int]]:
-        return [(label, self.count(f"tta:{suffix}")) for suffix, label, _ in TTA_BUCKETS]
-
-
 def parse_counters(flat: Iterable[str]) -> dict[str, int]:
     items = list(flat)
     return {name: int(value) for name, value in zip(items[::2], items[1::2], strict=True)}
-
-
-def day_counts(
-    loop_id: str, days: list[str], daily: Mapping[str, Mapping[str, int]]
-) -> list[DayCount]:
-    """A loop's sends and failures per day, from the `daily` hashes' `<loop>:sent`/`:failed`."""
-    empty: Mapping[str, int] = {}
-    return [
-        DayCount(
-            day,
-            daily.get(day, empty).get(f"{loop_id}:sent", 0),
-            daily.get(day, empty).get(f"{loop_id}:failed", 0),
-        )
-        for day in days
-    ]
 
 
 def dead_loop(job_id: str) -> str:

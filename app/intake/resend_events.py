@@ -24,14 +24,13 @@ from app.intake.signed import (
     read_body,
     verify,
 )
-from app.observability.metrics import MetricsDep
 from app.settings import Settings
 from app.storage.keys import valid_user_id
 from app.storage.records import EmailEvent
 from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
-from app.web.deps import ClockDep, StoreDep
+from app.web.deps import ClockDep, MetricsDep, StoreDep
 
 logger = logging.getLogger(__name__)
 

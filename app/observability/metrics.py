@@ -1,26 +1,19 @@
-"""Prometheus metrics: one `Metrics` (with its own registry) per runtime, and `GET /metrics`.
+"""Prometheus metrics: one `Metrics` (with its own registry) per runtime.
 
 A registry per app, not prometheus-client's global one, so tests and several apps in one process
 never share counts. Instrumented code calls one method per event; the schedule and dead-letter
-gauges are read from storage (one ZCARD each) when Prometheus scrapes.
+gauges are read from storage when Prometheus scrapes (`app.ops.scrape`, `GET /metrics`).
 """
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from app.engine.evaluate import Decisions
 from app.errors import StorageError, StorageUnavailable, WebhookRejected
-from app.storage.store import Store
-from app.web import auth
-from app.web.auth import Access
-from app.web.deps import StoreDep
 
 logger = logging.getLogger(__name__)
 
@@ -185,43 +178,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-
-# Documentation only (OpenAPI's security scheme): `app.web.gate` checks the token (the METRICS
-# policy: METRICS_TOKEN, else ACTIVATION_API_KEY) before the route runs.
-_bearer = HTTPBearer(
-    auto_error=False, description="Authorization: Bearer $METRICS_TOKEN (else $ACTIVATION_API_KEY)"
-)
-
-
-router = APIRouter(tags=["metrics"])
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    dependencies=[Depends(_bearer)],
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "bad token"}},
-)
-@auth.policy(Access.METRICS)
-async def scrape(metrics: MetricsDep, store: StoreDep) -> Response:
-    """Prometheus text format; queue gauges are read from storage now (two ZCARDs)."""
-    await refresh_queue_gauges(metrics, store)
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def refresh_queue_gauges(metrics: Metrics, store: Store) -> None:
-    """Storage trouble must not fail the scrape: the gauges keep their last values."""
-    try:
-        metrics.schedule_jobs.set(await store.reads.schedule_size())
-        metrics.dead_letter_jobs.set(await store.reads.dead_letter_count())
-    except StorageError as exc:
-        metrics.storage_error(exc)
-        logger.warning("metrics: queue gauges not refreshed: %s", exc)

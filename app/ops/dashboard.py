@@ -9,8 +9,8 @@ attempts are limited per client address (`app.web.sessions`); logout revokes the
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.delivery.jobs import EmailJob
-from app.engine.funnel import LoopStats, day_counts, dead_loop, last_days
+from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days
 from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
 from app.settings import Settings
@@ -56,6 +56,56 @@ PAGE_ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DayCount:
+    day: str
+    sent: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """What the dashboard shows for one loop."""
+
+    loop: Loop
+    counters: Mapping[str, int]
+    days: list[DayCount]
+    dead_count: int = 0
+    dead: list[EmailJob] = field(default_factory=list)
+
+    def count(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+    @property
+    def funnel(self) -> list[tuple[str, str, int]]:
+        return [(name, label, self.count(name)) for name, label in FUNNEL]
+
+    @property
+    def activation_rate(self) -> float | None:
+        """Condition met by the deadline, out of entered; None before anyone entered."""
+        entered = self.count("entered")
+        return self.count("met") / entered if entered else None
+
+    @property
+    def histogram(self) -> list[tuple[str, int]]:
+        return [(label, self.count(f"tta:{suffix}")) for suffix, label, _ in TTA_BUCKETS]
+
+
+def day_counts(
+    loop_id: str, days: list[str], daily: Mapping[str, Mapping[str, int]]
+) -> list[DayCount]:
+    """A loop's sends and failures per day, from the `daily` hashes' `<loop>:sent`/`:failed`."""
+    empty: Mapping[str, int] = {}
+    return [
+        DayCount(
+            day,
+            daily.get(day, empty).get(f"{loop_id}:sent", 0),
+            daily.get(day, empty).get(f"{loop_id}:failed", 0),
+        )
+        for day in days
+    ]
 
 
 def page(name: str, status_code: int = 200, **variables: Any) -> HTMLResponse:

@@ -137,29 +137,11 @@ class Queue(ScriptRunner):
             self.keys.lease_tokens,
             self.keys.attempts(uid),
         ]
-        entry = timeline_entry(
-            now_ms,
-            f"email.{job.status.value}",
-            email=job.id,
-            attempts=job.attempts,
-            error=job.last_error,
-        )
-        args: list[CommandArg] = [
-            job.id,
-            job.model_dump_json(),
-            settle_action(job, deferred=deferred_attempt_ms is not None),
-            retry_at_ms or "",
-            now_ms,
-            entry,
-            TIMELINE_LENGTH,
-            outbox_entry,
-            OUTBOX_LENGTH,
-            job.loop_id,
-            send_counter(job),
-            DAILY_TTL_S,
-            token,
-            deferred_attempt_ms if deferred_attempt_ms is not None else "",
-        ]
+        action = settle_action(job, deferred=deferred_attempt_ms is not None)
+        args: list[CommandArg] = [job.id, job.model_dump_json(), action, retry_at_ms or "", now_ms]
+        args += [email_entry(job, now_ms), TIMELINE_LENGTH, outbox_entry, OUTBOX_LENGTH]
+        args += [job.loop_id, send_counter(job.step, job.kind), DAILY_TTL_S, token]
+        args.append(deferred_attempt_ms if deferred_attempt_ms is not None else "")
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
     async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
@@ -199,3 +181,9 @@ def settle_action(job: EmailJob, *, deferred: bool) -> str:
     if job.status is not JobStatus.QUEUED:
         return job.status.value
     return "defer" if deferred else "retry"
+
+
+def email_entry(job: EmailJob, now_ms: int) -> str:
+    """The timeline line of an email job's settling."""
+    details = {"email": job.id, "attempts": job.attempts, "error": job.last_error}
+    return timeline_entry(now_ms, f"email.{job.status.value}", **details)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.clock import Clock
+from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.store import Store
 
@@ -31,3 +32,11 @@ async def get_clock(request: Request) -> Clock:
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
