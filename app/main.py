@@ -4,11 +4,9 @@ Settings are read when the app starts (its lifespan), not when this module is im
 other entry points pass their own.
 """
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -19,14 +17,10 @@ from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from starlette.types import ASGIApp
-from svix.webhooks import Webhook
 
 from app import __version__
 from app.clock import Clock
 from app.delivery import unsubscribe
-from app.delivery.worker import Worker
-from app.engine.evaluate import tracked_counts
-from app.engine.loop_files import Loop
 from app.errors import ActivationError, RequestRefused, StorageError
 from app.intake import actions, resend_events
 from app.intake import clerk as webhooks
@@ -37,8 +31,7 @@ from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
 from app.web import health
 from app.web.errors import error_response, invalid_request_response
-from app.web.gate import Gate, RouteTable, declare_framework_routes
-from app.web.intake import Endpoint, Intake, Traffic
+from app.web.gate import Endpoint, Gate, RouteTable, Traffic, declare_framework_routes
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +64,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         telemetry=native_telemetry(),
     )
     app.state.given_settings = settings
-    app.state.clock = clock
+    app.state.given_clock = clock
     declare_framework_routes(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)
@@ -98,106 +91,20 @@ def native_telemetry() -> TelemetryConfig | None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The runtime, built once from the settings and kept as `app.state.runtime`: every route
+    reads what it needs of it (`app.web.deps.services_of`)."""
     settings = app.state.given_settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     logger.log(*describe_configuration(settings))
     assert isinstance(app, ActivationApp)
-    runtime = build_runtime(settings, app.state.clock, busy=app.traffic.busy)
-    await runtime.start()
-    worker = runtime.worker
-    app.state.clock = runtime.clock
-    app.state.settings = settings
+    runtime = build_runtime(settings, app.state.given_clock, busy=app.traffic.busy)
+    await runtime.start(in_process_worker=True)
     app.state.runtime = runtime
-    app.state.store = runtime.store
-    app.state.loops = runtime.loops
-    app.state.tracked_counts = tracked_counts(runtime.loops.values())
-    app.state.worker = worker
-    app.state.unsubscribe_tokens = runtime.tokens
-    app.state.clerk_verifier = build_verifier(settings)
-    app.state.resend_verifier = resend_events.build_verifier(settings)
-    app.state.metrics = runtime.metrics
-    app.state.wake_worker = worker.wake if settings.worker_in_process else lambda: None
-    app.state.intake = Intake(
-        store=runtime.store,
-        clock=app.state.clock,
-        metrics=runtime.metrics,
-        wake_worker=app.state.wake_worker,
-        tracked_counts=app.state.tracked_counts,
-        clerk_verifier=app.state.clerk_verifier,
-    )
-    app.state.readiness = {
-        "storage": runtime.store.reads.ping,
-        "loops": loops_check(runtime.loops),
-        "worker": worker_check(settings, worker),
-    }
-    task = start_worker(worker) if settings.worker_in_process else None
-    app.state.worker_task = task
     try:
         with startup_frozen():
             yield
     finally:
-        await stop_worker(worker, task)
         await runtime.close()
-
-
-def build_verifier(settings: Settings) -> Webhook | None:
-    secret = settings.clerk_webhook_signing_secret
-    return Webhook(secret.get_secret_value()) if secret is not None else None
-
-
-def loops_check(loops: dict[str, Loop]) -> Callable[[], Awaitable[None]]:
-    """Loops are checked when they load (a bad file stops startup); an empty folder is not ready."""
-
-    async def check() -> None:
-        if not loops:
-            raise RuntimeError("no loop files loaded: nothing will ever be sent")
-
-    return check
-
-
-def worker_check(settings: Settings, worker: Worker) -> Callable[[], Awaitable[None]]:
-    """Readiness of the in-process worker: not failing, and it looked at the schedule recently
-    (a worker failing says so at once; one stuck says so within two idle periods)."""
-    stale_after_ms = int((settings.worker_idle_s + min(settings.worker_idle_s, 30)) * 1000)
-
-    async def check() -> None:
-        if not settings.worker_in_process:
-            return  # a separate `activation worker` process; it is watched on its own
-        if worker.failing_since_ms is not None:
-            since = datetime.fromtimestamp(worker.failing_since_ms / 1000, UTC).isoformat()
-            raise RuntimeError(f"failing since {since}: {worker.last_error}")
-        if worker.stopped_by is not None:
-            raise RuntimeError(f"stopped: {worker.stopped_by}")
-        last = worker.last_loop_at_ms
-        if last is None or worker.clock() - last > stale_after_ms:
-            raise RuntimeError("in-process worker has not looked at the schedule recently")
-
-    return check
-
-
-def start_worker(worker: Worker) -> "asyncio.Task[None]":
-    """The in-process worker as a task whose end, other than by `stop()`, is logged loudly and
-    reported by readiness (its loop catches every exception: this is for what it cannot)."""
-    task = asyncio.create_task(worker.run())
-
-    def ended(done: "asyncio.Task[None]") -> None:
-        if done.cancelled() or worker.stopping:
-            return
-        error = done.exception()
-        worker.stopped_by = repr(error) if error is not None else "returned"
-        logger.critical("the in-process worker ended: %s", worker.stopped_by, exc_info=error)
-
-    task.add_done_callback(ended)
-    return task
-
-
-async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None:
-    worker.stop()
-    if task is not None:
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        except TimeoutError:
-            logger.warning("worker did not stop within 30 s")
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -7,11 +7,14 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from svix.webhooks import Webhook
 
 from app.clock import Clock, ServerClock
 from app.delivery.compose import DEFAULT_SENDER, Composer
@@ -21,6 +24,7 @@ from app.delivery.send import Delivery
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
+from app.engine.evaluate import tracked_counts
 from app.engine.loop_files import Loop, load_loops
 from app.errors import ConfigError, LoopFileError
 from app.observability.metrics import Metrics
@@ -32,8 +36,15 @@ from app.storage.store import Store
 logger = logging.getLogger(__name__)
 
 
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
 @dataclass
 class Runtime:
+    """One process's parts, built once from the settings: what the web app keeps on its state
+    (`app.state.runtime`, read through `app.web.deps.services_of`) and what the worker command
+    runs."""
+
     settings: Settings
     store: Store
     loops: dict[str, Loop]
@@ -43,15 +54,47 @@ class Runtime:
     worker: Worker
     clock: Clock
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    worker_task: "asyncio.Task[None] | None" = None
     _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
 
-    async def start(self) -> None:
-        """Read Redis's clock (a `ServerClock`), then keep it in sync in the background."""
+    @cached_property
+    def tracked_counts(self) -> dict[str, frozenset[int]]:
+        """For each action, the counts some loop waits for (intake records when each is reached)."""
+        return tracked_counts(self.loops.values())
+
+    @cached_property
+    def clerk_verifier(self) -> Webhook | None:
+        return webhook_verifier(self.settings.clerk_webhook_signing_secret)
+
+    @cached_property
+    def resend_verifier(self) -> Webhook | None:
+        return webhook_verifier(self.settings.resend_webhook_secret)
+
+    @cached_property
+    def readiness(self) -> dict[str, ReadinessCheck]:
+        """What `GET /health/ready` asks: storage answers, loops are loaded, the worker lives."""
+        return {
+            "storage": self.store.reads.ping,
+            "loops": loops_check(self.loops),
+            "worker": worker_check(self.settings, self.worker),
+        }
+
+    def wake_worker(self) -> None:
+        """New work: the in-process worker (if this process runs one) looks at once."""
+        if self.settings.worker_in_process:
+            self.worker.wake()
+
+    async def start(self, *, in_process_worker: bool = False) -> None:
+        """Read Redis's clock (a `ServerClock`) and keep it in sync in the background; with
+        `in_process_worker`, run the worker as a task too (when the settings ask for one)."""
         if isinstance(self.clock, ServerClock):
             await self.clock.try_sync()
             self._tasks.append(asyncio.create_task(self.clock.run()))
+        if in_process_worker and self.settings.worker_in_process:
+            self.worker_task = start_worker(self.worker)
 
     async def close(self) -> None:
+        await stop_worker(self.worker, self.worker_task)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,6 +102,65 @@ class Runtime:
         if isinstance(self.mailer, ResendMailer):
             await self.mailer.close()
         await self.store.close()
+
+
+def webhook_verifier(secret: SecretStr | None) -> Webhook | None:
+    return Webhook(secret.get_secret_value()) if secret is not None else None
+
+
+def loops_check(loops: dict[str, Loop]) -> ReadinessCheck:
+    """Loops are checked when they load (a bad file stops startup); an empty folder is not ready."""
+
+    async def check() -> None:
+        if not loops:
+            raise RuntimeError("no loop files loaded: nothing will ever be sent")
+
+    return check
+
+
+def worker_check(settings: Settings, worker: Worker) -> ReadinessCheck:
+    """Readiness of the in-process worker: not failing, and it looked at the schedule recently
+    (a worker failing says so at once; one stuck says so within two idle periods)."""
+    stale_after_ms = int((settings.worker_idle_s + min(settings.worker_idle_s, 30)) * 1000)
+
+    async def check() -> None:
+        if not settings.worker_in_process:
+            return  # a separate `activation worker` process; it is watched on its own
+        if worker.failing_since_ms is not None:
+            since = datetime.fromtimestamp(worker.failing_since_ms / 1000, UTC).isoformat()
+            raise RuntimeError(f"failing since {since}: {worker.last_error}")
+        if worker.stopped_by is not None:
+            raise RuntimeError(f"stopped: {worker.stopped_by}")
+        last = worker.last_loop_at_ms
+        if last is None or worker.clock() - last > stale_after_ms:
+            raise RuntimeError("in-process worker has not looked at the schedule recently")
+
+    return check
+
+
+def start_worker(worker: Worker) -> "asyncio.Task[None]":
+    """The in-process worker as a task whose end, other than by `stop()`, is logged loudly and
+    reported by readiness (its loop catches every exception: this is for what it cannot)."""
+    task = asyncio.create_task(worker.run())
+
+    def ended(done: "asyncio.Task[None]") -> None:
+        if done.cancelled() or worker.stopping:
+            return
+        error = done.exception()
+        worker.stopped_by = repr(error) if error is not None else "returned"
+        logger.critical("the in-process worker ended: %s", worker.stopped_by, exc_info=error)
+
+    task.add_done_callback(ended)
+    return task
+
+
+async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None:
+    worker.stop()
+    if task is not None:
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        except TimeoutError:
+            logger.warning("worker did not stop within 30 s")
 
 
 def build_runtime(
@@ -81,10 +183,10 @@ def build_runtime(
 
 @contextmanager
 def startup_frozen() -> Iterator[None]:
-    """While serving, what was built before (modules, models, loops, templates: some 130,000
-    objects) is out of the garbage collector's sight: each full collection used to walk it all,
-    a 30 ms pause that under load was the p99 latency. Freed again when the process winds down
-    (a test's many apps then leave nothing behind)."""
+    """While serving, what was built before (modules, models, loops, templates) is out of the
+    garbage collector's sight: each full collection used to walk it all, a pause that under load
+    was the p99 latency (bench/README.md, "Where the time goes"). Freed again when the process
+    winds down (a test's many apps then leave nothing behind)."""
     gc.freeze()
     try:
         yield

@@ -196,7 +196,7 @@ def make_settings(
             "storage_timeout_s": 1.0,
             "loops_dir": SHIPPED_LOOPS,
             "activation_api_key": API_KEY,
-            # tests drive the worker by hand (`app.state.worker.drain()`) on a fake clock
+            # tests drive the worker by hand (`app.state.runtime.worker.drain()`) on a fake clock
             "worker_in_process": False,
         }
         values.update(storage_settings(request, transport))
@@ -239,12 +239,12 @@ def clock() -> FakeClock:
 
 
 def worker_of(app: FastAPI) -> "Worker":
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     return worker
 
 
 def store_of(app: FastAPI) -> "Store":
-    store: Store = app.state.store
+    store: Store = app.state.runtime.store
     return store
 
 

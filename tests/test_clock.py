@@ -130,7 +130,7 @@ async def test_a_worker_ahead_by_more_than_the_lease_takes_no_job_in_flight(
     monkeypatch.setattr(app.clock, "time", SkewedTime(10 * MIN))
     async with running(settings, None) as (ahead, _http):  # type: ignore[arg-type]
         ran = await worker_of(ahead).drain()
-        metrics = ahead.state.metrics.render().decode()
+        metrics = ahead.state.runtime.metrics.render().decode()
 
     assert ran == 0
     skew_line = next(line for line in metrics.splitlines() if line.startswith("activation_clock"))

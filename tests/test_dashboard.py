@@ -33,7 +33,7 @@ def transport() -> str:
 
 
 def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     return worker
 
 
@@ -80,7 +80,7 @@ async def realistic_flow(client: httpx.AsyncClient, app: FastAPI, clock: FakeClo
     await worker_of(app).drain()
     await act(client, LATE, "first_project_created")
     await worker_of(app).drain()
-    await dead_letter(app.state.store, clock.now_ms)
+    await dead_letter(app.state.runtime.store, clock.now_ms)
 
 
 def funnel(page: str, loop_id: str) -> dict[str, int]:

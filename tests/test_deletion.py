@@ -66,7 +66,7 @@ async def test_nothing_arriving_after_the_deletion_brings_the_user_back(
     await welcome(client, app, GONE, GONE_ADDRESS)
     store = store_of(app)
     [job] = (await store.reads.snapshot(GONE, full=True)).jobs.values()
-    token = app.state.unsubscribe_tokens.issue(GONE)
+    token = app.state.runtime.tokens.issue(GONE)
     assert (await post_webhook(client, event("deleted", GONE, GONE_ADDRESS))).status_code == 200
 
     # the user clicks the unsubscribe link of an email they got before

@@ -42,7 +42,7 @@ async def app(
     application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
         # the fake clock drives the mailer's 429 hold-off too, so no test sleeps for real
-        mailer = application.state.worker.send_email.mailer
+        mailer = application.state.runtime.worker.send_email.mailer
         mailer.rate_limiter = RateLimiter(0, clock=lambda: clock.now_ms / 1000, sleep=no_sleep)
         yield application
 
@@ -325,7 +325,7 @@ async def test_unsubscribe_drops_emails_already_queued(
     await signup(client)
     await activate(client)
     await worker_of(app).drain()  # queued for a retry
-    token = app.state.unsubscribe_tokens.issue(USER)
+    token = app.state.runtime.tokens.issue(USER)
     await client.post("/unsubscribe", params={"token": token})
     clock.advance(MIN)
     await worker_of(app).drain()
@@ -355,7 +355,7 @@ async def test_a_token_cannot_be_moved_to_another_user(
 ) -> None:
     import base64
 
-    token = app.state.unsubscribe_tokens.issue("user_a")
+    token = app.state.runtime.tokens.issue("user_a")
     _, signature = token.split(".")
     other = base64.urlsafe_b64encode(b"user_b").rstrip(b"=").decode()
     response = await client.post("/unsubscribe", params={"token": f"{other}.{signature}"})

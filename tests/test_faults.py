@@ -76,7 +76,7 @@ async def app(
 ) -> AsyncIterator[FastAPI]:
     application = create_app(make_settings(**resend_settings(resend)), clock=clock)
     async with application.router.lifespan_context(application):
-        fake_time_rate_limiter(application.state.worker, clock)
+        fake_time_rate_limiter(application.state.runtime.worker, clock)
         yield application
 
 
@@ -223,7 +223,7 @@ async def test_separate_worker_runtimes_on_one_queue_send_each_email_once(
         await signup(client, user_id)
         await act(client, user_id)
     async with AsyncExitStack() as stack:
-        runtimes = [build_runtime(app.state.settings, clock) for _ in range(workers)]
+        runtimes = [build_runtime(app.state.runtime.settings, clock) for _ in range(workers)]
         for runtime in runtimes:
             stack.push_async_callback(runtime.close)
             fake_time_rate_limiter(runtime.worker, clock)
@@ -323,7 +323,7 @@ async def test_storage_outage_answers_503_and_redelivery_after_it_completes_ever
     with storage_on(transport, own_redis) as storage:
         settings = make_settings(**resend_settings(resend), **storage)
         async with running(settings, clock) as (application, http):
-            fake_time_rate_limiter(application.state.worker, clock)
+            fake_time_rate_limiter(application.state.runtime.worker, clock)
             before = await post_webhook(http, signups["user_before"], headers["user_before"])
             own_redis.stop()
             during = [await post_webhook(http, signups[uid], headers[uid]) for uid in users]
@@ -377,7 +377,7 @@ async def test_transient_provider_faults_are_retried_then_sent_once(
 ) -> None:
     settings = make_settings(**resend_settings(resend, resend_timeout_s=0.3))
     async with running(settings, clock) as (application, http):
-        fake_time_rate_limiter(application.state.worker, clock)
+        fake_time_rate_limiter(application.state.runtime.worker, clock)
         resend.script(*faults)
         await signup(http)
         await act(http)

@@ -262,7 +262,7 @@ async def test_traffic_counts_the_requests_in_flight_hot_or_routed(
         request = asyncio.create_task(app(scope, receive, send))
         await asyncio.sleep(0.01)
         assert app.traffic.busy()  # waiting for its body
-        assert app.state.worker.busy()  # what the in-process worker asks
+        assert app.state.runtime.worker.busy()  # what the in-process worker asks
         body_sent.set()
         await request
         assert not app.traffic.busy()

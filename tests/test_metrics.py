@@ -49,7 +49,7 @@ async def act(client: httpx.AsyncClient, **extra: Any) -> None:
 
 
 def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     return worker
 
 

@@ -187,7 +187,7 @@ class Play:
         assert await evaluator.run(user_id) == expected
 
     async def run(self, history: History) -> None:
-        store, tracked = store_of(self.app), self.app.state.tracked_counts
+        store, tracked = store_of(self.app), self.app.state.runtime.tracked_counts
         # `watched` is looked at between arrivals; `once` only after everything arrived
         watched, once = (f"user_{kind}_{uuid.uuid4().hex[:12]}" for kind in ("watched", "once"))
         signed_up_at = await self.sign_up(watched, once)

@@ -67,7 +67,7 @@ async def known(client: httpx.AsyncClient, user_id: str = USER) -> bool:
 
 
 def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     return worker
 
 
@@ -265,9 +265,9 @@ def b64(text: str) -> str:
 
 
 def forged_tokens(app: FastAPI) -> dict[str, str]:
-    genuine: str = app.state.unsubscribe_tokens.issue(USER)
+    genuine: str = app.state.runtime.tokens.issue(USER)
     encoded, _, signature = genuine.rpartition(".")
-    other_encoded, _, other_signature = app.state.unsubscribe_tokens.issue(OTHER).rpartition(".")
+    other_encoded, _, other_signature = app.state.runtime.tokens.issue(OTHER).rpartition(".")
     other_secret = UnsubscribeTokens(b"another deployment's secret")
     return {
         "another secret": other_secret.issue(USER),

@@ -160,7 +160,7 @@ async def test_a_link_of_the_first_format_still_unsubscribes_over_http(
 
 @embedded_only
 async def test_the_service_issues_itsdangerous_tokens_under_its_key(app: FastAPI) -> None:
-    token = app.state.unsubscribe_tokens.issue(USER)
+    token = app.state.runtime.tokens.issue(USER)
     key = hmac.new(API_KEY.encode(), DERIVATION, hashlib.sha256).digest()
     assert itsdangerous_serializer(key, UNSUBSCRIBE_SALT).loads(token) == USER
 

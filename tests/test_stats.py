@@ -161,6 +161,6 @@ def test_only_step_zero_emails_move_the_funnel() -> None:
 
 
 async def test_activation_rate_is_none_before_anyone_entered(app: FastAPI) -> None:
-    loop = app.state.loops["welcome"]
+    loop = app.state.runtime.loops["welcome"]
     assert LoopStats(loop, {}, []).activation_rate is None
     assert LoopStats(loop, {"entered": 4, "met": 1}, []).activation_rate == 0.25

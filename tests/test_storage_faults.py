@@ -140,11 +140,11 @@ async def test_worker_and_intake_ride_out_a_storage_fault(
 
 
 async def ride_out(app: FastAPI, http: httpx.AsyncClient, fault: Fault) -> None:
-    worker: Worker = app.state.worker
-    task: asyncio.Task[None] = app.state.worker_task
+    worker: Worker = app.state.runtime.worker
+    task: asyncio.Task[None] = app.state.runtime.worker_task
     await wait_for(lambda: ready(http), 5, "the worker's first look")
     # work falls due in a moment: an idle look only reads, which both faults still allow
-    store = app.state.store
+    store = app.state.runtime.store
     await store.conn.call("ZADD", store.keys.schedule, system_clock_ms() + 1500, "eval|user_due")
     worker.wake()
     fault.start()
@@ -222,8 +222,8 @@ async def test_the_worker_survives_any_exception_of_a_claim(
 ) -> None:
     settings = make_settings(worker_in_process=True, worker_idle_s=1)
     async with running(settings, system_clock_ms) as (app, http):
-        worker: Worker = app.state.worker
-        store = app.state.store
+        worker: Worker = app.state.runtime.worker
+        store = app.state.runtime.store
         real_claim = store.queue.claim_due
         failures = [RuntimeError("a bug in a claim"), StorageError("ERR a script bug")]
 
@@ -246,6 +246,6 @@ async def test_the_worker_survives_any_exception_of_a_claim(
     assert "RuntimeError: a bug in a claim" in not_ready.json()["checks"]["worker"]
     assert worker.failing_since_ms is None
     assert not failures
-    metrics = app.state.metrics.render().decode()
+    metrics = app.state.runtime.metrics.render().decode()
     assert 'activation_worker_errors_total{kind="other",stage="claim"} 1.0' in metrics
     assert 'activation_worker_errors_total{kind="error",stage="claim"} 1.0' in metrics

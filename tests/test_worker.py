@@ -70,7 +70,7 @@ async def test_in_process_worker_starts_a_new_users_loops_at_once(
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 async def test_stop_ends_run_promptly_even_while_idle(app: Any) -> None:
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     worker.config = WorkerConfig(idle_s=3600)
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.05)
@@ -84,7 +84,7 @@ async def test_run_survives_storage_outage_and_carries_on(
 ) -> None:
     app = create_app(make_settings(redis_url=own_redis.url), clock=system_clock_ms)
     async with app.router.lifespan_context(app):
-        worker: Worker = app.state.worker
+        worker: Worker = app.state.runtime.worker
         own_redis.stop()
         task = asyncio.create_task(worker.run())
         await asyncio.sleep(0.3)
@@ -92,7 +92,7 @@ async def test_run_survives_storage_outage_and_carries_on(
         assert worker.last_loop_at_ms is None  # no claim has succeeded: readiness says so
         own_redis.start()
         now = system_clock_ms()
-        await app.state.store.actions.record(
+        await app.state.runtime.store.actions.record(
             [NewAction("user_x", "x", now)], now_ms=now, tracked={}
         )
         worker.wake()
@@ -129,16 +129,16 @@ class CountingEvaluator:
 
 async def due_evaluations(app: Any, count: int) -> list[str]:
     """`count` users with an evaluation due now (each recorded an action)."""
-    now = app.state.clock()
+    now = app.state.runtime.clock()
     users = [f"user_lane{i:03d}" for i in range(count)]
     actions = [NewAction(user_id, "x", now) for user_id in users]
-    await app.state.store.actions.record(actions, now_ms=now, tracked={})
+    await app.state.runtime.store.actions.record(actions, now_ms=now, tracked={})
     return users
 
 
 def counting_worker(app: Any, concurrency: int, fail_user: str | None = None) -> CountingEvaluator:
     """The app's worker with `concurrency` lanes, evaluating through a `CountingEvaluator`."""
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     worker.config = WorkerConfig(concurrency=concurrency)
     worker.evaluator = evaluator = CountingEvaluator(fail_user)  # type: ignore[assignment]
     return evaluator
@@ -150,16 +150,16 @@ async def test_a_claims_jobs_run_in_lanes_and_in_one_while_the_web_process_is_bu
     app: Any, busy: bool, lanes: int
 ) -> None:
     evaluator = counting_worker(app, concurrency=4)
-    app.state.worker.busy = lambda: busy
+    app.state.runtime.worker.busy = lambda: busy
     users = await due_evaluations(app, 12)
-    await app.state.worker.run_once()
+    await app.state.runtime.worker.run_once()
     assert evaluator.most_at_once == lanes
     assert sorted(evaluator.done) == users
 
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 async def test_after_a_storage_outage_no_lane_starts_another_job(app: Any) -> None:
-    worker: Worker = app.state.worker
+    worker: Worker = app.state.runtime.worker
     users = await due_evaluations(app, 10)
     evaluator = counting_worker(app, concurrency=2, fail_user=users[0])
     with pytest.raises(StorageUnavailable):

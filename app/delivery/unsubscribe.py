@@ -60,11 +60,16 @@ def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(document)
 
 
+def tokens_of(request: Request) -> "UnsubscribeTokens":
+    tokens: UnsubscribeTokens = request.app.state.runtime.tokens
+    return tokens
+
+
 @router.get("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
 @auth.policy(Access.PUBLIC)  # the signed token is the credential
 async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
     """A confirmation page: following the link alone unsubscribes nobody."""
-    request.app.state.unsubscribe_tokens.verify(token)
+    tokens_of(request).verify(token)
     action = html.escape(f"/unsubscribe?token={token}", quote=True)
     return _page(
         "Unsubscribe",
@@ -79,7 +84,7 @@ async def unsubscribe(
     request: Request, store: StoreDep, clock: ClockDep, token: TokenQuery
 ) -> HTMLResponse:
     """Unsubscribe the token's user (the page's button, or RFC 8058 one-click POST)."""
-    user_id = request.app.state.unsubscribe_tokens.verify(token)
+    user_id = tokens_of(request).verify(token)
     dropped = await store.users.unsubscribe(user_id, now_ms=clock())
     if dropped is None:  # deleted meanwhile: nothing of theirs is kept, nothing is written
         logger.info("unsubscribe for user %s: not stored (deleted); nothing to do", user_id)

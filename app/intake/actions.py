@@ -35,8 +35,8 @@ from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import NewAction
 from app.web import auth
 from app.web.auth import Access
+from app.web.deps import Services, services_of
 from app.web.errors import error_response, invalid_request_response
-from app.web.intake import Intake, intake_of
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 4096
@@ -48,7 +48,7 @@ ACTIONS_PATH = "/v1/actions"
 MAX_BODY_BYTES = 5 * 1024 * 1024
 
 # No key dependency here: `app.web.gate` refuses a request without the key before its body is read,
-# and the route stays free of per-request dependency solving (see app/web/intake.py).
+# and the route stays free of per-request dependency solving (see app/web/deps.py).
 router = APIRouter(tags=["actions"])
 
 
@@ -140,7 +140,7 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
 async def post_actions(request: Request, body: Annotated[ActionsBody, Body()]) -> Accepted:
     """Record one action or a batch of up to 1,000."""
     # the key was checked by `app.web.gate` before the body was read
-    return await record(intake_of(request), body)
+    return await record(services_of(request), body)
 
 
 async def receive_actions(request: Request) -> Response:
@@ -162,7 +162,7 @@ async def receive_actions(request: Request) -> Response:
     except PayloadTooLarge as exc:  # streamed past MAX_BODY_BYTES: `app.web.gate` stopped reading
         return error_response(request, exc)
     try:
-        accepted = await record(intake_of(request), body)
+        accepted = await record(services_of(request), body)
     except ActivationError as exc:
         return error_response(request, exc)
     return JSONResponse(accepted.model_dump(), status_code=status.HTTP_202_ACCEPTED)
@@ -194,13 +194,13 @@ async def json_body(request: Request) -> Any:
         raise ValueError("JSON nested too deep") from None
 
 
-async def record(intake: Intake, body: ActionIn | ActionBatch) -> Accepted:
-    now_ms = intake.clock()
+async def record(services: Services, body: ActionIn | ActionBatch) -> Accepted:
+    now_ms = services.clock()
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
-    accepted, duplicates = await intake.store.actions.record(
-        actions, now_ms=now_ms, tracked=intake.tracked_counts
+    accepted, duplicates = await services.store.actions.record(
+        actions, now_ms=now_ms, tracked=services.tracked_counts
     )
-    intake.metrics.actions_recorded(accepted, duplicates)
-    intake.wake_worker()
+    services.metrics.actions_recorded(accepted, duplicates)
+    services.wake_worker()
     return Accepted(accepted=accepted, duplicates=duplicates)

@@ -15,9 +15,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.responses import JSONResponse, Response
+from svix.webhooks import Webhook
 
 from app.clock import to_epoch_ms
-from app.errors import ActivationError, WebhookRejected
+from app.errors import ActivationError, NotConfigured, WebhookRejected
 from app.intake.signed import (
     MAX_BODY_BYTES,
     WEBHOOK_RESPONSES,
@@ -33,8 +34,8 @@ from app.storage.records import UserProfile
 from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
+from app.web.deps import Services, services_of
 from app.web.errors import error_response
-from app.web.intake import intake_of
 
 logger = logging.getLogger(__name__)
 
@@ -135,24 +136,31 @@ class ClerkEvent(_Lenient):
 async def receive_clerk_webhook(request: Request) -> Response:
     """Receive a Clerk webhook (subscribe to user.created, user.updated, user.deleted)."""
     # A hot route (app.web.gate): it answers its own errors and returns a Response.
-    intake = intake_of(request)
-    metrics = intake.metrics
+    services = services_of(request)
+    metrics = services.metrics
     try:
         with metrics.webhook_failures("clerk"):
-            verifier = intake.verifier()
+            verifier = clerk_verifier(services)
             body = await read_body(request, MAX_BODY_BYTES)
             delivery_id = verify(verifier, body, dict(request.headers))
             event = parse_event(body, ClerkEvent)
-            status = await apply_event(intake.store, event, delivery_id, now_ms=intake.clock())
+            status = await apply_event(services.store, event, delivery_id, now_ms=services.clock())
     except ActivationError as exc:
         return error_response(request, exc)
     logger.info("clerk webhook %s delivery=%s: %s", event.type, delivery_id, status)
     metrics.webhook("clerk", event.type, status)
-    intake.wake_worker()  # a registration starts loops: their clocks start now
+    services.wake_worker()  # a registration starts loops: their clocks start now
     return JSONResponse({"status": status})
 
 
 HOT_ROUTES = {("POST", CLERK_PATH): receive_clerk_webhook}  # served by app.web.gate
+
+
+def clerk_verifier(services: Services) -> Webhook:
+    """The endpoint's Svix verifier; NotConfigured (503) without CLERK_WEBHOOK_SIGNING_SECRET."""
+    if services.clerk_verifier is None:
+        raise NotConfigured("not configured: set CLERK_WEBHOOK_SIGNING_SECRET")
+    return services.clerk_verifier
 
 
 async def apply_event(store: Store, event: ClerkEvent, delivery_id: str, *, now_ms: int) -> str:

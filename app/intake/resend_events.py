@@ -24,13 +24,12 @@ from app.intake.signed import (
     read_body,
     verify,
 )
-from app.settings import Settings
 from app.storage.keys import valid_user_id
 from app.storage.records import EmailEvent
 from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
-from app.web.deps import ClockDep, MetricsDep, StoreDep
+from app.web.deps import ClockDep, MetricsDep, StoreDep, services_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +51,8 @@ class ResendEvent(BaseModel):
     data: dict[str, Any]
 
 
-def build_verifier(settings: Settings) -> Webhook | None:
-    secret = settings.resend_webhook_secret
-    return Webhook(secret.get_secret_value()) if secret is not None else None
-
-
 async def get_verifier(request: Request) -> Webhook:
-    verifier: Webhook | None = request.app.state.resend_verifier
+    verifier = services_of(request).resend_verifier
     if verifier is None:
         raise NotConfigured("not configured: set RESEND_WEBHOOK_SECRET")
     return verifier

@@ -29,7 +29,7 @@ from app.storage.records import StatsReply
 from app.storage.store import Store
 from app.web import auth, sessions
 from app.web.auth import Access, Verdict
-from app.web.deps import ClockDep, SettingsDep, StoreDep
+from app.web.deps import ClockDep, SettingsDep, StoreDep, services_of
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ async def dashboard(
     request: Request, store: StoreDep, settings: SettingsDep, clock: ClockDep
 ) -> HTMLResponse:
     """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
-    loops: dict[str, Loop] = request.app.state.loops
+    loops: dict[str, Loop] = services_of(request).loops
     reply = await store.reads.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
     dead = await dead_by_loop(store, reply.dead_ids)
     return page(

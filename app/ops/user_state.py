@@ -13,7 +13,7 @@ from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep
-from app.web.deps import StoreDep
+from app.web.deps import StoreDep, services_of
 
 router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ApiKeyDep])
 
@@ -74,7 +74,7 @@ async def get_user_state(
     record = await store.reads.snapshot(user_id, full=True)
     if not record.known:
         raise HTTPException(404, "unknown user")
-    return describe(record, request.app.state.loops)
+    return describe(record, services_of(request).loops)
 
 
 def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:

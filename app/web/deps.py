@@ -1,42 +1,71 @@
-"""FastAPI dependency aliases: what a route may ask for, built once in the app's lifespan.
+"""What a route may ask for: the process's `Services` (the runtime, built once in the app's
+lifespan and kept as `app.state.runtime`) and FastAPI dependency aliases over them.
 
-They are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread pool, a
-thread hand-off per dependency per request (what it cost: bench/README.md, "Where the time goes").
+The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
+pool, a thread hand-off per dependency per request (what it cost: bench/README.md, "Where the
+time goes"). The hot intake routes skip dependencies altogether and call `services_of` directly.
 """
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+from svix.webhooks import Webhook
 
 from app.clock import Clock
+from app.engine.loop_files import Loop
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.store import Store
 
 
+class Services(Protocol):
+    """What the web layer uses of the runtime (`app.runtime.Runtime` provides it)."""
+
+    settings: Settings
+    store: Store
+    clock: Clock
+    metrics: Metrics
+    loops: dict[str, Loop]
+
+    @property
+    def tracked_counts(self) -> Mapping[str, frozenset[int]]: ...
+
+    @property
+    def clerk_verifier(self) -> Webhook | None: ...
+
+    @property
+    def resend_verifier(self) -> Webhook | None: ...
+
+    @property
+    def readiness(self) -> Mapping[str, Callable[[], Awaitable[None]]]: ...
+
+    def wake_worker(self) -> None: ...
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    services: Services = connection.app.state.runtime
+    return services
+
+
 async def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+    return services_of(request).store
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return services_of(request).settings
 
 
 async def get_clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.clock
-    return clock
+    return services_of(request).clock
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return services_of(request).metrics
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
-
-
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

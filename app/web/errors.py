@@ -1,5 +1,5 @@
 """How the service's errors become HTTP answers: one mapping for FastAPI's exception handlers and
-for the hot intake routes, which answer their own errors (see `app.web.intake.HotRoutes`).
+for the hot intake routes, which answer their own errors (see `app.web.gate`).
 
     RequestRefused      its `status_code`, {"error": reason}
     StorageUnavailable  503 with Retry-After, so Svix and callers retry; counted and logged
@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.errors import ActivationError, RequestRefused, StorageError, StorageUnavailable
+from app.web.deps import services_of
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +27,12 @@ def error_response(request: Request, exc: ActivationError) -> JSONResponse:
     if isinstance(exc, RequestRefused):
         return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
     if isinstance(exc, StorageUnavailable):
-        request.app.state.metrics.storage_error(exc)
+        services_of(request).metrics.storage_error(exc)
         logger.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
         headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
         return JSONResponse({"error": "storage unavailable"}, status_code=503, headers=headers)
     if isinstance(exc, StorageError):
-        request.app.state.metrics.storage_error(exc)
+        services_of(request).metrics.storage_error(exc)
         logger.error("storage error on %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"error": "storage error"}, status_code=500)
     raise exc

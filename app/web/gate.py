@@ -18,7 +18,7 @@ the routes in order (`route.matches`), as the router does.
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -32,11 +32,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import ActivationError, PayloadTooLarge
 from app.web import auth
 from app.web.auth import Access, Policy, Verdict
+from app.web.deps import Services
 from app.web.errors import error_response
-from app.web.intake import Endpoint, Traffic
 from app.web.sessions import COOKIE
 
 logger = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Traffic:
+    """How many HTTP requests the process is serving right now (counted by `app.web.gate.Gate`).
+
+    The in-process worker asks `busy()` before it widens to more than one job at a time: while
+    requests are in flight they come first (a webhook answered late is sent again), and the
+    evaluations they cause wait a little; a quiet process runs them at full concurrency."""
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
 
 UNDECLARED = "no access policy is declared for this route"
 
@@ -239,9 +258,10 @@ class Gate:
         return None if verdict is Verdict.GRANTED else policy.refusal(Request(scope), verdict)
 
     async def verdict(self, scope: Scope, access: Access, token: bytes) -> Verdict:
-        settings = self.state.settings
+        services: Services = self.state.runtime
+        settings = services.settings
         if access is not Access.OPERATOR:
             return auth.bearer_verdict(access, settings, token)
         cookie = Request(scope).cookies.get(COOKIE)
-        store, now_ms = self.state.store, self.state.clock()
+        store, now_ms = services.store, services.clock()
         return await auth.operator_verdict(settings, store, token, cookie, now_ms)

@@ -1,6 +1,6 @@
 """`GET /health` (the process answers) and `GET /health/ready` (every part it needs works).
 
-Readiness checks are named async callables registered at startup in `app.state.readiness`; each
+Readiness checks are named async callables the runtime lists (`Services.readiness`); each
 raises to fail, and the 503 names the parts that failed. Both routes are public, so a failure's
 reason (which may name an internal address) is shown only to a caller holding the API key or the
 metrics token; anyone else reads "failed". The log always has the reason.
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from app.web import auth
 from app.web.auth import Access
+from app.web.deps import services_of
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ async def health() -> Liveness:
 async def ready(request: Request) -> JSONResponse:
     """Readiness: storage answers (and, once configured, loops are loaded and the worker lives).
     A failing part's reason is shown with the API key or metrics token as a bearer token."""
-    checks: dict[str, ReadinessCheck] = request.app.state.readiness
+    checks = services_of(request).readiness
     results = await asyncio.gather(*(run_check(name, check) for name, check in checks.items()))
     report = dict(zip(checks, results, strict=True))
     failing = [name for name, result in report.items() if result != OK]
     token = auth.bearer_token(request.headers.get("authorization", "").encode("latin-1"))
-    if not auth.holds_api_key_or_metrics_token(request.app.state.settings, token):
+    if not auth.holds_api_key_or_metrics_token(services_of(request).settings, token):
         report = {name: OK if result == OK else FAILED for name, result in report.items()}
     body = Readiness(status="unavailable" if failing else "ok", checks=report, failing=failing)
     return JSONResponse(body.model_dump(), status_code=503 if failing else 200)
