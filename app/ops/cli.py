@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.errors import ActivationError
 from app.observability.startup import configure_logging, describe_configuration
-from app.ops import tools
+from app.ops import preview, send_test_webhook, simulate
 from app.runtime import Runtime, build_runtime, load_loop_files, load_settings
 from app.settings import Settings, StorageKind
 
@@ -24,7 +24,9 @@ EXAMPLES = {
     "worker": "activation worker          # until SIGTERM\n  activation worker --burst  # drain",
     "check": "activation check loops/",
     "dead": "activation dead list\n  activation dead retry --all",
-    **tools.EXAMPLES,
+    "preview": preview.EXAMPLE,
+    "simulate": simulate.EXAMPLE,
+    "send-test-webhook": send_test_webhook.EXAMPLE,
     "suppress": "activation suppress list\n  activation suppress remove user_29w83sxmDNGwOuE",
 }
 
@@ -57,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("job", nargs="?", help="the job id to retry")
     dead.add_argument("--all", action="store_true", help="retry every dead-letter job")
     dead.set_defaults(handler=run_dead)
-    tools.add_commands(commands, _command)
+    for tool in (preview, simulate, send_test_webhook):
+        tool.add_command(commands, _command)
     add_suppress(commands)
     return root
 
