@@ -1,5 +1,6 @@
-"""What an operator uses: the `activation` command (`cli`, `tools`), the dashboard and outbox
-pages (`dashboard`, `pages/`), one user's activation state over HTTP (`user_state`), and the
+"""What an operator uses: the `activation` command (`cli`, with one module per tool: `preview`,
+`simulate`, `send_test_webhook`), the dashboard and outbox pages (`dashboard`, `pages/`), one
+user's activation state over HTTP (`user_state`), the Prometheus scrape (`scrape`), and the
 sample data the tools preview and simulate with (`samples`).
 
 May import: `app.runtime` (the commands build a process's parts as the web app does),
