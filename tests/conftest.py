@@ -30,6 +30,7 @@ from svix.webhooks import Webhook
 from app.clock import Clock
 from app.main import create_app
 from app.settings import Settings
+from tests.redis_cluster import redis_cluster  # noqa: F401  (the fixture, for every test)
 
 if TYPE_CHECKING:
     from app.delivery.worker import Worker
