@@ -5,6 +5,7 @@ fixture. Every test works under a key prefix of its own, so none needs a clean d
 """
 
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from upstash_redis.asyncio import Redis
 from upstash_redis.errors import UpstashError
@@ -251,3 +253,110 @@ async def test_malformed_body_is_400(raw: httpx.AsyncClient) -> None:
         response = await raw.post(path, content=body)
         assert response.status_code == 400
         assert response.json()["error"].startswith("ERR ")
+
+
+# --- Upstash's allow-key-locking script flag ---------------------------------------------------
+
+FLAGGED_SCRIPT = (
+    "#!lua flags=allow-key-locking\nreturn {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+)
+READ_ONLY_FLAGGED = (
+    "#!lua flags=no-writes,allow-key-locking\nreturn redis.call('SET', KEYS[1], 'x')"
+)
+
+
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+def unseen_flagged_script() -> str:
+    """A flagged script no Redis and no stand-in has seen yet."""
+    return f"#!lua flags=allow-key-locking\n-- {uuid.uuid4().hex}\nreturn ARGV[1]"
+
+
+@pytest.fixture
+def direct(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the Redis behind the stand-in."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_real_redis_rejects_the_flag(direct: redis.Redis, prefix: str) -> None:
+    """What the stand-in must hide: Redis refuses Upstash's flag outright."""
+    with pytest.raises(redis.ResponseError, match="Unexpected flag in script shebang"):
+        direct.eval(FLAGGED_SCRIPT, 1, f"{prefix}n", "a")
+    with pytest.raises(redis.ResponseError, match="Unexpected flag in script shebang"):
+        direct.script_load(FLAGGED_SCRIPT)
+
+
+async def test_flagged_eval_runs_and_is_recorded(
+    upstash: Redis, app: FastAPI, prefix: str, direct: redis.Redis
+) -> None:
+    assert await upstash.eval(FLAGGED_SCRIPT, keys=[f"{prefix}n"], args=["a"]) == [
+        f"{prefix}n",
+        "a",
+        1,
+    ]
+    assert app.state.flagged_scripts == {sha1(FLAGGED_SCRIPT)}
+    assert app.state.unflagged_scripts == set()
+    assert app.state.received[-1] == ("/", ["EVAL", FLAGGED_SCRIPT, "1", f"{prefix}n", "a"])
+    assert direct.get(f"{prefix}n") == "1"
+
+
+async def test_evalsha_of_the_flagged_sha_runs_after_eval(upstash: Redis, prefix: str) -> None:
+    await upstash.eval(FLAGGED_SCRIPT, keys=[f"{prefix}n"], args=["a"])
+    result = await upstash.evalsha(sha1(FLAGGED_SCRIPT), keys=[f"{prefix}n"], args=["b"])
+    assert result == [f"{prefix}n", "b", 2]
+
+
+async def test_evalsha_of_an_unknown_flagged_sha_is_noscript(upstash: Redis, app: FastAPI) -> None:
+    script = unseen_flagged_script()
+    with pytest.raises(UpstashError, match=r"^NOSCRIPT No matching script"):
+        await upstash.evalsha(sha1(script), keys=[], args=["x"])
+    # the client's fallback, as on Upstash: EVAL the source, then the SHA works
+    assert await upstash.eval(script, keys=[], args=["x"]) == "x"
+    assert await upstash.evalsha(sha1(script), keys=[], args=["y"]) == "y"
+    assert sha1(script) in app.state.flagged_scripts
+
+
+async def test_script_load_answers_the_flagged_sha(upstash: Redis, prefix: str) -> None:
+    script = unseen_flagged_script()
+    assert await upstash.script_load(script) == sha1(script)
+    assert await upstash.script_exists(sha1(script)) == [1]
+    assert await upstash.evalsha(sha1(script), keys=[], args=["z"]) == "z"
+
+
+async def test_other_flags_stay(upstash: Redis, prefix: str) -> None:
+    with pytest.raises(UpstashError, match="Write commands are not allowed from read-only"):
+        await upstash.eval(READ_ONLY_FLAGGED, keys=[f"{prefix}k"], args=[])
+
+
+async def test_flagged_scripts_in_pipeline_and_multi_exec(
+    raw: httpx.AsyncClient, app: FastAPI, prefix: str
+) -> None:
+    script = unseen_flagged_script()
+    for path in ("/pipeline", "/multi-exec"):
+        commands = [
+            ["EVAL", script, 0, "a"],
+            ["EVALSHA", sha1(script), 0, "b"],
+            ["SCRIPT", "LOAD", script],
+            ["EVAL", FLAGGED_SCRIPT, 1, f"{prefix}n", "c"],
+        ]
+        response = await raw.post(path, json=commands)
+        assert response.status_code == 200
+        assert response.json()[:3] == [{"result": "a"}, {"result": "b"}, {"result": sha1(script)}]
+        assert response.json()[3]["result"][:2] == [f"{prefix}n", "c"]
+    assert app.state.flagged_scripts == {sha1(script), sha1(FLAGGED_SCRIPT)}
+
+
+async def test_reset_clears_the_record_but_not_the_shas(upstash: Redis, app: FastAPI) -> None:
+    script = unseen_flagged_script()
+    await upstash.eval(script, keys=[], args=["x"])
+    await upstash.eval("return ARGV[1]", keys=[], args=["plain"])
+    assert app.state.unflagged_scripts == {sha1("return ARGV[1]")}
+    reset(app)
+    assert app.state.flagged_scripts == set()
+    assert app.state.unflagged_scripts == set()
+    assert await upstash.evalsha(sha1(script), keys=[], args=["again"]) == "again"
+    assert app.state.flagged_scripts == {sha1(script)}

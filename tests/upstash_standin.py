@@ -39,9 +39,28 @@ Knobs on ``app.state`` (plain attributes; set them from the test, `reset()` rest
 * ``hang_s``: the longest a ``"hang"`` lasts (default 30.0 seconds).
 * ``requests``: how many HTTP requests arrived (every path and outcome): count round trips.
 * ``received``: the last 1000 accepted request bodies as ``(path, body)``, numbers as strings.
+* ``flagged_scripts``: the SHA1s of scripts run or loaded with Upstash's ``allow-key-locking``
+  flag (below) since the last `reset()`; ``unflagged_scripts``: those without it (an
+  ``EVALSHA`` of a SHA never seen flagged counts here). A test that every script is sent flagged
+  asserts the first is not empty and the second is.
+
+Upstash's script flag: on Upstash a script whose first line is a shebang carrying
+``allow-key-locking`` (``#!lua flags=allow-key-locking``) locks only the keys in ``KEYS``; real
+Redis rejects that flag (``ERR Unexpected flag in script shebang``). So for ``EVAL``/``EVAL_RO``
+and ``SCRIPT LOAD`` of such a script (alone, in ``/pipeline`` or in ``/multi-exec``) the stand-in
+drops the flag before forwarding (other flags stay; with none left the line becomes a bare
+``#!lua``, so Lua's line numbers and Redis's shebang semantics do not change) and remembers the
+SHA1 of the flagged source, which is what Upstash and the client know the script by, against
+the SHA1 Redis knows. ``EVALSHA``/``EVALSHA_RO`` and ``SCRIPT EXISTS`` of a flagged SHA are
+translated to Redis's; ``SCRIPT LOAD`` answers the flagged SHA. A flagged SHA the stand-in never
+saw goes to Redis unchanged and gets Redis's own ``NOSCRIPT`` error, so the client falls back to
+``EVAL`` as it would on Upstash. The SHA table mirrors Redis's script cache, so `reset()` keeps
+it; after a ``SCRIPT FLUSH`` Redis answers ``NOSCRIPT`` and the client's ``EVAL`` refills both.
+Upstash's own rule that such a script touch only keys in ``KEYS`` is not enforced here.
 """
 
 import asyncio
+import hashlib
 import hmac
 import json
 import threading
@@ -71,6 +90,9 @@ DEFAULT_HANG_S = 30.0
 GRACEFUL_SHUTDOWN_S = 5
 RECEIVED_LIMIT = 1000
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+KEY_LOCKING_FLAG = "allow-key-locking"
+SCRIPT_RUNNERS = frozenset({"EVAL", "EVAL_RO"})
+SHA_RUNNERS = frozenset({"EVALSHA", "EVALSHA_RO"})
 
 
 class BadRequest(ValueError):
@@ -91,6 +113,7 @@ def create_standin(redis_url: str, token: str) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.token = token
     app.state.sync_tokens = count(1)
+    app.state.script_shas = {}  # SHA1 of a flagged script -> SHA1 of what Redis was given
     reset(app)
     app.add_route("/", run_single, methods=["POST"])
     app.add_route("/pipeline", run_pipeline, methods=["POST"])
@@ -105,6 +128,8 @@ def reset(app: FastAPI) -> None:
     app.state.hang_s = DEFAULT_HANG_S
     app.state.requests = 0
     app.state.received = deque(maxlen=RECEIVED_LIMIT)
+    app.state.flagged_scripts = set()
+    app.state.unflagged_scripts = set()
 
 
 # --- endpoints ------------------------------------------------------------------------------
@@ -143,7 +168,8 @@ async def handle(request: Request, *, single: bool, transaction: bool = False) -
 
 
 async def answer_single(state: State, command: Command, base64: bool) -> Response:
-    [reply] = await exchange(state.redis, [command])
+    [forwarded], answers = to_redis(state, [command])
+    [reply] = with_answers(await exchange(state.redis, [forwarded]), answers)
     item = result_item(reply, base64)
     return answer(state, 400 if "error" in item else 200, item)
 
@@ -153,8 +179,9 @@ async def answer_batch(
 ) -> Response:
     if not commands:
         return answer(state, 200, [])
+    forwarded, answers = to_redis(state, commands)
     if transaction:
-        replies = await exchange(state.redis, [["MULTI"], *commands, ["EXEC"]])
+        replies = await exchange(state.redis, [["MULTI"], *forwarded, ["EXEC"]])
         executed = replies[-1]
         if isinstance(executed, ResponseError):
             return answer(state, 400, {"error": error_text(executed)})
@@ -162,13 +189,106 @@ async def answer_batch(
             return answer(state, 400, {"error": EXECABORT})
         replies = executed
     else:
-        replies = await exchange(state.redis, commands)
+        replies = await exchange(state.redis, forwarded)
+    replies = with_answers(replies, answers)
     return answer(state, 200, [result_item(reply, base64) for reply in replies])
 
 
 def answer(state: State, status: int, content: Json) -> Response:
     sync_token = str(next(state.sync_tokens))
     return JSONResponse(content, status_code=status, headers={"Upstash-Sync-Token": sync_token})
+
+
+# --- Upstash's allow-key-locking script flag ------------------------------------------------
+
+
+def to_redis(state: State, commands: Sequence[Command]) -> tuple[list[Command], dict[int, bytes]]:
+    """The commands as Redis can run them, and by index the replies Upstash would give instead
+    (``SCRIPT LOAD`` of a flagged script answers the flagged SHA, not Redis's)."""
+    forwarded, answers = [], {}
+    for index, command in enumerate(commands):
+        forwarded.append(unflag_command(state, command))
+        if forwarded[-1] is not command and is_script_load(command):
+            answers[index] = sha1_hex(command[2]).encode()
+    return forwarded, answers
+
+
+def unflag_command(state: State, command: Command) -> Command:
+    """`command` with flagged scripts stripped and flagged SHAs translated (else itself)."""
+    name = command[0].upper()
+    if name in SCRIPT_RUNNERS and len(command) > 1:
+        return replace_at(command, 1, unflag_script(state, command[1]))
+    if name in SHA_RUNNERS and len(command) > 1:
+        return replace_at(command, 1, redis_sha(state, command[1]))
+    if is_script_load(command):
+        return replace_at(command, 2, unflag_script(state, command[2]))
+    if name == "SCRIPT" and len(command) > 2 and command[1].upper() == "EXISTS":
+        shas = [state.script_shas.get(sha.lower(), sha) for sha in command[2:]]
+        return command if shas == command[2:] else [*command[:2], *shas]
+    return command
+
+
+def is_script_load(command: Command) -> bool:
+    return len(command) > 2 and command[0].upper() == "SCRIPT" and command[1].upper() == "LOAD"
+
+
+def replace_at(command: Command, index: int, value: str) -> Command:
+    return command if value is command[index] else [*command[:index], value, *command[index + 1 :]]
+
+
+def unflag_script(state: State, script: str) -> str:
+    """The script Redis accepts; records the flagged SHA against Redis's."""
+    stripped = strip_key_locking(script)
+    if stripped is None:
+        state.unflagged_scripts.add(sha1_hex(script))
+        return script
+    flagged_sha = sha1_hex(script)
+    state.script_shas[flagged_sha] = sha1_hex(stripped)
+    state.flagged_scripts.add(flagged_sha)
+    return stripped
+
+
+def redis_sha(state: State, sha: str) -> str:
+    """The SHA Redis knows a flagged script by; any other SHA unchanged."""
+    known: str | None = state.script_shas.get(sha.lower())
+    if known is None:
+        state.unflagged_scripts.add(sha.lower())
+        return sha
+    state.flagged_scripts.add(sha.lower())
+    return known
+
+
+def strip_key_locking(script: str) -> str | None:
+    """`script` without the ``allow-key-locking`` shebang flag, or None if it does not carry it.
+
+    Other flags stay; with none left the first line is a bare ``#!lua``.
+    """
+    first_line, newline, body = script.partition("\n")
+    words = first_line.split()
+    if not words or words[0] != "#!lua":
+        return None
+    flags = [word for word in words[1:] if word.startswith("flags=")]
+    kept = [flag for word in flags for flag in word.removeprefix("flags=").split(",")]
+    if KEY_LOCKING_FLAG not in kept:
+        return None
+    kept = [flag for flag in kept if flag and flag != KEY_LOCKING_FLAG]
+    others = [word for word in words[1:] if not word.startswith("flags=")]
+    shebang = ["#!lua", *others, *([f"flags={','.join(kept)}"] if kept else [])]
+    return " ".join(shebang) + newline + body
+
+
+def sha1_hex(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()  # Redis's script name
+
+
+def with_answers(replies: list[Reply], answers: dict[int, bytes]) -> list[Reply]:
+    """Redis's replies, those in `answers` replaced unless Redis answered an error."""
+    if not answers:
+        return replies
+    return [
+        answers[i] if i in answers and not isinstance(reply, ResponseError) else reply
+        for i, reply in enumerate(replies)
+    ]
 
 
 # --- faults and auth ------------------------------------------------------------------------
