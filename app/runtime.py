@@ -26,7 +26,7 @@ from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts
 from app.engine.loop_files import Loop, load_loops
-from app.errors import ConfigError, LoopFileError
+from app.errors import ConfigError, LoopFileError, StorageUnavailable
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.connections import connect
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+OPEN_RETRY_S = 5.0  # storage not reachable at start: how soon to ask again what it is
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Runtime:
     def readiness(self) -> dict[str, ReadinessCheck]:
         """What `GET /health/ready` asks: storage answers, loops are loaded, the worker lives."""
         return {
-            "storage": self.store.reads.ping,
+            "storage": self.store.ping,
             "loops": loops_check(self.loops),
             "worker": worker_check(self.settings, self.worker),
         }
@@ -86,12 +87,32 @@ class Runtime:
 
     async def start(self, *, in_process_worker: bool = False) -> None:
         """Read Redis's clock (a `ServerClock`) and keep it in sync in the background; with
-        `in_process_worker`, run the worker as a task too (when the settings ask for one)."""
+        `in_process_worker`, run the worker as a task too (when the settings ask for one).
+        First of all, find out whether storage is a Redis Cluster (`Store.open`); when it
+        cannot be reached yet, the process starts anyway (readiness says so) and asks again."""
+        if not await self.try_open_store():
+            self._tasks.append(asyncio.create_task(self._open_store_later()))
         if isinstance(self.clock, ServerClock):
             await self.clock.try_sync()
             self._tasks.append(asyncio.create_task(self.clock.run()))
         if in_process_worker and self.settings.worker_in_process:
             self.worker_task = start_worker(self.worker)
+
+    async def try_open_store(self) -> bool:
+        try:
+            await self.store.open()
+        except StorageUnavailable as exc:
+            logger.warning(
+                "storage not reached at start (%s); asking again in %g s", exc, OPEN_RETRY_S
+            )
+            return False
+        return True
+
+    async def _open_store_later(self) -> None:
+        opened = False
+        while not opened:
+            await asyncio.sleep(OPEN_RETRY_S)
+            opened = await self.try_open_store()
 
     async def close(self) -> None:
         await stop_worker(self.worker, self.worker_task)
@@ -176,7 +197,7 @@ def build_runtime(
     composer = build_composer(settings, loops, templates, tokens)
     metrics = Metrics()
     if clock is None:
-        clock = ServerClock(store.reads.server_time_ms, on_skew=metrics.clock_skew.set)
+        clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
     worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
     return Runtime(settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
 
@@ -260,6 +281,7 @@ def build_store(settings: Settings) -> Store:
         Keys(settings.key_prefix),
         webhook_dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
         action_dedupe_ttl_s=settings.action_dedupe_ttl_s,
+        timeout_s=settings.storage_timeout_s,
     )
 
 

@@ -23,7 +23,7 @@ def template_keys(client: redis.Redis, keys: Keys, user_id: str) -> list[bytes]:
 
 
 def schedule_entries(client: redis.Redis, keys: Keys, user_id: str) -> list[tuple[bytes, float]]:
-    entries = client.zrange(keys.schedule, 0, -1, withscores=True)
+    entries = client.zrange(keys.shard(0).schedule, 0, -1, withscores=True)
     return [(member, score) for member, score in entries if f"|{user_id}|" in f"{member.decode()}|"]
 
 
@@ -36,7 +36,9 @@ def clone_users(client: redis.Redis, keys: Keys, templates: list[str], count: in
         for key, ttl_ms, payload in saved:
             pipe.restore(clone_key(key, template, i), max(ttl_ms, 0), payload)
         for member, score in scheduled:
-            pipe.zadd(keys.schedule, {member.decode().replace(template, clone_id(i)): score})
+            pipe.zadd(
+                keys.shard(0).schedule, {member.decode().replace(template, clone_id(i)): score}
+            )
         if len(pipe) >= BATCH:
             pipe.execute()
     pipe.execute()
@@ -64,8 +66,8 @@ def memory_per_user(
         template = templates[i % len(templates)]
         clone_keys = [clone_key(k, template, i) for k in names[i % len(templates)]]
         totals.append(sum(client.memory_usage(k, samples=0) or 0 for k in clone_keys))
-    members = client.zcard(keys.schedule) or 1
-    schedule_share = (client.memory_usage(keys.schedule, samples=0) or 0) / members
+    members = client.zcard(keys.shard(0).schedule) or 1
+    schedule_share = (client.memory_usage(keys.shard(0).schedule, samples=0) or 0) / members
     return {
         "bytes_per_user_keys": sum(totals) / len(totals),
         "keys_per_user": len(names[0]),

@@ -197,7 +197,7 @@ async def test_resends_window_is_counted_from_the_first_attempt_that_may_have_re
 async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
     await queue_job(store, 100)
     evaluation = f"eval|{USER}"
-    await store.conn.call("ZADD", store.keys.schedule, 100, evaluation)
+    await store.conn.call("ZADD", store.keys.shard(0).schedule, 100, evaluation)
     first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
     second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
     assert evaluation in first.job_ids

@@ -145,7 +145,9 @@ async def ride_out(app: FastAPI, http: httpx.AsyncClient, fault: Fault) -> None:
     await wait_for(lambda: ready(http), 5, "the worker's first look")
     # work falls due in a moment: an idle look only reads, which both faults still allow
     store = app.state.runtime.store
-    await store.conn.call("ZADD", store.keys.schedule, system_clock_ms() + 1500, "eval|user_due")
+    await store.conn.call(
+        "ZADD", store.keys.shard(0).schedule, system_clock_ms() + 1500, "eval|user_due"
+    )
     worker.wake()
     fault.start()
 

@@ -11,7 +11,7 @@ from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
 from app.storage.records import Applied, Claim, NewAction, UserProfile, UserWrite
-from app.storage.scripts import RECORD_USER
+from app.storage.scripts import CLAIM, RECORD_ACTIONS, RECORD_USER
 from app.storage.store import Store
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
@@ -269,3 +269,22 @@ async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
     actions = [NewAction(f"user_big_{i % 3}", "x", 1, id=f"b{i}") for i in range(30)]
     assert await store.actions.record([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
     assert (await store.reads.snapshot("user_big_1")).actions["x"].count == 10
+
+
+@pytest.mark.parametrize("transport", ["upstash"], indirect=True)
+async def test_upstash_gets_every_script_with_per_key_locking(
+    store: Store, upstash_standin: tuple[str, Any]
+) -> None:
+    """Upstash locks the whole database for a script unless its shebang says otherwise."""
+    _, standin = upstash_standin
+    standin.state.flagged_scripts.clear()
+    standin.state.unflagged_scripts.clear()
+    await record(store, "msg_flag")
+    await store.actions.record([NewAction("user_store_1", "x", 1)], now_ms=2, tracked={})
+    await store.queue.claim_due(now_ms=3, lease_ms=1_000, limit=10)
+
+    assert standin.state.unflagged_scripts == set()
+    assert {RECORD_USER.key_locking_sha, RECORD_ACTIONS.key_locking_sha, CLAIM.key_locking_sha} <= (
+        standin.state.flagged_scripts
+    )
+    assert RECORD_USER.key_locking_source.startswith("#!lua flags=allow-key-locking\n")

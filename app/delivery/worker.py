@@ -169,12 +169,12 @@ class LeaseKeeper:
     claim cost the in-process worker CPU the intake needs)."""
 
     def __init__(
-        self, store: Store, clock: Clock, lease_ms: int, token: str, unfinished: set[str]
+        self, store: Store, clock: Clock, lease_ms: int, claim: Claim, unfinished: set[str]
     ) -> None:
         self.store = store
         self.clock = clock
         self.lease_ms = lease_ms
-        self.token = token
+        self.claim = claim
         self.unfinished = unfinished
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(lease_ms / 3000, self._due)
@@ -188,9 +188,10 @@ class LeaseKeeper:
         try:
             await self.store.queue.renew_leases(
                 sorted(self.unfinished),
-                token=self.token,
+                token=self.claim.token,
                 now_ms=self.clock(),
                 lease_ms=self.lease_ms,
+                shard=self.claim.shard,
             )
         except Exception as exc:  # a missed renewal is survivable: the next one may do
             logger.warning("worker: leases not renewed: %s", exc)
@@ -252,14 +253,23 @@ class Worker:
         self._wake.set()
 
     async def run_once(self) -> Claim:
-        """Claim what is due now and run it; returns the claim (with when to look again)."""
+        """Claim what is due now, shard by shard (one shard on a single Redis), and run it;
+        returns what was claimed and when to look again."""
         now = self.clock()
-        claim = await self.store.queue.claim_due(
-            now_ms=now, lease_ms=self.config.lease_ms, limit=self.config.batch
-        )
+        claims = [await self._claim(now, shard) for shard in range(self.store.keys.shard_count)]
         self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
-        await self._run_jobs(claim)
-        return claim
+        for claim in claims:
+            await self._run_jobs(claim)
+        if len(claims) == 1:
+            return claims[0]
+        wakes = [claim.wake_at_ms for claim in claims if claim.wake_at_ms is not None]
+        job_ids = [job_id for claim in claims for job_id in claim.job_ids]
+        return Claim(job_ids=job_ids, wake_at_ms=min(wakes) if wakes else None)
+
+    async def _claim(self, now_ms: int, shard: int) -> Claim:
+        return await self.store.queue.claim_due(
+            now_ms=now_ms, lease_ms=self.config.lease_ms, limit=self.config.batch, shard=shard
+        )
 
     async def _run_jobs(self, claim: Claim) -> None:
         """The jobs in up to `concurrency` lanes: one job's round trips no longer wait for the
@@ -295,7 +305,7 @@ class Worker:
         if not claim.job_ids:
             yield
             return
-        keeper = LeaseKeeper(self.store, self.clock, self.config.lease_ms, claim.token, unfinished)
+        keeper = LeaseKeeper(self.store, self.clock, self.config.lease_ms, claim, unfinished)
         try:
             yield
         finally:

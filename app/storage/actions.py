@@ -1,5 +1,6 @@
 """Actions ("user did X") recorded once per client id, in one script per request."""
 
+import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from app.engine.job_ids import evaluation_id
@@ -30,14 +31,31 @@ class Actions(ScriptRunner):
         """Record actions once per client id; returns (accepted, duplicates).
 
         One round trip, unless the batch is larger than one request may be (Upstash refuses
-        requests over 1 MB): then one per `MAX_SCRIPT_PAYLOAD_BYTES` of it.
+        requests over 1 MB): then one per `MAX_SCRIPT_PAYLOAD_BYTES` of it. On a cluster, one
+        script per shard the batch's users live in, sent together (each touches one slot).
         """
+        if not self.keys.sharded:
+            return await self._record_shard(0, actions, now_ms, tracked)
+        groups: dict[int, list[NewAction]] = {}
+        for action in actions:
+            groups.setdefault(self.keys.shard_of(action.user_id), []).append(action)
+        counts = await asyncio.gather(
+            *(self._record_shard(shard, group, now_ms, tracked) for shard, group in groups.items())
+        )
+        return sum(added for added, _ in counts), sum(repeated for _, repeated in counts)
+
+    async def _record_shard(
+        self,
+        shard: int,
+        actions: Sequence[NewAction],
+        now_ms: int,
+        tracked: Mapping[str, Iterable[int]],
+    ) -> tuple[int, int]:
         accepted = duplicates = 0
+        schedule = self.keys.shard(shard).schedule
         for keys, args in self._action_chunks(actions, tracked):
             header: list[CommandArg] = [now_ms, self.action_dedupe_ttl_s, TIMELINE_LENGTH]
-            added, repeated = await self.run(
-                RECORD_ACTIONS, [*keys, self.keys.schedule], [*header, *args]
-            )
+            added, repeated = await self.run(RECORD_ACTIONS, [*keys, schedule], [*header, *args])
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
 

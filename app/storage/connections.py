@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import fakeredis
 import httpx
 import redis.exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 from upstash_redis.asyncio import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
@@ -43,6 +44,8 @@ TRANSIENT_CODES = frozenset(
         "NOAUTH",
         "WRONGPASS",
         "Unauthorized",
+        "MOVED",  # one node of a cluster, before the service found out it is one
+        "ASK",
     }
 )
 # Plain `ERR` replies that mean the same: Redis at `maxclients`, Upstash's rate and quota limits.
@@ -76,6 +79,15 @@ def classify_reply_error(message: str) -> StorageError:
     return StorageError(message)
 
 
+def redis_py_reply_error(exc: redis_errors.ResponseError) -> StorageError:
+    """A redis-py error reply in our tree: redis-py strips the error code off the message into
+    the exception's class and `status_code`; it is put back before classifying."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(exc, redis_errors.NoScriptError):
+        code = "NOSCRIPT"
+    return classify_reply_error(f"{code} {exc}" if code else str(exc))
+
+
 def transient_reply(code: str, message: str) -> bool:
     if code in TRANSIENT_CODES:
         return True
@@ -89,22 +101,71 @@ def transient_reply(code: str, message: str) -> bool:
 
 class RedisConnection:
     """Redis over TCP (or TLS, or a unix socket): one connection, concurrent commands pipelined
-    (`app.storage.wire`), every reply within `timeout_s`."""
+    (`app.storage.wire`), every reply within `timeout_s`. On a node of a Redis Cluster it is
+    only used to find that out (`storage.layout`): a `ClusterConnection` takes over."""
 
     kind = StorageKind.REDIS
+    cluster = False
 
-    def __init__(self, wire: Wire) -> None:
+    def __init__(self, wire: Wire, url: str = "") -> None:
         self.wire = wire
+        self.url = url
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> "RedisConnection":
-        return cls(Wire(Address.from_url(url), timeout_s, classify_reply_error))
+        return cls(Wire(Address.from_url(url), timeout_s, classify_reply_error), url)
+
+    async def cluster_enabled(self) -> bool:
+        """Whether this server is a node of a Redis Cluster (`INFO cluster`)."""
+        info = str(await self.call("INFO", "cluster"))
+        return "cluster_enabled:1" in info
 
     async def call(self, *command: CommandArg) -> Any:
         return await self.wire.call(*command)
 
     async def close(self) -> None:
         await self.wire.close()
+
+
+class ClusterConnection:
+    """A Redis Cluster through redis-py's `RedisCluster`: it finds the nodes from any one of
+    them, sends each command to the node that owns its keys' slot, follows MOVED/ASK and a
+    failover's new topology. Every script touches one slot (`storage.keys`), every reply comes
+    within `timeout_s` or raises `StorageUnavailable`."""
+
+    kind = StorageKind.REDIS
+    cluster = True
+
+    def __init__(self, client: RedisCluster, timeout_s: float) -> None:
+        self._client = client
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float) -> "ClusterConnection":
+        client = RedisCluster.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        return cls(client, timeout_s)
+
+    @property
+    def client(self) -> RedisCluster:
+        return self._client
+
+    async def call(self, *command: CommandArg) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._client.execute_command(*command)
+        except redis_errors.ResponseError as exc:
+            raise redis_py_reply_error(exc) from exc
+        except (TimeoutError, redis_errors.RedisError) as exc:
+            # connections, timeouts, CLUSTERDOWN, no node for a slot: all pass with time
+            raise StorageUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 class EmbeddedConnection:
@@ -123,9 +184,7 @@ class EmbeddedConnection:
         try:
             return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
         except redis_errors.ResponseError as exc:
-            if isinstance(exc, redis_errors.NoScriptError):
-                raise NoScript(str(exc)) from exc
-            raise classify_reply_error(str(exc)) from exc
+            raise redis_py_reply_error(exc) from exc
 
     async def close(self) -> None:
         await self._client.aclose()

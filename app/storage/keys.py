@@ -1,7 +1,12 @@
 """The Redis key schema: the only module that spells a key.
 
-Every key of one user carries the hash tag `{<user_id>}`, so a script touching one user's keys runs
-on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
+`P` is `KEY_PREFIX` (default `activation:`). On one Redis (and on Upstash) the table below is the
+whole schema: every key of one user carries the hash tag `{<uid>}`, and what users share
+(`schedule` ... `daily`) is one set of keys. On a Redis Cluster (`storage.layout`) every script
+must touch one hash slot, so what users share is split into shards, each under a tag `{<tag>}`,
+and a user's keys move under their shard's tag: `P{<uid>}:user` becomes `P{<tag>}:u:<uid>:user`
+and `P:schedule` becomes `P{<tag>}:schedule`, the shard being a stable hash of the user id
+(`Keys.shard_of`). `P:layout` keeps the tags (JSON), chosen once, one per master.
 
 | key                          | type   | TTL                  | written by            |
 |------------------------------|--------|----------------------|-----------------------|
@@ -25,6 +30,7 @@ on Redis Cluster too. `P` is `KEY_PREFIX` (default `activation:`).
 | `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua            |
 | `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout      |
 | `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua    |
+| `P:layout`                   | string | none                 | storage.layout (once) |
 
 Reads: `snapshot.lua` reads every per-user key at once; intake scripts read the tombstone; the
 worker's `claim.lua` reads `schedule` and `leases`.
@@ -71,12 +77,11 @@ worker's `claim.lua` reads `schedule` and `leases`.
   expired, so its cookie no longer opens a page. `login_failures:<ip>`: failed dashboard
   logins from one client address in the current window (the first failure starts it).
 - `Keys.personal(uid)` lists every key with personal data; `user.deleted` removes them all.
-
-Scripts that touch `schedule`/`leases` and a user's keys together span two hash slots: they run
-on Upstash and on a single Redis, not on Redis Cluster.
+- `layout`: on a cluster, `{"shards": [<tag>, ...]}`: the shards' hash tags, in shard order.
 """
 
 import re
+import zlib
 from dataclasses import dataclass
 
 # Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`. Any printable ASCII but `{`, `|` and `}`
@@ -91,15 +96,89 @@ def valid_user_id(user_id: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The keys one shard shares among its users: the schedule and its leases, dead letters,
+    the outbox, suppressions and the loop counters. On one Redis there is one shard and these are
+    the unsharded `P:schedule`...; on a cluster `P{<tag>}:schedule`..., one hash slot per shard."""
+
+    scope: str  # `P` or `P{<tag>}:`
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.scope}schedule"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.scope}leases"
+
+    @property
+    def lease_tokens(self) -> str:
+        return f"{self.scope}lease_tokens"
+
+    @property
+    def lease_seq(self) -> str:
+        return f"{self.scope}lease_seq"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.scope}dead"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.scope}outbox"
+
+    @property
+    def suppressed(self) -> str:
+        return f"{self.scope}suppressed"
+
+    def stats(self, loop_id: str) -> str:
+        return f"{self.scope}stats:{loop_id}"
+
+    def daily(self, day: str) -> str:
+        """`day` is a UTC date, `yyyy-mm-dd`."""
+        return f"{self.scope}daily:{day}"
+
+
+@dataclass(frozen=True, slots=True)
 class Keys:
-    """Builds every key from the configured prefix."""
+    """Builds every key from the configured prefix and the storage's shards: none on one Redis
+    (or Upstash), one hash tag per shard on a cluster (`shard_tags`, see `storage.layout`)."""
 
     prefix: str = "activation:"
+    shard_tags: tuple[str, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.shard_tags)
+
+    @property
+    def shard_count(self) -> int:
+        return max(len(self.shard_tags), 1)
+
+    def shard_of(self, user_id: str) -> int:
+        """The shard a user's keys and jobs live in (a stable hash of the id)."""
+        if not self.shard_tags:
+            return 0
+        return zlib.crc32(user_id.encode()) % len(self.shard_tags)
+
+    def shard(self, index: int) -> ShardKeys:
+        if not self.shard_tags:
+            return ShardKeys(self.prefix)
+        return ShardKeys(f"{self.prefix}{{{self.shard_tags[index]}}}:")
+
+    def shards(self) -> list[ShardKeys]:
+        return [self.shard(index) for index in range(self.shard_count)]
+
+    def of_user(self, user_id: str) -> ShardKeys:
+        """The shared keys of the user's shard: a script touching both stays in one slot."""
+        return self.shard(self.shard_of(user_id))
 
     def _user_scope(self, user_id: str) -> str:
         if not valid_user_id(user_id):
             raise ValueError(f"invalid user id {user_id!r}")
-        return f"{self.prefix}{{{user_id}}}"
+        if not self.shard_tags:
+            return f"{self.prefix}{{{user_id}}}"
+        return f"{self.shard(self.shard_of(user_id)).scope}u:{user_id}"
 
     def user(self, user_id: str) -> str:
         return f"{self._user_scope(user_id)}:user"
@@ -129,39 +208,9 @@ class Keys:
         return f"{self._user_scope(user_id)}:timeline"
 
     @property
-    def schedule(self) -> str:
-        return f"{self.prefix}schedule"
-
-    @property
-    def leases(self) -> str:
-        return f"{self.prefix}leases"
-
-    @property
-    def lease_tokens(self) -> str:
-        return f"{self.prefix}lease_tokens"
-
-    @property
-    def lease_seq(self) -> str:
-        return f"{self.prefix}lease_seq"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.prefix}dead"
-
-    @property
-    def outbox(self) -> str:
-        return f"{self.prefix}outbox"
-
-    @property
-    def suppressed(self) -> str:
-        return f"{self.prefix}suppressed"
-
-    def stats(self, loop_id: str) -> str:
-        return f"{self.prefix}stats:{loop_id}"
-
-    def daily(self, day: str) -> str:
-        """`day` is a UTC date, `yyyy-mm-dd`."""
-        return f"{self.prefix}daily:{day}"
+    def layout(self) -> str:
+        """Where a cluster's shard tags are kept, once chosen (`storage.layout`)."""
+        return f"{self.prefix}layout"
 
     def session_revoked(self, session_id: str) -> str:
         return f"{self.prefix}session_revoked:{session_id}"

@@ -40,46 +40,48 @@ class Queue(ScriptRunner):
     ) -> Applied:
         """Write the engine's decisions unless the user changed meanwhile, was deleted, or the
         evaluation's lease (`token`; "" = none held) was taken over."""
+        shard = self.keys.of_user(user_id)
         keys = [
             self.keys.activity(user_id),
             self.keys.loops(user_id),
             self.keys.jobs(user_id),
             self.keys.timeline(user_id),
-            self.keys.schedule,
-            self.keys.leases,
+            shard.schedule,
+            shard.leases,
             self.keys.tombstone(user_id),
-            self.keys.lease_tokens,
+            shard.lease_tokens,
         ]
-        stats_keys = list(dict.fromkeys(self.keys.stats(counter.loop_id) for counter in counters))
+        stats_keys = list(dict.fromkeys(shard.stats(counter.loop_id) for counter in counters))
         keys += stats_keys
         args: list[CommandArg] = [rev, evaluation_id(user_id), wake_at_ms or "", TIMELINE_LENGTH]
         args += [token, *decision_args(states, jobs, timeline)]
         args.append(len(counters))
         for counter in counters:
-            stats_key = stats_keys.index(self.keys.stats(counter.loop_id)) + 1
+            stats_key = stats_keys.index(shard.stats(counter.loop_id)) + 1
             args += [stats_key, counter.field, counter.by]
         return as_enum(Applied, APPLY, await self.run(APPLY, keys, args))
 
-    def _lease_keys(self) -> list[str]:
-        return [self.keys.schedule, self.keys.leases, self.keys.lease_tokens, self.keys.lease_seq]
-
-    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> Claim:
-        """Take due jobs under one fenced lease (expired leases first go back on the schedule)."""
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int, shard: int = 0) -> Claim:
+        """Take one shard's due jobs under one fenced lease (expired leases first go back on the
+        schedule)."""
+        keys = self.keys.shard(shard)
+        lease_keys = [keys.schedule, keys.leases, keys.lease_tokens, keys.lease_seq]
         args: list[CommandArg] = [now_ms, lease_ms, limit]
-        wake_at, token, *job_ids = await self.run(CLAIM, self._lease_keys(), args)
+        wake_at, token, *job_ids = await self.run(CLAIM, lease_keys, args)
         return Claim(
             job_ids=[str(job) for job in job_ids],
             wake_at_ms=int_or_none(wake_at),
             token=str(token) if token is not None else "",
+            shard=shard,
         )
 
     async def renew_leases(
-        self, job_ids: Sequence[str], *, token: str, now_ms: int, lease_ms: int
+        self, job_ids: Sequence[str], *, token: str, now_ms: int, lease_ms: int, shard: int = 0
     ) -> int:
         """Extend the leases of a claim's jobs still in hand; returns how many were extended."""
         if not job_ids:
             return 0
-        keys = [self.keys.leases, self.keys.lease_tokens]
+        keys = [self.keys.shard(shard).leases, self.keys.shard(shard).lease_tokens]
         args: list[CommandArg] = [now_ms + lease_ms, token, *job_ids]
         return int(await self.run(RENEW, keys, args))
 
@@ -87,12 +89,13 @@ class Queue(ScriptRunner):
         """Count one send attempt under the lease `token`; None when another worker holds the job
         now (do nothing), an `Attempt` without a job when its user was deleted."""
         uid = user_of(job_id)
+        shard = self.keys.of_user(uid)
         keys = [
             self.keys.jobs(uid),
             self.keys.attempts(uid),
             self.keys.user(uid),
-            self.keys.leases,
-            self.keys.lease_tokens,
+            shard.leases,
+            shard.lease_tokens,
         ]
         status, *reply = await self.run(BEGIN_ATTEMPT, keys, [job_id, now_ms, token])
         if status == "stale":
@@ -125,16 +128,17 @@ class Queue(ScriptRunner):
         and nothing overwrites a sent job (see settle.lua). `deferred_attempt_ms`: when the
         attempt began that never reached Resend, which is then not counted."""
         uid = job.user_id
+        shard = self.keys.of_user(uid)
         keys = [
             self.keys.jobs(uid),
-            self.keys.leases,
-            self.keys.schedule,
-            self.keys.dead,
+            shard.leases,
+            shard.schedule,
+            shard.dead,
             self.keys.timeline(uid),
-            self.keys.outbox,
-            self.keys.stats(job.loop_id),
-            self.keys.daily(utc_day(now_ms)),
-            self.keys.lease_tokens,
+            shard.outbox,
+            shard.stats(job.loop_id),
+            shard.daily(utc_day(now_ms)),
+            shard.lease_tokens,
             self.keys.attempts(uid),
         ]
         action = settle_action(job, deferred=deferred_attempt_ms is not None)
@@ -145,20 +149,21 @@ class Queue(ScriptRunner):
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
     async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
-        """Dead-letter jobs, oldest first, with their last error."""
-        job_ids = await self.conn.call("ZRANGE", self.keys.dead, 0, limit - 1)
+        """Dead-letter jobs, every shard's, oldest first, with their last error."""
         jobs = []
-        for job_id in job_ids:
-            raw = await self.conn.call("HGET", self.keys.jobs(user_of(job_id)), job_id)
-            if raw is not None:
-                jobs.append(EmailJob.model_validate_json(raw))
-        return jobs
+        for shard in self.keys.shards():
+            for job_id in await self.conn.call("ZRANGE", shard.dead, 0, limit - 1):
+                raw = await self.conn.call("HGET", self.keys.jobs(user_of(job_id)), job_id)
+                if raw is not None:
+                    jobs.append(EmailJob.model_validate_json(raw))
+        return sorted(jobs, key=lambda job: job.due_at)[:limit]
 
     async def retry_dead(self, job: EmailJob, *, now_ms: int) -> bool:
         """Queue a dead-letter job again, attempts reset; False when it was not dead."""
         uid = job.user_id
         again = job.model_copy(update={"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms})
-        keys = [self.keys.dead, self.keys.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
+        shard = self.keys.of_user(uid)
+        keys = [shard.dead, shard.schedule, self.keys.jobs(uid), self.keys.attempts(uid)]
         return bool(await self.run(RETRY_DEAD, keys, [job.id, again.model_dump_json(), now_ms]))
 
 

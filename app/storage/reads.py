@@ -2,12 +2,13 @@
 outbox, the queue's depth, and the server's clock and liveness."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.delivery.jobs import EmailJob
 from app.engine.funnel import parse_counters
 from app.engine.job_ids import user_of
+from app.storage.keys import ShardKeys
 from app.storage.records import StatsReply, UserRecord, parse_snapshot
 from app.storage.scripts import SNAPSHOT, STATS, ScriptRunner
 
@@ -32,11 +33,21 @@ class Reads(ScriptRunner):
 
     async def read_stats(
         self, loop_ids: Sequence[str], days: Sequence[str], *, dead_limit: int = 1000
-    ) -> "StatsReply":
-        """Every loop's counters, the daily hashes and the dead-letter ids, in one round trip."""
-        keys = [self.keys.dead]
-        keys += [self.keys.stats(loop_id) for loop_id in loop_ids]
-        keys += [self.keys.daily(day) for day in days]
+    ) -> StatsReply:
+        """Every loop's counters, the daily hashes and the dead-letter ids: one round trip per
+        shard (one on a single Redis), the shards' numbers added up."""
+        replies = [
+            await self._read_shard_stats(shard, loop_ids, days, dead_limit)
+            for shard in self.keys.shards()
+        ]
+        return replies[0] if len(replies) == 1 else merge_stats(replies, dead_limit)
+
+    async def _read_shard_stats(
+        self, shard: ShardKeys, loop_ids: Sequence[str], days: Sequence[str], dead_limit: int
+    ) -> StatsReply:
+        keys = [shard.dead]
+        keys += [shard.stats(loop_id) for loop_id in loop_ids]
+        keys += [shard.daily(day) for day in days]
         count, dead_ids, *hashes = await self.run(STATS, keys, [dead_limit])
         parsed = [parse_counters(flat) for flat in hashes]
         return StatsReply(
@@ -51,13 +62,38 @@ class Reads(ScriptRunner):
         return None if raw is None else EmailJob.model_validate_json(raw)
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Emails written to the outbox (no Resend key), newest first."""
-        entries = await self.conn.call("LRANGE", self.keys.outbox, 0, limit - 1)
-        return [json.loads(entry) for entry in entries]
+        """Emails written to the outbox (no Resend key), newest first, every shard's."""
+        entries = []
+        for shard in self.keys.shards():
+            entries += await self.conn.call("LRANGE", shard.outbox, 0, limit - 1)
+        parsed = [json.loads(entry) for entry in entries]
+        if self.keys.sharded:
+            parsed.sort(key=lambda entry: entry.get("at") or 0, reverse=True)
+        return parsed[:limit]
 
     async def schedule_size(self) -> int:
-        """Jobs on the schedule (due or not): the queue depth."""
-        return int(await self.conn.call("ZCARD", self.keys.schedule))
+        """Jobs on the schedule (due or not), every shard's: the queue depth."""
+        return sum([int(await self.conn.call("ZCARD", s.schedule)) for s in self.keys.shards()])
 
     async def dead_letter_count(self) -> int:
-        return int(await self.conn.call("ZCARD", self.keys.dead))
+        return sum([int(await self.conn.call("ZCARD", s.dead)) for s in self.keys.shards()])
+
+
+def merge_stats(replies: Sequence[StatsReply], dead_limit: int) -> StatsReply:
+    """The shards' counters added up."""
+    return StatsReply(
+        loops=add_counters([reply.loops for reply in replies]),
+        days=add_counters([reply.days for reply in replies]),
+        dead_count=sum(reply.dead_count for reply in replies),
+        dead_ids=[job_id for reply in replies for job_id in reply.dead_ids][:dead_limit],
+    )
+
+
+def add_counters(parts: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for name, counters in part.items():
+            sums = total.setdefault(name, {})
+            for field, value in counters.items():
+                sums[field] = sums.get(field, 0) + value
+    return total

@@ -141,6 +141,7 @@ class Claim:
     job_ids: list[str]
     wake_at_ms: int | None
     token: str = ""
+    shard: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from app.errors import NoScript, StorageError
+from app.settings import StorageKind
 from app.storage.connections import Connection
 from app.storage.keys import Keys
 from app.storage.wire import CommandArg
@@ -19,18 +20,32 @@ logger = logging.getLogger(__name__)
 AnswerT = TypeVar("AnswerT", bound=StrEnum)
 
 
+# Upstash takes a lock on the whole database for a script unless its shebang allows it to lock
+# only the keys in KEYS (every script here declares all it touches). Real Redis refuses the flag,
+# so only the Upstash transport sends this variant.
+KEY_LOCKING_SHEBANG = "#!lua flags=allow-key-locking\n"
+
+
+def sha1(source: str) -> str:
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
-    """A Lua script from `app/storage/lua/<name>.lua`, with its SHA1 for EVALSHA."""
+    """A Lua script from `app/storage/lua/<name>.lua`, with its SHA1 for EVALSHA, and the
+    variant Upstash runs with per-key locks."""
 
     name: str
     source: str
     sha: str
+    key_locking_source: str
+    key_locking_sha: str
 
     @classmethod
     def load(cls, name: str) -> "Script":
         source = resources.files("app.storage").joinpath("lua", f"{name}.lua").read_text("utf-8")
-        return cls(name, source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+        flagged = KEY_LOCKING_SHEBANG + source
+        return cls(name, source, sha1(source), flagged, sha1(flagged))
 
 
 RECORD_USER = Script.load("record_user")
@@ -57,14 +72,18 @@ class ScriptRunner:
     def __init__(self, conn: Connection, keys: Keys) -> None:
         self.conn = conn
         self.keys = keys
+        self.key_locking = conn.kind is StorageKind.UPSTASH
 
     async def run(self, script: Script, keys: list[str], args: list[CommandArg]) -> Any:
         """Run a script in one round trip; the first run on a fresh server costs a second."""
+        sha, source = script.sha, script.source
+        if self.key_locking:
+            sha, source = script.key_locking_sha, script.key_locking_source
         try:
-            return await self.conn.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.conn.call("EVALSHA", sha, len(keys), *keys, *args)
         except NoScript:
             logger.info("loading script %s into the server", script.name)
-            return await self.conn.call("EVAL", script.source, len(keys), *keys, *args)
+            return await self.conn.call("EVAL", source, len(keys), *keys, *args)
 
 
 def as_enum(kind: type[AnswerT], script: Script, reply: object) -> AnswerT:

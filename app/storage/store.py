@@ -9,6 +9,7 @@ trip; only this package talks to Redis.
 from app.storage.actions import Actions
 from app.storage.connections import Connection
 from app.storage.keys import Keys
+from app.storage.layout import open_layout
 from app.storage.logins import Logins
 from app.storage.queue import Queue
 from app.storage.reads import Reads
@@ -27,17 +28,41 @@ class Store:
         *,
         webhook_dedupe_ttl_s: int,
         action_dedupe_ttl_s: int = ACTION_DEDUPE_TTL_S,
+        timeout_s: float = 2.0,
     ) -> None:
+        self.webhook_dedupe_ttl_s = webhook_dedupe_ttl_s
+        self.action_dedupe_ttl_s = action_dedupe_ttl_s
+        self.timeout_s = timeout_s
+        self._build(conn, keys)
+
+    def _build(self, conn: Connection, keys: Keys) -> None:
         self.conn = conn
         self.keys = keys
-        self.users = Users(conn, keys, webhook_dedupe_ttl_s=webhook_dedupe_ttl_s)
-        self.actions = Actions(conn, keys, action_dedupe_ttl_s=action_dedupe_ttl_s)
+        self.users = Users(conn, keys, webhook_dedupe_ttl_s=self.webhook_dedupe_ttl_s)
+        self.actions = Actions(conn, keys, action_dedupe_ttl_s=self.action_dedupe_ttl_s)
         self.queue = Queue(conn, keys)
         self.reads = Reads(conn, keys)
         self.logins = Logins(conn, keys)
 
     def __repr__(self) -> str:
-        return f"Store(kind={self.conn.kind.value}, prefix={self.keys.prefix!r})"
+        return (
+            f"Store(kind={self.conn.kind.value}, prefix={self.keys.prefix!r}, "
+            f"shards={self.keys.shard_count})"
+        )
+
+    async def open(self) -> None:
+        """Find out what the connection reaches: on a node of a Redis Cluster, the cluster and
+        its shards (`storage.layout`); elsewhere nothing changes. Call before any use; when
+        storage cannot be reached yet, `StorageUnavailable` (call again later)."""
+        conn, keys = await open_layout(self.conn, self.keys, self.timeout_s)
+        if conn is not self.conn:
+            self._build(conn, keys)
+
+    async def ping(self) -> None:
+        await self.reads.ping()
+
+    async def server_time_ms(self) -> int:
+        return await self.reads.server_time_ms()
 
     async def close(self) -> None:
         await self.conn.close()

@@ -47,7 +47,7 @@ class Users(ScriptRunner):
             self.keys.webhook_seen(uid, delivery_id),
             self.keys.activity(uid),
             self.keys.timeline(uid),
-            self.keys.schedule,
+            self.keys.of_user(uid).schedule,
         ]
         kind = "created" if created else "updated"
         entry = timeline_entry(now_ms, f"user.{kind}", delivery=delivery_id)
@@ -65,15 +65,16 @@ class Users(ScriptRunner):
 
     async def delete(self, delivery_id: str, user_id: str, *, now_ms: int) -> UserWrite:
         """Remove the user's personal data and leave a tombstone, once per delivery."""
+        shard = self.keys.of_user(user_id)
         keys = [
             self.keys.tombstone(user_id),
             self.keys.webhook_seen(user_id, delivery_id),
-            self.keys.schedule,
-            self.keys.leases,
+            shard.schedule,
+            shard.leases,
             self.keys.jobs(user_id),
-            self.keys.suppressed,
-            self.keys.lease_tokens,
-            self.keys.outbox,
+            shard.suppressed,
+            shard.lease_tokens,
+            shard.outbox,
             *self.keys.personal(user_id),
         ]
         args: list[CommandArg] = [
@@ -109,7 +110,7 @@ class Users(ScriptRunner):
         keys = [
             self.keys.user(user_id),
             self.keys.jobs(user_id),
-            self.keys.schedule,
+            self.keys.of_user(user_id).schedule,
             self.keys.timeline(user_id),
             self.keys.tombstone(user_id),
         ]
@@ -127,7 +128,7 @@ class Users(ScriptRunner):
             self.keys.tombstone(uid),
             self.keys.webhook_seen(uid, event.delivery_id),
             self.keys.timeline(uid),
-            self.keys.suppressed,
+            self.keys.of_user(uid).suppressed,
         ]
         reason = event.suppression or ""
         args: list[CommandArg] = [
@@ -143,19 +144,21 @@ class Users(ScriptRunner):
 
     async def unsuppress(self, user_id: str, *, now_ms: int) -> bool:
         """Lift the user's suppression; False when they were not suppressed."""
-        keys = [self.keys.user(user_id), self.keys.timeline(user_id), self.keys.suppressed]
+        suppressed = self.keys.of_user(user_id).suppressed
+        keys = [self.keys.user(user_id), self.keys.timeline(user_id), suppressed]
         entry = timeline_entry(now_ms, "unsuppressed")
         return bool(await self.run(UNSUPPRESS, keys, [user_id, entry, TIMELINE_LENGTH]))
 
     async def suppressed(self, limit: int = 1000) -> list[tuple[str, int]]:
         """(user id, suppressed at ms) pairs, oldest first: an operator's listing, one read per
-        user (scores are not read: transports disagree on their shape)."""
+        user (scores are not read: transports disagree on their shape), every shard's."""
         users = []
-        for uid in await self.conn.call("ZRANGE", self.keys.suppressed, 0, limit - 1):
-            at = await self.conn.call("HGET", self.keys.user(str(uid)), "suppressed_at")
-            if at is not None:
-                users.append((str(uid), int(at)))
-        return users
+        for shard in self.keys.shards():
+            for uid in await self.conn.call("ZRANGE", shard.suppressed, 0, limit - 1):
+                at = await self.conn.call("HGET", self.keys.user(str(uid)), "suppressed_at")
+                if at is not None:
+                    users.append((str(uid), int(at)))
+        return sorted(users, key=lambda pair: pair[1])[:limit]
 
 
 def dropped_jobs(jobs: Iterable[EmailJob]) -> list[CommandArg]:
