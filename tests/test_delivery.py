@@ -393,3 +393,21 @@ def test_addresses_are_masked_in_logs() -> None:
 async def test_outbox_mailer_sends_nothing_and_names_the_key() -> None:
     email = RenderedEmail(sender=SENDER, to="ada@example.org", subject="Hi", html="<p>", text="")
     assert await OutboxMailer().send(email, "email|u|l|0|action") == "outbox:email|u|l|0|action"
+
+
+async def test_a_sent_email_keeps_its_subject_not_its_body(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    """Redis keeps what was sent to whom and its subject; the body was only needed to send it."""
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    [job] = (await store_of(app).reads.snapshot(USER, full=True)).jobs.values()
+
+    assert len(resend.inbox) == 1
+    assert job.rendered is not None
+    assert (job.rendered.subject, job.rendered.to) == (
+        resend.inbox[0]["body"]["subject"],
+        "example@example.org",
+    )
+    assert (job.rendered.html, job.rendered.text, job.rendered.headers) == ("", "", {})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 
 from app.delivery.jobs import EmailJob, JobStatus
@@ -164,3 +165,26 @@ async def test_activation_rate_is_none_before_anyone_entered(app: FastAPI) -> No
     loop = app.state.runtime.loops["welcome"]
     assert LoopStats(loop, {}, []).activation_rate is None
     assert LoopStats(loop, {"entered": 4, "met": 1}, []).activation_rate == 0.25
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_the_days_hash_gets_its_expiry_once_not_at_every_send(
+    app: FastAPI, clock: FakeClock, redis_client: redis.Redis
+) -> None:
+    store = store_of(app)
+    jobs = [
+        email_job(id=f"email|user_d{n}|welcome|0|action", user_id=f"user_d{n}") for n in range(4)
+    ]
+    for job in jobs:
+        await store.queue.apply_decisions(
+            job.user_id, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
+        )
+    before = int(redis_client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0))
+    for job in jobs:
+        sent = job.model_copy(update={"status": JobStatus.SENT})
+        await store.queue.settle(sent, now_ms=clock.now_ms)
+    after = int(redis_client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0))
+
+    assert after - before == 1  # four sends of one loop on one day: one EXPIRE
+    ttl = await store.conn.call("TTL", store.keys.shard(0).daily(utc_day(clock.now_ms)))
+    assert int(ttl) > 89 * 24 * 3600

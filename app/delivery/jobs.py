@@ -31,6 +31,11 @@ class RenderedEmail(BaseModel):
     text: str
     headers: dict[str, str] = Field(default_factory=dict)
 
+    def summary(self) -> "RenderedEmail":
+        """What a sent email keeps in Redis: who from, to whom and the subject; the body and the
+        headers were needed only to send it (identically, on every retry), never again."""
+        return self.model_copy(update={"html": "", "text": "", "headers": {}})
+
 
 class EmailJob(BaseModel):
     """One email a loop decided to send to one user."""

@@ -154,6 +154,8 @@ class Delivery:
             }
         )
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
+        if sent.rendered is not None:
+            sent = sent.model_copy(update={"rendered": sent.rendered.summary()})
         settled = await self.store.queue.settle(
             sent, now_ms=now, outbox_entry=outbox_entry, token=hand.token
         )

@@ -26,8 +26,10 @@ end
 local function count(event, funnel)
   redis.call('HINCRBY', KEYS[7], 'emails_' .. event, 1)
   if funnel ~= '' then redis.call('HINCRBY', KEYS[7], funnel, 1) end
-  redis.call('HINCRBY', KEYS[8], ARGV[10] .. ':' .. event, 1)
-  redis.call('EXPIRE', KEYS[8], ARGV[12])
+  -- the day's hash expires once, when one of its counters first appears, not at every send
+  if redis.call('HINCRBY', KEYS[8], ARGV[10] .. ':' .. event, 1) == 1 then
+    redis.call('EXPIRE', KEYS[8], ARGV[12])
+  end
 end
 local function note(list, entry, cap)
   redis.call('LPUSH', list, entry)
