@@ -256,12 +256,15 @@ class Worker:
         """Claim what is due now, shard by shard (one shard on a single Redis), and run it;
         returns what was claimed and when to look again."""
         now = self.clock()
+        if self.store.keys.shard_count == 1:  # one Redis, Upstash: the common case, kept short
+            claim = await self._claim(now, 0)
+            self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
+            await self._run_jobs(claim)
+            return claim
         claims = [await self._claim(now, shard) for shard in range(self.store.keys.shard_count)]
-        self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
+        self.last_loop_at_ms = now
         for claim in claims:
             await self._run_jobs(claim)
-        if len(claims) == 1:
-            return claims[0]
         wakes = [claim.wake_at_ms for claim in claims if claim.wake_at_ms is not None]
         job_ids = [job_id for claim in claims for job_id in claim.job_ids]
         return Claim(job_ids=job_ids, wake_at_ms=min(wakes) if wakes else None)

@@ -82,7 +82,7 @@ worker's `claim.lua` reads `schedule` and `leases`.
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`. Any printable ASCII but `{`, `|` and `}`
 # (0x21-0x7A and `~`) is allowed so other providers' ids fit: braces would break the hash tag, `|`
@@ -146,6 +146,11 @@ class Keys:
 
     prefix: str = "activation:"
     shard_tags: tuple[str, ...] = ()
+    _shards: tuple[ShardKeys, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        scopes = [f"{self.prefix}{{{tag}}}:" for tag in self.shard_tags] or [self.prefix]
+        object.__setattr__(self, "_shards", tuple(ShardKeys(scope) for scope in scopes))
 
     @property
     def sharded(self) -> bool:
@@ -162,23 +167,21 @@ class Keys:
         return zlib.crc32(user_id.encode()) % len(self.shard_tags)
 
     def shard(self, index: int) -> ShardKeys:
-        if not self.shard_tags:
-            return ShardKeys(self.prefix)
-        return ShardKeys(f"{self.prefix}{{{self.shard_tags[index]}}}:")
+        return self._shards[index]
 
-    def shards(self) -> list[ShardKeys]:
-        return [self.shard(index) for index in range(self.shard_count)]
+    def shards(self) -> tuple[ShardKeys, ...]:
+        return self._shards
 
     def of_user(self, user_id: str) -> ShardKeys:
         """The shared keys of the user's shard: a script touching both stays in one slot."""
-        return self.shard(self.shard_of(user_id))
+        return self._shards[self.shard_of(user_id)]
 
     def _user_scope(self, user_id: str) -> str:
         if not valid_user_id(user_id):
             raise ValueError(f"invalid user id {user_id!r}")
         if not self.shard_tags:
             return f"{self.prefix}{{{user_id}}}"
-        return f"{self.shard(self.shard_of(user_id)).scope}u:{user_id}"
+        return f"{self.of_user(user_id).scope}u:{user_id}"
 
     def user(self, user_id: str) -> str:
         return f"{self._user_scope(user_id)}:user"
