@@ -4,7 +4,6 @@ exactly the right email once per user through a graceful failover."""
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ from app.storage.store import Store
 from tests.conftest import (
     API_KEY,
     AUTH,
-    SENDER,
     SIGNING_SECRET,
     clerk_event,
     free_port,
@@ -32,6 +30,7 @@ from tests.conftest import (
     sign,
 )
 from tests.redis_cluster import LocalCluster
+from tests.test_faults import worker_env
 
 on_redis = pytest.mark.parametrize("transport", ["redis"], indirect=True)
 REPO = Path(__file__).parent.parent
@@ -101,22 +100,12 @@ def loops_folder(root: Path) -> Path:
 
 
 def process_env(cluster: LocalCluster, resend: Any, loops: Path, prefix: str) -> dict[str, str]:
-    keep = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
+    """A worker process's settings (test_faults), plus the web processes' and the short loop."""
     return {
-        **keep,
-        "REDIS_URL": cluster.url,
-        "KEY_PREFIX": prefix,
+        **worker_env(cluster.url, prefix, resend),
         "LOOPS_DIR": str(loops),
         "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
         "ACTIVATION_API_KEY": API_KEY,
-        "RESEND_API_KEY": resend.api_key,
-        "RESEND_API_URL": resend.url,
-        "EMAIL_FROM": SENDER,
-        "RESEND_RATE_LIMIT_PER_S": "0",
-        "RESEND_TIMEOUT_S": "2",
-        "STORAGE_TIMEOUT_S": "1",
-        "WORKER_LEASE_S": "8",
-        "WORKER_IDLE_S": "1",
         "WORKER_IN_PROCESS": "false",
         "LOG_LEVEL": "WARNING",
     }
