@@ -21,7 +21,8 @@ happens next.
     ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
         ├── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
-        │                        transient, so requests answer 503 and work is retried
+        │   │                    transient, so requests answer 503 and work is retried
+        │   └── SchemaRefused    the data is in another schema: refused until migrated
         └── NoScript             EVALSHA named a script the server does not have yet: the
                                  caller sends EVAL (never leaves app.storage)
 
@@ -134,3 +135,7 @@ class NoScript(StorageError):
 
 class StorageUnavailable(StorageError):
     """Redis could not be reached in time; the caller should retry later."""
+
+
+class SchemaRefused(StorageUnavailable):
+    """The data is in a schema this version does not use: refused until `activation migrate`."""

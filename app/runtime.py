@@ -301,11 +301,9 @@ def build_worker(
         concurrency=settings.worker_concurrency,
     )
     metrics = metrics or Metrics()
-    evaluator = Evaluator(store, loops, composer, clock, metrics)
     # a send waits at most a quarter of its lease for a rate-limit slot (see Settings)
     delivery = Delivery(
         store, loops, mailer, clock, metrics, max_wait_s=settings.worker_lease_s / 4
     )
-    return Worker(
-        store, evaluator, clock, send_email=delivery, config=config, metrics=metrics, busy=busy
-    )
+    evaluator = Evaluator(store, loops, composer, clock, metrics, delivery, config.lease_ms)
+    return Worker(store, evaluator, clock, config=config, metrics=metrics, busy=busy)

@@ -88,7 +88,7 @@ async def test_occurred_at_forms(
 async def test_properties_are_kept_on_the_timeline(client: httpx.AsyncClient, app: FastAPI) -> None:
     body = {"user_id": "user_1", "action": "x", "properties": {"plan": "pro"}, "id": "i1"}
     await post(client, body)
-    timeline = (await store_of(app).reads.snapshot("user_1", full=True)).timeline
+    timeline = (await store_of(app).reads.snapshot("user_1")).timeline
     assert timeline[0]["properties"] == {"plan": "pro"}
     assert timeline[0]["id"] == "i1"
 

@@ -68,7 +68,7 @@ async def test_one_node_is_enough_to_find_the_cluster_and_its_shards(
     assert tag_owners == set(redis_cluster.masters())  # one shard on every master
     assert {answer.status_code for answer in answers} == {200}
     assert recorded.json() == {"accepted": 60, "duplicates": 0}
-    assert ran >= 120  # an evaluation, then a welcome, per user
+    assert ran >= 60  # a turn per user: the welcome decided and sent
     assert all(state.json()["emails"][0]["status"] == "sent" for state in states)
     assert sorted(entry["to"] for entry in outbox).count("example@example.org") == 60
     assert stats.loops["activation"]["emails_sent"] == 60

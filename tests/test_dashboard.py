@@ -59,11 +59,11 @@ async def dead_letter(store: Store, now_ms: int) -> None:
         loop_id="activation", step=0, kind="action", template="activation_welcome",
         queued_at=now_ms, due_at=now_ms,
     )  # fmt: skip
-    await store.queue.apply_decisions(job.user_id, rev="0", states={}, jobs=[job], timeline=[],
-                                wake_at_ms=None)  # fmt: skip
+    await store.queue.apply_decisions(job.user_id, rev="0", states={}, jobs=[job],
+                                      wake_at_ms=None)  # fmt: skip
     failed = job.model_copy(update={"status": JobStatus.FAILED, "attempts": 4,
                                     "last_error": "Resend 422: invalid `to` address"})  # fmt: skip
-    await store.queue.settle(failed, now_ms=now_ms)
+    await store.queue.settle(failed, now_ms=now_ms, seq=0)
 
 
 async def realistic_flow(client: httpx.AsyncClient, app: FastAPI, clock: FakeClock) -> None:

@@ -42,7 +42,7 @@ async def app(
     application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
         # the fake clock drives the mailer's 429 hold-off too, so no test sleeps for real
-        mailer = application.state.runtime.worker.send_email.mailer
+        mailer = application.state.runtime.worker.evaluator.delivery.mailer
         mailer.rate_limiter = RateLimiter(0, clock=lambda: clock.now_ms / 1000, sleep=no_sleep)
         yield application
 
@@ -222,7 +222,7 @@ async def test_worker_killed_after_resend_accepted_resends_with_the_same_key_onc
     client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
 ) -> None:
     worker = worker_of(app)
-    delivery = worker.send_email
+    delivery = worker.evaluator.delivery
     assert isinstance(delivery, Delivery)
     delivery.mailer = DiesAfterSending(delivery.mailer)
     await signup(client)
@@ -244,7 +244,7 @@ async def test_attempt_outcome_unknown_past_resends_window_is_not_sent_again(
     client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
 ) -> None:
     worker = worker_of(app)
-    delivery = worker.send_email
+    delivery = worker.evaluator.delivery
     assert isinstance(delivery, Delivery)
     delivery.mailer = DiesAfterSending(delivery.mailer)
     await signup(client)
@@ -402,7 +402,7 @@ async def test_a_sent_email_keeps_its_subject_not_its_body(
     await signup(client)
     await activate(client)
     await worker_of(app).drain()
-    [job] = (await store_of(app).reads.snapshot(USER, full=True)).jobs.values()
+    [job] = (await store_of(app).reads.snapshot(USER)).jobs.values()
 
     assert len(resend.inbox) == 1
     assert job.rendered is not None

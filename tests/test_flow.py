@@ -103,7 +103,7 @@ async def test_no_action_by_the_deadline_queues_the_nudge_at_the_deadline(
     assert await worker_of(app).drain() == 0  # nothing is due a millisecond early
 
     clock.advance(1)
-    assert await worker_of(app).drain() == 2  # the deadline's evaluation, then its email job
+    assert await worker_of(app).drain() == 1  # the deadline's turn: the nudge decided and sent
     await act(client, "first_project_created")  # too late: the step is decided
     await worker_of(app).drain()
     body = await state(client)

@@ -188,7 +188,7 @@ async def test_a_refused_action_stores_nothing(settings: Settings, clock: FakeCl
         for headers in NO_KEY.values():
             response = await http.post(f"{ROOT}/v1/actions", json=ACTION, headers=headers)
             assert response.status_code == 401
-        record = await store_of(app).reads.snapshot(USER, full=True)
+        record = await store_of(app).reads.snapshot(USER)
     assert not record.known
     assert record.timeline == []
 
@@ -257,7 +257,7 @@ async def test_a_streamed_body_is_cut_off_at_the_limit_unbuffered(
                 assert response.json() == {"error": f"body over {limit} bytes"}
             else:
                 assert body.pulled_bytes == 0, (method, path)  # a route that reads no body
-        record = await store_of(app).reads.snapshot(USER, full=True)
+        record = await store_of(app).reads.snapshot(USER)
     assert not record.known
 
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from textwrap import dedent
+from typing import Any
 
 import httpx
 import pytest
@@ -14,10 +15,15 @@ from fastapi import FastAPI
 
 from app.clock import system_clock_ms
 from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
+from app.delivery.outbox import OutboxMailer
+from app.delivery.send import Delivery
+from app.delivery.worker import begin_attempt
+from app.engine.evaluate import Decisions
+from app.runtime import build_runtime
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.records import Applied, Settled
+from app.storage.records import Applied, Claim, Settled
 from app.storage.store import Store
 from tests.conftest import (
     AUTH,
@@ -46,8 +52,13 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     await instance.close()
 
 
+TURN = f"eval|{USER}"
+LEASE = 1_000
+
+
 async def queue_job(store: Store, now_ms: int, job_id: str = WELCOME) -> EmailJob:
-    """A rendered email job on the schedule, due now, as the engine queues one."""
+    """A rendered email job, due now, and the user's turn on the schedule, as the engine queues
+    one."""
     rendered = RenderedEmail(
         sender="a@acme.dev", to="u@example.org", subject="Hi", html="", text=""
     )
@@ -62,15 +73,37 @@ async def queue_job(store: Store, now_ms: int, job_id: str = WELCOME) -> EmailJo
         due_at=now_ms,
         rendered=rendered,
     )
+    record = await store.reads.snapshot(USER)
     applied = await store.queue.apply_decisions(
-        USER, rev="0", states={}, jobs=[job], timeline=[], wake_at_ms=None
+        USER, rev=record.rev, states={}, jobs=[job], wake_at_ms=now_ms
     )
     assert applied is Applied.APPLIED
     return job
 
 
-def sent(job: EmailJob, at_ms: int, attempts: int = 1) -> EmailJob:
-    update = {"status": JobStatus.SENT, "sent_at": at_ms, "attempts": attempts}
+async def claim(store: Store, now_ms: int) -> Claim:
+    return await store.queue.claim_due(now_ms=now_ms, lease_ms=LEASE, limit=10)
+
+
+async def begin(store: Store, lease: Claim, now_ms: int) -> EmailJob | Applied:
+    """What a worker's turn does with the due job: its attempt begun under the lease."""
+    record = await store.reads.snapshot(USER)
+    job = begin_attempt(record.jobs[WELCOME], now_ms)
+    applied = await store.queue.apply_decisions(
+        USER, rev=record.rev, states={}, jobs=[job], wake_at_ms=None,
+        token=lease.token, lease_ms=LEASE, begun=True,
+    )  # fmt: skip
+    return job if applied is Applied.APPLIED else applied
+
+
+async def settle(store: Store, job: EmailJob, lease: Claim, now_ms: int, **kwargs: Any) -> Settled:
+    return await store.queue.settle(
+        job, now_ms=now_ms, seq=job.seq, token=lease.token, lease_ms=LEASE, **kwargs
+    )
+
+
+def sent(job: EmailJob, at_ms: int) -> EmailJob:
+    update = {"status": JobStatus.SENT, "sent_at": at_ms, "started_at": None}
     return job.model_copy(update=update)
 
 
@@ -85,131 +118,142 @@ async def emails_sent(store: Store) -> int:
 async def test_a_worker_whose_lease_was_taken_over_can_neither_start_nor_settle(
     store: Store,
 ) -> None:
-    job = await queue_job(store, 100)
-    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    assert await store.queue.begin_attempt(job.id, token=first.token, now_ms=100) is not None
-    # the first worker stalls past its lease: the second takes the job over
-    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
-    assert (second.job_ids, second.token != first.token) == ([job.id], True)
+    await queue_job(store, 100)
+    first = await claim(store, 100)
+    mine = await begin(store, first, 100)
+    assert isinstance(mine, EmailJob)
+    # the first worker stalls past its lease: the second takes the turn over and, once the
+    # first attempt's time is up, begins its own
+    second = await claim(store, 1_100)
+    assert (second.job_ids, second.token != first.token) == ([TURN], True)
+    assert await begin(store, first, 1_150) is Applied.STALE
+    theirs = await begin(store, second, 1_150)
+    assert isinstance(theirs, EmailJob)
+    assert (theirs.seq, theirs.attempts, theirs.first_attempt_at) == (2, 2, 100)
 
-    assert await store.queue.begin_attempt(job.id, token=first.token, now_ms=1_300) is None
-    queued = job.model_copy(update={"last_error": "stale", "due_at": 9_000})
-    failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "stale"})
-    for late, deferred_ms in ((queued, None), (queued, 1_300), (failed, None)):
-        answer = await store.queue.settle(
-            late,
-            now_ms=1_300,
-            retry_at_ms=9_000,
-            token=first.token,
-            deferred_attempt_ms=deferred_ms,
-        )
+    queued = mine.model_copy(update={"last_error": "stale", "due_at": 9_000, "started_at": None})
+    failed = mine.model_copy(update={"status": JobStatus.FAILED, "last_error": "stale"})
+    for late, action in ((queued, "retry"), (queued, "defer"), (failed, None)):
+        answer = await settle(store, late, first, 1_300, action=action, wake_at_ms=9_000)
         assert answer is Settled.STALE
-    assert (await store.reads.get_job(job.id)) == job  # nothing the stale worker said was written
+    assert (await store.reads.get_job(WELCOME)) == theirs  # nothing the stale worker said
     assert await store.queue.dead_jobs() == []
 
-    assert await store.queue.begin_attempt(job.id, token=second.token, now_ms=1_300) is not None
-    answer = await store.queue.settle(sent(job, 1_400), now_ms=1_400, token=second.token)
-    assert answer is Settled.SETTLED
+    assert await settle(store, sent(theirs, 1_400), second, 1_400, wake_at_ms=None) is (
+        Settled.SETTLED
+    )
     # the stale worker's own send came back later: the job stays as the newer worker left it
-    late = await store.queue.settle(sent(job, 1_500, 2), now_ms=1_500, token=first.token)
-    assert late is Settled.FINAL
-    stored = await store.reads.get_job(job.id)
+    assert await settle(store, sent(mine, 1_500), first, 1_500) is Settled.FINAL
+    stored = await store.reads.get_job(WELCOME)
     assert stored is not None
-    assert (stored.sent_at, stored.attempts) == (1_400, 1)
+    assert (stored.sent_at, stored.attempts) == (1_400, 2)
     assert await emails_sent(store) == 1
+    assert (await claim(store, 99_000)).job_ids == []  # the turn ended with the send
 
 
 async def test_a_send_from_a_lost_lease_lands_and_nothing_overwrites_it(store: Store) -> None:
     """The last retry's worker gets a 409 while the first worker's slow send is accepted: the
     send is recorded, never dead-lettered, and counted once."""
-    job = await queue_job(store, 100)
-    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    await store.queue.begin_attempt(job.id, token=first.token, now_ms=100)
-    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
+    await queue_job(store, 100)
+    first = await claim(store, 100)
+    mine = await begin(store, first, 100)
+    second = await claim(store, 1_100)
+    theirs = await begin(store, second, 1_100)
+    assert isinstance(mine, EmailJob)
+    assert isinstance(theirs, EmailJob)
 
-    answer = await store.queue.settle(sent(job, 1_300), now_ms=1_300, token=first.token)
-    assert answer is Settled.SETTLED  # a send is a fact, whoever holds the lease
-    failed = job.model_copy(update={"status": JobStatus.FAILED, "last_error": "409"})
-    assert await store.queue.settle(failed, now_ms=1_400, token=second.token) in (Settled.FINAL,)
-    again = await store.queue.settle(sent(job, 1_500, 2), now_ms=1_500, token=second.token)
-    assert again is Settled.FINAL
+    answer = await settle(store, sent(mine, 1_300), first, 1_300, wake_at_ms=None)
+    assert answer is Settled.SETTLED  # a send is a fact, whoever began it
+    failed = theirs.model_copy(update={"status": JobStatus.FAILED, "last_error": "409"})
+    assert await settle(store, failed, second, 1_400, wake_at_ms=None) is Settled.FINAL
+    assert await settle(store, sent(theirs, 1_500), second, 1_500) is Settled.FINAL
 
-    stored = await store.reads.get_job(job.id)
+    stored = await store.reads.get_job(WELCOME)
     assert stored is not None
     assert stored.status is JobStatus.SENT
     assert await store.queue.dead_jobs() == []
     assert await emails_sent(store) == 1
-    nothing = await store.queue.claim_due(now_ms=99_000, lease_ms=1_000, limit=10)
-    assert nothing.job_ids == []  # not on the schedule, not leased: nothing to take over
+    assert (await claim(store, 99_000)).job_ids == []  # the turn is over: nothing to take
 
 
 async def test_renewed_leases_are_not_taken_over_and_a_stale_token_renews_nothing(
     store: Store,
 ) -> None:
-    job = await queue_job(store, 100)
-    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    assert await store.queue.renew_leases([job.id], token="not-it", now_ms=900, lease_ms=1_000) == 0
-    assert (
-        await store.queue.renew_leases([job.id], token=claim.token, now_ms=900, lease_ms=1_000) == 1
-    )
+    await queue_job(store, 100)
+    lease = await claim(store, 100)
+    stranger = Claim(job_ids=[TURN], wake_at_ms=None, token="5")
+    assert await store.queue.renew_leases(stranger, [TURN], now_ms=900, lease_ms=LEASE) == []
+    assert await store.queue.renew_leases(lease, [TURN], now_ms=900, lease_ms=LEASE) == [TURN]
+    assert lease.token_of(TURN) == "1900"  # the renewal's expiry is the lease's token now
 
-    assert (await store.queue.claim_due(now_ms=1_500, lease_ms=1_000, limit=10)).job_ids == []
-    assert (await store.queue.claim_due(now_ms=1_900, lease_ms=1_000, limit=10)).job_ids == [job.id]
-
-
-async def test_an_attempt_that_never_reached_resend_is_not_counted(store: Store) -> None:
-    job = await queue_job(store, 100)
-    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=100)
-    assert attempt is not None
-    assert attempt.previous_attempts == 0
-    deferred = job.model_copy(update={"last_error": "429", "due_at": 5_000})
-    answer = await store.queue.settle(
-        deferred,
-        now_ms=150,
-        retry_at_ms=5_000,
-        token=claim.token,
-        deferred_attempt_ms=100,
-    )
-    assert answer is Settled.SETTLED
-
-    claim = await store.queue.claim_due(now_ms=5_000, lease_ms=1_000, limit=10)
-    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=5_000)
-    assert attempt is not None
-    assert (attempt.previous_attempts, attempt.first_reached_at_ms) == (0, None)
-
-
-async def test_resends_window_is_counted_from_the_first_attempt_that_may_have_reached_it(
-    store: Store,
-) -> None:
-    job = await queue_job(store, 100)
-    claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    await store.queue.begin_attempt(job.id, token=claim.token, now_ms=100)  # timed out: unknown
-    retry = job.model_copy(update={"attempts": 1, "due_at": 2 * HOUR})
-    await store.queue.settle(retry, now_ms=200, retry_at_ms=2 * HOUR, token=claim.token)
-
-    claim = await store.queue.claim_due(now_ms=2 * HOUR, lease_ms=1_000, limit=10)
-    attempt = await store.queue.begin_attempt(job.id, token=claim.token, now_ms=2 * HOUR)
-    assert attempt is not None
-    assert (attempt.previous_attempts, attempt.first_reached_at_ms) == (1, 100)
+    assert (await claim(store, 1_500)).job_ids == []
+    assert isinstance(await begin(store, lease, 1_600), EmailJob)  # still the holder
+    taken = await claim(store, 1_900)
+    assert taken.job_ids == [TURN]
+    # renewing a lease taken over renews nothing, and leaves the old holder fenced
+    assert await store.queue.renew_leases(lease, [TURN], now_ms=1_950, lease_ms=LEASE) == []
+    assert await begin(store, lease, 2_000) is Applied.STALE
 
 
 async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
     await queue_job(store, 100)
-    evaluation = f"eval|{USER}"
-    await store.conn.call("ZADD", store.keys.shard(0).schedule, 100, evaluation)
-    first = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
-    second = await store.queue.claim_due(now_ms=1_200, lease_ms=1_000, limit=10)
-    assert evaluation in first.job_ids
-    assert evaluation in second.job_ids
+    first = await claim(store, 100)
+    second = await claim(store, 1_200)
+    assert first.job_ids == second.job_ids == [TURN]
     record = await store.reads.snapshot(USER)
-    stale = await store.queue.apply_decisions(
-        USER, rev=record.rev, states={}, jobs=[], timeline=[], wake_at_ms=None, token=first.token
-    )
-    fresh = await store.queue.apply_decisions(
-        USER, rev=record.rev, states={}, jobs=[], timeline=[], wake_at_ms=None, token=second.token
-    )
+    apply = {"rev": record.rev, "states": {}, "jobs": [], "wake_at_ms": None, "lease_ms": LEASE}
+    stale = await store.queue.apply_decisions(USER, token=first.token, **apply)
+    fresh = await store.queue.apply_decisions(USER, token=second.token, **apply)
     assert (stale, fresh) == (Applied.STALE, Applied.APPLIED)
+
+
+async def test_an_attempt_in_flight_is_not_begun_again_until_its_time_is_up(
+    store: Store, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Another lane looking at the user while an attempt is in flight (an action moved their
+    turn up) waits for the attempt, however it ends, instead of sending a second request."""
+    settings = make_settings(loops_dir=single_loop(tmp_path, retries=3))
+    runtime = build_runtime(settings, FakeClock(100))
+    plan = runtime.worker.evaluator.plan
+    await queue_job(store, 100)
+    lease = await claim(store, 100)
+    assert isinstance(await begin(store, lease, 100), EmailJob)
+    record = await store.reads.snapshot(USER)
+    no_decisions = Decisions({}, [], None)
+    during = plan(record, no_decisions, 100 + runtime.worker.config.lease_ms - 1)
+    after = plan(record, no_decisions, 100 + runtime.worker.config.lease_ms)
+    assert (during.deliver, during.wake_at_ms) == ([], 100 + runtime.worker.config.lease_ms)
+    assert [job.seq for job in after.deliver] == [2]
+    await runtime.close()
+
+
+def test_an_attempt_that_never_reached_resend_is_not_counted() -> None:
+    delivery = Delivery(None, {}, OutboxMailer(), FakeClock(5_000))  # type: ignore[arg-type]
+    job = begin_attempt(welcome_job(100), 100)
+    assert (job.attempts, job.first_attempt_at) == (1, 100)
+    deferred = delivery._deferred(job, "429", retry_after_s=None)
+    assert (deferred.job.attempts, deferred.job.first_attempt_at, deferred.job.started_at) == (
+        0, None, None,
+    )  # fmt: skip
+    again = begin_attempt(deferred.job, 6_000)
+    assert (again.attempts, again.first_attempt_at, again.seq) == (1, 6_000, 2)
+
+
+def test_resends_window_is_counted_from_the_first_attempt_that_may_have_reached_it() -> None:
+    job = begin_attempt(welcome_job(100), 100)  # timed out: its outcome is unknown
+    retried = job.model_copy(update={"due_at": 2 * HOUR, "started_at": None})
+    again = begin_attempt(retried, 2 * HOUR)
+    assert (again.attempts, again.first_attempt_at) == (2, 100)
+
+
+def welcome_job(now_ms: int) -> EmailJob:
+    rendered = RenderedEmail(
+        sender="a@acme.dev", to="u@example.org", subject="Hi", html="", text=""
+    )
+    return EmailJob(
+        id=WELCOME, user_id=USER, loop_id="welcome", step=0, kind="action", template="welcome",
+        queued_at=now_ms, due_at=now_ms, rendered=rendered,
+    )  # fmt: skip
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -268,12 +312,11 @@ async def test_a_concurrent_request_on_the_last_retry_is_deferred_not_dead_lette
         worker = worker_of(app)
         fake_time_rate_limiter(worker, clock)
         await signed_up_and_active(http)
-        await worker.run_once()  # evaluates: the welcome is queued, due now
         resend.script(("hang", 1.5))
-        a = asyncio.create_task(worker.run_once())
+        a = asyncio.create_task(worker.run_once())  # A's turn: the welcome decided and sent
         await wait_in_flight(resend)
         clock.advance(61 * SEC)  # A's lease (60 s) runs out on the shared clock
-        await worker.run_once()  # B: reclaims, 409 (A's request holds the key), defers
+        await worker.run_once()  # B: takes the turn, 409 (A's request holds the key), defers
         assert (await job_status(app, WELCOME)).status is JobStatus.QUEUED
         await a  # A's send is accepted and lands
         clock.advance(MIN)
@@ -299,9 +342,8 @@ async def test_a_send_slower_than_its_lease_keeps_it_by_renewal(
         worker = worker_of(app)
         worker.config = type(worker.config)(lease_ms=300)
         await signed_up_and_active(http)
-        await worker.run_once()  # evaluates: the welcome is queued, due now
         resend.script(("hang", 1.2))
-        sending = asyncio.create_task(worker.run_once())
+        sending = asyncio.create_task(worker.run_once())  # the welcome decided and sent
         await wait_in_flight(resend)
         taken: list[str] = []
         while not sending.done():

@@ -256,8 +256,10 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 
 async def stored_times(store: Store, user_id: str) -> list[int]:
-    raw = await store.conn.call("HGET", store.keys.activity(user_id), "ts:x")
-    return [int(at) for at in str(raw).split(",")] if raw else []
+    """The earliest times kept of action `x`: the second part of its `a:x` field."""
+    raw = await store.conn.call("HGET", store.keys.user(user_id), "a:x")
+    times = (str(raw) + ";;").split(";")[1] if raw else ""
+    return [int(at) for at in times.split(",") if at]
 
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)
@@ -303,10 +305,11 @@ async def test_a_count_past_the_cap_is_the_latest_time_when_reached(
 async def test_activity_stored_before_the_earliest_times_were_kept_still_reads(
     store: Store,
 ) -> None:
-    """Old data: `at:<a>:<n>` as the n-th report arrived; the next report keeps what is known."""
-    activity = store.keys.activity("user_old")
-    old = {"n:x": 2, "first:x": 100, "last:x": 300, "at:x:1": 300, "at:x:2": 100, "rev": 2}
-    await store.conn.call("HSET", activity, *(part for pair in old.items() for part in pair))
+    """Old data (v1's `at:<a>:<n>`, moved to bounds): when the n-th report arrived; the next
+    report keeps what is known."""
+    old = {"a:x": "2,100,300;;1=300,2=100", "rev": 2}
+    user = store.keys.user("user_old")
+    await store.conn.call("HSET", user, *(part for pair in old.items() for part in pair))
     assert (await store.reads.snapshot("user_old")).actions["x"].reached_at == {1: 300, 2: 100}
 
     await store.actions.record([NewAction("user_old", "x", 50)], now_ms=400, tracked={"x": [1, 3]})

@@ -59,23 +59,18 @@ async def test_script_missing_from_the_server_is_loaded_again(store: Store) -> N
 
 async def test_delete_removes_every_personal_key(store: Store) -> None:
     await record(store, "msg_1")
+    await store.actions.record([NewAction("user_store_1", "x", 1, id="a")], now_ms=2, tracked={})
     assert await store.users.delete("msg_del", "user_store_1", now_ms=9) is UserWrite.DELETED
-    for key in store.keys.personal("user_store_1"):
-        assert await store.conn.call("EXISTS", key) == 0
+    left = await store.conn.call("HKEYS", store.keys.user("user_store_1"))
+    assert sorted(left) == ["del", "seen"]  # the tombstone, and the deliveries it knows again
     assert await store.users.is_deleted("user_store_1")
+    assert not (await store.reads.snapshot("user_store_1")).known
     assert await store.users.delete("msg_del", "user_store_1", now_ms=9) is UserWrite.DUPLICATE
 
 
-def test_every_user_key_carries_the_user_hash_tag() -> None:
-    keys = Keys("activation:")
-    user_keys = [
-        keys.tombstone("u1"),
-        keys.webhook_seen("u1", "msg_1"),
-        keys.action_seen("u1", "a_1"),
-        *keys.personal("u1"),
-    ]
-    assert all(key.startswith("activation:{u1}:") for key in user_keys)
-    assert {keys.user("u1"), keys.activity("u1"), keys.jobs("u1")} <= set(keys.personal("u1"))
+def test_a_user_is_one_hash_under_their_hash_tag() -> None:
+    assert Keys("activation:").user("u1") == "activation:{u1}"
+    assert Keys("activation:", ("s0", "s1")).user("u1").startswith("activation:{s")
 
 
 @pytest.mark.parametrize("user_id", ["", "user_{1}", "has space", "x" * 129])
@@ -98,7 +93,7 @@ def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
-async def test_user_created_costs_one_round_trip_and_ten_commands(
+async def test_user_created_costs_one_round_trip_and_four_commands(
     store: Store, redis_client: redis.Redis
 ) -> None:
     await record(store, "msg_warm", id="user_warm")  # loads the script once
@@ -106,19 +101,8 @@ async def test_user_created_costs_one_round_trip_and_ten_commands(
     await record(store, "msg_measured")
     delta = calls_between(before, command_calls(redis_client))
 
-    # dedupe, tombstone, version, registration (+rev, +schedule), timeline (+trim), profile
-    assert delta == {
-        "evalsha": 1,
-        "set": 1,
-        "exists": 1,
-        "hget": 1,
-        "hsetnx": 1,
-        "hincrby": 1,
-        "zadd": 1,
-        "lpush": 1,
-        "ltrim": 1,
-        "hset": 1,
-    }
+    # read the user (tombstone, deliveries seen, version, registration), write them, their turn
+    assert delta == {"evalsha": 1, "hmget": 1, "hset": 1, "zadd": 1}
 
 
 @pytest.mark.parametrize("transport", ["upstash"], indirect=True)
@@ -151,13 +135,13 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
     tracked = {"project_created": [2]}
     assert await store.actions.record(actions, now_ms=5_000, tracked=tracked) == (3, 1)
 
-    record = await store.reads.snapshot("user_a", full=True)
+    record = await store.reads.snapshot("user_a")
     projects = record.actions["project_created"]
     assert (projects.count, projects.first_at, projects.last_at) == (2, 1_000, 2_000)
     assert projects.reached_at == {1: 1_000, 2: 2_000}  # the earliest times, up to count 2
     assert record.actions["invited"].count == 1
     assert [entry["event"] for entry in record.timeline] == ["action"] * 3
-    assert record.rev == "3"
+    assert record.rev == "2"  # what loops read moved twice; `invited` no loop waits for
 
 
 async def test_actions_before_the_user_exists_are_kept(store: Store) -> None:
@@ -178,7 +162,7 @@ async def test_actions_for_a_deleted_user_are_accepted_and_dropped(store: Store)
 
 
 async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Store) -> None:
-    await store.actions.record([NewAction("user_s", "x", 10)], now_ms=100, tracked={})
+    await store.actions.record([NewAction("user_s", "x", 10)], now_ms=100, tracked={"x": [1]})
     assert (await store.queue.claim_due(now_ms=99, lease_ms=1_000, limit=10)).job_ids == []
 
     claim = await store.queue.claim_due(now_ms=100, lease_ms=1_000, limit=10)
@@ -193,20 +177,21 @@ async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Sto
 
 
 async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> None:
-    await store.actions.record([NewAction("user_c", "x", 10)], now_ms=100, tracked={})
+    watched = {"x": [2]}
+    await store.actions.record([NewAction("user_c", "x", 10)], now_ms=100, tracked=watched)
     old = await store.reads.snapshot("user_c")
-    await store.actions.record([NewAction("user_c", "x", 20)], now_ms=200, tracked={})
+    await store.actions.record([NewAction("user_c", "x", 20)], now_ms=200, tracked=watched)
     state = StepState(status=StepStatus.WAITING, started_at=100)
 
     applied = await store.queue.apply_decisions(
-        "user_c", rev=old.rev, states={"l/0": state}, jobs=[], timeline=[], wake_at_ms=None
+        "user_c", rev=old.rev, states={"l/0": state}, jobs=[], wake_at_ms=None
     )
     assert applied is Applied.CONFLICT
     assert (await store.reads.snapshot("user_c")).steps == {}
 
 
 async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(store: Store) -> None:
-    await store.actions.record([NewAction("user_w", "x", 10)], now_ms=100, tracked={})
+    await store.actions.record([NewAction("user_w", "x", 10)], now_ms=100, tracked={"x": [1]})
     lease = await store.queue.claim_due(now_ms=100, lease_ms=60_000, limit=10)
     record = await store.reads.snapshot("user_w")
     state = StepState(status=StepStatus.WAITING, started_at=100, deadline_at=400)
@@ -216,9 +201,9 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
         rev=record.rev,
         states={"l/0": state},
         jobs=[],
-        timeline=[],
         wake_at_ms=400,
         token=lease.token,
+        lease_ms=60_000,
     )
     assert applied is Applied.APPLIED
     assert (await store.reads.snapshot("user_w")).steps == {"l/0": state}
@@ -227,39 +212,39 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
-async def test_an_idle_look_at_the_schedule_costs_three_commands(
+async def test_an_idle_look_at_the_schedule_costs_one_command(
     store: Store, redis_client: redis.Redis
 ) -> None:
-    await store.queue.claim_due(now_ms=1, lease_ms=1000, limit=10)  # loads the script
+    await store.actions.record([NewAction("user_i", "x", 1)], now_ms=1, tracked={"x": [1]})
+    await store.queue.claim_due(now_ms=1, lease_ms=1000, limit=10)  # leased until 1001
     before = command_calls(redis_client)
     claim = await store.queue.claim_due(now_ms=2, lease_ms=1000, limit=10)
     delta = calls_between(before, command_calls(redis_client))
 
-    assert claim == Claim(job_ids=[], wake_at_ms=None)
-    assert delta == {"evalsha": 1, "zrange": 2}
+    assert claim == Claim(job_ids=[], wake_at_ms=1001)  # the lease's end: nothing due before
+    assert delta == {"zrange": 1}
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
-async def test_an_action_costs_one_round_trip_and_eight_commands(
-    store: Store, redis_client: redis.Redis
+@pytest.mark.parametrize(
+    ("tracked", "cost"),
+    [
+        # read the user (tombstone, ids seen, the action), write it, wake the user's loops
+        ({"first_project_created": [1]}, {"evalsha": 1, "hmget": 1, "hset": 1, "zadd": 1}),
+        # no loop waits for it: counted, nobody woken
+        ({}, {"evalsha": 1, "hmget": 1, "hset": 1}),
+        # a loop waits for the tenth: this first one is not it
+        ({"first_project_created": [10]}, {"evalsha": 1, "hmget": 1, "hset": 1}),
+    ],
+)
+async def test_an_action_costs_one_round_trip_and_at_most_four_commands(
+    store: Store, redis_client: redis.Redis, tracked: dict[str, list[int]], cost: dict[str, int]
 ) -> None:
     await store.actions.record([NewAction("user_warm", "x", 1, id="w")], now_ms=1, tracked={})
     before = command_calls(redis_client)
     action = NewAction("user_cost", "first_project_created", 1, id="a1")
-    await store.actions.record([action], now_ms=1, tracked={"first_project_created": [1]})
-    delta = calls_between(before, command_calls(redis_client))
-
-    # id marker, tombstone, read counts, write counts, timeline (+trim), wake the user's loops
-    assert delta == {
-        "evalsha": 1,
-        "set": 1,
-        "exists": 1,
-        "hmget": 1,
-        "hset": 1,
-        "lpush": 1,
-        "ltrim": 1,
-        "zadd": 1,
-    }
+    await store.actions.record([action], now_ms=1, tracked=tracked)
+    assert calls_between(before, command_calls(redis_client)) == cost
 
 
 async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
@@ -280,7 +265,7 @@ async def test_upstash_gets_every_script_with_per_key_locking(
     standin.state.flagged_scripts.clear()
     standin.state.unflagged_scripts.clear()
     await record(store, "msg_flag")
-    await store.actions.record([NewAction("user_store_1", "x", 1)], now_ms=2, tracked={})
+    await store.actions.record([NewAction("user_store_1", "x", 1)], now_ms=2, tracked={"x": [1]})
     await store.queue.claim_due(now_ms=3, lease_ms=1_000, limit=10)
 
     assert standin.state.unflagged_scripts == set()

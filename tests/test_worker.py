@@ -93,7 +93,7 @@ async def test_run_survives_storage_outage_and_carries_on(
         own_redis.start()
         now = system_clock_ms()
         await app.state.runtime.store.actions.record(
-            [NewAction("user_x", "x", now)], now_ms=now, tracked={}
+            [NewAction("user_x", "x", now)], now_ms=now, tracked={"x": [1]}
         )
         worker.wake()
 
@@ -114,7 +114,7 @@ class CountingEvaluator:
         self.most_at_once = 0
         self.done: list[str] = []
 
-    async def run(self, user_id: str, token: str = "") -> None:
+    async def run(self, user_id: str, lease: object = None) -> None:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
@@ -132,7 +132,7 @@ async def due_evaluations(app: Any, count: int) -> list[str]:
     now = app.state.runtime.clock()
     users = [f"user_lane{i:03d}" for i in range(count)]
     actions = [NewAction(user_id, "x", now) for user_id in users]
-    await app.state.runtime.store.actions.record(actions, now_ms=now, tracked={})
+    await app.state.runtime.store.actions.record(actions, now_ms=now, tracked={"x": [1]})
     return users
 
 

@@ -104,7 +104,8 @@ def create_standin(redis_url: str, token: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=False)
+        # RESP2, as Upstash answers: a score is a string, never a double
+        app.state.redis = aioredis.Redis.from_url(redis_url, decode_responses=False, protocol=2)
         try:
             yield
         finally:

@@ -1,4 +1,4 @@
-"""Email jobs as data: their lifecycle, stored as JSON in the user's `jobs` hash.
+"""Email jobs as data: their lifecycle, stored as JSON in a `j:` field of the user's hash.
 
 A job's id is deterministic (`email|<uid>|<loop>|<step>|<kind>`): the same decision queues it once,
 and the id doubles as Resend's Idempotency-Key.
@@ -52,11 +52,15 @@ class EmailJob(BaseModel):
     status: JobStatus = JobStatus.QUEUED
     queued_at: int
     due_at: int
-    attempts: int = 0
+    attempts: int = 0  # attempts begun that may have reached Resend
     last_error: str | None = None
     sent_at: int | None = None
+    ended_at: int | None = None  # when it failed or was dropped
     provider_id: str | None = None
     rendered: RenderedEmail | None = None
+    first_attempt_at: int | None = None  # the first attempt that may have reached Resend began
+    started_at: int | None = None  # the attempt in flight began (None: none in flight)
+    seq: int = 0  # the number of the last attempt begun: only its worker settles it
 
     @property
     def terminal(self) -> bool:

@@ -3,10 +3,11 @@
 At most once: the job id is Resend's Idempotency-Key and the payload was rendered once, so a retry
 after a crash is deduplicated by Resend for 24 hours; past that window, counted from the first
 attempt that may have reached Resend, a job is not sent again but dead-lettered for an operator.
-Every step runs under the job's fenced lease: a worker whose lease was taken over cannot start an
-attempt or settle anything but a send that happened. Retries follow the loop's `recovery` (with
-jitter, honouring `retry-after`); an attempt that never reached Resend (a 429, a request with the
-same key still in flight, our own rate limit) is tried again later without using up a retry.
+An attempt is begun by the user's turn (`worker.Evaluator`), under the turn's lease, and only its
+own worker settles it: one whose attempt was superseded records nothing but a send that happened.
+Retries follow the loop's `recovery` (with jitter, honouring `retry-after`); an attempt that never
+reached Resend (a 429, a request with the same key still in flight, our own rate limit) is tried
+again later without using up a retry.
 Permanent errors and exhausted retries go to the dead-letter set with the last error.
 """
 
@@ -15,7 +16,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.clock import Clock
@@ -24,7 +25,8 @@ from app.delivery.outbox import Mailer, OutboxMailer
 from app.engine.loop_files import Loop, Recovery
 from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
-from app.storage.records import Attempt, Settled
+from app.storage.queue import KEEP
+from app.storage.records import Claim, Settled
 from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -64,17 +66,34 @@ def user_tag(job: EmailJob) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class InHand:
-    """One attempt at a job: the job as read, the lease it runs under, and when it began."""
+class Lease:
+    """The lease a user's turn runs under: its claim's token for the turn (renewals move it) and
+    its length. No claim: the caller holds no lease (a test, a dry run)."""
+
+    claim: Claim | None = None
+    job_id: str = ""
+    lease_ms: int = 60_000
+
+    @property
+    def token(self) -> str:
+        return self.claim.token_of(self.job_id) if self.claim is not None else ""
+
+
+@dataclass(slots=True)
+class Settling:
+    """How one attempt ended, to be recorded: the job as it now is and what settle does."""
 
     job: EmailJob
-    token: str
-    started_at_ms: int
+    seq: int
+    action: str
+    outbox_entry: str = ""
+    metric: str | None = None  # what the metrics count once it is recorded
 
 
 class Delivery:
-    """The worker's handler for `email|...` jobs. `max_wait_s`: the longest a send waits for a
-    rate-limit slot before the job is deferred instead (a quarter of the lease: see Settings)."""
+    """Sends the emails a user's turn began (`deliver`), one after the other, and records how
+    each ended. `max_wait_s`: the longest a send waits for a rate-limit slot before the job is
+    deferred instead (a quarter of the lease: see Settings)."""
 
     def __init__(
         self,
@@ -94,37 +113,38 @@ class Delivery:
         self.max_wait_s = max_wait_s
         self.outbox = isinstance(mailer, OutboxMailer)
 
-    async def __call__(self, job_id: str, token: str = "") -> None:
-        now = self.clock()
-        attempt = await self.store.queue.begin_attempt(job_id, token=token, now_ms=now)
-        if attempt is None:
-            logger.info("email %s: its lease was taken over by another worker; left to it", job_id)
-            return
-        if attempt.job is None:
-            return  # the user was deleted: nothing to send
-        await self._attempt(attempt, InHand(attempt.job, token, now))
+    async def deliver(self, jobs: Sequence[EmailJob], lease: Lease, wake_at_ms: int | None) -> None:
+        """Send each begun job (or record one that ended before any attempt: no template, no
+        address), then let the last settle set the user's next turn: `wake_at_ms`, or sooner
+        when a job of this turn is tried again sooner."""
+        for i, job in enumerate(jobs):
+            ending = await self._attempt(job)
+            if ending.job.status is JobStatus.QUEUED:
+                wake_at_ms = min(wake_at_ms or ending.job.due_at, ending.job.due_at)
+            last = i == len(jobs) - 1
+            await self._settle(ending, lease, wake_at_ms if last else KEEP)
 
-    async def _attempt(self, attempt: Attempt, hand: InHand) -> None:
-        job = hand.job
-        if job.terminal:
-            await self._finish(hand)  # ended already (no address, no template): recorded as is
-        elif attempt.stop_reason is not None:
-            await self._finish(hand, status=JobStatus.DROPPED, error=attempt.stop_reason)
-        elif self._past_window(attempt):
+    async def _attempt(self, job: EmailJob) -> Settling:
+        if job.terminal:  # ended already (no address, no template): recorded as is
+            return Settling(job, job.seq, job.status.value, metric=job.status)
+        if self._past_window(job):
             error = (
                 "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
             )
-            await self._finish(hand, status=JobStatus.FAILED, error=error)
-        else:
-            await self._send(hand, attempt.previous_attempts + 1)
+            return self._ended(job, JobStatus.FAILED, error)
+        return await self._send(job)
 
-    def _past_window(self, attempt: Attempt) -> bool:
-        first = attempt.first_reached_at_ms
-        return first is not None and self.clock() - first > IDEMPOTENCY_WINDOW_MS
+    def _past_window(self, job: EmailJob) -> bool:
+        first, started = job.first_attempt_at, job.started_at
+        return (
+            first is not None
+            and started is not None
+            and first < started
+            and self.clock() - first > IDEMPOTENCY_WINDOW_MS
+        )
 
-    async def _send(self, hand: InHand, attempts: int) -> None:
-        job = hand.job
-        assert job.rendered is not None  # queued jobs are rendered (else queued as failed)
+    async def _send(self, job: EmailJob) -> Settling:
+        assert job.rendered is not None  # begun jobs are rendered (else queued as failed)
         try:
             provider_id = await self.mailer.send(
                 job.rendered, job.id, tags=tags_of(job), max_wait_s=self.max_wait_s
@@ -132,36 +152,20 @@ class Delivery:
         except AlreadySent:
             provider_id = None
         except NotSent as exc:
-            await self._defer(hand, str(exc), exc.retry_after_s)
-            return
+            return self._deferred(job, str(exc), exc.retry_after_s)
         except TransientSendError as exc:
-            await self._retry_or_fail(hand, attempts, str(exc), exc.retry_after_s)
-            return
+            return self._retry_or_fail(job, str(exc), exc.retry_after_s)
         except PermanentSendError as exc:
-            await self._finish(hand, status=JobStatus.FAILED, error=str(exc), attempts=attempts)
-            return
-        await self._sent(hand, attempts, provider_id)
+            return self._ended(job, JobStatus.FAILED, str(exc))
+        return self._sent(job, provider_id)
 
-    async def _sent(self, hand: InHand, attempts: int, provider_id: str | None) -> None:
-        job, now = hand.job, self.clock()
-        sent = job.model_copy(
-            update={
-                "status": JobStatus.SENT,
-                "attempts": attempts,
-                "sent_at": now,
-                "provider_id": provider_id,
-                "last_error": None,
-            }
-        )
+    def _sent(self, job: EmailJob, provider_id: str | None) -> Settling:
+        update = {"status": JobStatus.SENT, "sent_at": self.clock(), "provider_id": provider_id}
+        sent = job.model_copy(update=update | {"last_error": None, "started_at": None})
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
         if sent.rendered is not None:
             sent = sent.model_copy(update={"rendered": sent.rendered.summary()})
-        settled = await self.store.queue.settle(
-            sent, now_ms=now, outbox_entry=outbox_entry, token=hand.token
-        )
-        if settled is Settled.SETTLED:
-            self.metrics.email(JobStatus.SENT, due_at_ms=job.due_at, now_ms=now)
-        logger.info("email %s sent (attempt %d)%s", job.id, attempts, _unless_settled(settled))
+        return Settling(sent, job.seq, "sent", outbox_entry, metric=JobStatus.SENT)
 
     def _outbox_entry(self, job: EmailJob) -> str:
         rendered = job.rendered
@@ -169,75 +173,54 @@ class Delivery:
         entry = {"job": job.id, "at": job.sent_at, **rendered.model_dump()}
         return json.dumps(entry, separators=(",", ":"))
 
-    async def _defer(self, hand: InHand, error: str, retry_after_s: float | None) -> None:
+    def _deferred(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         """The attempt never reached Resend: queue the job again, the attempt not counted."""
-        now = self.clock()
-        due = now + max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
-        job = hand.job.model_copy(update={"last_error": error, "due_at": due})
+        due = self.clock() + max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
+        first = None if job.first_attempt_at == job.started_at else job.first_attempt_at
+        update = {"last_error": error, "due_at": due, "attempts": job.attempts - 1}
+        update |= {"first_attempt_at": first, "started_at": None}
+        return Settling(job.model_copy(update=update), job.seq, DEFER, metric=DEFER)
+
+    def _retry_or_fail(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
+        recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
+        if recovery is None or job.attempts > recovery.retries:
+            return self._ended(job, JobStatus.FAILED, error)
+        due = self.clock() + retry_delay_ms(recovery, job.attempts, retry_after_s)
+        update = {"last_error": error, "due_at": due, "started_at": None}
+        return Settling(job.model_copy(update=update), job.seq, RETRY, metric=RETRY)
+
+    def _ended(self, job: EmailJob, status: JobStatus, error: str) -> Settling:
+        update = {"status": status, "last_error": error, "ended_at": self.clock()}
+        ended = job.model_copy(update=update | {"started_at": None})
+        return Settling(ended, job.seq, status.value, metric=status)
+
+    async def _settle(self, ending: Settling, lease: Lease, wake: int | str | None) -> None:
+        job, now = ending.job, self.clock()
         settled = await self.store.queue.settle(
             job,
             now_ms=now,
-            retry_at_ms=due,
-            token=hand.token,
-            deferred_attempt_ms=hand.started_at_ms,
+            seq=ending.seq,
+            outbox_entry=ending.outbox_entry,
+            token=lease.token,
+            lease_ms=lease.lease_ms,
+            wake_at_ms=wake,
+            action=ending.action,
         )
-        self.metrics.email(DEFER)
-        logger.info(
-            "email %s not sent (%s); again at %d%s", job.id, error, due, _unless_settled(settled)
-        )
+        if settled is Settled.SETTLED and ending.metric is not None:
+            due_at_ms = job.due_at if job.terminal else None  # a final outcome times the job
+            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now)
+        logger.info("email %s %s%s", job.id, describe(ending), _unless_settled(settled))
 
-    async def _retry_or_fail(
-        self, hand: InHand, attempts: int, error: str, retry_after_s: float | None
-    ) -> None:
-        job = hand.job
-        recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
-        if recovery is None or attempts > recovery.retries:
-            await self._finish(hand, status=JobStatus.FAILED, error=error, attempts=attempts)
-            return
-        now = self.clock()
-        due = now + retry_delay_ms(recovery, attempts, retry_after_s)
-        again = job.model_copy(update={"attempts": attempts, "last_error": error, "due_at": due})
-        settled = await self.store.queue.settle(
-            again, now_ms=now, retry_at_ms=due, token=hand.token
-        )
-        if settled is Settled.SETTLED:
-            self.metrics.email(RETRY)
-        logger.info(
-            "email %s attempt %d failed (%s); retry at %d%s",
-            job.id,
-            attempts,
-            error,
-            due,
-            _unless_settled(settled),
-        )
 
-    async def _finish(
-        self,
-        hand: InHand,
-        *,
-        status: JobStatus | None = None,
-        error: str | None = None,
-        attempts: int | None = None,
-    ) -> None:
-        update: dict[str, object] = {}
-        if status is not None:
-            update["status"] = status
-        if error is not None:
-            update["last_error"] = error
-        if attempts is not None:
-            update["attempts"] = attempts
-        final = hand.job.model_copy(update=update)
-        now = self.clock()
-        settled = await self.store.queue.settle(final, now_ms=now, token=hand.token)
-        if settled is Settled.SETTLED:
-            self.metrics.email(final.status, due_at_ms=final.due_at, now_ms=now)
-        logger.info(
-            "email %s %s: %s%s",
-            final.id,
-            final.status.value,
-            final.last_error or "-",
-            _unless_settled(settled),
-        )
+def describe(ending: Settling) -> str:
+    """What a log line says of an attempt's end."""
+    job = ending.job
+    if ending.action == "sent":
+        return f"sent (attempt {job.attempts})"
+    if ending.action in (RETRY, DEFER):
+        verb = "failed" if ending.action == RETRY else "not sent"
+        return f"attempt {verb} ({job.last_error}); again at {job.due_at}"
+    return f"{job.status.value}: {job.last_error or '-'}"
 
 
 def _unless_settled(settled: Settled) -> str:

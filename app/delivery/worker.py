@@ -1,9 +1,10 @@
-"""The worker: claims due jobs from the durable schedule under a fenced lease and runs them.
+"""The worker: claims users' turns from the durable schedule under a fenced lease and runs them.
 
-Two kinds of job: `eval|<uid>` (run the engine on one user and apply its decisions) and
-`email|...` (send one email, handled by the delivery module). A crashed worker's jobs come back
-when their lease runs out; leases of jobs still in hand are renewed, and a worker whose lease was
-taken over anyway can no longer write (the claim's token fences it). Any number of workers may run
+The schedule holds one member per user with something to do, `eval|<uid>`: the user's turn runs
+the engine on them, applies its decisions, and sends the emails due (`send.Delivery`) in the same
+lane. A crashed worker's turns come back when their lease runs out; leases of turns still in hand
+are renewed, and a worker whose lease was taken over anyway can no longer write (the lease's
+token fences it). Any number of workers may run
 at once. Idle, it sleeps until the next due job or `idle_s`, whichever is sooner; `wake()` cuts the
 sleep short when new work arrives.
 
@@ -16,26 +17,26 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
 from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
-from app.engine.evaluate import Decisions, EmailOrder, Snapshot, evaluate
+from app.delivery.send import Delivery, Lease
+from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import late_activations, step_counters
 from app.engine.job_ids import is_evaluation, user_of
 from app.engine.loop_files import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
-from app.storage.records import Applied, Claim, UserRecord, timeline_entry
+from app.storage.records import Applied, Claim, UserRecord
 from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
 MAX_CONFLICTS = 5
 NO_ADDRESS = "the user has no primary email address"
-EmailHandler = Callable[[str, str], Awaitable[None]]  # (job id, lease token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,21 @@ class WorkerConfig:
     concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
 
 
+@dataclass(slots=True)
+class Turn:
+    """What one look at a user writes and does: step states, jobs (new ones, and those whose
+    attempt begins now), the jobs to send (or record as ended), and when to look again."""
+
+    states: dict[str, StepState]
+    late: dict[str, StepState]  # step 0 states whose condition was met after they timed out
+    writes: list[EmailJob]
+    deliver: list[EmailJob]
+    wake_at_ms: int | None
+
+
 class Evaluator:
-    """Runs the engine for one user and applies the decisions, retrying on a concurrent change."""
+    """A user's turn: runs the engine on the user, applies the decisions (retrying on a
+    concurrent change), then sends the emails due, in the same lane."""
 
     def __init__(
         self,
@@ -57,24 +71,32 @@ class Evaluator:
         composer: Composer,
         clock: Clock,
         metrics: Metrics | None = None,
+        delivery: Delivery | None = None,
+        lease_ms: int = 60_000,
     ) -> None:
         self.store = store
         self.loops = loops
         self.composer = composer
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.delivery = delivery
+        self.lease_ms = lease_ms
 
-    async def run(self, user_id: str, token: str = "") -> Decisions | None:
-        """Evaluate under the lease `token`; None when nothing was applied (another worker took
-        the evaluation over, the user was deleted, or kept changing)."""
+    async def run(self, user_id: str, lease: Lease | None = None) -> Decisions | None:
+        """Evaluate and send under `lease`; None when nothing was applied (another worker took
+        the turn over, the user was deleted, or kept changing)."""
+        lease = lease or Lease(lease_ms=self.lease_ms)
         for _ in range(MAX_CONFLICTS):
             record = await self.store.reads.snapshot(user_id)
             now = self.clock()
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)
-            applied = await self._apply(record, decisions, now, token)
+            turn = self.plan(record, decisions, now)
+            applied = await self._apply(record, decisions, turn, lease)
             if applied is Applied.APPLIED:
                 log_decisions(user_id, decisions)
                 self.metrics.transitions(decisions)
+                if turn.deliver and self.delivery is not None:
+                    await self.delivery.deliver(turn.deliver, lease, turn.wake_at_ms)
                 return decisions
             if applied is not Applied.CONFLICT:
                 logger.info("user %s not evaluated: %s", user_id, applied.value)
@@ -84,40 +106,96 @@ class Evaluator:
         )
         return None
 
-    async def _apply(
-        self, record: UserRecord, decisions: Decisions, now: int, token: str
-    ) -> Applied:
-        uid = record.user_id
-        jobs = [self._new_job(record, order, now) for order in decisions.emails]
-        timeline = [
-            timeline_entry(now, f"step.{state.status.value}", step=name, email=state.email_job)
-            for name, state in decisions.transitions.items()
-        ]
-        # the loop funnel's counters move with the states (stats.py); a late activation too
+    def plan(self, record: UserRecord, decisions: Decisions, now: int) -> Turn:
+        """The turn's writes: the decisions' states and new jobs; every queued job due now and
+        not in flight begun (or dropped, when the user stopped loop email); the next look at
+        the soonest of the engine's wake, a queued job's due time, an attempt in flight's end."""
         late = late_activations(self.loops.values(), record.steps, record.actions)
-        timeline += [timeline_entry(now, "step.activated_late", step=name) for name in late]
+        stopped = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
+        wakes = [] if decisions.wake_at is None else [decisions.wake_at]
+        turn = Turn({**late, **decisions.transitions}, late, [], [], None)
+        new = [self._new_job(record, order, now) for order in decisions.emails]
+        for job in [*record.jobs.values(), *(j for j in new if j.id not in record.jobs)]:
+            if job.id not in record.jobs and job.terminal:
+                turn.writes.append(job)
+                turn.deliver.append(job)  # recorded as it ended (dead letters, counters)
+            elif job.terminal:
+                continue
+            elif stopped:
+                turn.writes.append(dropped(job, stop_reason(record), now))
+            elif job.started_at is not None and job.started_at + self.lease_ms > now:
+                wakes.append(job.started_at + self.lease_ms)  # another lane's attempt in flight
+            elif job.due_at > now:
+                wakes.append(job.due_at)
+                if job.id not in record.jobs:
+                    turn.writes.append(job)
+            else:
+                begun = self._begin(record, job, now)
+                turn.writes.append(begun)
+                turn.deliver.append(begun)
+        turn.wake_at_ms = min(wakes) if wakes else None
+        return turn
+
+    def _begin(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
+        """The job with an attempt begun now (rendered again if it never was: a dead letter
+        retried after its template was fixed)."""
+        if job.rendered is None:
+            job = self._rendered(record, job, now)
+            if job.terminal:
+                return job
+        return begin_attempt(job, now)
+
+    async def _apply(
+        self, record: UserRecord, decisions: Decisions, turn: Turn, lease: Lease
+    ) -> Applied:
+        transitions = decisions.transitions
         return await self.store.queue.apply_decisions(
-            uid,
+            record.user_id,
             rev=record.rev,
-            states={**late, **decisions.transitions},
-            jobs=jobs,
-            timeline=timeline,
-            wake_at_ms=decisions.wake_at,
-            counters=step_counters(self.loops.values(), record.steps, decisions.transitions, late),
-            token=token,
+            states=turn.states,
+            jobs=turn.writes,
+            wake_at_ms=turn.wake_at_ms,
+            counters=step_counters(self.loops.values(), record.steps, transitions, turn.late),
+            token=lease.token,
+            lease_ms=lease.lease_ms,
+            begun=bool(turn.deliver),
         )
 
     def _new_job(self, record: UserRecord, order: EmailOrder, now: int) -> EmailJob:
         """The job for an email decision, rendered now (or failed, or dropped: no address)."""
-        job = new_job(record.user_id, order, now)
+        return self._rendered(record, new_job(record.user_id, order, now), now)
+
+    def _rendered(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
         profile = record.profile
         if profile is None or profile.email is None:
-            return job.model_copy(update={"status": JobStatus.DROPPED, "last_error": NO_ADDRESS})
+            return dropped(job, NO_ADDRESS, now)
+        parts = (job.id, job.loop_id, job.step, job.kind, job.template, job.personalization)
+        order = EmailOrder(*parts, job.due_at)
         try:
             rendered = self.composer.compose(order, profile)
         except TemplateRenderError as exc:
-            return job.model_copy(update={"status": JobStatus.FAILED, "last_error": str(exc)})
+            update = {"status": JobStatus.FAILED, "last_error": str(exc), "ended_at": now}
+            return job.model_copy(update=update)
         return job.model_copy(update={"rendered": rendered})
+
+
+def begin_attempt(job: EmailJob, now: int) -> EmailJob:
+    """The job with an attempt begun now: counted, numbered (only this attempt's worker settles
+    it), and, the first that may reach Resend, the start of Resend's 24 h window."""
+    update = {"attempts": job.attempts + 1, "started_at": now, "seq": job.seq + 1}
+    update["first_attempt_at"] = job.first_attempt_at or now
+    return job.model_copy(update=update)
+
+
+def stop_reason(record: UserRecord) -> str:
+    """Why no loop email may go to the user (they unsubscribed, or a bounce suppressed them)."""
+    return "unsubscribed" if record.unsubscribed_at_ms is not None else "suppressed"
+
+
+def dropped(job: EmailJob, reason: str, now: int) -> EmailJob:
+    return job.model_copy(
+        update={"status": JobStatus.DROPPED, "last_error": reason, "ended_at": now}
+    )
 
 
 def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
@@ -187,11 +265,10 @@ class LeaseKeeper:
     async def _renew(self) -> None:
         try:
             await self.store.queue.renew_leases(
+                self.claim,
                 sorted(self.unfinished),
-                token=self.claim.token,
                 now_ms=self.clock(),
                 lease_ms=self.lease_ms,
-                shard=self.claim.shard,
             )
         except Exception as exc:  # a missed renewal is survivable: the next one may do
             logger.warning("worker: leases not renewed: %s", exc)
@@ -214,7 +291,6 @@ class Worker:
         evaluator: Evaluator,
         clock: Clock,
         *,
-        send_email: EmailHandler | None = None,
         config: WorkerConfig | None = None,
         metrics: Metrics | None = None,
         busy: Callable[[], bool] | None = None,
@@ -222,7 +298,6 @@ class Worker:
         self.store = store
         self.evaluator = evaluator
         self.clock = clock
-        self.send_email = send_email
         self.config = config or WorkerConfig()
         self.metrics = metrics or Metrics()
         self.busy = busy or (lambda: False)
@@ -291,7 +366,7 @@ class Worker:
             while pending and not (self._stopping or failed or (not first and self.busy())):
                 job_id = pending.popleft()
                 try:
-                    await self.handle(job_id, claim.token)
+                    await self.handle(job_id, claim)
                 except StorageUnavailable as exc:
                     failed.append(exc)
                 finally:
@@ -364,14 +439,15 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
-    async def handle(self, job_id: str, token: str = "") -> None:
-        """Run one job under the claim's lease `token`; a failure other than an outage is
-        logged and counted, and the lease brings the job back later."""
+    async def handle(self, job_id: str, claim: Claim | None = None) -> None:
+        """Run one user's turn under the claim's lease; a failure other than an outage is
+        logged and counted, and the lease brings the turn back later."""
         try:
             if is_evaluation(job_id):
-                await self.evaluator.run(user_of(job_id), token)
-            elif self.send_email is not None:
-                await self.send_email(job_id, token)
+                lease = Lease(claim, job_id, self.config.lease_ms)
+                await self.evaluator.run(user_of(job_id), lease)
+            else:
+                logger.error("schedule member %r is not a user's turn: left alone", job_id)
             self.jobs_done += 1
         except StorageUnavailable:
             raise

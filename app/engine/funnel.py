@@ -58,11 +58,23 @@ def last_days(now_ms: int, days: int) -> list[str]:
     return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
 
 
-def send_counter(step: int, reason: str) -> str:
-    """The funnel counter a sent email bumps: step 0's email (`sent`) or its nudge (`nudged`)."""
-    if step != 0:
-        return ""
-    return {EmailReason.ACTION.value: "sent", EmailReason.TIMEOUT.value: "nudged"}.get(reason, "")
+def sent_field(step: int, reason: str) -> str:
+    """The stored counter of a loop's emails sent for one step and reason."""
+    return f"sent:{step}:{reason}"
+
+
+def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
+    """A loop's counters as the dashboard reads them, from what is stored: `met` is the sum of
+    the time-to-activation buckets, `sent` and `nudged` step 0's emails (`sent:0:action`,
+    `sent:0:timeout`), `emails_sent` all of them. Counters never bumped are left out."""
+    view = {name: value for name, value in stored.items() if not name.startswith("sent:")}
+    derived = {
+        "met": sum(value for name, value in stored.items() if name.startswith("tta:")),
+        "sent": stored.get(sent_field(0, EmailReason.ACTION), 0),
+        "nudged": stored.get(sent_field(0, EmailReason.TIMEOUT), 0),
+        "emails_sent": sum(value for name, value in stored.items() if name.startswith("sent:")),
+    }
+    return view | {name: value for name, value in derived.items() if value}
 
 
 def late_activations(
@@ -106,7 +118,7 @@ def _transition_fields(before: StepState | None, after: StepState) -> list[str]:
     fields = ["entered"] if before is None else []
     if after.status is StepStatus.FIRED:
         met_at = after.met_at if after.met_at is not None else after.started_at
-        fields += ["met", tta_bucket(max(met_at - after.started_at, 0))]
+        fields.append(tta_bucket(max(met_at - after.started_at, 0)))  # counts `met` too
     elif after.status is StepStatus.TIMED_OUT:
         fields.append("timed_out")
     return fields

@@ -42,6 +42,10 @@ class JobId:
         assert self.reason is not None
         return email_id(self.user_id, self.loop_id, self.step, self.reason)
 
+    def short(self) -> str:
+        """An email job id without `email|<user_id>|`: how the user's own hash names it."""
+        return SEPARATOR.join((str(self.loop_id), str(self.step), str(self.reason)))
+
     @classmethod
     def parse(cls, job_id: str) -> "JobId":
         """The parts of a job id; ValueError when it is not one."""

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from app.clock import system_clock_ms
 from app.errors import ActivationError
 from app.observability.startup import configure_logging, describe_configuration
 from app.ops import preview, send_test_webhook, simulate
-from app.runtime import Runtime, build_runtime, load_loop_files, load_settings
+from app.runtime import Runtime, build_runtime, build_store, load_loop_files, load_settings
 from app.settings import Settings, StorageKind
 
 logger = logging.getLogger("app.ops.cli")  # also when run as `python -m app.ops.cli`
@@ -28,6 +29,7 @@ EXAMPLES = {
     "simulate": simulate.EXAMPLE,
     "send-test-webhook": send_test_webhook.EXAMPLE,
     "suppress": "activation suppress list\n  activation suppress remove user_29w83sxmDNGwOuE",
+    "migrate": "activation migrate   # with every worker stopped",
 }
 
 
@@ -62,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     for tool in (preview, simulate, send_test_webhook):
         tool.add_command(commands, _command)
     add_suppress(commands)
+    migrate = _command(commands, "migrate", "move stored data to this version's schema (once)")
+    migrate.set_defaults(handler=run_migrate)
     return root
 
 
@@ -198,6 +202,21 @@ async def _suppress(user_id: str | None) -> int:
         return 0
     finally:
         await runtime.close()
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    return asyncio.run(_migrate())
+
+
+async def _migrate() -> int:
+    """Move v1 data to this version's schema; the service refuses v1 data until then."""
+    settings = shared_settings("migrate")
+    store = build_store(settings)
+    try:
+        print(await store.migrate(system_clock_ms()))
+        return 0
+    finally:
+        await store.close()
 
 
 if __name__ == "__main__":

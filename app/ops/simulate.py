@@ -120,7 +120,7 @@ async def simulate(
         await run_clock(
             Run(worker, store, clock, user_id, tracked_counts(only.values())), plans, start, until
         )
-        record = await store.reads.snapshot(user_id, full=True)
+        record = await store.reads.snapshot(user_id)
     finally:
         await store.close()
     lines = [

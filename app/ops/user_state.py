@@ -71,7 +71,7 @@ async def get_user_state(
     request: Request, store: StoreDep, user_id: str = Path(pattern=USER_ID_PATTERN)
 ) -> UserState:
     """Profile, action counts, every loop's progress per step, emails, and a timeline."""
-    record = await store.reads.snapshot(user_id, full=True)
+    record = await store.reads.snapshot(user_id)
     if not record.known:
         raise HTTPException(404, "unknown user")
     return describe(record, services_of(request).loops)

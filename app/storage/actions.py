@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from app.engine.job_ids import evaluation_id
 from app.storage.connections import Connection
-from app.storage.keys import TIMELINE_LENGTH, Keys
+from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys, oldest_minute, recent_entry
 from app.storage.records import NewAction, timeline_entry
 from app.storage.scripts import RECORD_ACTIONS, ScriptRunner
 from app.storage.wire import CommandArg
@@ -19,7 +19,7 @@ MAX_RANKED_TIMES = 1000
 
 
 class Actions(ScriptRunner):
-    """The actions aggregate: a user's activity, counted once per action id."""
+    """The actions aggregate: what users did, counted once per action id, in their hashes."""
 
     def __init__(self, conn: Connection, keys: Keys, *, action_dedupe_ttl_s: int) -> None:
         super().__init__(conn, keys)
@@ -53,21 +53,22 @@ class Actions(ScriptRunner):
     ) -> tuple[int, int]:
         accepted = duplicates = 0
         schedule = self.keys.shard(shard).schedule
-        for keys, args in self._action_chunks(actions, tracked):
-            header: list[CommandArg] = [now_ms, self.action_dedupe_ttl_s, TIMELINE_LENGTH]
+        since = oldest_minute(now_ms, self.action_dedupe_ttl_s)
+        for keys, args in self._action_chunks(actions, tracked, now_ms):
+            header: list[CommandArg] = [now_ms, since, IDS_LIMIT, LOG_LENGTH]
             added, repeated = await self.run(RECORD_ACTIONS, [*keys, schedule], [*header, *args])
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
 
     def _action_chunks(
-        self, actions: Sequence[NewAction], tracked: Mapping[str, Iterable[int]]
+        self, actions: Sequence[NewAction], tracked: Mapping[str, Iterable[int]], now_ms: int
     ) -> Iterator[tuple[list[str], list[CommandArg]]]:
         keys: list[str] = []
         args: list[CommandArg] = []
         size = 0
         for action in actions:
-            action_keys = self._action_keys(action)
-            action_args = self._action_args(action, tracked.get(action.action, ()))
+            action_keys = [self.keys.user(action.user_id)]
+            action_args = self._action_args(action, tracked.get(action.action, ()), now_ms)
             action_size = sum(len(str(part)) for part in (*action_keys, *action_args))
             if keys and size + action_size > MAX_SCRIPT_PAYLOAD_BYTES:
                 yield keys, args
@@ -76,21 +77,25 @@ class Actions(ScriptRunner):
         if keys:
             yield keys, args
 
-    def _action_keys(self, action: NewAction) -> list[str]:
-        uid = action.user_id
-        marker = self.keys.action_seen(uid, action.id) if action.id else self.keys.activity(uid)
-        return [marker, self.keys.tombstone(uid), self.keys.activity(uid), self.keys.timeline(uid)]
-
-    def _action_args(self, action: NewAction, counts: Iterable[int]) -> list[CommandArg]:
-        details = {"action": action.action, "id": action.id, "properties": action.properties or {}}
-        entry = timeline_entry(action.occurred_at_ms, "action", **details)
+    def _action_args(
+        self, action: NewAction, counts: Iterable[int], now_ms: int
+    ) -> list[CommandArg]:
         ordered = sorted(counts)
         return [
-            "1" if action.id else "0",
+            recent_entry(action.id, now_ms) if action.id else "",
             action.action,
             action.occurred_at_ms,
             min(ordered[-1], MAX_RANKED_TIMES) if ordered else 0,
             ",".join(str(count) for count in ordered),
-            entry,
+            log_line(action),
             evaluation_id(action.user_id),
         ]
+
+
+def log_line(action: NewAction) -> str:
+    """An action's line in the user's log: only one with properties has one (its count and time
+    are in the action's field; its properties nowhere else)."""
+    if not action.properties:
+        return ""
+    details = {"action": action.action, "id": action.id, "properties": action.properties}
+    return timeline_entry(action.occurred_at_ms, "action", **details)

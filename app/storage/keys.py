@@ -1,88 +1,91 @@
-"""The Redis key schema: the only module that spells a key.
+"""The Redis key schema (v2): the only module that spells a key the service uses
+(`storage.migrate` spells v1's, to move them).
 
-`P` is `KEY_PREFIX` (default `activation:`). On one Redis (and on Upstash) the table below is the
-whole schema: every key of one user carries the hash tag `{<uid>}`, and what users share
-(`schedule` ... `daily`) is one set of keys. On a Redis Cluster (`storage.layout`) every script
-must touch one hash slot, so what users share is split into shards, each under a tag `{<tag>}`,
-and a user's keys move under their shard's tag: `P{<uid>}:user` becomes `P{<tag>}:u:<uid>:user`
-and `P:schedule` becomes `P{<tag>}:schedule`, the shard being a stable hash of the user id
-(`Keys.shard_of`). `P:layout` keeps the tags (JSON), chosen once, one per master.
+`P` is `KEY_PREFIX` (default `activation:`). Everything about one user is one hash, `P{<uid>}`:
+a user's write is one HMGET and one HSET, and the worker reads a user with one HGETALL. What users
+share is one set of keys per shard: on one Redis (and on Upstash) one shard, `P:schedule` ...; on
+a Redis Cluster (`storage.layout`) every script must touch one hash slot, so there is one shard
+per master, each under a hash tag `{<tag>}`, and a user's hash moves under their shard's tag:
+`P{<uid>}` becomes `P{<tag>}:u:<uid>` and `P:schedule` becomes `P{<tag>}:schedule` (the shard is
+a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON), chosen once.
 
-| key                          | type   | TTL                  | written by            |
-|------------------------------|--------|----------------------|-----------------------|
-| `P{<uid>}:user`              | hash   | none                 | record_user.lua       |
-| `P{<uid>}:tombstone`         | string | none                 | delete_user.lua       |
-| `P{<uid>}:webhook:<svix_id>` | string | WEBHOOK_DEDUPE_TTL_S | record/delete_user    |
-| `P{<uid>}:activity`          | hash   | none                 | record_actions.lua    |
-| `P{<uid>}:action:<id>`       | string | ACTION_DEDUPE_TTL_S  | record_actions.lua    |
-| `P{<uid>}:loops`             | hash   | none                 | apply.lua             |
-| `P{<uid>}:jobs`              | hash   | none                 | apply.lua, settle.lua |
-| `P{<uid>}:attempts`          | hash   | none                 | begin_attempt.lua     |
-| `P{<uid>}:timeline`          | list   | none (capped)        | every writer          |
-| `P:schedule`                 | zset   | none                 | intake, apply, claim  |
-| `P:leases`                   | zset   | none                 | claim.lua, renew.lua  |
-| `P:lease_tokens`             | hash   | none                 | claim.lua             |
-| `P:lease_seq`                | string | none                 | claim.lua             |
-| `P:dead`                     | zset   | none                 | settle.lua            |
-| `P:outbox`                   | list   | none (capped)        | settle.lua            |
-| `P:suppressed`               | zset   | none                 | email_event.lua       |
-| `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua |
-| `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua            |
-| `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout      |
-| `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua    |
-| `P:layout`                   | string | none                 | storage.layout (once) |
+| key                          | type   | TTL                  | written by                      |
+|------------------------------|--------|----------------------|---------------------------------|
+| `P{<uid>}`                   | hash   | none                 | every user script               |
+| `P:schedule`                 | zset   | none                 | intake, claim, apply, settle    |
+| `P:dead`                     | zset   | none                 | settle.lua                      |
+| `P:outbox`                   | list   | none (capped)        | settle.lua                      |
+| `P:suppressed`               | zset   | none                 | email_event.lua                 |
+| `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua           |
+| `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua                      |
+| `P:schema`                   | string | none                 | `Store.open` (once), migrate    |
+| `P:layout`                   | string | none                 | storage.layout (once)           |
+| `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout                |
+| `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua              |
 
-Reads: `snapshot.lua` reads every per-user key at once; intake scripts read the tombstone; the
-worker's `claim.lua` reads `schedule` and `leases`.
+The user hash `P{<uid>}` (field names are short: Redis keeps them once per user):
+- `p` the profile (UserProfile JSON, defaults left out); `v` the epoch ms of the Clerk data it
+  holds (older events never overwrite newer data); `reg` when a verified `user.created` was first
+  stored (absent until then: the registration starts the loops).
+- `del`: when the user was deleted. A tombstone: the rest of the hash is gone, and a late
+  `user.created`/`updated`, action or event is ignored.
+- `unsub` (ms): unsubscribed, no further loop email. `sup` (ms) and `sup_why` (`bounced` or
+  `complained`): a Resend hard bounce or complaint stopped loop email (`suppress remove` clears).
+- `rev`: bumped by every change a decision depends on (actions that move a tracked count's
+  time, registration, decisions, settled jobs, unsubscribes, suppressions), so a decision made on
+  an old snapshot is refused.
+- `seen`: the webhook deliveries (Clerk's and Resend's `svix-id`) applied within
+  WEBHOOK_DEDUPE_TTL_S, newest last, at most `SEEN_LIMIT`; `ids`: the client action ids accepted
+  within ACTION_DEDUPE_TTL_S, at most `IDS_LIMIT`. Each entry is 13 characters: 8 of a digest of
+  the id (`digest`), then the minute it was applied, base 36 (5 digits: until 2084).
+- `a:<action>`: `<count>,<first>,<last>` (epoch ms), then `;` and the earliest occurred-at times,
+  ascending, comma-separated (as many as the largest count a loop waits for, up to
+  `MAX_RANKED_TIMES`: the n-th is when the count reached n, whatever order the reports came in),
+  then `;` and `<n>=<ms>` pairs for counts that list cannot hold (the latest time when the count
+  was reached, an upper bound).
+- `s:<loop_id>/<step>`: that step's state (engine.StepState JSON, `None`s left out).
+- `j:<loop_id>|<step>|<kind>`: the email job `email|<uid>|<loop_id>|<step>|<kind>` (EmailJob JSON
+  without the parts its field name says). The user's send ledger: queued once, never sent twice.
+  A queued job carries its rendered email; a sent one only who from, to whom and the subject.
+  Its attempt: `attempts` started that may have reached Resend, `first_attempt_at` when the
+  first of them started (Resend keeps an idempotency key 24 h from then), `started_at` when the
+  attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt).
+- `log`: JSON lines, newest first, at most `LOG_LENGTH`: what nothing else records (an action's
+  properties, Resend's delivery events, an operator lifting a suppression). The timeline of
+  `GET /v1/users` is built from it and from the fields above (`records.timeline_of`).
 
-- `user`: field `profile` is the UserProfile as JSON; `version` the epoch ms of the Clerk data it
-  holds (older events never overwrite newer data); `registered_at` the epoch ms a verified
-  `user.created` was first stored (absent until then).
-- `tombstone`: epoch ms of the `user.deleted`; a late `user.created`/`updated` or action is ignored.
-- `webhook:<svix_id>` / `action:<id>`: a delivery or client action id already applied.
-- `activity`: `rev` (bumped by every change, so a decision made on an old snapshot is refused);
-  per action `n:<a>` (count), `first:<a>` and `last:<a>` (epoch ms), `ts:<a>` (its earliest
-  occurred-at times, ascending, comma-separated epoch ms, as many as the largest count a loop
-  waits for, up to `store.MAX_RANKED_TIMES`: the n-th is when the count reached n, whatever order
-  the reports came in), `at:<a>:<n>` (for a count `ts:` cannot hold, the latest time when the
-  count was reached, an upper bound; written before `ts:` existed, the n-th report's time).
-- `loops`: field `<loop_id>/<step>` holds that step's state as JSON (engine.StepState).
-- `jobs`: field `<job_id>` holds the email job as JSON (jobs.EmailJob), its rendered email included;
-  it is also the user's send ledger: a job id is queued once and a sent job is never sent again.
-- `attempts`: `<job_id>` how many sends were started, `<job_id>@` when the last one started and
-  `<job_id>^` when the first one that may have reached Resend started (ms): Resend keeps an
-  idempotency key 24 h from then, so no attempt goes out blind after that.
-- `user` field `unsubscribed_at` (ms): no further loop email for this user.
-- `user` fields `suppressed_at` (ms) and `suppression` (`bounced` or `complained`): a Resend hard
-  bounce or complaint stopped loop email for this user; `activation suppress remove` clears them.
-  `suppressed`: those user ids by when (for `activation suppress list`), removed with them.
-- `timeline`: the newest events first, JSON, capped at TIMELINE_LENGTH.
-- `schedule`: job ids by due time (epoch ms): `eval|<uid>` (look at the user's loops) and
-  `email|<uid>|<loop>|<step>|<kind>` (send one email). `leases`: claimed job ids by lease expiry;
-  an expired lease (a crashed or stalled worker) puts the job back on the schedule.
-  `lease_tokens`: each leased job's fencing token, the number `lease_seq` gave its claim; a worker
-  whose token no longer matches (its lease was taken back) can neither start an attempt nor settle
-  or apply anything but a send that happened. `dead`: email jobs that
-  failed for good, by when; an operator retries them. `outbox`: emails "sent" without a Resend
-  key, newest first, JSON.
-- `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read
-  by `stats.lua` for the dashboard. Funnel of step 0: `entered` (started), `met` (condition met:
-  fired), `sent` (its email sent), `timed_out`, `nudged` (its on_timeout email sent),
-  `activated_after_nudge` (the condition met after the step timed out: counted once, when the
-  worker writes that `met_at` onto the timed-out state); `tta:<bucket>` a histogram of
-  time-to-activation (started to met, buckets `stats.TTA_BUCKETS`); `emails_sent` and
-  `emails_failed` count every email of the loop.
+What the shard keys hold:
+- `schedule`: `eval|<uid>`, one member per user with something to do, by when (epoch ms): a
+  worker's turn looks at the user's loops and sends what is due. A claim moves the member's score
+  to when its lease runs out, and that score is the claim's token: a worker holds a lease while
+  `token <= score < token + lease` (its renewals stay inside that window, another worker's claim
+  lands past it), so a crashed worker's users come back when the lease runs out and a stalled one
+  can no longer write.
+- `dead`: email job ids that failed for good, by when; an operator retries them. `outbox`: emails
+  "sent" without a Resend key, newest first, JSON.
+- `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read by
+  `stats.lua` for the dashboard. Step 0's funnel: `entered`, `tta:<bucket>` (condition met, by
+  time to activation: their sum is the `met` count), `timed_out`, `activated_after_nudge` (the
+  condition met after the step timed out, counted once); `sent:<step>:<kind>` emails sent (step
+  0's `action` is the funnel's `sent`, its `timeout` the `nudged`; their sum `emails_sent`);
+  `emails_failed`.
 - `daily:<yyyy-mm-dd>` (UTC day): `<loop_id>:sent` and `<loop_id>:failed`, emails that day.
+- `schema`: `2`, this schema; a store holding the v1 schema (one key per aggregate) is moved by
+  `activation migrate` (`storage.migrate`) before the service uses it.
 - `session_revoked:<sid>`: a dashboard session logged out; kept until the session would have
-  expired, so its cookie no longer opens a page. `login_failures:<ip>`: failed dashboard
-  logins from one client address in the current window (the first failure starts it).
-- `Keys.personal(uid)` lists every key with personal data; `user.deleted` removes them all.
+  expired. `login_failures:<ip>`: failed dashboard logins from one address in the current window.
 - `layout`: on a cluster, `{"shards": [<tag>, ...]}`: the shards' hash tags, in shard order.
 """
 
+import base64
+import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
+
+from app.engine.job_ids import SEPARATOR, email_id_prefix
+
+SCHEMA_VERSION = "2"
 
 # Clerk ids look like `user_29w83sxmDNGwOuEthce5gg56FcC`. Any printable ASCII but `{`, `|` and `}`
 # (0x21-0x7A and `~`) is allowed so other providers' ids fit: braces would break the hash tag, `|`
@@ -90,34 +93,81 @@ from dataclasses import dataclass, field
 USER_ID_PATTERN = r"^[!-z~]{1,128}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
 
+LOG_LENGTH = 50
+SEEN_LIMIT = 32
+IDS_LIMIT = 64
+OUTBOX_LENGTH = 1000
+DAILY_TTL_S = 90 * 24 * 3600
+
 
 def valid_user_id(user_id: str) -> bool:
     return _USER_ID.fullmatch(user_id) is not None
 
 
+def digest(delivery_or_action_id: str) -> str:
+    """8 characters standing for a delivery's or an action's id in `seen` / `ids` (48 bits: two
+    ids of one user alike by chance, among the few dozen kept, is not a worry)."""
+    raw = hashlib.blake2b(delivery_or_action_id.encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def recent_entry(delivery_or_action_id: str, now_ms: int) -> str:
+    """The 13-character `seen` / `ids` entry: the id's digest, then the minute, base 36."""
+    return digest(delivery_or_action_id) + _base36(now_ms // 60_000).rjust(5, "0")
+
+
+def oldest_minute(now_ms: int, ttl_s: int) -> int:
+    """The oldest minute a `seen` / `ids` entry is kept from, `ttl_s` before now."""
+    return now_ms // 60_000 - ttl_s // 60
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+# The user hash's fields (see the table above).
+PROFILE, VERSION, REGISTERED, DELETED = "p", "v", "reg", "del"
+UNSUBSCRIBED, SUPPRESSED, SUPPRESSION = "unsub", "sup", "sup_why"
+REV, SEEN, IDS, LOG = "rev", "seen", "ids", "log"
+ACTION, STEP, JOB = "a:", "s:", "j:"
+
+
+def action_field(action: str) -> str:
+    return f"{ACTION}{action}"
+
+
+def step_field(name: str) -> str:
+    """`name` is the engine's `<loop_id>/<step>`."""
+    return f"{STEP}{name}"
+
+
+def job_field(job_id: str) -> str:
+    """`j:<loop_id>|<step>|<kind>` for `email|<uid>|<loop_id>|<step>|<kind>`."""
+    return JOB + job_id.split(SEPARATOR, 2)[2]
+
+
+def job_id_of(user_id: str, field_name: str) -> str:
+    """The email job id a `j:` field stands for."""
+    return email_id_prefix(user_id) + field_name.removeprefix(JOB)
+
+
 @dataclass(frozen=True, slots=True)
 class ShardKeys:
-    """The keys one shard shares among its users: the schedule and its leases, dead letters,
-    the outbox, suppressions and the loop counters. On one Redis there is one shard and these are
-    the unsharded `P:schedule`...; on a cluster `P{<tag>}:schedule`..., one hash slot per shard."""
+    """The keys one shard shares among its users: the schedule, dead letters, the outbox,
+    suppressions and the loop counters. On one Redis there is one shard and these are the
+    unsharded `P:schedule`...; on a cluster `P{<tag>}:schedule`..., one hash slot per shard."""
 
     scope: str  # `P` or `P{<tag>}:`
 
     @property
     def schedule(self) -> str:
         return f"{self.scope}schedule"
-
-    @property
-    def leases(self) -> str:
-        return f"{self.scope}leases"
-
-    @property
-    def lease_tokens(self) -> str:
-        return f"{self.scope}lease_tokens"
-
-    @property
-    def lease_seq(self) -> str:
-        return f"{self.scope}lease_seq"
 
     @property
     def dead(self) -> str:
@@ -161,7 +211,7 @@ class Keys:
         return max(len(self.shard_tags), 1)
 
     def shard_of(self, user_id: str) -> int:
-        """The shard a user's keys and jobs live in (a stable hash of the id)."""
+        """The shard a user's hash and place on the schedule live in (a stable hash of the id)."""
         if not self.shard_tags:
             return 0
         return zlib.crc32(user_id.encode()) % len(self.shard_tags)
@@ -176,39 +226,18 @@ class Keys:
         """The shared keys of the user's shard: a script touching both stays in one slot."""
         return self._shards[self.shard_of(user_id)]
 
-    def _user_scope(self, user_id: str) -> str:
+    def user(self, user_id: str) -> str:
+        """The user's hash: everything stored about them."""
         if not valid_user_id(user_id):
             raise ValueError(f"invalid user id {user_id!r}")
         if not self.shard_tags:
             return f"{self.prefix}{{{user_id}}}"
         return f"{self.of_user(user_id).scope}u:{user_id}"
 
-    def user(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:user"
-
-    def tombstone(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:tombstone"
-
-    def webhook_seen(self, user_id: str, delivery_id: str) -> str:
-        return f"{self._user_scope(user_id)}:webhook:{delivery_id}"
-
-    def activity(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:activity"
-
-    def action_seen(self, user_id: str, action_id: str) -> str:
-        return f"{self._user_scope(user_id)}:action:{action_id}"
-
-    def loops(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:loops"
-
-    def jobs(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:jobs"
-
-    def attempts(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:attempts"
-
-    def timeline(self, user_id: str) -> str:
-        return f"{self._user_scope(user_id)}:timeline"
+    @property
+    def schema(self) -> str:
+        """The schema version the data is in (`SCHEMA_VERSION`)."""
+        return f"{self.prefix}schema"
 
     @property
     def layout(self) -> str:
@@ -221,30 +250,3 @@ class Keys:
     def login_failures(self, client: str) -> str:
         """`client` is the caller's address, as the server reports it."""
         return f"{self.prefix}login_failures:{client}"
-
-    def snapshot(self, user_id: str) -> list[str]:
-        """What `snapshot.lua` reads of one user, in its KEYS order."""
-        return [
-            self.user(user_id),
-            self.activity(user_id),
-            self.loops(user_id),
-            self.jobs(user_id),
-            self.timeline(user_id),
-            self.tombstone(user_id),
-        ]
-
-    def personal(self, user_id: str) -> list[str]:
-        """Every key holding the user's personal data (removed on `user.deleted`)."""
-        return [
-            self.user(user_id),
-            self.activity(user_id),
-            self.loops(user_id),
-            self.jobs(user_id),
-            self.attempts(user_id),
-            self.timeline(user_id),
-        ]
-
-
-TIMELINE_LENGTH = 200
-OUTBOX_LENGTH = 1000
-DAILY_TTL_S = 90 * 24 * 3600

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.delivery.jobs import EmailJob
-from app.engine.funnel import parse_counters
+from app.engine.funnel import funnel_view, parse_counters
 from app.engine.job_ids import user_of
+from app.storage import keys as k
 from app.storage.keys import ShardKeys
-from app.storage.records import StatsReply, UserRecord, parse_snapshot
-from app.storage.scripts import SNAPSHOT, STATS, ScriptRunner
+from app.storage.records import StatsReply, UserRecord, as_fields, decode_job, parse_user
+from app.storage.scripts import STATS, ScriptRunner
 
 
 class Reads(ScriptRunner):
@@ -24,12 +25,10 @@ class Reads(ScriptRunner):
         seconds, micros = await self.conn.call("TIME")
         return int(seconds) * 1000 + int(micros) // 1000
 
-    async def snapshot(self, user_id: str, *, full: bool = False) -> UserRecord:
-        """One user's stored state in one round trip (jobs and timeline only when `full`)."""
-        reply = await self.run(
-            SNAPSHOT, self.keys.snapshot(user_id), ["full" if full else "engine"]
-        )
-        return parse_snapshot(user_id, reply)
+    async def snapshot(self, user_id: str) -> UserRecord:
+        """One user's stored state: one HGETALL of their hash."""
+        reply = await self.conn.call("HGETALL", self.keys.user(user_id))
+        return parse_user(user_id, as_fields(reply))
 
     async def read_stats(
         self, loop_ids: Sequence[str], days: Sequence[str], *, dead_limit: int = 1000
@@ -51,15 +50,19 @@ class Reads(ScriptRunner):
         count, dead_ids, *hashes = await self.run(STATS, keys, [dead_limit])
         parsed = [parse_counters(flat) for flat in hashes]
         return StatsReply(
-            loops=dict(zip(loop_ids, parsed[: len(loop_ids)], strict=True)),
+            loops={
+                loop: funnel_view(counters)
+                for loop, counters in zip(loop_ids, parsed[: len(loop_ids)], strict=True)
+            },
             days=dict(zip(days, parsed[len(loop_ids) :], strict=True)),
             dead_count=int(count),
             dead_ids=[str(job_id) for job_id in dead_ids],
         )
 
     async def get_job(self, job_id: str) -> EmailJob | None:
-        raw = await self.conn.call("HGET", self.keys.jobs(user_of(job_id)), job_id)
-        return None if raw is None else EmailJob.model_validate_json(raw)
+        uid, name = user_of(job_id), k.job_field(job_id)
+        raw = await self.conn.call("HGET", self.keys.user(uid), name)
+        return None if raw is None else decode_job(uid, name, str(raw))
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         """Emails written to the outbox (no Resend key), newest first, every shard's."""
@@ -72,7 +75,7 @@ class Reads(ScriptRunner):
         return parsed[:limit]
 
     async def schedule_size(self) -> int:
-        """Jobs on the schedule (due or not), every shard's: the queue depth."""
+        """Users with a turn on the schedule (due or not), every shard's: the queue depth."""
         return sum([int(await self.conn.call("ZCARD", s.schedule)) for s in self.keys.shards()])
 
     async def dead_letter_count(self) -> int:

@@ -1,27 +1,28 @@
-"""What storage keeps and answers, as types: the stored profile, the user's record as a snapshot
-reads it, the scripts' one-word answers, and the lines of a user's timeline (JSON)."""
+"""What storage keeps and answers, as types: the stored profile, the user's record as one HGETALL
+reads it (and the compact forms its fields take), the scripts' one-word answers, and the user's
+timeline, built from what is stored."""
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.delivery.jobs import EmailJob
-from app.engine.evaluate import ActionStats, StepState
-from app.engine.job_ids import email_id_prefix
-from app.storage.scripts import int_or_none
+from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.evaluate import ActionStats, StepState, StepStatus
+from app.engine.job_ids import JobId, email_id_prefix
+from app.storage import keys as k
 
 
 def timeline_entry(at_ms: int, event: str, **details: Any) -> str:
-    """One timeline line: when, what, and the details that matter (JSON)."""
+    """One line of the user's `log` (JSON): when, what, and the details that matter."""
     return json.dumps({"at": at_ms, "event": event, **details}, separators=(",", ":"))
 
 
 class UserProfile(BaseModel):
-    """A user as stored (JSON in `P{uid}:user` field `profile`)."""
+    """A user as stored (JSON in the user hash's `p`, defaults left out)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -45,6 +46,9 @@ class UserProfile(BaseModel):
         if self.username:
             return self.username
         return self.email.partition("@")[0] if self.email else ""
+
+    def stored(self) -> str:
+        return self.model_dump_json(exclude_defaults=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ class UserRecord:
     actions: dict[str, ActionStats]
     steps: dict[str, StepState]
     jobs: dict[str, EmailJob] = field(default_factory=dict)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
     deleted: bool = False
     suppressed_at_ms: int | None = None
     suppression: str | None = None
@@ -97,14 +101,18 @@ class UserRecord:
     def known(self) -> bool:
         return self.profile is not None or bool(self.actions) or bool(self.steps)
 
+    @property
+    def timeline(self) -> list[dict[str, Any]]:
+        """What happened to the user, newest first (`timeline_of`)."""
+        return timeline_of(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """An email job about to be sent, and what decides whether it may be."""
+    """An email job in a worker's hands: begun (its attempt counted, `seq` its number) or ended
+    already (it failed to render, or had no address), and what decides whether it may be sent."""
 
-    job: EmailJob | None  # None: its user was deleted
-    previous_attempts: int = 0
-    first_reached_at_ms: int | None = None  # the first attempt that may have reached Resend
+    job: EmailJob
     unsubscribed: bool = False
     suppressed: bool = False
 
@@ -121,8 +129,8 @@ class Settled(StrEnum):
 
     SETTLED = "settled"
     GONE = "gone"  # the user was deleted meanwhile
-    FINAL = "final"  # the job had already ended (sent, or ended under this lease): nothing written
-    STALE = "stale"  # another worker holds the job now: nothing written
+    FINAL = "final"  # the job had already ended (sent, or ended under this attempt): unchanged
+    STALE = "stale"  # a newer attempt was begun since: nothing written
 
 
 class Applied(StrEnum):
@@ -130,18 +138,23 @@ class Applied(StrEnum):
 
     APPLIED = "applied"
     CONFLICT = "conflict"  # the user changed since the snapshot: evaluate again
-    STALE = "stale"  # another worker holds the evaluation now
+    STALE = "stale"  # another worker holds the user's turn now
     DELETED = "deleted"  # the user was deleted
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Jobs claimed under one fenced lease (`token`), and when the schedule next needs a look."""
+    """Users claimed for a turn under one lease (`token`: when it runs out), and when the
+    schedule next needs a look. `tokens` follows renewals, job by job."""
 
     job_ids: list[str]
     wake_at_ms: int | None
     token: str = ""
     shard: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token_of(self, job_id: str) -> str:
+        return self.tokens.get(job_id, self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,62 +191,173 @@ def outbox_prefix(user_id: str) -> str:
     return '{"job":' + json.dumps(email_id_prefix(user_id))[:-1]
 
 
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+# --- the user hash's fields ----------------------------------------------------------------------
 
 
-def parse_snapshot(user_id: str, reply: Sequence[Any]) -> UserRecord:
-    (
-        (profile, _version, registered_at, unsubscribed_at, suppressed_at, suppression),
-        activity,
-        loops,
-        jobs,
-        timeline,
-        deleted,
-    ) = reply
-    fields = _pairs(activity)
+def as_fields(reply: Any) -> dict[str, str]:
+    """HGETALL's reply as a dict, whatever the transport made of it (a dict or a flat list)."""
+    if isinstance(reply, Mapping):
+        return {str(name): str(value) for name, value in reply.items()}
+    items = [str(item) for item in reply or ()]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def parse_user(user_id: str, fields: Mapping[str, str]) -> UserRecord:
+    """The user hash (`keys` describes its fields) as a record."""
+    profile = fields.get(k.PROFILE)
     return UserRecord(
         user_id=user_id,
         profile=UserProfile.model_validate_json(profile) if profile else None,
-        registered_at_ms=int_or_none(registered_at),
-        unsubscribed_at_ms=int_or_none(unsubscribed_at),
-        rev=fields.get("rev", "0"),
-        actions=parse_activity(fields),
-        steps={name: StepState.model_validate_json(raw) for name, raw in _pairs(loops).items()},
-        jobs={job_id: EmailJob.model_validate_json(raw) for job_id, raw in _pairs(jobs).items()},
-        timeline=[json.loads(line) for line in timeline],
-        deleted=bool(deleted),
-        suppressed_at_ms=int_or_none(suppressed_at),
-        suppression=suppression,
+        registered_at_ms=_int(fields.get(k.REGISTERED)),
+        unsubscribed_at_ms=_int(fields.get(k.UNSUBSCRIBED)),
+        rev=fields.get(k.REV, "0"),
+        actions={
+            name.removeprefix(k.ACTION): parse_action(value)
+            for name, value in fields.items()
+            if name.startswith(k.ACTION)
+        },
+        steps={
+            name.removeprefix(k.STEP): decode_step(user_id, value)
+            for name, value in fields.items()
+            if name.startswith(k.STEP)
+        },
+        jobs={
+            k.job_id_of(user_id, name): decode_job(user_id, name, value)
+            for name, value in fields.items()
+            if name.startswith(k.JOB)
+        },
+        log=[json.loads(line) for line in fields.get(k.LOG, "").splitlines() if line],
+        deleted=k.DELETED in fields,
+        suppressed_at_ms=_int(fields.get(k.SUPPRESSED)),
+        suppression=fields.get(k.SUPPRESSION),
     )
 
 
-def parse_activity(fields: Mapping[str, str]) -> dict[str, ActionStats]:
-    """`n:<a>`, `first:<a>`, `last:<a>`, `ts:<a>` and `at:<a>:<n>` fields into per-action stats.
+def parse_action(value: str) -> ActionStats:
+    """`<count>,<first>,<last>[;<t1>,<t2>...[;<n>=<ms>,...]]` (record_actions.lua writes it).
 
-    `ts:<a>` (the earliest times, ascending) says when each count was reached by time; `at:<a>:<n>`
-    serves the counts it does not hold (an upper bound; from older data, the n-th to arrive).
-    """
-    bounds: dict[str, dict[int, int]] = {}
-    for name, value in fields.items():
-        if name.startswith("at:"):
-            action, _, count = name[3:].rpartition(":")
-            bounds.setdefault(action, {})[int(count)] = int(value)
-    return {
-        name[2:]: _action_stats(name[2:], int(value), fields, bounds.get(name[2:], {}))
-        for name, value in fields.items()
-        if name.startswith("n:")
-    }
+    The listed times are the earliest, ascending: the n-th is when the count reached n, by time;
+    a `<n>=<ms>` bound serves a count the list does not hold (the latest time when it was
+    reached)."""
+    counts, _, rest = value.partition(";")
+    ranked, _, bounds = rest.partition(";")
+    count, first, last = counts.split(",")
+    reached = {int(n): int(at) for n, _, at in (p.partition("=") for p in _items(bounds))}
+    reached |= {n: int(at) for n, at in enumerate(_items(ranked), 1)}
+    return ActionStats(count=int(count), first_at=int(first), last_at=int(last), reached_at=reached)
 
 
-def _action_stats(
-    action: str, count: int, fields: Mapping[str, str], bounds: Mapping[int, int]
-) -> ActionStats:
-    ranked = fields.get(f"ts:{action}")
-    by_time = {n: int(at) for n, at in enumerate(ranked.split(","), 1)} if ranked else {}
-    return ActionStats(
-        count=count,
-        first_at=int_or_none(fields.get(f"first:{action}")),
-        last_at=int_or_none(fields.get(f"last:{action}")),
-        reached_at={**bounds, **by_time},
-    )
+def encode_step(state: StepState) -> str:
+    """A step state as stored: `None`s left out, its email job named by its field."""
+    data = state.model_dump(mode="json", exclude_none=True)
+    if "email_job" in data:
+        data["email_job"] = JobId.parse(data["email_job"]).short()
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode_step(user_id: str, value: str) -> StepState:
+    data = json.loads(value)
+    if "email_job" in data:
+        data["email_job"] = email_id_prefix(user_id) + data["email_job"]
+    return StepState.model_validate(data)
+
+
+# What a job's field name already says, and what a sent job no longer needs.
+_NAMED = frozenset({"id", "user_id", "loop_id", "step", "kind"})
+_SPENT = frozenset({"personalization", "started_at", "seq"})
+
+
+def encode_job(job: EmailJob) -> str:
+    """A job as stored in its `j:` field: what the field name says and the defaults left out; a
+    sent job keeps no personalization (its rendered summary says what went out)."""
+    leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
+    return job.model_dump_json(exclude=set(leave_out), exclude_defaults=True)
+
+
+def decode_job(user_id: str, field_name: str, value: str) -> EmailJob:
+    job_id = JobId.parse(k.job_id_of(user_id, field_name))
+    named: dict[str, object] = {"id": str(job_id), "user_id": user_id}
+    named |= {"loop_id": job_id.loop_id, "step": job_id.step, "kind": job_id.reason}
+    return EmailJob.model_validate({**json.loads(value), **named})
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _items(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+# --- the timeline --------------------------------------------------------------------------------
+
+# At one moment, what comes first: a signup, then actions, steps, emails, then the rest.
+_RANK = {"user.created": 0, "user.updated": 1, "action": 2, "unsubscribed": 3, "suppressed": 3}
+_STEP_RANK, _EMAIL_RANK, _OTHER_RANK = 4, 5, 6
+_STEP_ORDER = {"waiting": 0, "fired": 1, "timed_out": 1, "activated_late": 2}
+
+
+def timeline_of(record: UserRecord) -> list[dict[str, Any]]:
+    """What happened to the user, newest first: the `log`'s lines and what the other fields say
+    (the signup, each action's recorded times, each step's moves, each email's end)."""
+    logged = {(e.get("action"), e.get("at")) for e in record.log if e.get("event") == "action"}
+    entries = [
+        entry
+        for entry in _derived(record)
+        if entry["event"] != "action" or (entry["action"], entry["at"]) not in logged
+    ]
+    entries += record.log
+    return sorted(entries, key=_order, reverse=True)
+
+
+def _order(entry: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    event = str(entry["event"])
+    if event.startswith("step."):
+        index = int(str(entry.get("step", "/0")).rpartition("/")[2] or 0)
+        return entry["at"], _STEP_RANK, index, _STEP_ORDER.get(event[5:], 3)
+    rank = _RANK.get(event, _EMAIL_RANK if event.startswith("email.") else _OTHER_RANK)
+    return entry["at"], rank, 0, 0
+
+
+def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
+    if record.registered_at_ms is not None:
+        yield {"at": record.registered_at_ms, "event": "user.created"}
+    for name, stats in record.actions.items():
+        yield from _action_entries(name, stats)
+    yield from _step_entries(record.steps)
+    for job in record.jobs.values():
+        ended = job.sent_at if job.status is JobStatus.SENT else job.ended_at
+        if job.terminal and ended is not None:
+            yield {"at": ended, "event": f"email.{job.status.value}", "email": job.id,
+                   "attempts": job.attempts, "error": job.last_error}  # fmt: skip
+    if record.unsubscribed_at_ms is not None:
+        yield {"at": record.unsubscribed_at_ms, "event": "unsubscribed"}
+    if record.suppressed_at_ms is not None:
+        yield {"at": record.suppressed_at_ms, "event": "suppressed", "reason": record.suppression}
+
+
+def _action_entries(name: str, stats: ActionStats) -> Iterator[dict[str, Any]]:
+    """An action's known times: when each count a loop tracks was reached, the first and the
+    latest (the counters keep no more)."""
+    reached = dict(stats.reached_at)
+    if 1 not in reached and stats.first_at is not None:
+        reached[1] = stats.first_at
+    if stats.count not in reached and stats.last_at is not None:
+        reached[stats.count] = stats.last_at
+    for count in sorted(reached):
+        yield {"at": reached[count], "event": "action", "action": name, "count": count}
+
+
+def _step_entries(steps: Mapping[str, StepState]) -> Iterable[dict[str, Any]]:
+    """Each step's moves: waiting (when the step was set up: its trigger, or the previous step's
+    decision), then fired or timed out, then a late activation (the condition met after)."""
+    for name, state in steps.items():
+        loop_id, _, index = name.rpartition("/")
+        previous = steps.get(f"{loop_id}/{int(index) - 1}") if index.isdigit() else None
+        set_up = previous.decided_at if previous and previous.decided_at else state.started_at
+        yield {"at": set_up, "event": "step.waiting", "step": name}
+        if state.final and state.decided_at is not None:
+            event = f"step.{state.status.value}"
+            yield {"at": state.decided_at, "event": event, "step": name, "email": state.email_job}
+        if state.status is StepStatus.TIMED_OUT and state.met_at is not None:
+            yield {"at": state.met_at, "event": "step.activated_late", "step": name}

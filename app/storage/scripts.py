@@ -42,27 +42,34 @@ class Script:
     key_locking_sha: str
 
     @classmethod
-    def load(cls, name: str) -> "Script":
-        source = resources.files("app.storage").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    def load(cls, name: str, *, lib: bool = True) -> "Script":
+        """`lib`: the helpers of `lua/lib.lua` come first (most scripts use a few)."""
+        source = _lua(name)
+        if lib:
+            source = f"{_lua('lib')}\n{source}"
         flagged = KEY_LOCKING_SHEBANG + source
         return cls(name, source, sha1(source), flagged, sha1(flagged))
+
+
+def _lua(name: str) -> str:
+    return resources.files("app.storage").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 RECORD_USER = Script.load("record_user")
 DELETE_USER = Script.load("delete_user")
 RECORD_ACTIONS = Script.load("record_actions")
-SNAPSHOT = Script.load("snapshot")
 APPLY = Script.load("apply")
 CLAIM = Script.load("claim")
 RENEW = Script.load("renew")
-BEGIN_ATTEMPT = Script.load("begin_attempt")
 SETTLE = Script.load("settle")
 UNSUBSCRIBE = Script.load("unsubscribe")
 RETRY_DEAD = Script.load("retry_dead")
-STATS = Script.load("stats")
 EMAIL_EVENT = Script.load("email_event")
 UNSUPPRESS = Script.load("unsuppress")
-LOGIN_FAILURES = Script.load("login_failures")
+MIGRATE_USER = Script.load("migrate_user")
+MIGRATE_STATS = Script.load("migrate_stats", lib=False)
+STATS = Script.load("stats", lib=False)
+LOGIN_FAILURES = Script.load("login_failures", lib=False)
 
 
 class ScriptRunner:

@@ -6,11 +6,13 @@ the outbox) and `store.logins` (dashboard sessions and login failures). Each cal
 trip; only this package talks to Redis.
 """
 
+from app.errors import SchemaRefused
 from app.storage.actions import Actions
 from app.storage.connections import Connection
 from app.storage.keys import Keys
 from app.storage.layout import open_layout
 from app.storage.logins import Logins
+from app.storage.migrate import Migrated, Migration, RefusingConnection, ensure_schema
 from app.storage.queue import Queue
 from app.storage.reads import Reads
 from app.storage.users import Users
@@ -33,6 +35,7 @@ class Store:
         self.webhook_dedupe_ttl_s = webhook_dedupe_ttl_s
         self.action_dedupe_ttl_s = action_dedupe_ttl_s
         self.timeout_s = timeout_s
+        self._opened: tuple[Connection, Keys] | None = None
         self._build(conn, keys)
 
     def _build(self, conn: Connection, keys: Keys) -> None:
@@ -52,11 +55,28 @@ class Store:
 
     async def open(self) -> None:
         """Find out what the connection reaches: on a node of a Redis Cluster, the cluster and
-        its shards (`storage.layout`); elsewhere nothing changes. Call before any use; when
-        storage cannot be reached yet, `StorageUnavailable` (call again later)."""
-        conn, keys = await open_layout(self.conn, self.keys, self.timeout_s)
-        if conn is not self.conn:
-            self._build(conn, keys)
+        its shards (`storage.layout`); elsewhere nothing changes. Then check the data is in this
+        schema (`storage.migrate`): data in an older one is refused, every call answering
+        `StorageUnavailable`, until `activation migrate` moved it. Call before any use; when
+        storage cannot be reached yet, or is refused, `StorageUnavailable` (call again later)."""
+        if self._opened is None:
+            self._opened = await open_layout(self.conn, self.keys, self.timeout_s)
+        conn, keys = self._opened
+        try:
+            await ensure_schema(conn, keys)
+        except SchemaRefused as exc:
+            self._build(RefusingConnection(conn, str(exc)), keys)
+            raise
+        self._build(conn, keys)
+
+    async def migrate(self, now_ms: int) -> Migrated:
+        """Move data of an older schema to this one (`storage.migrate`); what it moved."""
+        if self._opened is None:
+            self._opened = await open_layout(self.conn, self.keys, self.timeout_s)
+        conn, keys = self._opened
+        migrated = await Migration(conn, keys).move(now_ms)
+        self._build(conn, keys)
+        return migrated
 
     async def ping(self) -> None:
         await self.reads.ping()
@@ -65,4 +85,5 @@ class Store:
         return await self.reads.server_time_ms()
 
     async def close(self) -> None:
-        await self.conn.close()
+        conn = self._opened[0] if self._opened is not None else self.conn
+        await conn.close()

@@ -1,26 +1,28 @@
 """A user's profile and standing: Clerk's user events, unsubscribes, Resend's delivery events and
-suppressions, each one script."""
+suppressions, each one script on the user's hash."""
 
 from collections.abc import Iterable
 
 from app.delivery.jobs import EmailJob, JobStatus
-from app.engine.job_ids import evaluation_id
+from app.engine.job_ids import email_id_prefix, evaluation_id
+from app.storage import keys as k
 from app.storage.connections import Connection
-from app.storage.keys import TIMELINE_LENGTH, Keys
+from app.storage.keys import LOG_LENGTH, SEEN_LIMIT, Keys, oldest_minute, recent_entry
 from app.storage.records import (
     EmailEvent,
     StoredUser,
     UserProfile,
     UserWrite,
+    as_fields,
+    encode_job,
     outbox_prefix,
-    parse_snapshot,
+    parse_user,
     timeline_entry,
 )
 from app.storage.scripts import (
     DELETE_USER,
     EMAIL_EVENT,
     RECORD_USER,
-    SNAPSHOT,
     UNSUBSCRIBE,
     UNSUPPRESS,
     ScriptRunner,
@@ -30,67 +32,43 @@ from app.storage.wire import CommandArg
 
 
 class Users(ScriptRunner):
-    """The users aggregate: every key of one user, written once per delivery."""
+    """The users aggregate: one hash per user, each delivery applied once."""
 
     def __init__(self, conn: Connection, keys: Keys, *, webhook_dedupe_ttl_s: int) -> None:
         super().__init__(conn, keys)
         self.webhook_dedupe_ttl_s = webhook_dedupe_ttl_s
+
+    def _seen(self, delivery_id: str, now_ms: int) -> list[CommandArg]:
+        """A delivery's `seen` entry, the oldest minute kept, and how many are kept."""
+        since = oldest_minute(now_ms, self.webhook_dedupe_ttl_s)
+        return [recent_entry(delivery_id, now_ms), since, SEEN_LIMIT]
 
     async def record(
         self, delivery_id: str, profile: UserProfile, *, created: bool, version_ms: int, now_ms: int
     ) -> UserWrite:
         """Store the profile of `user.created` (created=True) or `user.updated`, once."""
         uid = profile.id
-        keys = [
-            self.keys.user(uid),
-            self.keys.tombstone(uid),
-            self.keys.webhook_seen(uid, delivery_id),
-            self.keys.activity(uid),
-            self.keys.timeline(uid),
-            self.keys.of_user(uid).schedule,
-        ]
+        keys = [self.keys.user(uid), self.keys.of_user(uid).schedule]
         kind = "created" if created else "updated"
-        entry = timeline_entry(now_ms, f"user.{kind}", delivery=delivery_id)
-        args: list[CommandArg] = [
-            profile.model_dump_json(),
-            version_ms,
-            kind,
-            now_ms,
-            self.webhook_dedupe_ttl_s,
-            entry,
-            TIMELINE_LENGTH,
-            evaluation_id(uid),
-        ]
+        # a signup is in `reg`; an update has no field of its own: its line says when
+        line = "" if created else timeline_entry(now_ms, "user.updated", delivery=delivery_id)
+        args: list[CommandArg] = [profile.stored(), version_ms, kind, now_ms]
+        args += [*self._seen(delivery_id, now_ms), evaluation_id(uid), line, LOG_LENGTH]
         return as_enum(UserWrite, RECORD_USER, await self.run(RECORD_USER, keys, args))
 
     async def delete(self, delivery_id: str, user_id: str, *, now_ms: int) -> UserWrite:
         """Remove the user's personal data and leave a tombstone, once per delivery."""
         shard = self.keys.of_user(user_id)
-        keys = [
-            self.keys.tombstone(user_id),
-            self.keys.webhook_seen(user_id, delivery_id),
-            shard.schedule,
-            shard.leases,
-            self.keys.jobs(user_id),
-            shard.suppressed,
-            shard.lease_tokens,
-            shard.outbox,
-            *self.keys.personal(user_id),
-        ]
-        args: list[CommandArg] = [
-            now_ms,
-            self.webhook_dedupe_ttl_s,
-            evaluation_id(user_id),
-            user_id,
-            outbox_prefix(user_id),
-        ]
-        reply = await self.run(DELETE_USER, keys, args)
-        return as_enum(UserWrite, DELETE_USER, reply)
+        keys = [self.keys.user(user_id), shard.schedule, shard.suppressed, shard.outbox, shard.dead]
+        args: list[CommandArg] = [now_ms, *self._seen(delivery_id, now_ms), evaluation_id(user_id)]
+        args += [user_id, outbox_prefix(user_id), email_id_prefix(user_id)]
+        return as_enum(UserWrite, DELETE_USER, await self.run(DELETE_USER, keys, args))
 
     async def get(self, user_id: str) -> StoredUser | None:
-        fields = ("profile", "version", "registered_at")
-        reply = await self.conn.call("HMGET", self.keys.user(user_id), *fields)
-        profile, version, registered_at = reply
+        fields = (k.PROFILE, k.VERSION, k.REGISTERED)
+        profile, version, registered_at = await self.conn.call(
+            "HMGET", self.keys.user(user_id), *fields
+        )
         if profile is None:
             return None
         return StoredUser(
@@ -100,54 +78,31 @@ class Users(ScriptRunner):
         )
 
     async def is_deleted(self, user_id: str) -> bool:
-        return bool(await self.conn.call("EXISTS", self.keys.tombstone(user_id)))
+        return bool(await self.conn.call("HEXISTS", self.keys.user(user_id), k.DELETED))
 
     async def unsubscribe(self, user_id: str, *, now_ms: int) -> int | None:
         """Stop loop email for the user; queued jobs are dropped. Returns how many, or None when
         the user is deleted or not stored (then nothing is written)."""
-        reply = await self.run(SNAPSHOT, self.keys.snapshot(user_id), ["full"])
-        record = parse_snapshot(user_id, reply)
-        keys = [
-            self.keys.user(user_id),
-            self.keys.jobs(user_id),
-            self.keys.of_user(user_id).schedule,
-            self.keys.timeline(user_id),
-            self.keys.tombstone(user_id),
-        ]
-        args: list[CommandArg] = [now_ms, timeline_entry(now_ms, "unsubscribed"), TIMELINE_LENGTH]
-        args += dropped_jobs(record.jobs.values())
-        dropped_count = int(await self.run(UNSUBSCRIBE, keys, args))
+        fields = as_fields(await self.conn.call("HGETALL", self.keys.user(user_id)))
+        record = parse_user(user_id, fields)
+        args: list[CommandArg] = [now_ms, *dropped_jobs(record.jobs.values(), now_ms)]
+        dropped_count = int(await self.run(UNSUBSCRIBE, [self.keys.user(user_id)], args))
         return None if dropped_count < 0 else dropped_count
 
     async def record_email_event(self, event: EmailEvent, *, now_ms: int) -> str:
-        """Put a Resend event on the user's timeline once per delivery, suppressing on a hard
-        bounce or complaint; returns the script's one-word outcome (see email_event.lua)."""
+        """Put a Resend event in the user's log once per delivery, suppressing on a hard bounce
+        or complaint; returns the script's one-word outcome (see email_event.lua)."""
         uid = event.user_id
-        keys = [
-            self.keys.user(uid),
-            self.keys.tombstone(uid),
-            self.keys.webhook_seen(uid, event.delivery_id),
-            self.keys.timeline(uid),
-            self.keys.of_user(uid).suppressed,
-        ]
-        reason = event.suppression or ""
-        args: list[CommandArg] = [
-            now_ms,
-            self.webhook_dedupe_ttl_s,
-            event.timeline_entry(now_ms),
-            TIMELINE_LENGTH,
-            reason,
-            uid,
-            timeline_entry(now_ms, "suppressed", reason=reason, email=event.job_id),
-        ]
+        keys = [self.keys.user(uid), self.keys.of_user(uid).suppressed]
+        args: list[CommandArg] = [now_ms, *self._seen(event.delivery_id, now_ms)]
+        args += [event.timeline_entry(now_ms), LOG_LENGTH, event.suppression or "", uid]
         return str(await self.run(EMAIL_EVENT, keys, args))
 
     async def unsuppress(self, user_id: str, *, now_ms: int) -> bool:
         """Lift the user's suppression; False when they were not suppressed."""
-        suppressed = self.keys.of_user(user_id).suppressed
-        keys = [self.keys.user(user_id), self.keys.timeline(user_id), suppressed]
-        entry = timeline_entry(now_ms, "unsuppressed")
-        return bool(await self.run(UNSUPPRESS, keys, [user_id, entry, TIMELINE_LENGTH]))
+        keys = [self.keys.user(user_id), self.keys.of_user(user_id).suppressed]
+        line = timeline_entry(now_ms, "unsuppressed")
+        return bool(await self.run(UNSUPPRESS, keys, [user_id, line, LOG_LENGTH]))
 
     async def suppressed(self, limit: int = 1000) -> list[tuple[str, int]]:
         """(user id, suppressed at ms) pairs, oldest first: an operator's listing, one read per
@@ -155,19 +110,17 @@ class Users(ScriptRunner):
         users = []
         for shard in self.keys.shards():
             for uid in await self.conn.call("ZRANGE", shard.suppressed, 0, limit - 1):
-                at = await self.conn.call("HGET", self.keys.user(str(uid)), "suppressed_at")
+                at = await self.conn.call("HGET", self.keys.user(str(uid)), k.SUPPRESSED)
                 if at is not None:
                     users.append((str(uid), int(at)))
         return sorted(users, key=lambda pair: pair[1])[:limit]
 
 
-def dropped_jobs(jobs: Iterable[EmailJob]) -> list[CommandArg]:
-    """(job id, the job as dropped) for each job not ended yet: what an unsubscribe drops."""
+def dropped_jobs(jobs: Iterable[EmailJob], now_ms: int) -> list[CommandArg]:
+    """(field, the job as dropped) for each job not ended yet: what an unsubscribe drops."""
     pairs: list[CommandArg] = []
     for job in jobs:
         if not job.terminal:
-            dropped = job.model_copy(
-                update={"status": JobStatus.DROPPED, "last_error": "unsubscribed"}
-            )
-            pairs += [job.id, dropped.model_dump_json()]
+            update = {"status": JobStatus.DROPPED, "last_error": "unsubscribed", "ended_at": now_ms}
+            pairs += [k.job_field(job.id), encode_job(job.model_copy(update=update))]
     return pairs

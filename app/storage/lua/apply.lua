@@ -1,67 +1,48 @@
--- Apply the engine's decisions for one user, unless the user changed since the snapshot they
--- were made from, was deleted, or another worker took the evaluation over; then settle the
--- user's evaluation lease and schedule the next look.
--- KEYS[1] activity hash (rev)  KEYS[2] loops hash  KEYS[3] jobs hash  KEYS[4] timeline list
--- KEYS[5] schedule zset        KEYS[6] leases zset  KEYS[7] tombstone  KEYS[8] lease tokens hash
--- KEYS[9..] the loops' stats hashes (P:stats:<loop>)
+-- Apply the engine's decisions for one user, and begin the attempts of the emails due, unless
+-- the user changed since the snapshot they were made from, was deleted, or another worker took
+-- the user's turn over; then say when the user's turn comes next.
+-- KEYS[1] the user's hash; KEYS[2] schedule zset; KEYS[3..] the loops' stats hashes
 -- ARGV[1] the rev the decisions were made from; ARGV[2] the evaluation job id (eval|<uid>)
--- ARGV[3] wake at (epoch ms) or ""; ARGV[4] timeline length cap; ARGV[5] the lease token held
--- ("" when the caller holds no lease: then nobody may hold one)
--- ARGV[6] n step states, then n pairs: field, state JSON
--- then m email jobs: count, then m triples: job id, job JSON, due at (epoch ms)
--- then t timeline entries: count, then t JSON entries
--- then c counter increments: count, then c triples: stats key (1 = KEYS[9]), field, increment
--- Returns "stale" (another worker holds the evaluation: nothing written), "deleted" (the user was
--- deleted: nothing written, the lease released), "conflict" (the user changed: nothing written,
+-- ARGV[3] the lease token held ("" when none is held); ARGV[4] the lease, ms
+-- ARGV[5] the next turn (epoch ms) or "" for none; ARGV[6] "1" when attempts were begun: the
+-- lease then stays until they are settled (settle.lua says when the next turn is)
+-- ARGV[7] n fields to write, then n pairs: `s:` step states, `j:` email jobs (new, or begun)
+-- then c counter increments: count, then c triples: stats key (1 = KEYS[3]), field, increment
+-- Returns "stale" (another worker holds the turn: nothing written), "deleted" (the user was
+-- deleted: nothing written, off the schedule), "conflict" (the user changed: nothing written,
 -- the caller evaluates again) or "applied".
-local mine = (redis.call('HGET', KEYS[8], ARGV[2]) or '') == ARGV[5]
-if not mine then
+if not holds(KEYS[2], ARGV[2], ARGV[3], ARGV[4]) then
   return 'stale'
 end
-local function release()
-  redis.call('ZREM', KEYS[6], ARGV[2])
-  redis.call('HDEL', KEYS[8], ARGV[2])
-end
-if redis.call('EXISTS', KEYS[7]) == 1 then
-  release()
+local user = redis.call('HMGET', KEYS[1], 'rev', 'del')
+if user[2] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return 'deleted'
 end
-local rev = redis.call('HGET', KEYS[1], 'rev') or '0'
-if rev ~= ARGV[1] then
+if (user[1] or '0') ~= ARGV[1] then
   return 'conflict'
 end
-local a = 6
-local states = tonumber(ARGV[a])
-for i = 1, states do
-  redis.call('HSET', KEYS[2], ARGV[a + 2 * i - 1], ARGV[a + 2 * i])
-end
-a = a + 2 * states + 1
-local jobs = tonumber(ARGV[a])
-for i = 1, jobs do
-  local id, job, due = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
-  -- a job id is deterministic: the same decision made twice queues one email
-  if redis.call('HSETNX', KEYS[3], id, job) == 1 then
-    redis.call('ZADD', KEYS[5], 'NX', due, id)
-  end
-end
-a = a + 3 * jobs + 1
-for i = 1, tonumber(ARGV[a]) do
-  redis.call('LPUSH', KEYS[4], ARGV[a + i])
-end
-if tonumber(ARGV[a]) > 0 then
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
+local n = tonumber(ARGV[7])
+if n > 0 then
+  local fields = {unpack(ARGV, 8, 7 + 2 * n)}
+  add(fields, 'rev', bumped(user[1]))
+  redis.call('HSET', KEYS[1], unpack(fields))
 end
 -- counters move with the states they describe: a refused (conflicting) decision counts nothing
-a = a + tonumber(ARGV[a]) + 1
-for i = 1, tonumber(ARGV[a] or '0') do
+local a = 8 + 2 * n
+for i = 1, tonumber(ARGV[a]) do
   local k, counter, by = ARGV[a + 3 * i - 2], ARGV[a + 3 * i - 1], ARGV[a + 3 * i]
-  redis.call('HINCRBY', KEYS[8 + tonumber(k)], counter, by)
+  redis.call('HINCRBY', KEYS[2 + tonumber(k)], counter, by)
 end
-if states + jobs > 0 then
-  redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)
-end
-release()
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[5], 'LT', ARGV[3], ARGV[2])
+if ARGV[6] ~= '1' then
+  if ARGV[5] ~= '' then
+    if ARGV[3] == '' then
+      redis.call('ZADD', KEYS[2], 'LT', ARGV[5], ARGV[2])
+    else
+      redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+    end
+  elseif ARGV[3] ~= '' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+  end
 end
 return 'applied'

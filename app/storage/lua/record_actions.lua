@@ -1,25 +1,23 @@
--- Record a batch of actions ("user did X"), each once per client id, and wake each user's loops.
--- KEYS: 4 per action, then the schedule:
---   KEYS[4i-3] id marker   P{uid}:action:<id> (when the action has no id: any key, unused)
---   KEYS[4i-2] tombstone   P{uid}:tombstone
---   KEYS[4i-1] activity    P{uid}:activity
---   KEYS[4i]   timeline    P{uid}:timeline
---   KEYS[#KEYS] schedule   P:schedule
--- ARGV[1] now, epoch ms; ARGV[2] id marker TTL, seconds; ARGV[3] timeline length cap
--- then 7 per action, from ARGV[4]:
---   has id ("1"/"0"), action name, occurred at (epoch ms), how many of its earliest times to keep
---   (the largest count a loop waits for, capped; "0" when none does), the counts loops wait for
---   ("1,10" or ""), timeline entry JSON, the user's evaluation job id (eval|<uid>)
--- Reports arrive in any order, so `ts:<a>` keeps the earliest occurred-at times of the action,
--- ascending: the n-th of it is the n-th action by when it happened. It holds the L earliest of all
--- recorded (L < the count when times were left out: a smaller keep before, or data older than
--- it), so a time later than its last joins only when none was left out. A count that it cannot
--- hold gets `at:<a>:<n>` when reached: the latest time so far, an upper bound.
+-- Record a batch of actions ("user did X"), each once per client id, and wake the user's loops
+-- when a count a loop waits for is reached.
+-- KEYS[i] the hash of the i-th action's user (P{uid}); KEYS[#KEYS] schedule P:schedule
+-- ARGV[1] now, epoch ms; ARGV[2] the oldest minute `ids` keeps; ARGV[3] IDS_LIMIT;
+-- ARGV[4] the log's length cap; then 7 per action, from ARGV[5]:
+--   its `ids` entry ("" when it has no id), action name, occurred at (epoch ms), how many of its
+--   earliest times to keep (the largest count a loop waits for, capped; "0" when none does), the
+--   counts loops wait for ("1,10" or ""), a log line ("" for none: an action without properties
+--   is all in its counts), the user's evaluation job id (eval|<uid>)
+-- The action's field `a:<name>` is `<count>,<first>,<last>[;<times>[;<bounds>]]`. Reports arrive
+-- in any order, so <times> keeps the earliest occurred-at times, ascending: the n-th of them is
+-- the n-th action by when it happened. It holds the L earliest of all recorded (L < the count when
+-- times were left out: a smaller keep before), so a time later than its last joins only when none
+-- was left out. A count it cannot hold gets a bound `<n>=<ms>` when reached: the latest time so
+-- far, an upper bound. `rev` moves only when what a loop reads moved (a time it keeps, or a count
+-- it waits for), and the user's turn comes when such a count is reached.
 -- Returns {accepted, duplicates}; an action for a deleted user is accepted and dropped.
-local now, id_ttl, cap = ARGV[1], ARGV[2], tonumber(ARGV[3]) - 1
 local schedule = KEYS[#KEYS]
+local now, since, id_limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local accepted, duplicates = 0, 0
-local unpack = unpack or table.unpack  -- Lua 5.1 on Redis; 5.4 in fakeredis
 
 local function tracked(list, count)
   for n in string.gmatch(list, '[^,]+') do
@@ -55,40 +53,42 @@ local function ranked(list, before, first, last, at, keep)
   return table.concat(times, ','), #times
 end
 
-local function record(k, a)
-  local name, at, keep = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
-  local activity = KEYS[k + 2]
-  local current = redis.call('HMGET', activity, 'n:' .. name, 'first:' .. name, 'last:' .. name,
-                              'rev', 'ts:' .. name)
-  local before, at_ms = tonumber(current[1]) or 0, tonumber(at)
-  local first, last = tonumber(current[2]) or at_ms, tonumber(current[3]) or at_ms
+local function record(key, a, user)
+  local name, at, keep, counts = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local stored = user[3] or ''
+  local head, rest = string.match(stored, '^([^;]*);?(.*)$')
+  local list, bounds = string.match(rest, '^([^;]*);?(.*)$')
+  local before, first, last = string.match(head, '^(%d+),(%d+),(%d+)$')
+  before = tonumber(before) or 0
+  local at_ms = tonumber(at)
+  first, last = tonumber(first) or at_ms, tonumber(last) or at_ms
   local latest = math.max(last, at_ms)
-  local fields = {'n:' .. name, before + 1, 'first:' .. name, math.min(first, at_ms),
-                  'last:' .. name, latest, 'rev', (tonumber(current[4]) or 0) + 1}
-  local list, held = ranked(current[5] or '', before, current[2], last, at, keep)
-  if list then
-    table.insert(fields, 'ts:' .. name)
-    table.insert(fields, list)
+  local new_list, held = ranked(list, before, first, last, at, keep)
+  local waited = tracked(counts, before + 1)
+  if held <= before and waited then
+    bounds = (bounds == '' and '' or bounds .. ',') .. (before + 1) .. '=' .. latest
   end
-  if held <= before and tracked(ARGV[a + 4], before + 1) then
-    table.insert(fields, 'at:' .. name .. ':' .. (before + 1))
-    table.insert(fields, latest)
-  end
-  redis.call('HSET', activity, unpack(fields))
-  redis.call('LPUSH', KEYS[k + 3], ARGV[a + 5])
-  redis.call('LTRIM', KEYS[k + 3], 0, cap)
-  redis.call('ZADD', schedule, 'LT', now, ARGV[a + 6])
+  local value = (before + 1) .. ',' .. math.min(first, at_ms) .. ',' .. latest
+  if (new_list or list) ~= '' or bounds ~= '' then value = value .. ';' .. (new_list or list) end
+  if bounds ~= '' then value = value .. ';' .. bounds end
+  local fields = {'a:' .. name, value}
+  if new_list or waited then add(fields, 'rev', bumped(user[4])) end
+  if ARGV[a] ~= '' then add(fields, 'ids', recent_add(user[2] or '', ARGV[a], since, id_limit)) end
+  if ARGV[a + 5] ~= '' then add(fields, 'log', log_add(user[5], ARGV[a + 5], cap)) end
+  redis.call('HSET', key, unpack(fields))
+  if waited then redis.call('ZADD', schedule, 'LT', now, ARGV[a + 6]) end
 end
 
-for i = 0, (#KEYS - 1) / 4 - 1 do
-  local k, a = i * 4 + 1, i * 7 + 4
-  if ARGV[a] == '1' and not redis.call('SET', KEYS[k], now, 'NX', 'EX', id_ttl) then
+for i = 1, #KEYS - 1 do
+  local a = 5 + (i - 1) * 7
+  local wanted = {'del', 'ids', 'a:' .. ARGV[a + 1], 'rev'}
+  if ARGV[a + 5] ~= '' then wanted[5] = 'log' end
+  local user = redis.call('HMGET', KEYS[i], unpack(wanted))
+  if ARGV[a] ~= '' and recent_has(user[2] or '', string.sub(ARGV[a], 1, 8), since) then
     duplicates = duplicates + 1
   else
     accepted = accepted + 1
-    if redis.call('EXISTS', KEYS[k + 1]) == 0 then
-      record(k, a)
-    end
+    if not user[1] then record(KEYS[i], a, user) end
   end
 end
 return {accepted, duplicates}

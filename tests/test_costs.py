@@ -1,0 +1,124 @@
+"""What Upstash would bill: the commands (a script's own included, INFO commandstats) of each
+step of a signup's life, on a real Redis, through the service's own HTTP API and worker."""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+
+from app.settings import Settings
+from tests.conftest import (
+    AUTH,
+    FakeClock,
+    clerk_event,
+    post_webhook,
+    resend_settings,
+    running,
+    worker_of,
+)
+from tests.resend_standin import ResendStandin
+
+pytestmark = pytest.mark.parametrize("transport", ["redis"], indirect=True)
+
+USERS = 10
+DAY = 24 * 3600 * 1000
+
+
+class Meter:
+    """Commands Redis ran between two reads of INFO commandstats (INFO itself left out)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def calls(self) -> dict[str, int]:
+        stats: dict[str, Any] = self.client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+    async def of(self, work: Callable[[], Any]) -> dict[str, int]:
+        before = self.calls()
+        await work()
+        after = self.calls()
+        delta = {name: after[name] - before.get(name, 0) for name in after if name != "info"}
+        return {name: count for name, count in delta.items() if count}
+
+
+def per_user(delta: dict[str, int], shared: dict[str, int], users: int = USERS) -> dict[str, float]:
+    """What each of the users cost, once what the whole batch shared is taken off."""
+    return {
+        name: (count - shared.get(name, 0)) / users
+        for name, count in delta.items()
+        if count - shared.get(name, 0)
+    }
+
+
+# one claim for the batch (a look at the schedule, the script, its read, its write, the next
+# look), and the drain's last look, which finds nothing due
+CLAIM = {"zrange": 3, "evalsha": 1, "zrangebyscore": 1, "zadd": 1}
+
+
+async def test_a_signups_life_costs_what_the_readme_says(
+    make_settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    resend: ResendStandin,
+) -> None:
+    """Each row of the README's cost table, per user, over a batch of ten."""
+    meter = Meter(redis_client)
+    clock = FakeClock(1_800_000_000_000)
+    users = [f"user_cost{i:02d}" for i in range(USERS)]
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        await warm_up(app, http)
+
+        async def signups() -> None:
+            for uid in users:
+                body = json.dumps(clerk_event("created", uid)).encode()
+                assert (await post_webhook(http, body)).json() == {"status": "created"}
+
+        async def act(name: str) -> None:
+            body = {"actions": [{"user_id": uid, "action": name} for uid in users]}
+            assert (await http.post("/v1/actions", json=body, headers=AUTH)).status_code == 202
+
+        async def turns() -> None:
+            await worker_of(app).drain()
+
+        created = await meter.of(signups)
+        assert per_user(created, {}) == {"evalsha": 1, "hmget": 1, "hset": 1, "zadd": 1}
+
+        entered = per_user(await meter.of(turns), CLAIM)
+        # read the user; apply: the lease, the user, write, `entered`, the next turn
+        assert entered == {"hgetall": 1, "evalsha": 1, "zscore": 1, "hmget": 1, "hset": 1,
+                           "hincrby": 1, "zadd": 1}  # fmt: skip
+
+        watched = per_user(await meter.of(lambda: act("first_project_created")), {"evalsha": 1})
+        assert watched == {"hmget": 1, "hset": 1, "zadd": 1}  # one script for the batch
+
+        welcome = per_user(await meter.of(turns), CLAIM)
+        # read; apply (lease, user, write, `tta`); send; settle (user, write, `sent`, the day's
+        # counter, lease, the next turn: the tips in two days)
+        assert welcome == {"hgetall": 1, "evalsha": 2, "zscore": 2, "hmget": 2, "hset": 2,
+                           "hincrby": 3, "zadd": 1}  # fmt: skip
+        assert sum(welcome.values()) <= 15
+
+        unwatched = per_user(await meter.of(lambda: act("project_created")), {"evalsha": 1})
+        assert unwatched == {"hmget": 1, "hset": 1}  # the tenth is far: nobody woken
+        assert await meter.of(turns) == {"zrange": 1}  # nothing due: one look
+
+        clock.advance(2 * DAY)
+        # a new day: its counter's hash gets its expiry, once
+        tips = per_user(await meter.of(turns), {**CLAIM, "expire": 1}, USERS + 1)
+        assert tips == {"hgetall": 1, "evalsha": 2, "zscore": 2, "hmget": 2, "hset": 2,
+                        "hincrby": 2, "zrem": 1}  # fmt: skip
+        assert len(resend.inbox) == 2 * (USERS + 1)
+
+
+async def warm_up(app: FastAPI, http: httpx.AsyncClient) -> None:
+    """One user through every step first: scripts loaded, the day's counter created."""
+    body = json.dumps(clerk_event("created", "user_warm")).encode()
+    await post_webhook(http, body)
+    await worker_of(app).drain()
+    action = {"user_id": "user_warm", "action": "first_project_created"}
+    await http.post("/v1/actions", json={"actions": [action]}, headers=AUTH)
+    await worker_of(app).drain()
