@@ -25,6 +25,15 @@ class Cost:
     by_command: Counter[str] = field(default_factory=Counter)
     stats_commands: int = 0  # the same window per INFO commandstats
 
+    def scaled(self, factor: float) -> "Cost":
+        """The same window as if it had covered `factor` times as many operations."""
+        return Cost(
+            commands=round(self.commands * factor),
+            round_trips=round(self.round_trips * factor),
+            by_command=Counter({k: round(v * factor) for k, v in self.by_command.items()}),
+            stats_commands=round(self.stats_commands * factor),
+        )
+
     def per(self, n: int) -> dict[str, float]:
         return {
             "commands": self.commands / n,

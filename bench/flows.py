@@ -7,13 +7,14 @@ from contextlib import contextmanager
 
 import httpx
 
-from app.clock import system_clock_ms
+from app.clock import Clock, system_clock_ms
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from bench.cost import Cost, Monitor
 from bench.load import API_KEY, SIGNING_SECRET, action, signed_lines
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
+TWO_DAYS_MS = 2 * 24 * 3600 * 1000
 RESEND_KEY = "re_standin_test_key"  # tests.resend_standin.API_KEY
 
 
@@ -37,11 +38,13 @@ def app_env(redis_url: str, prefix: str, *, worker: bool, resend_url: str = "") 
 class InProcessWorker:
     """What `activation worker` builds, run in the bench process on one event loop."""
 
-    def __init__(self, env: Mapping[str, str], **overrides: object) -> None:
+    def __init__(
+        self, env: Mapping[str, str], clock: Clock = system_clock_ms, **overrides: object
+    ) -> None:
         values = {name.lower(): value for name, value in env.items()} | overrides
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         self.runner = asyncio.Runner()
-        self.runtime: Runtime = build_runtime(settings, system_clock_ms)
+        self.runtime: Runtime = build_runtime(settings, clock)
 
     def drain(self, max_rounds: int = 1000) -> int:
         return self.runner.run(self.runtime.worker.drain(max_rounds))
@@ -63,8 +66,10 @@ class InProcessWorker:
 
 
 @contextmanager
-def in_process_worker(env: Mapping[str, str], **overrides: object) -> Iterator[InProcessWorker]:
-    worker = InProcessWorker(env, **overrides)
+def in_process_worker(
+    env: Mapping[str, str], clock: Clock = system_clock_ms, **overrides: object
+) -> Iterator[InProcessWorker]:
+    worker = InProcessWorker(env, clock, **overrides)
     try:
         yield worker
     finally:
@@ -133,12 +138,23 @@ def costs(
         act(http, warm, "first_project_created")
         worker.drain()  # scripts loaded, pools connected: the windows see steady state
         windows["user.created"] = measured(redis_url, lambda: signup(http, users))
-        windows["signup evaluation"] = measured(redis_url, worker.drain)
-        windows["action"] = measured(redis_url, lambda: act(http, users, "first_project_created"))
-        windows["evaluation + send"] = measured(redis_url, worker.drain)
-        windows["action + evaluation, no email"] = measured(
-            redis_url, lambda: (act(http, users, "project_created"), worker.drain())
+        windows["signup's turn"] = measured(redis_url, worker.drain)
+        windows["watched action"] = measured(
+            redis_url, lambda: act(http, users, "first_project_created")
         )
+        windows["turn: welcome decided and sent"] = measured(redis_url, worker.drain)
+        # project_created: the milestone waits for the tenth, so the first wakes nobody
+        windows["unwatched action"] = measured(
+            redis_url, lambda: act(http, users, "project_created")
+        )
+        worker.drain()
+    # the worker's clock two days on: the tips are due (the warm-up users' too: the window is
+    # counted per turn run, like the others per user)
+    with in_process_worker(env, lambda: system_clock_ms() + TWO_DAYS_MS + 60_000) as later:
+        turns: list[int] = []
+        tips = measured(redis_url, lambda: turns.append(later.drain()))
+        windows["turn: tips decided and sent, 2 days on"] = tips.scaled(n / turns[0])
+    with httpx.Client(base_url=app_url, timeout=30) as http:
         windows["batch of n actions"] = measured(
             redis_url, lambda: act(http, users, "project_created", batch=True)
         )

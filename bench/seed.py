@@ -1,9 +1,9 @@
 """Many stored users, fast: real users made by the service, then cloned with DUMP/RESTORE.
 
-A few template users go through the real flow (signup, actions, emails sent); their keys are then
-copied under other user ids, so every clone has the shapes and encodings the scripts produce
-(user hash, activity hash, loops, jobs with the rendered email, attempts, timeline, delivery and
-action-id markers with their TTLs, schedule entries).
+A few template users go through the real flow (signup, actions, emails sent); their hash is then
+copied under other user ids, so every clone has the shape and encoding the scripts produce (the
+profile, actions, step states, jobs, recent delivery and action ids), and their turn on the
+schedule with it.
 """
 
 import redis
@@ -18,8 +18,10 @@ def clone_id(i: int) -> str:
 
 
 def template_keys(client: redis.Redis, keys: Keys, user_id: str) -> list[bytes]:
-    pattern = keys.user(user_id).removesuffix(":user").replace("{", "\\{").replace("}", "\\}")
-    return sorted(client.scan_iter(match=f"{pattern}:*", count=1000))
+    """The user's keys: their hash, and anything else under their hash tag (none in schema v2;
+    listed so a key added later is measured too)."""
+    pattern = keys.user(user_id).replace("{", "\\{").replace("}", "\\}")
+    return sorted(client.scan_iter(match=f"{pattern}*", count=1000))
 
 
 def schedule_entries(client: redis.Redis, keys: Keys, user_id: str) -> list[tuple[bytes, float]]:

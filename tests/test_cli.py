@@ -85,7 +85,7 @@ def seed_activated_user(redis_url: str, key_prefix: str) -> None:
     now = int(time.time() * 1000)
     client.hset(f"{key_prefix}{{{uid}}}", mapping={
         "p": json.dumps(user), "v": 1, "reg": now, "rev": 1,
-        "a:first_project_created": f"1,{now},{now};{now}",
+        "a:first_project_created": f"1,{now},{now};0",  # reached 1 at its first time
     })  # fmt: skip
     client.zadd(f"{key_prefix}schedule", {f"eval|{uid}": now})
     client.close()

@@ -258,8 +258,9 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 async def stored_times(store: Store, user_id: str) -> list[int]:
     """The earliest times kept of action `x`: the second part of its `a:x` field."""
     raw = await store.conn.call("HGET", store.keys.user(user_id), "a:x")
-    times = (str(raw) + ";;").split(";")[1] if raw else ""
-    return [int(at) for at in times.split(",") if at]
+    head, times = (str(raw) + ";;").split(";")[:2] if raw else ("0,0,0", "")
+    first = int(head.split(",")[1])
+    return [first + int(offset) for offset in times.split(",") if offset]  # ms after the first
 
 
 @pytest.mark.parametrize("transport", ["embedded"], indirect=True)

@@ -14,6 +14,7 @@ from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.funnel import funnel_view, last_days, sent_field, tta_bucket, utc_day
 from app.ops.dashboard import LoopStats
 from app.settings import Settings
+from app.storage.records import as_fields
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
 from tests.test_flow import act, signup
 
@@ -127,14 +128,22 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
     assert reply.days[today] == {"welcome:failed": 1, "welcome:sent": 1}
 
 
-async def test_daily_hashes_expire_after_90_days(app: FastAPI, clock: FakeClock) -> None:
+async def test_a_days_counts_join_the_totals_after_90_days(app: FastAPI, clock: FakeClock) -> None:
     store = store_of(app)
-    job = email_job()
-    await store.queue.apply_decisions(USER, rev="0", states={}, jobs=[job], wake_at_ms=None)
-    sent = job.model_copy(update={"status": JobStatus.SENT})
-    await store.queue.settle(sent, now_ms=clock.now_ms, seq=0)
-    ttl = await store.conn.call("TTL", store.keys.shard(0).daily(utc_day(clock.now_ms)))
-    assert 89 * 24 * 3600 < int(ttl) <= 90 * 24 * 3600
+    first_day = utc_day(clock.now_ms)
+    for n in range(2):
+        job = email_job(id=f"email|user_t{n}|welcome|0|action", user_id=f"user_t{n}")
+        await store.queue.apply_decisions(job.user_id, rev="0", states={}, jobs=[job],
+                                          wake_at_ms=None)  # fmt: skip
+        sent = job.model_copy(update={"status": JobStatus.SENT})
+        await store.queue.settle(sent, now_ms=clock.now_ms, seq=0)
+        clock.advance(91 * DAY)
+    stored = await store.conn.call("HGETALL", store.keys.shard(0).stats("welcome"))
+    later = utc_day(clock.now_ms - 91 * DAY)
+    assert as_fields(stored) == {"sent:0:action": "1", f"sent:0:action@{later}": "1"}
+    reply = await store.reads.read_stats(["welcome"], [first_day, later])
+    assert reply.loops["welcome"]["emails_sent"] == 2  # the day folded in still counts
+    assert reply.days == {first_day: {}, later: {"welcome:sent": 1}}
 
 
 @pytest.mark.parametrize(
@@ -167,7 +176,7 @@ async def test_activation_rate_is_none_before_anyone_entered(app: FastAPI) -> No
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
-async def test_the_days_hash_gets_its_expiry_once_not_at_every_send(
+async def test_a_days_first_send_alone_looks_for_days_to_fold(
     app: FastAPI, clock: FakeClock, redis_client: redis.Redis
 ) -> None:
     store = store_of(app)
@@ -178,12 +187,12 @@ async def test_the_days_hash_gets_its_expiry_once_not_at_every_send(
         await store.queue.apply_decisions(
             job.user_id, rev="0", states={}, jobs=[job], wake_at_ms=None
         )
-    before = int(redis_client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0))
+    before = int(redis_client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
     for job in jobs:
         sent = job.model_copy(update={"status": JobStatus.SENT})
         await store.queue.settle(sent, now_ms=clock.now_ms, seq=0)
-    after = int(redis_client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0))
+    after = int(redis_client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
 
-    assert after - before == 1  # four sends of one loop on one day: one EXPIRE
-    ttl = await store.conn.call("TTL", store.keys.shard(0).daily(utc_day(clock.now_ms)))
-    assert int(ttl) > 89 * 24 * 3600
+    assert after - before == 1  # four sends of one loop on one day: one look
+    today = utc_day(clock.now_ms)
+    assert (await store.reads.read_stats(["welcome"], [today])).days[today] == {"welcome:sent": 4}

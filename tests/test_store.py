@@ -9,7 +9,7 @@ import redis
 from app.engine.evaluate import StepState, StepStatus
 from app.settings import Settings
 from app.storage.connections import connect
-from app.storage.keys import Keys
+from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys
 from app.storage.records import Applied, Claim, NewAction, UserProfile, UserWrite
 from app.storage.scripts import CLAIM, RECORD_ACTIONS, RECORD_USER
 from app.storage.store import Store
@@ -273,3 +273,45 @@ async def test_upstash_gets_every_script_with_per_key_locking(
         standin.state.flagged_scripts
     )
     assert RECORD_USER.key_locking_source.startswith("#!lua flags=allow-key-locking\n")
+
+
+# --- what a user's hash remembers, and for how long ----------------------------------------------
+
+MINUTE = 60_000
+
+
+async def test_a_delivery_is_known_again_for_its_ttl_then_forgotten(store: Store) -> None:
+    ttl_ms = store.users.webhook_dedupe_ttl_s * 1000
+    user = PROFILE.model_copy()
+    at = 1_800_000_000_000
+
+    async def deliver(now_ms: int) -> UserWrite:
+        return await store.users.record("msg_1", user, created=True, version_ms=1, now_ms=now_ms)
+
+    assert await deliver(at) is UserWrite.CREATED
+    assert await deliver(at + ttl_ms - MINUTE) is UserWrite.DUPLICATE
+    assert await deliver(at + ttl_ms + MINUTE) is UserWrite.UPDATED  # forgotten: applied again
+
+
+async def test_recent_action_ids_are_the_newest_and_bounded(store: Store) -> None:
+    actions = [NewAction("user_ids", "x", i, id=f"id_{i}") for i in range(IDS_LIMIT + 6)]
+    for action in actions:
+        await store.actions.record([action], now_ms=1_000, tracked={})
+    ids = await store.conn.call("HGET", store.keys.user("user_ids"), "ids")
+    assert len(ids) == IDS_LIMIT * 13  # 13 characters each, however many came
+
+    newest, oldest = actions[-1], actions[0]
+    assert await store.actions.record([newest], now_ms=1_000, tracked={}) == (0, 1)
+    assert await store.actions.record([oldest], now_ms=1_000, tracked={}) == (1, 0)
+
+
+async def test_an_actions_properties_are_logged_and_the_log_is_bounded(store: Store) -> None:
+    plain = NewAction("user_log", "x", 1)
+    await store.actions.record([plain], now_ms=1, tracked={})
+    assert (await store.reads.snapshot("user_log")).log == []  # its count says it all
+    for i in range(LOG_LENGTH + 5):
+        action = NewAction("user_log", "x", 10 + i, properties={"n": i})
+        await store.actions.record([action], now_ms=100, tracked={})
+    log = (await store.reads.snapshot("user_log")).log
+    assert len(log) == LOG_LENGTH
+    assert log[0]["properties"] == {"n": LOG_LENGTH + 4}  # the newest first

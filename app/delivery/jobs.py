@@ -24,17 +24,18 @@ class RenderedEmail(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    sender: str
     to: str
     subject: str
-    html: str
-    text: str
+    sender: str = ""  # empty only in a sent email's summary
+    html: str = ""
+    text: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
 
     def summary(self) -> "RenderedEmail":
-        """What a sent email keeps in Redis: who from, to whom and the subject; the body and the
-        headers were needed only to send it (identically, on every retry), never again."""
-        return self.model_copy(update={"html": "", "text": "", "headers": {}})
+        """What a sent email keeps in Redis: to whom and the subject. The sender (the service's
+        EMAIL_FROM), the body and the headers were needed only to send it (identically, on every
+        retry), never again."""
+        return RenderedEmail(to=self.to, subject=self.subject)
 
 
 class EmailJob(BaseModel):

@@ -1,6 +1,6 @@
 """Loop counters kept as events happen (never a scan of users): what a worker's decisions add,
-what a sent email adds, time-to-activation buckets (keys.py: `stats`, `daily`). The dashboard
-reads them (`app.ops.dashboard`).
+what a sent email adds (on its day), time-to-activation buckets (keys.py: `stats`). The
+dashboard reads them (`app.ops.dashboard`).
 """
 
 from collections.abc import Iterable, Mapping
@@ -58,15 +58,39 @@ def last_days(now_ms: int, days: int) -> list[str]:
     return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
 
 
+KEPT_DAYS = 90  # emails counted per day for this long, then only in their totals
+
+
 def sent_field(step: int, reason: str) -> str:
     """The stored counter of a loop's emails sent for one step and reason."""
     return f"sent:{step}:{reason}"
 
 
+def kept_days_from(now_ms: int) -> str:
+    """The oldest UTC day whose email counts are kept apart (`<counter>@<day>`)."""
+    return utc_day(now_ms - KEPT_DAYS * DAY_MS)
+
+
+def split_days(stored: Mapping[str, int]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """A loop's stored counters as totals (each `<counter>@<day>` added to its `<counter>`) and
+    per day: `{day: {"sent": n, "failed": n}}`."""
+    totals: dict[str, int] = {}
+    days: dict[str, dict[str, int]] = {}
+    for name, value in stored.items():
+        counter, _, day = name.partition("@")
+        totals[counter] = totals.get(counter, 0) + value
+        if day:
+            event = "failed" if counter == "emails_failed" else "sent"
+            per_day = days.setdefault(day, {})
+            per_day[event] = per_day.get(event, 0) + value
+    return totals, days
+
+
 def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
-    """A loop's counters as the dashboard reads them, from what is stored: `met` is the sum of
-    the time-to-activation buckets, `sent` and `nudged` step 0's emails (`sent:0:action`,
-    `sent:0:timeout`), `emails_sent` all of them. Counters never bumped are left out."""
+    """A loop's counters as the dashboard reads them, from its totals (`split_days`): `met` is
+    the sum of the time-to-activation buckets, `sent` and `nudged` step 0's emails
+    (`sent:0:action`, `sent:0:timeout`), `emails_sent` all of them. Counters never bumped are
+    left out."""
     view = {name: value for name, value in stored.items() if not name.startswith("sent:")}
     derived = {
         "met": sum(value for name, value in stored.items() if name.startswith("tta:")),

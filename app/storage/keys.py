@@ -17,7 +17,7 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 | `P:outbox`                   | list   | none (capped)        | settle.lua                      |
 | `P:suppressed`               | zset   | none                 | email_event.lua                 |
 | `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua           |
-| `P:daily:<yyyy-mm-dd>`       | hash   | DAILY_TTL_S (90 d)   | settle.lua                      |
+| `P:daily:<yyyy-mm-dd>`       | hash   | 90 d                 | v1 only (read until it expires) |
 | `P:schema`                   | string | none                 | `Store.open` (once), migrate    |
 | `P:layout`                   | string | none                 | storage.layout (once)           |
 | `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout                |
@@ -38,15 +38,18 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   WEBHOOK_DEDUPE_TTL_S, newest last, at most `SEEN_LIMIT`; `ids`: the client action ids accepted
   within ACTION_DEDUPE_TTL_S, at most `IDS_LIMIT`. Each entry is 13 characters: 8 of a digest of
   the id (`digest`), then the minute it was applied, base 36 (5 digits: until 2084).
-- `a:<action>`: `<count>,<first>,<last>` (epoch ms), then `;` and the earliest occurred-at times,
-  ascending, comma-separated (as many as the largest count a loop waits for, up to
-  `MAX_RANKED_TIMES`: the n-th is when the count reached n, whatever order the reports came in),
+- `a:<action>`: `<count>,<first>,<last>` (epoch ms), then `;` and the earliest occurred-at times
+  (ms after <first>), ascending, comma-separated (as many as the largest count a loop waits for,
+  up to `MAX_RANKED_TIMES`: the n-th is when the count reached n, whatever order they came in),
   then `;` and `<n>=<ms>` pairs for counts that list cannot hold (the latest time when the count
   was reached, an upper bound).
-- `s:<loop_id>/<step>`: that step's state (engine.StepState JSON, `None`s left out).
+- `s:<loop_id>/<step>`: that step's state (engine.StepState):
+  `<status>,<started_at>,<deadline>,<met>,<decided>,<email kind>`, the three times after the
+  first as ms after it, empty when unknown; the kind names the step's own email job.
 - `j:<loop_id>|<step>|<kind>`: the email job `email|<uid>|<loop_id>|<step>|<kind>` (EmailJob JSON
-  without the parts its field name says). The user's send ledger: queued once, never sent twice.
-  A queued job carries its rendered email; a sent one only who from, to whom and the subject.
+  without the parts its field name says, its defaults, or a due time equal to when it was
+  queued). The user's send ledger: queued once, never sent twice. A queued job carries its
+  rendered email; a sent one only to whom and the subject.
   Its attempt: `attempts` started that may have reached Resend, `first_attempt_at` when the
   first of them started (Resend keeps an idempotency key 24 h from then), `started_at` when the
   attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt).
@@ -68,8 +71,10 @@ What the shard keys hold:
   time to activation: their sum is the `met` count), `timed_out`, `activated_after_nudge` (the
   condition met after the step timed out, counted once); `sent:<step>:<kind>` emails sent (step
   0's `action` is the funnel's `sent`, its `timeout` the `nudged`; their sum `emails_sent`);
-  `emails_failed`.
-- `daily:<yyyy-mm-dd>` (UTC day): `<loop_id>:sent` and `<loop_id>:failed`, emails that day.
+  `emails_failed`. An email is counted on its UTC day, `<counter>@<yyyy-mm-dd>` (one HINCRBY);
+  the first count of a day folds the days older than `funnel.KEPT_DAYS` into `<counter>`.
+- `daily:<yyyy-mm-dd>`: v1's emails per day (`<loop_id>:sent`, `:failed`); read until they
+  expire, 90 days after they were written.
 - `schema`: `2`, this schema; a store holding the v1 schema (one key per aggregate) is moved by
   `activation migrate` (`storage.migrate`) before the service uses it.
 - `session_revoked:<sid>`: a dashboard session logged out; kept until the session would have
@@ -97,7 +102,6 @@ LOG_LENGTH = 50
 SEEN_LIMIT = 32
 IDS_LIMIT = 64
 OUTBOX_LENGTH = 1000
-DAILY_TTL_S = 90 * 24 * 3600
 
 
 def valid_user_id(user_id: str) -> bool:

@@ -315,8 +315,10 @@ def v2_actions(activity: Mapping[str, str]) -> dict[str, str]:
             for field_name, value in activity.items()
             if field_name.startswith(f"at:{action}:")
         ]
-        value = f"{count},{activity[f'first:{action}']},{activity[f'last:{action}']}"
-        ranked = activity.get(f"ts:{action}", "")
+        first = int(activity[f"first:{action}"])
+        value = f"{count},{first},{activity[f'last:{action}']}"
+        times = [int(at) for at in activity.get(f"ts:{action}", "").split(",") if at]
+        ranked = ",".join(str(at - first) for at in times)  # offsets from the first
         if ranked or bounds:
             value += f";{ranked}"
         if bounds:

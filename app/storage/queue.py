@@ -7,10 +7,10 @@ from typing import Any
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
-from app.engine.funnel import Counter, sent_field, utc_day
+from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
 from app.engine.job_ids import evaluation_id, user_of
 from app.storage import keys as k
-from app.storage.keys import DAILY_TTL_S, OUTBOX_LENGTH
+from app.storage.keys import OUTBOX_LENGTH
 from app.storage.records import Applied, Claim, Settled, decode_job, encode_job, encode_step
 from app.storage.scripts import (
     APPLY,
@@ -120,10 +120,11 @@ class Queue(ScriptRunner):
         uid = job.user_id
         shard = self.keys.of_user(uid)
         keys = [self.keys.user(uid), shard.schedule, shard.dead, shard.outbox]
-        keys += [shard.stats(job.loop_id), shard.daily(utc_day(now_ms))]
+        keys.append(shard.stats(job.loop_id))
         args: list[CommandArg] = [k.job_field(job.id), encode_job(job)]
-        args += [action or settle_action(job), now_ms, outbox_entry, OUTBOX_LENGTH, job.loop_id]
-        args += [sent_field(job.step, job.kind), DAILY_TTL_S, seq, job.id, evaluation_id(uid)]
+        args += [action or settle_action(job), now_ms, outbox_entry, OUTBOX_LENGTH]
+        args += [sent_field(job.step, job.kind), utc_day(now_ms), kept_days_from(now_ms), seq]
+        args += [job.id, evaluation_id(uid)]
         args += [token, lease_ms]
         args.append("" if wake_at_ms is None else wake_at_ms)
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.delivery.jobs import EmailJob
-from app.engine.funnel import funnel_view, parse_counters
+from app.engine.funnel import funnel_view, parse_counters, split_days
 from app.engine.job_ids import user_of
 from app.storage import keys as k
 from app.storage.keys import ShardKeys
@@ -33,8 +33,9 @@ class Reads(ScriptRunner):
     async def read_stats(
         self, loop_ids: Sequence[str], days: Sequence[str], *, dead_limit: int = 1000
     ) -> StatsReply:
-        """Every loop's counters, the daily hashes and the dead-letter ids: one round trip per
-        shard (one on a single Redis), the shards' numbers added up."""
+        """Every loop's counters, its emails of each of `days`, and the dead-letter ids: one round
+        trip per shard (one on a single Redis), the shards' numbers added up. (The `daily` hashes
+        are v1's, read until they expire.)"""
         replies = [
             await self._read_shard_stats(shard, loop_ids, days, dead_limit)
             for shard in self.keys.shards()
@@ -49,12 +50,19 @@ class Reads(ScriptRunner):
         keys += [shard.daily(day) for day in days]
         count, dead_ids, *hashes = await self.run(STATS, keys, [dead_limit])
         parsed = [parse_counters(flat) for flat in hashes]
+        per_day = {day: dict(legacy) for day, legacy in zip(days, parsed[len(loop_ids) :],
+                                                              strict=True)}  # fmt: skip
+        loops = {}
+        for loop, stored in zip(loop_ids, parsed[: len(loop_ids)], strict=True):
+            totals, counted = split_days(stored)
+            loops[loop] = funnel_view(totals)
+            for day in days:
+                for event, value in counted.get(day, {}).items():
+                    name = f"{loop}:{event}"
+                    per_day[day][name] = per_day[day].get(name, 0) + value
         return StatsReply(
-            loops={
-                loop: funnel_view(counters)
-                for loop, counters in zip(loop_ids, parsed[: len(loop_ids)], strict=True)
-            },
-            days=dict(zip(days, parsed[len(loop_ids) :], strict=True)),
+            loops=loops,
+            days=per_day,
             dead_count=int(count),
             dead_ids=[str(job_id) for job_id in dead_ids],
         )

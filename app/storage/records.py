@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import ActionStats, StepState, StepStatus
-from app.engine.job_ids import JobId, email_id_prefix
+from app.engine.job_ids import JobId, email_id, email_id_prefix
 from app.storage import keys as k
 
 
@@ -217,7 +217,7 @@ def parse_user(user_id: str, fields: Mapping[str, str]) -> UserRecord:
             if name.startswith(k.ACTION)
         },
         steps={
-            name.removeprefix(k.STEP): decode_step(user_id, value)
+            name.removeprefix(k.STEP): decode_step(user_id, name.removeprefix(k.STEP), value)
             for name, value in fields.items()
             if name.startswith(k.STEP)
         },
@@ -236,30 +236,48 @@ def parse_user(user_id: str, fields: Mapping[str, str]) -> UserRecord:
 def parse_action(value: str) -> ActionStats:
     """`<count>,<first>,<last>[;<t1>,<t2>...[;<n>=<ms>,...]]` (record_actions.lua writes it).
 
-    The listed times are the earliest, ascending: the n-th is when the count reached n, by time;
+    The listed times (offsets from <first>) are the earliest, ascending: the n-th is when the
+    count reached n, by time;
     a `<n>=<ms>` bound serves a count the list does not hold (the latest time when it was
     reached)."""
     counts, _, rest = value.partition(";")
     ranked, _, bounds = rest.partition(";")
     count, first, last = counts.split(",")
     reached = {int(n): int(at) for n, _, at in (p.partition("=") for p in _items(bounds))}
-    reached |= {n: int(at) for n, at in enumerate(_items(ranked), 1)}
+    reached |= {n: int(first) + int(off) for n, off in enumerate(_items(ranked), 1)}
     return ActionStats(count=int(count), first_at=int(first), last_at=int(last), reached_at=reached)
 
 
 def encode_step(state: StepState) -> str:
-    """A step state as stored: `None`s left out, its email job named by its field."""
-    data = state.model_dump(mode="json", exclude_none=True)
-    if "email_job" in data:
-        data["email_job"] = JobId.parse(data["email_job"]).short()
-    return json.dumps(data, separators=(",", ":"))
+    """A step state as stored: `<status>,<started_at>,<deadline>,<met>,<decided>,<email kind>`,
+    the last three times as offsets from the start and empty when unknown; the email's job is
+    the step's own (`email|<uid>|<loop>|<step>|<kind>`), so its kind names it."""
+    start = state.started_at
+    offsets = [_offset(at, start) for at in (state.deadline_at, state.met_at, state.decided_at)]
+    kind = JobId.parse(state.email_job).reason if state.email_job else ""
+    return ",".join([state.status.value, str(start), *offsets, kind or ""])
 
 
-def decode_step(user_id: str, value: str) -> StepState:
-    data = json.loads(value)
-    if "email_job" in data:
-        data["email_job"] = email_id_prefix(user_id) + data["email_job"]
-    return StepState.model_validate(data)
+def decode_step(user_id: str, name: str, value: str) -> StepState:
+    status, start, deadline, met, decided, kind = value.split(",")
+    started_at = int(start)
+    loop_id, _, step = name.rpartition("/")
+    return StepState(
+        status=StepStatus(status),
+        started_at=started_at,
+        deadline_at=_at(deadline, started_at),
+        met_at=_at(met, started_at),
+        decided_at=_at(decided, started_at),
+        email_job=email_id(user_id, loop_id, int(step), kind) if kind else None,
+    )
+
+
+def _offset(at: int | None, start: int) -> str:
+    return "" if at is None else str(at - start)
+
+
+def _at(offset: str, start: int) -> int | None:
+    return None if offset == "" else start + int(offset)
 
 
 # What a job's field name already says, and what a sent job no longer needs.
@@ -268,17 +286,22 @@ _SPENT = frozenset({"personalization", "started_at", "seq"})
 
 
 def encode_job(job: EmailJob) -> str:
-    """A job as stored in its `j:` field: what the field name says and the defaults left out; a
-    sent job keeps no personalization (its rendered summary says what went out)."""
+    """A job as stored in its `j:` field: JSON without what the field name says, the defaults,
+    or a due time equal to when it was queued; a sent job keeps no personalization (its rendered
+    summary says what went out)."""
     leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
-    return job.model_dump_json(exclude=set(leave_out), exclude_defaults=True)
+    data = job.model_dump(mode="json", exclude=set(leave_out), exclude_defaults=True)
+    if data.get("due_at") == job.queued_at:
+        del data["due_at"]
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_job(user_id: str, field_name: str, value: str) -> EmailJob:
     job_id = JobId.parse(k.job_id_of(user_id, field_name))
+    data = json.loads(value)
     named: dict[str, object] = {"id": str(job_id), "user_id": user_id}
     named |= {"loop_id": job_id.loop_id, "step": job_id.step, "kind": job_id.reason}
-    return EmailJob.model_validate({**json.loads(value), **named})
+    return EmailJob.model_validate({"due_at": data.get("queued_at"), **data, **named})
 
 
 def _int(value: str | None) -> int | None:

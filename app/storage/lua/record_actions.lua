@@ -7,7 +7,8 @@
 --   earliest times to keep (the largest count a loop waits for, capped; "0" when none does), the
 --   counts loops wait for ("1,10" or ""), a log line ("" for none: an action without properties
 --   is all in its counts), the user's evaluation job id (eval|<uid>)
--- The action's field `a:<name>` is `<count>,<first>,<last>[;<times>[;<bounds>]]`. Reports arrive
+-- The action's field `a:<name>` is `<count>,<first>,<last>[;<times>[;<bounds>]]`, <times> as
+-- offsets from <first>. Reports arrive
 -- in any order, so <times> keeps the earliest occurred-at times, ascending: the n-th of them is
 -- the n-th action by when it happened. It holds the L earliest of all recorded (L < the count when
 -- times were left out: a smaller keep before), so a time later than its last joins only when none
@@ -53,23 +54,34 @@ local function ranked(list, before, first, last, at, keep)
   return table.concat(times, ','), #times
 end
 
+-- Every time of a comma-separated list moved by `by` ms (the kept times are stored as offsets
+-- from the action's first time: a few digits each instead of thirteen).
+local function shifted(list, by)
+  local out = {}
+  for t in string.gmatch(list, '[^,]+') do out[#out + 1] = string.format('%d', tonumber(t) + by) end
+  return table.concat(out, ',')
+end
+
 local function record(key, a, user)
   local name, at, keep, counts = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
   local stored = user[3] or ''
   local head, rest = string.match(stored, '^([^;]*);?(.*)$')
-  local list, bounds = string.match(rest, '^([^;]*);?(.*)$')
+  local offsets, bounds = string.match(rest, '^([^;]*);?(.*)$')
   local before, first, last = string.match(head, '^(%d+),(%d+),(%d+)$')
   before = tonumber(before) or 0
   local at_ms = tonumber(at)
   first, last = tonumber(first) or at_ms, tonumber(last) or at_ms
+  local list = shifted(offsets, first)
   local latest = math.max(last, at_ms)
   local new_list, held = ranked(list, before, first, last, at, keep)
   local waited = tracked(counts, before + 1)
   if held <= before and waited then
     bounds = (bounds == '' and '' or bounds .. ',') .. (before + 1) .. '=' .. latest
   end
-  local value = (before + 1) .. ',' .. math.min(first, at_ms) .. ',' .. latest
-  if (new_list or list) ~= '' or bounds ~= '' then value = value .. ';' .. (new_list or list) end
+  local earliest = math.min(first, at_ms)
+  local value = (before + 1) .. ',' .. earliest .. ',' .. latest
+  local kept = shifted(new_list or list, -earliest)
+  if kept ~= '' or bounds ~= '' then value = value .. ';' .. kept end
   if bounds ~= '' then value = value .. ';' .. bounds end
   local fields = {'a:' .. name, value}
   if new_list or waited then add(fields, 'rev', bumped(user[4])) end
