@@ -25,7 +25,7 @@ from app.errors import ActivationError, RequestRefused, StorageError
 from app.intake import actions, resend_events
 from app.intake import clerk as webhooks
 from app.observability.startup import configure_logging, describe_configuration
-from app.ops import dashboard, scrape
+from app.ops import action_health, dashboard, loop_figures, scrape
 from app.ops import user_state as progress
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(webhooks.router)
     app.include_router(actions.router)
     app.include_router(progress.router)
+    app.include_router(loop_figures.router)
+    app.include_router(action_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(dashboard.router)
     app.include_router(resend_events.router)

@@ -1,5 +1,6 @@
 """Everything a process needs, built from the settings: storage, loops and templates, the mailer,
-the worker. Shared by the web app's lifespan and the `activation worker` command.
+the worker, the sightings of the actions it accepts (flushed to storage in the background).
+Shared by the web app's lifespan and the `activation worker` command.
 """
 
 import asyncio
@@ -24,13 +25,15 @@ from app.delivery.send import Delivery
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
-from app.engine.evaluate import tracked_counts
+from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
+from app.engine.filters import Filter
 from app.engine.loop_files import Loop, load_loops
-from app.errors import ConfigError, LoopFileError, StorageUnavailable
+from app.errors import ConfigError, LoopFileError, StorageError, StorageUnavailable
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
+from app.storage.sightings import SIGHTINGS_FLUSH_S, Seen, SightingsBuffer
 from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class Runtime:
     worker: Worker
     clock: Clock
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    sightings_flush_s: float = SIGHTINGS_FLUSH_S  # how often the sightings go to storage
     worker_task: "asyncio.Task[None] | None" = None
     _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
 
@@ -62,6 +66,21 @@ class Runtime:
     def tracked_counts(self) -> dict[str, frozenset[int]]:
         """For each action, the counts some loop waits for (intake records when each is reached)."""
         return tracked_counts(self.loops.values())
+
+    @cached_property
+    def watched_filters(self) -> dict[str, dict[str, Filter]]:
+        """For each action, the property filters loops count it by (intake matches them)."""
+        return watched_filters(self.loops.values())
+
+    @cached_property
+    def watched_actions(self) -> dict[str, list[str]]:
+        """Every action some loop waits for, with those loops' ids."""
+        return watched_actions(self.loops.values())
+
+    @cached_property
+    def sightings(self) -> SightingsBuffer:
+        """The actions this process accepted and has not yet added to storage's sightings."""
+        return SightingsBuffer(self.watched_actions)
 
     @cached_property
     def clerk_verifier(self) -> Webhook | None:
@@ -97,6 +116,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.clock.run()))
         if in_process_worker and self.settings.worker_in_process:
             self.worker_task = start_worker(self.worker)
+        self._tasks.append(asyncio.create_task(self._flush_sightings_every()))
 
     async def try_open_store(self) -> bool:
         try:
@@ -114,15 +134,74 @@ class Runtime:
             await asyncio.sleep(OPEN_RETRY_S)
             opened = await self.try_open_store()
 
+    async def _flush_sightings_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.sightings_flush_s)
+            # shielded: a flush cut short by `close()` still ends (`close` waits for it)
+            await asyncio.shield(self.flush_sightings())
+
+    async def flush_sightings(self) -> None:
+        """Add this process's sightings of actions to storage: one script, or no command at all
+        when there are none. What storage does not take stays buffered for the next flush."""
+        async with self.sightings.lock:
+            batch = self.sightings.take()
+            if not batch:
+                return
+            try:
+                _, dropped = await self.store.sightings.flush(batch, watched=self.watched_actions)
+            except Exception as exc:  # the task must go on: the next flush tries again
+                self._flush_failed(batch, exc)
+                return
+        if dropped:
+            logger.warning(
+                "sightings: %d name(s) no loop watches left out: storage holds its limit of them",
+                dropped,
+            )
+
+    def _flush_failed(self, batch: Seen, exc: Exception) -> None:
+        """The batch back in the buffer; storage's trouble counted, anything else (a bug) logged
+        with its traceback."""
+        if isinstance(exc, StorageError):
+            self.metrics.storage_error(exc)
+        logger.warning(
+            "sightings of %d action(s) kept for the next flush: %s",
+            len(batch.names()),
+            exc,
+            exc_info=not isinstance(exc, StorageError),
+        )
+        self.sightings.restore(batch, self.clock())
+
+    async def seen_now(self) -> Seen:
+        """The sightings of the last days in storage, this process's unflushed ones added."""
+        async with self.sightings.lock:
+            seen = await self.store.sightings.read(self.clock(), watched=self.watched_actions)
+            seen.merge(self.sightings.pending)
+        return seen
+
+    async def watched_last_seen(self) -> dict[str, int | None]:
+        """When each watched action was last reported (None: never), this process's unflushed
+        sightings included: one HMGET."""
+        names = list(self.watched_actions)
+        async with self.sightings.lock:
+            stored = await self.store.sightings.last_seen(names)
+            pending = self.sightings.pending.last_ms
+            return {name: latest(stored[name], pending.get(name)) for name in names}
+
     async def close(self) -> None:
         await stop_worker(self.worker, self.worker_task)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.flush_sightings()
         if isinstance(self.mailer, ResendMailer):
             await self.mailer.close()
         await self.store.close()
+
+
+def latest(*times_ms: int | None) -> int | None:
+    known = [at_ms for at_ms in times_ms if at_ms is not None]
+    return max(known) if known else None
 
 
 def webhook_verifier(secret: SecretStr | None) -> Webhook | None:
@@ -185,11 +264,16 @@ async def stop_worker(worker: Worker, task: "asyncio.Task[None] | None") -> None
 
 
 def build_runtime(
-    settings: Settings, clock: Clock | None = None, *, busy: Callable[[], bool] | None = None
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    busy: Callable[[], bool] | None = None,
+    sightings_flush_s: float = SIGHTINGS_FLUSH_S,
 ) -> Runtime:
     """`clock`: none for the service's own (Redis's, see `app.clock.ServerClock`; call
     `start()`), or one of a test's or the simulator's. `busy`: the web process's
-    `Traffic.busy`, for its in-process worker (see `Worker`)."""
+    `Traffic.busy`, for its in-process worker (see `Worker`). `sightings_flush_s`: how often
+    the actions accepted go to storage's sightings (a test's own)."""
     loops, templates = load_loop_files(settings)
     store = build_store(settings)
     tokens = UnsubscribeTokens.from_settings(settings)
@@ -199,7 +283,8 @@ def build_runtime(
     if clock is None:
         clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
     worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
-    return Runtime(settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
+    parts = (settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
+    return Runtime(*parts, sightings_flush_s=sightings_flush_s)
 
 
 @contextmanager

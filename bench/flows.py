@@ -84,13 +84,18 @@ def signup(http: httpx.Client, user_ids: list[str]) -> None:
         assert response.json() == {"status": "created"}, response.text
 
 
-def act(http: httpx.Client, user_ids: list[str], name: str, batch: bool = False) -> list[int]:
+def act(
+    http: httpx.Client,
+    user_ids: list[str],
+    name: str,
+    batch: bool = False,
+    properties: dict[str, object] | None = None,
+) -> list[int]:
     """Post one action per user (or all in one batch); returns when each 202 arrived (ms)."""
-    bodies = (
-        [{"actions": [action(uid, name) for uid in user_ids]}]
-        if batch
-        else [action(uid, name) for uid in user_ids]
-    )
+    actions = [
+        action(uid, name) | ({"properties": properties} if properties else {}) for uid in user_ids
+    ]
+    bodies = [{"actions": actions}] if batch else actions
     arrived = []
     for body in bodies:
         response = http.post("/v1/actions", json=body, headers=AUTH)
@@ -146,6 +151,12 @@ def costs(
         # project_created: the milestone waits for the tenth, so the first wakes nobody
         windows["unwatched action"] = measured(
             redis_url, lambda: act(http, users, "project_created")
+        )
+        worker.drain()
+        # milestone_upgraded counts only the plan_changed whose plan is pro or team: the
+        # filter is matched as the action arrives, in the same script, and the turn is woken
+        windows["watched action with a filter"] = measured(
+            redis_url, lambda: act(http, users, "plan_changed", properties={"plan": "pro"})
         )
         worker.drain()
     # the worker's clock two days on: the tips are due (the warm-up users' too: the window is

@@ -45,6 +45,7 @@ SENT_EMAIL = "sent email (watched action, then its turn)"
 COST_CEILINGS = {
     "user.created": 6,
     "watched action": 4,
+    "watched action with a filter": 4,
     "unwatched action": 3,
     WELCOME_TURN: 15,
 }

@@ -92,7 +92,7 @@ def test_preview_for_a_stored_user(run: Run, redis_url: str, key_prefix: str) ->
         (["preview", "nope"], "no template 'nope' (known: activation_nudge, activation_tips"),
         (["preview", "activation_welcome", "--user", "missing.json"], "missing.json: not a user"),
         (["preview", "activation_welcome", "--loop", "x"], "no loop 'x' (known: activation,"),
-        (["simulate", "--loop", "x"], "no loop 'x' (known: activation, milestone_ten_projects)"),
+        (["simulate", "--loop", "x"], "no loop 'x' (known: activation, milestone_ten_projects, mi"),
         (["simulate", "--loop", "activation", "--advance", "5 min"], "is not a duration"),
         (["simulate", "--loop", "activation", "--actions", "a@soon"], "is not name[*count]"),
         (["send-test-webhook", "--url", "http://127.0.0.1:9"], "CLERK_WEBHOOK_SIGNING_SECRET is"),

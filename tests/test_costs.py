@@ -3,6 +3,7 @@ step of a signup's life, on a real Redis, through the service's own HTTP API and
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from tests.conftest import (
     worker_of,
 )
 from tests.resend_standin import ResendStandin
+from tests.test_growth import LOOPS, write_loops
 
 pytestmark = pytest.mark.parametrize("transport", ["redis"], indirect=True)
 
@@ -96,10 +98,10 @@ async def test_a_signups_life_costs_what_the_readme_says(
         assert watched == {"hmget": 1, "hset": 1, "zadd": 1}  # one script for the batch
 
         welcome = per_user(await meter.of(turns), CLAIM)
-        # read; apply (lease, user, write, `tta`); send; settle (user, write, the day's `sent`,
-        # lease, the next turn: the tips in two days)
+        # read; apply (lease, user, write, `tta`, `activated`); send; settle (user, write, the
+        # day's `sent`, lease, the next turn: the tips in two days)
         assert welcome == {"hgetall": 1, "evalsha": 2, "zscore": 2, "hmget": 2, "hset": 2,
-                           "hincrby": 2, "zadd": 1}  # fmt: skip
+                           "hincrby": 3, "zadd": 1}  # fmt: skip
         assert sum(welcome.values()) <= 15
 
         unwatched = per_user(await meter.of(lambda: act("project_created")), {"evalsha": 1})
@@ -122,3 +124,29 @@ async def warm_up(app: FastAPI, http: httpx.AsyncClient) -> None:
     action = {"user_id": "user_warm", "action": "first_project_created"}
     await http.post("/v1/actions", json={"actions": [action]}, headers=AUTH)
     await worker_of(app).drain()
+
+
+async def test_a_filtered_condition_costs_what_any_watched_action_costs(
+    make_settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """`where:` is matched as the action arrives, in its one script: a matching action costs
+    what a watched one does (4), one that does not match what an unwatched one does (3)."""
+    meter = Meter(redis_client)
+    users = [f"user_where{i:02d}" for i in range(USERS)]
+    loops = write_loops(tmp_path, {"upgrade": LOOPS["upgrade"]})
+    async with running(make_settings(loops_dir=loops), FakeClock(1_800_000_000_000)) as (_, http):
+
+        async def act(plan: str) -> None:
+            body = {"actions": [
+                {"user_id": uid, "action": "plan_changed", "properties": {"plan": plan}}
+                for uid in users
+            ]}  # fmt: skip
+            assert (await http.post("/v1/actions", json=body, headers=AUTH)).status_code == 202
+
+        await act("free")  # scripts loaded
+        missed = per_user(await meter.of(lambda: act("hobby")), {"evalsha": 1})
+        assert missed == {"hmget": 1, "hset": 1}
+        matched = per_user(await meter.of(lambda: act("pro")), {"evalsha": 1})
+        assert matched == {"hmget": 1, "hset": 1, "zadd": 1}  # the trigger's count: woken

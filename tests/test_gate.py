@@ -71,6 +71,8 @@ def test_the_declared_policies() -> None:
         ("/webhooks/resend", "POST"): ("public", mib),
         ("/v1/actions", "POST"): ("api_key", 5 * mib),
         ("/v1/users/{user_id}", "GET"): ("api_key", 64 * kib),
+        ("/v1/loops", "GET"): ("api_key", 64 * kib),
+        ("/v1/actions/health", "GET"): ("api_key", 64 * kib),
         ("/unsubscribe", "GET"): ("public", 64 * kib),
         ("/unsubscribe", "POST"): ("public", 64 * kib),
         ("/dashboard", "GET"): ("operator", 64 * kib),

@@ -215,7 +215,10 @@ def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
 def to_snapshot(record: UserRecord) -> Snapshot:
     registered = None if record.deleted else record.registered_at_ms
     suppressed = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
-    return Snapshot(record.user_id, registered, record.actions, record.steps, suppressed)
+    profile = record.profile.view() if record.profile is not None else {}
+    return Snapshot(
+        record.user_id, registered, record.actions, record.steps, suppressed, profile=profile
+    )
 
 
 def log_decisions(user_id: str, decisions: Decisions) -> None:
@@ -333,16 +336,21 @@ class Worker:
         now = self.clock()
         if self.store.keys.shard_count == 1:  # one Redis, Upstash: the common case, kept short
             claim = await self._claim(now, 0)
-            self.last_loop_at_ms = now  # the schedule was reached: what readiness checks
+            self._looked(now)
             await self._run_jobs(claim)
             return claim
         claims = [await self._claim(now, shard) for shard in range(self.store.keys.shard_count)]
-        self.last_loop_at_ms = now
+        self._looked(now)
         for claim in claims:
             await self._run_jobs(claim)
         wakes = [claim.wake_at_ms for claim in claims if claim.wake_at_ms is not None]
         job_ids = [job_id for claim in claims for job_id in claim.job_ids]
         return Claim(job_ids=job_ids, wake_at_ms=min(wakes) if wakes else None)
+
+    def _looked(self, now_ms: int) -> None:
+        """The schedule was reached: what readiness checks, and the heartbeat metric."""
+        self.last_loop_at_ms = now_ms
+        self.metrics.worker_heartbeat(now_ms)
 
     async def _claim(self, now_ms: int, shard: int) -> Claim:
         return await self.store.queue.claim_due(

@@ -16,17 +16,29 @@ fires (step 0) or when the previous step acted (later steps), plus its `delay`. 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from app.engine.assign import arm_of
+from app.engine.filters import Filter
 from app.engine.job_ids import EmailReason, email_id
-from app.engine.loop_files import ActionCondition, ActionTrigger, EmailAction, Loop, Step
+from app.engine.loop_files import (
+    HOLDOUT,
+    ActionCondition,
+    ActionTrigger,
+    EmailAction,
+    Loop,
+    Step,
+)
 
 
 class StepStatus(StrEnum):
     WAITING = "waiting"
     FIRED = "fired"
     TIMED_OUT = "timed_out"
+    EXCLUDED = "excluded"  # step 0 only: the user was not in the loop's audience when it began
 
 
 class StepState(BaseModel):
@@ -40,6 +52,8 @@ class StepState(BaseModel):
     met_at: int | None = None
     decided_at: int | None = None
     email_job: str | None = None
+    arm: str | None = None  # step 0 of a loop with a holdout or an experiment: the user's arm
+    held_out: bool = False  # decided, but its email not sent: the user is in the holdout
 
     @property
     def final(self) -> bool:
@@ -71,6 +85,8 @@ class Snapshot:
     actions: Mapping[str, ActionStats]
     steps: Mapping[str, StepState]
     suppressed: bool = False
+    # The Clerk profile as audiences and variants see it (`records.profile_view`).
+    profile: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +136,7 @@ class _LoopRun:
     now: int
     out: Decisions
     wakes: list[int]
+    arm: str | None = None
 
     def run(self) -> None:
         previous_acted_at: int | None = None
@@ -129,6 +146,8 @@ class _LoopRun:
             state = stored or self._start(step, previous_acted_at)
             if state is None:
                 return
+            if step.index == 0:
+                self.arm = state.arm
             decided = self._advance(step, state)
             if decided != stored:
                 self.out.transitions[key] = decided
@@ -144,7 +163,17 @@ class _LoopRun:
         condition = step.condition
         timeout_ms = condition.timeout_ms if condition is not None else None
         deadline_at = started_at + timeout_ms if timeout_ms is not None else None
-        return StepState(status=StepStatus.WAITING, started_at=started_at, deadline_at=deadline_at)
+        if step.index > 0:
+            return StepState(
+                status=StepStatus.WAITING, started_at=started_at, deadline_at=deadline_at
+            )
+        audience = self.loop.audience
+        if audience is not None and not audience.matches(self.snapshot.profile):
+            return StepState(status=StepStatus.EXCLUDED, started_at=began, decided_at=self.now)
+        arm = arm_of(self.loop, self.snapshot.user_id)
+        return StepState(
+            status=StepStatus.WAITING, started_at=started_at, deadline_at=deadline_at, arm=arm
+        )
 
     def _began_at(self, step: Step, previous_acted_at: int | None) -> int | None:
         """When the step's clock starts: its trigger fired (step 0) or the previous step acted."""
@@ -152,7 +181,7 @@ class _LoopRun:
             return previous_acted_at
         trigger = step.trigger
         if isinstance(trigger, ActionTrigger):
-            return self._stats(trigger.action).time_count_reached(trigger.count)
+            return self._stats(trigger.counted).time_count_reached(trigger.count)
         return self.snapshot.registered_at
 
     def _advance(self, step: Step, state: StepState) -> StepState:
@@ -182,20 +211,41 @@ class _LoopRun:
         fired = status is StepStatus.FIRED
         email = step.action if fired else step.on_timeout
         job_id = None
-        if email is not None and not self.snapshot.suppressed:
+        held_out = email is not None and self.arm == HOLDOUT
+        if email is not None and not held_out and not self.snapshot.suppressed:
             reason = EmailReason.ACTION if fired else EmailReason.TIMEOUT
             job_id = self._order(step, reason, email)
-        update = {"status": status, "met_at": met_at, "decided_at": self.now, "email_job": job_id}
+        update = {
+            "status": status,
+            "met_at": met_at,
+            "decided_at": self.now,
+            "email_job": job_id,
+            "held_out": held_out,
+        }
         return state.model_copy(update=update)
 
     def _order(self, step: Step, kind: str, email: EmailAction) -> str:
         job_id = email_id(self.snapshot.user_id, self.loop.id, step.index, kind)
         personalization = dict(email.personalization)
+        template = choose_template(email, self.snapshot.profile, self.arm)
         order = EmailOrder(
-            job_id, self.loop.id, step.index, kind, email.template, personalization, self.now
+            job_id, self.loop.id, step.index, kind, template, personalization, self.now
         )
         self.out.emails.append(order)
         return job_id
+
+
+def choose_template(email: EmailAction, profile: Mapping[str, Any], arm: str | None) -> str:
+    """The template for one user: their experiment arm's, else the first variant whose `when`
+    matches their profile, else the email's own."""
+    if email.experiment:
+        templates = {option.template for option in email.experiment}
+        if arm in templates:
+            return arm
+    for variant in email.variants:
+        if variant.when.matches(profile):
+            return variant.template
+    return email.template
 
 
 def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionStats]) -> int | None:
@@ -203,7 +253,7 @@ def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionSta
     empty = ActionStats()
     times = [
         actions.get(action, empty).time_count_reached(condition.count)
-        for action in condition.actions
+        for action in condition.counted
     ]
     reached = [at for at in times if at is not None]
     return min(reached) if reached else None
@@ -215,8 +265,36 @@ def tracked_counts(loops: Iterable[Loop]) -> dict[str, frozenset[int]]:
     for loop in loops:
         for step in loop.steps:
             if isinstance(step.trigger, ActionTrigger):
-                counts.setdefault(step.trigger.action, set()).add(step.trigger.count)
+                counts.setdefault(step.trigger.counted, set()).add(step.trigger.count)
             if step.condition is not None:
-                for action in step.condition.actions:
+                for action in step.condition.counted:
                     counts.setdefault(action, set()).add(step.condition.count)
     return {action: frozenset(values) for action, values in counts.items()}
+
+
+def watched_filters(loops: Iterable[Loop]) -> dict[str, dict[str, Filter]]:
+    """For each action, the filters loops count it by: {action: {counted name: filter}}."""
+    found: dict[str, dict[str, Filter]] = {}
+    for loop in loops:
+        for step in loop.steps:
+            trigger, condition = step.trigger, step.condition
+            if isinstance(trigger, ActionTrigger) and trigger.where is not None:
+                found.setdefault(trigger.action, {})[trigger.counted] = trigger.where
+            if condition is not None and condition.where is not None:
+                for action, counted in zip(condition.actions, condition.counted, strict=True):
+                    found.setdefault(action, {})[counted] = condition.where
+    return found
+
+
+def watched_actions(loops: Iterable[Loop]) -> dict[str, list[str]]:
+    """Every action some loop waits for (a trigger or a condition), with those loops' ids."""
+    watched: dict[str, list[str]] = {}
+    for loop in loops:
+        for step in loop.steps:
+            names = list(step.condition.actions) if step.condition is not None else []
+            if isinstance(step.trigger, ActionTrigger):
+                names.append(step.trigger.action)
+            for name in names:
+                if loop.id not in watched.setdefault(name, []):
+                    watched[name].append(loop.id)
+    return watched

@@ -6,10 +6,12 @@ dashboard reads them (`app.ops.dashboard`).
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
 from app.engine.job_ids import EmailReason, JobId
-from app.engine.loop_files import Loop
+from app.engine.loop_files import HOLDOUT, Loop
+from app.engine.measure import Rate, uplift
 
 DAY_MS = 24 * 3600 * 1000
 # Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).
@@ -130,22 +132,38 @@ def step_counters(
     counters: list[Counter] = []
     for loop in loops:
         name = step_field(loop.id, 0)
+        fields: list[str] = []
         if name in late:
-            counters.append(Counter(loop.id, "activated_after_nudge"))
+            fields.append("activated_after_nudge")
+            fields += _activated(loop, late[name])
         new = transitions.get(name)
         if new is not None:
-            counters += [Counter(loop.id, f) for f in _transition_fields(stored.get(name), new)]
+            fields += _transition_fields(loop, stored.get(name), new)
+        counters += [Counter(loop.id, f) for f in fields]
     return counters
 
 
-def _transition_fields(before: StepState | None, after: StepState) -> list[str]:
+def _transition_fields(loop: Loop, before: StepState | None, after: StepState) -> list[str]:
+    if after.status is StepStatus.EXCLUDED:
+        return ["excluded"]
     fields = ["entered"] if before is None else []
+    if before is None and after.arm is not None:
+        fields.append(f"entered:{after.arm}")
     if after.status is StepStatus.FIRED:
         met_at = after.met_at if after.met_at is not None else after.started_at
         fields.append(tta_bucket(max(met_at - after.started_at, 0)))  # counts `met` too
+        fields += _activated(loop, after)
     elif after.status is StepStatus.TIMED_OUT:
         fields.append("timed_out")
     return fields
+
+
+def _activated(loop: Loop, state: StepState) -> list[str]:
+    """`activated` (and per arm) when step 0's condition was met within the loop's `measure`."""
+    met_at = state.met_at if state.met_at is not None else state.started_at
+    if met_at - state.started_at > loop.measure_ms:
+        return []
+    return ["activated", f"activated:{state.arm}"] if state.arm else ["activated"]
 
 
 def parse_counters(flat: Iterable[str]) -> dict[str, int]:
@@ -159,3 +177,50 @@ def dead_loop(job_id: str) -> str:
         return JobId.parse(job_id).loop_id or ""
     except ValueError:
         return ""
+
+
+def loop_figures(loop: Loop, counters: Mapping[str, int]) -> dict[str, Any]:
+    """One loop's figures as `GET /v1/loops` answers them, from its counters (`funnel_view`).
+
+    `activated`: step 0's condition met within the loop's `measure` of its start (before or
+    after its timeout); `waiting`: entered, neither met nor timed out yet. Per arm for a loop
+    with a holdout or an experiment, with the uplift (treatment minus holdout activation rate,
+    Newcombe's 95 % interval) when there is a holdout."""
+    entered = counters.get("entered", 0)
+    met, timed_out = counters.get("met", 0), counters.get("timed_out", 0)
+    arms = {
+        arm: _arm_figures(counters.get(f"entered:{arm}", 0), counters.get(f"activated:{arm}", 0))
+        for arm in loop.arms
+    }
+    return {
+        "id": loop.id,
+        "type": loop.type.value,
+        "entered": entered,
+        "activated": counters.get("activated", 0),
+        "timed_out": timed_out,
+        "waiting": max(entered - met - timed_out, 0),
+        "activation_rate": _rate(entered, counters.get("activated", 0)),
+        "arms": arms,
+        "uplift": _uplift(arms) if loop.holdout_bp else None,
+    }
+
+
+def _rate(entered: int, activated: int) -> float | None:
+    return activated / entered if entered else None
+
+
+def _arm_figures(entered: int, activated: int) -> dict[str, Any]:
+    activated = min(activated, entered)
+    rate = _rate(entered, activated)
+    return {"entered": entered, "activated": activated, "activation_rate": rate}
+
+
+def _uplift(arms: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Every arm but the holdout together (the treatment) against the holdout."""
+    treated = [figures for arm, figures in arms.items() if arm != HOLDOUT]
+    treatment = Rate(sum(f["entered"] for f in treated), sum(f["activated"] for f in treated))
+    holdout = Rate(arms[HOLDOUT]["entered"], arms[HOLDOUT]["activated"])
+    found = uplift(treatment, holdout)
+    if found is None:
+        return None
+    return {"vs": HOLDOUT, "estimate": found.estimate, "low": found.low, "high": found.high}

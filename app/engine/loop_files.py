@@ -52,6 +52,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
+from app.engine.filters import Filter, filter_from_spec
 from app.errors import LoopFileError
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -62,6 +63,13 @@ DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
 UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
 MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
+DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
+MAX_HOLDOUT_PERCENT = 50
+HOLDOUT = "holdout"
+TREATMENT = "treatment"
+# What an audience or a variant may look at in the Clerk profile (dotted below the metadata).
+PROFILE_FIELDS = ("email", "first_name", "last_name", "name", "username")
+PROFILE_OBJECTS = ("public_metadata", "unsafe_metadata")
 LOOP_FILE_SUFFIXES = (".yaml", ".yml")
 
 _LOOP_ID = re.compile(LOOP_ID_PATTERN)
@@ -83,6 +91,20 @@ def parse_duration(text: str) -> int:
     return duration_ms
 
 
+PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,2})?%$"
+_PERCENT = re.compile(PERCENT_PATTERN)
+
+
+def parse_percent(text: str) -> int:
+    """`10%`, `2.5%` (0-50 %) in basis points; ValueError for anything else."""
+    if not isinstance(text, str) or not _PERCENT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a share like 10% or 2.5%")
+    basis_points = round(float(text[:-1]) * 100)
+    if basis_points > MAX_HOLDOUT_PERCENT * 100:
+        raise ValueError(f"{text} is over {MAX_HOLDOUT_PERCENT}%: most users must get the emails")
+    return basis_points
+
+
 # --- the normalised loop ------------------------------------------------------------------------
 
 
@@ -102,12 +124,23 @@ class UserRegistered:
     """The user signed up: a verified Clerk `user.created` (a user row inserted)."""
 
 
+def counted_name(action: str, where: Filter | None) -> str:
+    """The name a user's count is kept under: the action's own, or, for the actions whose
+    properties match a filter, `<action>#<filter digest>` (counted apart as they arrive)."""
+    return action if where is None else f"{action}#{where.digest}"
+
+
 @dataclass(frozen=True, slots=True)
 class ActionTrigger:
-    """Fires once, when the user's count of `action` reaches `count`."""
+    """Fires once, when the user's count of `action` (those matching `where`) reaches `count`."""
 
     action: str
     count: int
+    where: Filter | None = None
+
+    @property
+    def counted(self) -> str:
+        return counted_name(self.action, self.where)
 
 
 Trigger = UserRegistered | ActionTrigger
@@ -115,19 +148,53 @@ Trigger = UserRegistered | ActionTrigger
 
 @dataclass(frozen=True, slots=True)
 class ActionCondition:
-    """Holds once any one of `actions` was done `count` times; `timeout_ms` None = no deadline."""
+    """Holds once any one of `actions` was done `count` times (only those whose properties match
+    `where` count); `timeout_ms` None = no deadline."""
 
     actions: tuple[str, ...]
     count: int
     timeout_ms: int | None
+    where: Filter | None = None
+
+    @property
+    def counted(self) -> tuple[str, ...]:
+        """The names the counts are kept under (`counted_name`)."""
+        return tuple(counted_name(action, self.where) for action in self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A template for the users whose profile matches `when`."""
+
+    when: Filter
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One arm of an experiment: a template, given to `weight` parts of the loop's entrants."""
+
+    template: str
+    weight: int
 
 
 @dataclass(frozen=True, slots=True)
 class EmailAction:
-    """An email through Resend: a template and its personalization (variable -> Jinja string)."""
+    """An email through Resend: a template and its personalization (variable -> Jinja string).
+
+    `variants`: the first whose `when` matches the user's profile picks the template instead;
+    `experiment`: the user's arm of the loop's experiment picks it (`app.engine.assign`)."""
 
     template: str
     personalization: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    variants: tuple[Variant, ...] = ()
+    experiment: tuple[Arm, ...] = ()
+
+    def templates(self) -> Iterator[str]:
+        """Every template this email may use."""
+        yield self.template
+        yield from (variant.template for variant in self.variants)
+        yield from (arm.template for arm in self.experiment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +247,26 @@ class Loop:
     steps: tuple[Step, ...]
     recovery: Recovery
     source: Path
+    audience: Filter | None = None
+    holdout_bp: int = 0  # the holdout's share in basis points (10 % = 1,000)
+    measure_ms: int = DEFAULT_MEASURE_MS
+
+    @property
+    def experiment(self) -> tuple[Arm, ...]:
+        """The arms of the loop's experiment (at most one email has one), or ()."""
+        for _, email in self.emails():
+            if email.experiment:
+                return email.experiment
+        return ()
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms the loop's figures are split by: `holdout` and `treatment` (or the
+        experiment's templates); () for a loop without a holdout or an experiment."""
+        treated = tuple(arm.template for arm in self.experiment) or (TREATMENT,)
+        if self.holdout_bp:
+            return (HOLDOUT, *treated)
+        return treated if self.experiment else ()
 
     def emails(self) -> Iterator[tuple[str, EmailAction]]:
         """Every email the loop can send, with its field path (`steps[0].on_timeout`)."""
@@ -230,6 +317,39 @@ VariableName = Annotated[
     BeforeValidator(_matching(_VARIABLE_NAME, "a variable name (letters, digits, _)")),
     WithJsonSchema({"type": "string", "pattern": VARIABLE_NAME_PATTERN}),
 ]
+
+
+def _check_where(value: Any) -> Any:
+    if isinstance(value, dict):
+        filter_from_spec(value)
+    return value
+
+
+_WHERE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "description": (
+        "Dotted property paths, each a value (equality) or {operator: value}; operators: eq, "
+        "ne, in, nin, gt, gte, lt, lte, exists, contains, starts_with, ends_with."
+    ),
+    "propertyNames": {"pattern": r"^[^.\s][^\s]*$"},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": ["string", "number", "boolean"]},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {
+                    "enum": [
+                        "eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists", "contains",
+                        "starts_with", "ends_with",
+                    ]
+                },
+            },
+        ]
+    },
+}  # fmt: skip
+Where = Annotated[dict[str, Any], BeforeValidator(_check_where), WithJsonSchema(_WHERE_SCHEMA)]
 Count = Annotated[
     int, Field(ge=1, le=MAX_COUNT, description="How many times; at least 1, at most a million.")
 ]
@@ -251,7 +371,7 @@ class _Spec(BaseModel):
 
 def _check_key(fields: Mapping[str, Any], key: Hashable, value: Any) -> None:
     if key not in fields:
-        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.65)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(fields)}"
         reason = f"unknown key; {hint}"
         raise PydanticCustomError("unknown_key", "{reason}", {"key": key, "reason": reason})
@@ -287,6 +407,7 @@ class ActionTriggerSpec(_Spec):
     type: Literal["action"]
     action: ActionName = Field(description="The action name your app sends to POST /v1/actions.")
     count: Count = 1
+    where: Where | None = Field(None, description="Only actions whose properties match count.")
 
 
 TriggerSpec = Annotated[
@@ -308,6 +429,7 @@ class ActionConditionSpec(_Spec):
         None, min_length=1, description="Several actions: the condition holds when any one does."
     )
     count: Count = 1
+    where: Where | None = Field(None, description="Only actions whose properties match count.")
     timeout: Duration | None = Field(
         None, description="Give up this long after the step started; then on_timeout is sent."
     )
@@ -351,6 +473,26 @@ class QueryConditionSpec(_Spec):
 ConditionSpec = Annotated[ActionConditionSpec | QueryConditionSpec, Field(discriminator="type")]
 
 
+class VariantSpec(_Spec):
+    """A template for the users whose Clerk profile matches `when`."""
+
+    model_config = ConfigDict(title="Variant")
+
+    when: Where = Field(
+        description="Profile fields (email, names, public_metadata.*, unsafe_metadata.*)."
+    )
+    template: TemplateName
+
+
+class ArmSpec(_Spec):
+    """One arm of an experiment: its template and its share (weight) of the entrants."""
+
+    model_config = ConfigDict(title="Experiment arm")
+
+    template: TemplateName
+    weight: int = Field(1, ge=1, le=1000, description="Its share, relative to the others.")
+
+
 class EmailSpec(_Spec):
     """Send an email through Resend from a template in templates/<template>.html."""
 
@@ -364,6 +506,22 @@ class EmailSpec(_Spec):
         description="Template variables, each a Jinja string rendered against the user first.",
         json_schema_extra={"additionalProperties": False},
     )
+    variants: list[VariantSpec] | None = Field(
+        None, min_length=1, description="The first `when` matching the profile picks the template."
+    )
+    experiment: list[ArmSpec] | None = Field(
+        None, min_length=2, description="Entrants split among templates by weight (per user)."
+    )
+
+    @model_validator(mode="after")
+    def _variants_or_experiment(self) -> Self:
+        if self.variants is not None and self.experiment is not None:
+            raise ValueError("give either variants or experiment, not both")
+        arms = [arm.template for arm in self.experiment or []]
+        repeated = sorted({name for name in arms if arms.count(name) > 1})
+        if repeated:
+            raise ValueError(f"experiment lists {', '.join(map(repr, repeated))} more than once")
+        return self
 
 
 class StepSpec(_Spec):
@@ -395,6 +553,19 @@ class RecoverySpec(_Spec):
     max_delay: Duration = Field("1h", description="The longest wait between attempts.")
 
 
+def _check_percent(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_percent(value)
+    return value
+
+
+Percent = Annotated[
+    str,
+    BeforeValidator(_check_percent),
+    WithJsonSchema({"type": "string", "pattern": PERCENT_PATTERN, "examples": ["10%", "2.5%"]}),
+]
+
+
 class LoopSpec(_Spec):
     """An activation loop: loops/<loop_id>.yaml; the loop id is the file name without .yaml."""
 
@@ -406,7 +577,22 @@ class LoopSpec(_Spec):
     type: Literal["activation", "milestone"] = Field(
         description="activation: starts when a user registers; milestone: on an action count."
     )
-    opinion: str = Field(min_length=1, description="What this loop is for, in one sentence.")
+    opinion: str | None = Field(
+        None, min_length=1, description="What this loop is for, in one sentence (optional)."
+    )
+    audience: Where | None = Field(
+        None,
+        description=(
+            "Who enters, checked on the Clerk profile when the trigger fires: email, first_name, "
+            "last_name, name, username, public_metadata.*, unsafe_metadata.*."
+        ),
+    )
+    holdout: Percent | None = Field(
+        None, description="A control group (0-50 %) that gets none of this loop's emails."
+    )
+    measure: Duration = Field(
+        "7d", description="The activation window of the loop's figures (from step 0's start)."
+    )
     steps: list[StepSpec] = Field(min_length=1, description="Run in order for each user.")
     recovery: RecoverySpec = Field(
         default_factory=RecoverySpec, description="How failed emails are retried."
@@ -561,7 +747,39 @@ def _reason(error: ErrorDetails) -> str:
 def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
     loop_type = LoopType(spec.type)
     steps = tuple(_step(index, step, loop_type) for index, step in enumerate(spec.steps))
-    return Loop(loop_id, loop_type, spec.opinion, steps, _recovery(spec.recovery), source)
+    experiments = [f"steps[{s.index}]" for s in steps for e in _step_emails(s) if e.experiment]
+    if len(experiments) > 1:
+        reason = f"one experiment per loop, so its figures mean one thing (found at {experiments})"
+        raise _Invalid(experiments[1], reason)
+    audience = _profile_filter("audience", spec.audience) if spec.audience else None
+    return Loop(
+        loop_id,
+        loop_type,
+        spec.opinion or "",
+        steps,
+        _recovery(spec.recovery),
+        source,
+        audience=audience,
+        holdout_bp=parse_percent(spec.holdout) if spec.holdout is not None else 0,
+        measure_ms=parse_duration(spec.measure),
+    )
+
+
+def _step_emails(step: Step) -> Iterator[EmailAction]:
+    yield step.action
+    if step.on_timeout is not None:
+        yield step.on_timeout
+
+
+def _profile_filter(where: str, spec: Mapping[str, Any]) -> Filter:
+    """A filter over the Clerk profile: only the fields a loop may look at."""
+    for path in spec:
+        head, dot, _ = str(path).partition(".")
+        if (head in PROFILE_OBJECTS and dot) or (head in PROFILE_FIELDS and not dot):
+            continue
+        allowed = ", ".join([*PROFILE_FIELDS, *(f"{name}.*" for name in PROFILE_OBJECTS)])
+        raise _Invalid(where, f"{path!r} is not a profile field a loop can look at ({allowed})")
+    return filter_from_spec(spec)
 
 
 def _step(index: int, spec: StepSpec, loop_type: LoopType) -> Step:
@@ -573,8 +791,12 @@ def _step(index: int, spec: StepSpec, loop_type: LoopType) -> Step:
         index=index,
         trigger=_trigger(index, spec.trigger, loop_type),
         condition=condition,
-        action=_email(spec.action),
-        on_timeout=_email(spec.on_timeout) if spec.on_timeout is not None else None,
+        action=_email(f"steps[{index}].action", spec.action),
+        on_timeout=(
+            _email(f"steps[{index}].on_timeout", spec.on_timeout)
+            if spec.on_timeout is not None
+            else None
+        ),
         delay_ms=parse_duration(spec.delay) if spec.delay is not None else 0,
     )
 
@@ -593,7 +815,8 @@ def _trigger(index: int, spec: TriggerSpec | None, loop_type: LoopType) -> Trigg
     if isinstance(spec, ActionTriggerSpec):
         if loop_type is LoopType.ACTIVATION:
             raise _Invalid(where, f"an activation loop starts on {_ACTIVATION_TRIGGERS}")
-        return ActionTrigger(spec.action, spec.count)
+        trigger_where = filter_from_spec(spec.where) if spec.where is not None else None
+        return ActionTrigger(spec.action, spec.count, trigger_where)
     if loop_type is LoopType.MILESTONE:
         raise _Invalid(where, "a milestone loop starts on {type: action, action: ..., count: N}")
     return UserRegistered()
@@ -605,13 +828,20 @@ def _condition(spec: ConditionSpec | None) -> ActionCondition | None:
     timeout_ms = parse_duration(spec.timeout) if spec.timeout is not None else None
     if isinstance(spec, QueryConditionSpec):
         query = translate_query(spec.query)
-        return ActionCondition(query.actions, query.count, timeout_ms)
+        return ActionCondition(query.actions, query.count, timeout_ms, query.where)
     actions = (spec.action,) if spec.action is not None else tuple(spec.any_of or ())
-    return ActionCondition(actions, spec.count, timeout_ms)
+    where = filter_from_spec(spec.where) if spec.where is not None else None
+    return ActionCondition(actions, spec.count, timeout_ms, where)
 
 
-def _email(spec: EmailSpec) -> EmailAction:
-    return EmailAction(spec.template, MappingProxyType(dict(spec.personalization)))
+def _email(where: str, spec: EmailSpec) -> EmailAction:
+    variants = tuple(
+        Variant(_profile_filter(f"{where}.variants[{i}].when", v.when), v.template)
+        for i, v in enumerate(spec.variants or ())
+    )
+    arms = tuple(Arm(arm.template, arm.weight) for arm in spec.experiment or ())
+    personalization = MappingProxyType(dict(spec.personalization))
+    return EmailAction(spec.template, personalization, variants, arms)
 
 
 def _recovery(spec: RecoverySpec) -> Recovery:
@@ -635,11 +865,10 @@ def _recovery(spec: RecoverySpec) -> Recovery:
 
 def _check_templates(loop: Loop, templates_dir: Path) -> None:
     for where, email in loop.emails():
-        path = templates_dir / f"{email.template}.html"
-        if not path.is_file():
-            raise _Invalid(
-                f"{where}.template", f"no template {email.template!r}: {path} is missing"
-            )
+        for template in email.templates():
+            path = templates_dir / f"{template}.html"
+            if not path.is_file():
+                raise _Invalid(f"{where}.template", f"no template {template!r}: {path} is missing")
 
 
 # --- the JSON Schema ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`POST /v1/actions`: "user did X" from the app's server, one action or a batch, idempotent by id.
 
-The route records the actions (one Lua script, one round trip) and wakes the worker; loops are
-looked at by the worker, never inside the request.
+The route records the actions (one Lua script, one round trip), counts them in memory for their
+health (`app.storage.sightings`: no command of its own) and wakes the worker; loops are looked at
+by the worker, never inside the request.
 
 It is a hot route (`app.web.gate`): `receive_actions` reads and validates the body as
 FastAPI would for `post_actions`, the route FastAPI documents (and serves when hot routes are
@@ -199,8 +200,14 @@ async def record(services: Services, body: ActionIn | ActionBatch) -> Accepted:
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
     accepted, duplicates = await services.store.actions.record(
-        actions, now_ms=now_ms, tracked=services.tracked_counts
+        actions,
+        now_ms=now_ms,
+        tracked=services.tracked_counts,
+        filters=services.watched_filters,
     )
     services.metrics.actions_recorded(accepted, duplicates)
+    # for their health: no Redis command here (the runtime flushes them every few minutes);
+    # the store answers only totals, so a request's duplicates are counted too
+    services.sightings.saw([action.action for action in actions], now_ms)
     services.wake_worker()
     return Accepted(accepted=accepted, duplicates=duplicates)

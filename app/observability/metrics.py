@@ -6,7 +6,7 @@ gauges are read from storage when Prometheus scrapes (`app.ops.scrape`, `GET /me
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,6 +33,7 @@ class Metrics:
         self._register_loops()
         self._register_failures()
         self._register_gauges()
+        self._register_liveness()
         self._zeros()
 
     def _register_intake(self) -> None:
@@ -111,6 +112,23 @@ class Metrics:
             registry=self.registry,
         )
 
+    def _register_liveness(self) -> None:
+        """What still moves: the actions loops wait for, and this process's worker."""
+        self.watched_action_last_seen = Gauge(
+            "activation_watched_action_last_seen_timestamp_seconds",
+            "Last time an action a loop waits for was reported (epoch seconds), read at scrape; "
+            "absent until first seen",
+            ["action"],
+            registry=self.registry,
+        )
+        self._seen_actions: set[str] = set()
+        # 0 until the worker first looks (an unlabelled gauge is always exported)
+        self.worker_heartbeat_at = Gauge(
+            "activation_worker_heartbeat_timestamp_seconds",
+            "When this process's worker last completed a look at the schedule (epoch seconds)",
+            registry=self.registry,
+        )
+
     def _zeros(self) -> None:
         """Export the fixed label sets at 0 from the start, so rates and alerts have a series."""
         for outcome in ("sent", "retry", "failed", "dropped", "defer"):
@@ -175,6 +193,20 @@ class Metrics:
         else:
             kind = "other"
         self.worker_errors.labels(stage, kind).inc()
+
+    def watched_actions_seen(self, last_seen_ms: Mapping[str, int | None]) -> None:
+        """The watched actions now, each with when it was last reported (None: never). An action
+        never seen, or no longer watched, has no series."""
+        seen = {action: at_ms for action, at_ms in last_seen_ms.items() if at_ms is not None}
+        for action in self._seen_actions - seen.keys():
+            self.watched_action_last_seen.remove(action)
+        for action, at_ms in seen.items():
+            self.watched_action_last_seen.labels(action).set(at_ms / 1000)
+        self._seen_actions = set(seen)
+
+    def worker_heartbeat(self, now_ms: int) -> None:
+        """The worker finished a look at the schedule."""
+        self.worker_heartbeat_at.set(now_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

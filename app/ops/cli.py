@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app.clock import system_clock_ms
-from app.errors import ActivationError
+from app.engine.evaluate import watched_actions
+from app.engine.loop_files import Loop
+from app.errors import ActivationError, StorageError
 from app.observability.startup import configure_logging, describe_configuration
 from app.ops import preview, send_test_webhook, simulate
 from app.runtime import Runtime, build_runtime, build_store, load_loop_files, load_settings
@@ -53,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
     worker = _command(commands, "worker", "run the delivery worker as its own process")
     worker.add_argument("--burst", action="store_true", help="run what is due now, then exit")
     worker.set_defaults(handler=run_worker)
-    check = _command(commands, "check", "validate loop files and templates")
+    check = _command(
+        commands, "check", "validate loop files and templates; warn of actions never reported"
+    )
     check.add_argument("loops_dir", nargs="?", type=Path, help="default: LOOPS_DIR")
     check.set_defaults(handler=run_check)
     dead = _command(commands, "dead", "list or retry dead-letter emails")
@@ -94,7 +98,37 @@ def run_check(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"loops_dir": args.loops_dir})
     loops, templates = load_loop_files(settings)
     print(f"{len(loops)} loop(s) and {len(templates.names)} template(s) OK in {settings.loops_dir}")
+    if settings.storage_kind is not StorageKind.EMBEDDED:  # the embedded store saw nothing
+        for warning in asyncio.run(never_seen_warnings(settings, loops)):
+            print(warning, file=sys.stderr)
     return 0
+
+
+async def never_seen_warnings(settings: Settings, loops: dict[str, Loop]) -> list[str]:
+    """A line for each action a loop waits for that was never reported to the service (as
+    storage's sightings say, one HMGET; a process's last minutes may not be in them yet). A
+    warning, not a failure: a new loop's action may not be sent yet."""
+    watched = watched_actions(loops.values())
+    store = build_store(settings)
+    try:
+        await store.open()
+        last_seen = await store.sightings.last_seen(list(watched))
+    except StorageError as exc:
+        return [f"warning: whether the actions loops wait for are reported was not checked: {exc}"]
+    finally:
+        await store.close()
+    return [
+        f"warning: {waits(loop_ids)} for action {name!r}, never reported to this service "
+        "(GET /v1/actions/health)"
+        for name, loop_ids in sorted(watched.items())
+        if last_seen[name] is None
+    ]
+
+
+def waits(loop_ids: list[str]) -> str:
+    if len(loop_ids) == 1:
+        return f"loop {loop_ids[0]} waits"
+    return f"loops {', '.join(loop_ids)} wait"
 
 
 def run_worker(args: argparse.Namespace) -> int:

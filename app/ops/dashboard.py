@@ -20,9 +20,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.delivery.jobs import EmailJob
-from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days
+from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_figures
 from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
+from app.errors import StorageError
+from app.ops import figures
+from app.ops.action_health import action_health
 from app.settings import Settings
 from app.signing import secret_matches
 from app.storage.records import StatsReply
@@ -56,6 +59,7 @@ PAGE_ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+PAGE_ENV.globals.update(figures.TEMPLATE_GLOBALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +208,24 @@ async def dashboard(
         "dashboard.html",
         title="Activation loops",
         loops=[loop_stats(loop, reply, dead) for loop in loops.values()],
+        figures=[loop_figures(loop, reply.loops.get(loop.id, {})) for loop in loops.values()],
+        health=await health_of(request),
         dead_total=reply.dead_count,
         storage=settings.storage_kind.value,
         outbox_mode=settings.resend_api_key is None,
         now=when(clock()),
     )
+
+
+async def health_of(request: Request) -> dict[str, Any] | None:
+    """The watched actions' health for the banner; a storage failure leaves the banner out."""
+    services = services_of(request)
+    try:
+        seen = await services.seen_now()
+    except StorageError as exc:
+        logger.warning("dashboard: action health not read: %s", exc)
+        return None
+    return action_health(services.watched_actions, seen, services.clock()).model_dump()
 
 
 @router.get("/outbox", response_class=HTMLResponse, responses={401: {"description": "log in"}})

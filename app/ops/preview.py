@@ -15,11 +15,12 @@ from app.clock import system_clock_ms
 from app.delivery.jobs import RenderedEmail
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
-from app.engine.evaluate import EmailOrder
+from app.engine.assign import arm_of
+from app.engine.evaluate import EmailOrder, choose_template
 from app.engine.loop_files import Loop
 from app.errors import ActivationError, TemplateRenderError
 from app.intake.clerk import ClerkUser
-from app.ops.samples import SAMPLE_EMAIL, sample_profile
+from app.ops.samples import SAMPLE_EMAIL, sample_profile, with_profile
 from app.runtime import build_composer, build_store, load_loop_files, load_settings
 from app.settings import Settings
 from app.storage.records import UserProfile
@@ -41,7 +42,19 @@ def add_command(commands: Any, command: CommandFactory) -> None:
     who.add_argument("--user-id", help="a user from the configured storage")
     preview.add_argument("--loop", help="the loop whose personalization to use")
     preview.add_argument("--out", type=Path, help="write an HTML page to open in a browser")
+    preview.add_argument(
+        "--profile", help="Clerk profile fields laid over the user's, a JSON object"
+    )
     preview.set_defaults(handler=run_preview)
+
+
+def picked_template(loop: Loop, order: EmailOrder, profile: UserProfile) -> str:
+    """The template the loop's step would send this user: a variant or an experiment's arm."""
+    step = loop.steps[order.step]
+    email = step.action if order.kind == "action" else step.on_timeout
+    if email is None:
+        return order.template
+    return choose_template(email, profile.view(), arm_of(loop, profile.id))
 
 
 def email_use(loops: dict[str, Loop], template: str, loop_id: str | None) -> EmailOrder:
@@ -52,7 +65,7 @@ def email_use(loops: dict[str, Loop], template: str, loop_id: str | None) -> Ema
     for loop in chosen:
         for step in loop.steps:
             for kind, email in (("action", step.action), ("timeout", step.on_timeout)):
-                if email is not None and email.template == template:
+                if email is not None and template in email.templates():
                     personalization = dict(email.personalization)
                     return EmailOrder(
                         "preview", loop.id, step.index, kind, template, personalization, 0
@@ -131,6 +144,10 @@ def run_preview(args: argparse.Namespace) -> int:
         profile = asyncio.run(stored_user(settings, args.user_id))
     else:
         profile = sample_profile(created_at_ms=system_clock_ms())
+    profile = with_profile(profile, args.profile)
+    picked = picked_template(loops[order.loop_id], order, profile)
+    if picked != order.template:
+        print(f"note: this user gets {picked!r} from this step (its variants or experiment)")
     email = render_preview(settings, loops, templates, order, profile)
     print(f"From:    {email.sender}\nTo:      {email.to}\nSubject: {email.subject}")
     print(

@@ -2,9 +2,13 @@
 `user.created` event (the shape of Clerk's documented example) for `send-test-webhook`.
 """
 
+import json
 import secrets
 from typing import Any
 
+from pydantic import ValidationError
+
+from app.errors import ActivationError
 from app.storage.records import UserProfile
 
 SAMPLE_USER_ID = "user_2sampleAdaLovelace00000000"
@@ -24,6 +28,29 @@ def sample_profile(
         created_at=created_at_ms,
         public_metadata={"plan": "free"},
     )
+
+
+def json_object(option: str, text: str | None) -> dict[str, Any]:
+    """A command-line JSON object (`--props`, `--profile`), or ActivationError saying why not."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ActivationError(f"{option}: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ActivationError(f'{option}: give a JSON object, like \'{{"plan": "pro"}}\'')
+    return value
+
+
+def with_profile(profile: UserProfile, text: str | None) -> UserProfile:
+    """The profile with `--profile`'s fields laid over it (`email`, names, `public_metadata`...)."""
+    fields = json_object("--profile", text)
+    try:
+        return UserProfile.model_validate(profile.model_dump() | fields)
+    except ValidationError as exc:
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ActivationError(f"--profile: {reason}") from None
 
 
 def new_user_id() -> str:

@@ -1,18 +1,18 @@
 """`GET /metrics`: the Prometheus scrape (behind METRICS_TOKEN, else the API key), with the
-queue gauges read from storage when Prometheus asks."""
+gauges read from storage when Prometheus asks: three commands, the schedule's and the dead
+letters' ZCARD and one HMGET of when each watched action was last reported (shard 0's `seen`,
+`app.storage.sightings`; this process's sightings not yet flushed are added)."""
 
 import logging
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPBearer
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app.errors import StorageError
-from app.observability.metrics import Metrics
-from app.storage.store import Store
 from app.web import auth
 from app.web.auth import Access
-from app.web.deps import MetricsDep, StoreDep
+from app.web.deps import Services, services_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +33,21 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "bad token"}},
 )
 @auth.policy(Access.METRICS)
-async def scrape(metrics: MetricsDep, store: StoreDep) -> Response:
-    """Prometheus text format; queue gauges are read from storage now (two ZCARDs)."""
-    await refresh_queue_gauges(metrics, store)
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+async def scrape(request: Request) -> Response:
+    """Prometheus text format; the gauges are read from storage now (two ZCARDs, an HMGET)."""
+    services = services_of(request)
+    await refresh_gauges(services)
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def refresh_queue_gauges(metrics: Metrics, store: Store) -> None:
-    """Storage trouble must not fail the scrape: the gauges keep their last values."""
+async def refresh_gauges(services: Services) -> None:
+    """Storage trouble must not fail the scrape: the gauges keep their last values (and it is
+    counted once)."""
+    metrics, store = services.metrics, services.store
     try:
         metrics.schedule_jobs.set(await store.reads.schedule_size())
         metrics.dead_letter_jobs.set(await store.reads.dead_letter_count())
+        metrics.watched_actions_seen(await services.watched_last_seen())
     except StorageError as exc:
         metrics.storage_error(exc)
-        logger.warning("metrics: queue gauges not refreshed: %s", exc)
+        logger.warning("metrics: gauges not refreshed: %s", exc)

@@ -13,11 +13,12 @@ from app.clock import system_clock_ms
 from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.worker import Worker
-from app.engine.evaluate import StepState, tracked_counts
+from app.engine.evaluate import StepState, tracked_counts, watched_filters
+from app.engine.filters import Filter
 from app.engine.loop_files import Loop, parse_duration
 from app.errors import ActivationError
 from app.ops.preview import preview_tokens
-from app.ops.samples import sample_profile
+from app.ops.samples import json_object, sample_profile, with_profile
 from app.runtime import build_composer, build_store, build_worker, load_loop_files, load_settings
 from app.settings import Settings
 from app.storage.keys import valid_user_id
@@ -40,6 +41,10 @@ def add_command(commands: Any, command: CommandFactory) -> None:
     simulate.add_argument("--user-id", default="user_simulated", help="the simulated user's id")
     simulate.add_argument("--actions", default="", help="name[*count][@offset], comma-separated")
     simulate.add_argument("--advance", help="how long to run the clock (default: until done)")
+    simulate.add_argument("--props", help="the actions' properties, a JSON object")
+    simulate.add_argument(
+        "--profile", help="Clerk profile fields over the sample user's, a JSON object"
+    )
     simulate.set_defaults(handler=run_simulate)
 
 
@@ -99,8 +104,22 @@ def simulation_parts(settings: Settings, loop_id: str) -> tuple[Loop, TemplateSe
     return loops[loop_id], templates
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Who the simulated user is and what their actions carry."""
+
+    user_id: str = "user_simulated"
+    profile: str | None = None  # JSON laid over the sample profile
+    properties: dict[str, Any] | None = None
+
+
 async def simulate(
-    settings: Settings, loop_id: str, user_id: str, plans: Sequence[Planned], advance_ms: int | None
+    settings: Settings,
+    loop_id: str,
+    user_id: str,
+    plans: Sequence[Planned],
+    advance_ms: int | None,
+    sample: Sample | None = None,
 ) -> list[str]:
     """Run the loop for one sample user on a virtual clock; returns the timeline's lines."""
     if not valid_user_id(user_id):
@@ -114,12 +133,13 @@ async def simulate(
     composer = build_composer(settings, only, templates, preview_tokens(settings))
     worker = build_worker(settings, store, only, composer, OutboxMailer(), clock)
     try:
-        profile = sample_profile(user_id, created_at_ms=start)
+        sample = sample or Sample(user_id)
+        profile = with_profile(sample_profile(user_id, created_at_ms=start), sample.profile)
         await store.users.record("simulated", profile, created=True, version_ms=start, now_ms=start)
         until = start + (advance_ms if advance_ms is not None else SIMULATION_CAP_MS)
-        await run_clock(
-            Run(worker, store, clock, user_id, tracked_counts(only.values())), plans, start, until
-        )
+        watching = (tracked_counts(only.values()), watched_filters(only.values()))
+        run = Run(worker, store, clock, user_id, *watching, sample.properties)
+        await run_clock(run, plans, start, until)
         record = await store.reads.snapshot(user_id)
     finally:
         await store.close()
@@ -146,14 +166,20 @@ class Run:
     clock: VirtualClock
     user_id: str
     tracked: dict[str, frozenset[int]]
+    filters: dict[str, dict[str, Filter]]
+    properties: dict[str, Any] | None = None
 
     async def act(self, plans: Sequence[Planned]) -> None:
         now = self.clock()
         actions = [
-            NewAction(self.user_id, plan.action, now) for plan in plans for _ in range(plan.times)
+            NewAction(self.user_id, plan.action, now, properties=self.properties)
+            for plan in plans
+            for _ in range(plan.times)
         ]
         if actions:
-            await self.store.actions.record(actions, now_ms=now, tracked=self.tracked)
+            await self.store.actions.record(
+                actions, now_ms=now, tracked=self.tracked, filters=self.filters
+            )
 
     async def drain(self) -> int | None:
         """Run everything due now; when the schedule next needs a look (None: never)."""
@@ -205,6 +231,12 @@ def describe_step(status: str, entry: dict[str, Any], record: UserRecord, start:
     name, email = str(entry.get("step")), entry.get("email")
     state: StepState | None = record.steps.get(name)
     text = f"step {name} {status.replace('_', ' ')}"
+    if status == "excluded":
+        text += " (not in the loop's audience: never entered)"
+    if state is not None and state.arm:
+        text += f" [arm {state.arm}]"
+    if state is not None and state.held_out:
+        text += " (held out: no email)"
     if status == "waiting" and state is not None:
         if state.started_at > entry["at"]:
             text += f" (starts at {offset(state.started_at - start)})"
@@ -231,7 +263,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         message = f"--advance: {args.advance!r} is not a duration (30s, 5m, 2h, 3d)"
         raise ActivationError(message) from None
     settings = load_settings()
-    lines = asyncio.run(simulate(settings, args.loop, args.user_id, plans, advance_ms))
+    sample = Sample(args.user_id, args.profile, json_object("--props", args.props) or None)
+    lines = asyncio.run(simulate(settings, args.loop, args.user_id, plans, advance_ms, sample))
     print(f"loop {args.loop}, user {args.user_id}, virtual clock (a dry run: nothing is sent)")
     print("\n".join(lines))
     return 0

@@ -20,12 +20,14 @@ router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ApiKeyDep])
 
 class StepProgress(BaseModel):
     step: int
-    status: str  # not_started | waiting | fired | timed_out
+    status: str  # not_started | waiting | fired | timed_out | excluded (not in the audience)
     started_at: int | None = None
     waiting_until: int | None = None
     condition_met_at: int | None = None
     decided_at: int | None = None
     email_job: str | None = None
+    arm: str | None = None  # step 0 of a loop with a holdout or an experiment
+    held_out: bool = False  # decided, its email not sent: the user is in the loop's holdout
 
 
 class LoopProgress(BaseModel):
@@ -56,6 +58,8 @@ class UserState(BaseModel):
     suppression: str | None = None  # "bounced" or "complained"
     profile: dict[str, Any] | None
     actions: dict[str, int]
+    # the counts of actions matching a loop's `where`, by `<action>#<filter digest>`
+    filtered_actions: dict[str, int] = {}
     loops: list[LoopProgress]
     emails: list[EmailView]
     timeline: list[dict[str, Any]]
@@ -85,7 +89,8 @@ def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:
         suppressed_at=record.suppressed_at_ms,
         suppression=record.suppression,
         profile={**profile.model_dump(), "name": profile.name} if profile else None,
-        actions={name: stats.count for name, stats in sorted(record.actions.items())},
+        actions={n: s.count for n, s in sorted(record.actions.items()) if "#" not in n},
+        filtered_actions={n: s.count for n, s in sorted(record.actions.items()) if "#" in n},
         loops=[loop_progress(loop, record.steps) for loop in loops.values()],
         emails=sorted((email_view(job) for job in record.jobs.values()), key=lambda e: e.queued_at),
         timeline=record.timeline,
@@ -114,6 +119,8 @@ def step_progress(index: int, state: StepState | None) -> StepProgress:
         condition_met_at=state.met_at,
         decided_at=state.decided_at,
         email_job=state.email_job,
+        arm=state.arm,
+        held_out=state.held_out,
     )
 
 

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from app.engine.filters import Filter
 from app.engine.job_ids import evaluation_id
 from app.storage.connections import Connection
 from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys, oldest_minute, recent_entry
@@ -26,21 +27,31 @@ class Actions(ScriptRunner):
         self.action_dedupe_ttl_s = action_dedupe_ttl_s
 
     async def record(
-        self, actions: Sequence[NewAction], *, now_ms: int, tracked: Mapping[str, Iterable[int]]
+        self,
+        actions: Sequence[NewAction],
+        *,
+        now_ms: int,
+        tracked: Mapping[str, Iterable[int]],
+        filters: Mapping[str, Mapping[str, Filter]] | None = None,
     ) -> tuple[int, int]:
         """Record actions once per client id; returns (accepted, duplicates).
+
+        `tracked`: the counts loops wait for, by counted name; `filters`: per action, the
+        filters loops count it by (`evaluate.watched_filters`): an action whose properties match
+        one is also counted under that filter's name (`loop_files.counted_name`), as it arrives.
 
         One round trip, unless the batch is larger than one request may be (Upstash refuses
         requests over 1 MB): then one per `MAX_SCRIPT_PAYLOAD_BYTES` of it. On a cluster, one
         script per shard the batch's users live in, sent together (each touches one slot).
         """
+        watch = _Watch(tracked, filters or {})
         if not self.keys.sharded:
-            return await self._record_shard(0, actions, now_ms, tracked)
+            return await self._record_shard(0, actions, now_ms, watch)
         groups: dict[int, list[NewAction]] = {}
         for action in actions:
             groups.setdefault(self.keys.shard_of(action.user_id), []).append(action)
         counts = await asyncio.gather(
-            *(self._record_shard(shard, group, now_ms, tracked) for shard, group in groups.items())
+            *(self._record_shard(shard, group, now_ms, watch) for shard, group in groups.items())
         )
         return sum(added for added, _ in counts), sum(repeated for _, repeated in counts)
 
@@ -49,26 +60,26 @@ class Actions(ScriptRunner):
         shard: int,
         actions: Sequence[NewAction],
         now_ms: int,
-        tracked: Mapping[str, Iterable[int]],
+        watch: "_Watch",
     ) -> tuple[int, int]:
         accepted = duplicates = 0
         schedule = self.keys.shard(shard).schedule
         since = oldest_minute(now_ms, self.action_dedupe_ttl_s)
-        for keys, args in self._action_chunks(actions, tracked, now_ms):
+        for keys, args in self._action_chunks(actions, watch, now_ms):
             header: list[CommandArg] = [now_ms, since, IDS_LIMIT, LOG_LENGTH]
             added, repeated = await self.run(RECORD_ACTIONS, [*keys, schedule], [*header, *args])
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
 
     def _action_chunks(
-        self, actions: Sequence[NewAction], tracked: Mapping[str, Iterable[int]], now_ms: int
+        self, actions: Sequence[NewAction], watch: "_Watch", now_ms: int
     ) -> Iterator[tuple[list[str], list[CommandArg]]]:
         keys: list[str] = []
         args: list[CommandArg] = []
         size = 0
         for action in actions:
             action_keys = [self.keys.user(action.user_id)]
-            action_args = self._action_args(action, tracked.get(action.action, ()), now_ms)
+            action_args = self._action_args(action, watch, now_ms)
             action_size = sum(len(str(part)) for part in (*action_keys, *action_args))
             if keys and size + action_size > MAX_SCRIPT_PAYLOAD_BYTES:
                 yield keys, args
@@ -77,19 +88,50 @@ class Actions(ScriptRunner):
         if keys:
             yield keys, args
 
-    def _action_args(
-        self, action: NewAction, counts: Iterable[int], now_ms: int
-    ) -> list[CommandArg]:
-        ordered = sorted(counts)
+    def _action_args(self, action: NewAction, watch: "_Watch", now_ms: int) -> list[CommandArg]:
+        keep, counts = watch.counts(action.action)
         return [
             recent_entry(action.id, now_ms) if action.id else "",
             action.action,
             action.occurred_at_ms,
-            min(ordered[-1], MAX_RANKED_TIMES) if ordered else 0,
-            ",".join(str(count) for count in ordered),
+            keep,
+            counts,
             log_line(action),
             evaluation_id(action.user_id),
+            watch.filtered(action),
         ]
+
+
+class _Watch:
+    """What loops watch of an action, in the script's terms (cached per counted name)."""
+
+    def __init__(
+        self, tracked: Mapping[str, Iterable[int]], filters: Mapping[str, Mapping[str, Filter]]
+    ) -> None:
+        self.tracked = tracked
+        self.filters = filters
+        self._counts: dict[str, tuple[int, str]] = {}
+
+    def counts(self, name: str) -> tuple[int, str]:
+        """How many earliest times to keep, and the counts loops wait for ("1,10")."""
+        found = self._counts.get(name)
+        if found is None:
+            ordered = sorted(self.tracked.get(name, ()))
+            keep = min(ordered[-1], MAX_RANKED_TIMES) if ordered else 0
+            found = self._counts[name] = (keep, ",".join(str(count) for count in ordered))
+        return found
+
+    def filtered(self, action: NewAction) -> str:
+        """The filtered counts the action's properties match: `<name>/<keep>/<counts> ...`."""
+        filters = self.filters.get(action.action)
+        if not filters:
+            return ""
+        matched = []
+        for name, where in filters.items():
+            if where.matches(action.properties):
+                keep, counts = self.counts(name)
+                matched.append(f"{name}/{keep}/{counts}")
+        return " ".join(matched)
 
 
 def log_line(action: NewAction) -> str:

@@ -18,6 +18,8 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 | `P:suppressed`               | zset   | none                 | email_event.lua                 |
 | `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua           |
 | `P:daily:<yyyy-mm-dd>`       | hash   | 90 d                 | v1 only (read until it expires) |
+| `P:seen`                     | hash   | none (pruned, 30 d)  | sightings.lua                   |
+| `P:seen:<yyyy-mm-dd>`        | hash   | 8 d, from creation   | sightings.lua                   |
 | `P:schema`                   | string | none                 | `Store.open` (once), migrate    |
 | `P:layout`                   | string | none                 | storage.layout (once)           |
 | `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout                |
@@ -73,6 +75,15 @@ What the shard keys hold:
   0's `action` is the funnel's `sent`, its `timeout` the `nudged`; their sum `emails_sent`);
   `emails_failed`. An email is counted on its UTC day, `<counter>@<yyyy-mm-dd>` (one HINCRBY);
   the first count of a day folds the days older than `funnel.KEPT_DAYS` into `<counter>`.
+- `seen` and `seen:<yyyy-mm-dd>` (shard 0's only: one slot for all of them, whatever the user):
+  the actions reported to the service, for `GET /v1/actions/health` (`storage.sightings`). Each
+  process counts the actions it accepts in memory and adds them at most every
+  `SIGHTINGS_FLUSH_S` (and when it stops) with one script, `sightings.lua`: `seen` maps an
+  action's name to when it was last reported (epoch ms, the larger time kept), and holds at
+  most `MAX_SEEN_NAMES` names loops do not watch (a client sending made-up names cannot grow
+  it); `sightings_read.lua` removes the names not reported for `SEEN_KEPT_MS` (30 d) but those
+  loops watch. `seen:<day>` counts each action per UTC hour, field `<action>@<hh>`; it expires
+  8 days after the flush that made it (the health reads the last 8 days).
 - `daily:<yyyy-mm-dd>`: v1's emails per day (`<loop_id>:sent`, `:failed`); read until they
   expire, 90 days after they were written.
 - `schema`: `2`, this schema; a store holding the v1 schema (one key per aggregate) is moved by
@@ -164,8 +175,9 @@ def job_id_of(user_id: str, field_name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ShardKeys:
     """The keys one shard shares among its users: the schedule, dead letters, the outbox,
-    suppressions and the loop counters. On one Redis there is one shard and these are the
-    unsharded `P:schedule`...; on a cluster `P{<tag>}:schedule`..., one hash slot per shard."""
+    suppressions and the loop counters (and, shard 0's only, the sightings of actions). On one
+    Redis there is one shard and these are the unsharded `P:schedule`...; on a cluster
+    `P{<tag>}:schedule`..., one hash slot per shard."""
 
     scope: str  # `P` or `P{<tag>}:`
 
@@ -191,6 +203,15 @@ class ShardKeys:
     def daily(self, day: str) -> str:
         """`day` is a UTC date, `yyyy-mm-dd`."""
         return f"{self.scope}daily:{day}"
+
+    @property
+    def seen(self) -> str:
+        """Each action reported, with when last (read and written on shard 0 only)."""
+        return f"{self.scope}seen"
+
+    def seen_day(self, day: str) -> str:
+        """Actions reported per UTC hour of `day` (`yyyy-mm-dd`), on shard 0 only."""
+        return f"{self.scope}seen:{day}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,18 @@ class UserProfile(BaseModel):
     def stored(self) -> str:
         return self.model_dump_json(exclude_defaults=True)
 
+    def view(self) -> dict[str, Any]:
+        """What audiences and variants may look at (`loop_files.PROFILE_FIELDS`, the metadata)."""
+        return {
+            "email": self.email,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "name": self.name,
+            "username": self.username,
+            "public_metadata": self.public_metadata,
+            "unsafe_metadata": self.unsafe_metadata,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class EmailEvent:
@@ -249,26 +261,34 @@ def parse_action(value: str) -> ActionStats:
 
 
 def encode_step(state: StepState) -> str:
-    """A step state as stored: `<status>,<started_at>,<deadline>,<met>,<decided>,<email kind>`,
-    the last three times as offsets from the start and empty when unknown; the email's job is
-    the step's own (`email|<uid>|<loop>|<step>|<kind>`), so its kind names it."""
+    """A step state as stored: `<status>,<started_at>,<deadline>,<met>,<decided>,<email kind>`
+    and, for step 0 of a loop with arms, `,<arm>`; the three times as offsets from the start,
+    empty when unknown. The email's job is the step's own (`email|<uid>|<loop>|<step>|<kind>`),
+    so its kind names it; `h` says the email was held back (the user is in the holdout)."""
     start = state.started_at
     offsets = [_offset(at, start) for at in (state.deadline_at, state.met_at, state.decided_at)]
     kind = JobId.parse(state.email_job).reason if state.email_job else ""
-    return ",".join([state.status.value, str(start), *offsets, kind or ""])
+    parts = [state.status.value, str(start), *offsets, HELD_OUT if state.held_out else kind or ""]
+    return ",".join([*parts, state.arm] if state.arm else parts)
+
+
+HELD_OUT = "h"
 
 
 def decode_step(user_id: str, name: str, value: str) -> StepState:
-    status, start, deadline, met, decided, kind = value.split(",")
+    status, start, deadline, met, decided, kind, *arm = value.split(",")
     started_at = int(start)
     loop_id, _, step = name.rpartition("/")
+    held_out = kind == HELD_OUT
     return StepState(
         status=StepStatus(status),
         started_at=started_at,
         deadline_at=_at(deadline, started_at),
         met_at=_at(met, started_at),
         decided_at=_at(decided, started_at),
-        email_job=email_id(user_id, loop_id, int(step), kind) if kind else None,
+        email_job=email_id(user_id, loop_id, int(step), kind) if kind and not held_out else None,
+        arm=arm[0] if arm else None,
+        held_out=held_out,
     )
 
 
@@ -346,7 +366,8 @@ def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
     if record.registered_at_ms is not None:
         yield {"at": record.registered_at_ms, "event": "user.created"}
     for name, stats in record.actions.items():
-        yield from _action_entries(name, stats)
+        if "#" not in name:  # a filtered count repeats actions already there
+            yield from _action_entries(name, stats)
     yield from _step_entries(record.steps)
     for job in record.jobs.values():
         ended = job.sent_at if job.status is JobStatus.SENT else job.ended_at

@@ -14,9 +14,11 @@ from starlette.requests import HTTPConnection
 from svix.webhooks import Webhook
 
 from app.clock import Clock
+from app.engine.filters import Filter
 from app.engine.loop_files import Loop
 from app.observability.metrics import Metrics
 from app.settings import Settings
+from app.storage.sightings import Seen, SightingsBuffer
 from app.storage.store import Store
 
 
@@ -31,6 +33,19 @@ class Services(Protocol):
 
     @property
     def tracked_counts(self) -> Mapping[str, frozenset[int]]: ...
+
+    @property
+    def watched_filters(self) -> Mapping[str, Mapping[str, Filter]]: ...
+
+    @property
+    def watched_actions(self) -> Mapping[str, list[str]]: ...
+
+    @property
+    def sightings(self) -> SightingsBuffer: ...
+
+    async def seen_now(self) -> Seen: ...
+
+    async def watched_last_seen(self) -> dict[str, int | None]: ...
 
     @property
     def clerk_verifier(self) -> Webhook | None: ...

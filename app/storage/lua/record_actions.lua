@@ -2,11 +2,13 @@
 -- when a count a loop waits for is reached.
 -- KEYS[i] the hash of the i-th action's user (P{uid}); KEYS[#KEYS] schedule P:schedule
 -- ARGV[1] now, epoch ms; ARGV[2] the oldest minute `ids` keeps; ARGV[3] IDS_LIMIT;
--- ARGV[4] the log's length cap; then 7 per action, from ARGV[5]:
+-- ARGV[4] the log's length cap; then 8 per action, from ARGV[5]:
 --   its `ids` entry ("" when it has no id), action name, occurred at (epoch ms), how many of its
 --   earliest times to keep (the largest count a loop waits for, capped; "0" when none does), the
 --   counts loops wait for ("1,10" or ""), a log line ("" for none: an action without properties
---   is all in its counts), the user's evaluation job id (eval|<uid>)
+--   is all in its counts), the user's evaluation job id (eval|<uid>), and the filtered counts
+--   its properties match ("" or "<name>#<digest>/<keep>/<counts> ...": each counted like the
+--   action itself, in its own field `a:<name>#<digest>`)
 -- The action's field `a:<name>` is `<count>,<first>,<last>[;<times>[;<bounds>]]`, <times> as
 -- offsets from <first>. Reports arrive
 -- in any order, so <times> keeps the earliest occurred-at times, ascending: the n-th of them is
@@ -62,9 +64,9 @@ local function shifted(list, by)
   return table.concat(out, ',')
 end
 
-local function record(key, a, user)
-  local name, at, keep, counts = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
-  local stored = user[3] or ''
+-- One count moved by an action at `at`: the field's new value, whether a kept time moved, and
+-- whether a count a loop waits for was reached.
+local function counted(stored, at, keep, counts)
   local head, rest = string.match(stored, '^([^;]*);?(.*)$')
   local offsets, bounds = string.match(rest, '^([^;]*);?(.*)$')
   local before, first, last = string.match(head, '^(%d+),(%d+),(%d+)$')
@@ -83,8 +85,28 @@ local function record(key, a, user)
   local kept = shifted(new_list or list, -earliest)
   if kept ~= '' or bounds ~= '' then value = value .. ';' .. kept end
   if bounds ~= '' then value = value .. ';' .. bounds end
+  return value, new_list ~= nil, waited
+end
+
+local function extras(list)
+  local out = {}
+  for entry in string.gmatch(list, '[^ ]+') do
+    local name, keep, counts = string.match(entry, '^([^/]+)/(%d+)/(.*)$')
+    out[#out + 1] = {name, tonumber(keep), counts}
+  end
+  return out
+end
+
+local function record(key, a, user, filtered)
+  local name, at = ARGV[a + 1], ARGV[a + 2]
+  local value, moved, waited = counted(user[3] or '', at, tonumber(ARGV[a + 3]), ARGV[a + 4])
   local fields = {'a:' .. name, value}
-  if new_list or waited then add(fields, 'rev', bumped(user[4])) end
+  for j, extra in ipairs(filtered) do
+    local v, m, w = counted(user[5 + j] or '', at, extra[2], extra[3])
+    add(fields, 'a:' .. extra[1], v)
+    moved, waited = moved or m, waited or w
+  end
+  if moved or waited then add(fields, 'rev', bumped(user[4])) end
   if ARGV[a] ~= '' then add(fields, 'ids', recent_add(user[2] or '', ARGV[a], since, id_limit)) end
   if ARGV[a + 5] ~= '' then add(fields, 'log', log_add(user[5], ARGV[a + 5], cap)) end
   redis.call('HSET', key, unpack(fields))
@@ -92,15 +114,17 @@ local function record(key, a, user)
 end
 
 for i = 1, #KEYS - 1 do
-  local a = 5 + (i - 1) * 7
+  local a = 5 + (i - 1) * 8
   local wanted = {'del', 'ids', 'a:' .. ARGV[a + 1], 'rev'}
-  if ARGV[a + 5] ~= '' then wanted[5] = 'log' end
+  wanted[5] = ARGV[a + 5] ~= '' and 'log' or 'rev'
+  local filtered = extras(ARGV[a + 7])
+  for j, extra in ipairs(filtered) do wanted[5 + j] = 'a:' .. extra[1] end
   local user = redis.call('HMGET', KEYS[i], unpack(wanted))
   if ARGV[a] ~= '' and recent_has(user[2] or '', string.sub(ARGV[a], 1, 8), since) then
     duplicates = duplicates + 1
   else
     accepted = accepted + 1
-    if not user[1] then record(KEYS[i], a, user) end
+    if not user[1] then record(KEYS[i], a, user, filtered) end
   end
 end
 return {accepted, duplicates}

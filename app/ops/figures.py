@@ -1,0 +1,231 @@
+"""What the dashboard's experiment and action-health parts show (`pages/experiments.html`,
+`pages/action_health.html`), worked out from the loops and health JSON shapes: rates and
+percentage points as text, an uplift's sentence and its chart's geometry, the action problems.
+Pure; `TEMPLATE_GLOBALS` is what a page environment needs to render the two parts.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.engine.measure import Uplift
+
+MINUS = "\u2212"  # a true minus sign (U+2212), not a hyphen
+CHART_WIDTH = 360.0
+CHART_HEIGHT = 52.0
+CHART_PAD = 24.0  # each side, room for a tick's label
+AXIS_Y = 24.0
+# the axis runs ± the first of these (points) that holds the interval: round tick labels
+SPANS_POINTS = (5, 10, 20, 25, 50, 100)
+# arms of a holdout first; an experiment's arms keep their order
+ARM_ORDER = ("treatment", "holdout")
+PROBLEM_STATUSES = ("never_seen", "silent")
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpliftView:
+    """An uplift in words and as a chart: positions in the chart's own units (`CHART_WIDTH`)."""
+
+    vs: str
+    estimate: str
+    low: str
+    high: str
+    direction: str  # "raise", "lower", or "unclear" (the interval holds 0)
+    sentence: str
+    span_points: int
+    x_zero: float
+    x_low: float
+    x_high: float
+    x_estimate: float
+    ticks: tuple[Tick, ...]
+    width: float = CHART_WIDTH
+    height: float = CHART_HEIGHT
+    axis_y: float = AXIS_Y
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    entered: int
+    activated: int
+    rate: str
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """One loop with a holdout or an experiment: its arms side by side and the uplift."""
+
+    loop_id: str
+    loop_type: str
+    arms: tuple[Arm, ...]
+    uplift: UpliftView | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionProblem:
+    """One line of the action-health banner."""
+
+    kind: str  # "never_seen", "silent" (a watched action) or "unwatched" (a likely typo)
+    action: str
+    loops: tuple[str, ...] = ()
+    last_seen: str = ""
+    count_7d: int = 0
+    did_you_mean: str | None = None
+
+
+def points(fraction: float) -> str:
+    """A difference of rates in percentage points, signed (`MINUS`), one decimal: "+5.2"."""
+    value = round(fraction * 100, 1)
+    if value == 0:
+        return "0.0"
+    return f"{'+' if value > 0 else MINUS}{abs(value):.1f}"
+
+
+def rate_text(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+
+
+def when(at_ms: int | None) -> str:
+    if at_ms is None:
+        return "n/a"
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def span_points(low: float, high: float) -> int:
+    """Half the axis, in points: the first of `SPANS_POINTS` that holds both ends."""
+    widest = max(abs(low), abs(high)) * 100
+    return next((span for span in SPANS_POINTS if widest <= span), SPANS_POINTS[-1])
+
+
+def x_of(fraction: float, span: int) -> float:
+    """Where a difference sits on an axis running from -span to +span points."""
+    inner = CHART_WIDTH - 2 * CHART_PAD
+    clamped = min(max(fraction * 100, -span), span)
+    return round(CHART_PAD + (clamped + span) / (2 * span) * inner, 1)
+
+
+def ticks(span: int) -> tuple[Tick, ...]:
+    """The axis's ends and its 0, labelled in whole points."""
+    labels = ((-span, f"{MINUS}{span}"), (0, "0"), (span, f"+{span}"))
+    return tuple(Tick(x_of(value / 100, span), label) for value, label in labels)
+
+
+def direction(uplift: Uplift) -> str:
+    if not uplift.distinguishable:
+        return "unclear"
+    return "raise" if uplift.low > 0 else "lower"
+
+
+def sentence(uplift: Uplift, vs: str) -> str:
+    """The uplift in words, for someone who does not read intervals."""
+    against = "" if vs == "holdout" else f" against {vs}"
+    low, high = points(uplift.low), points(uplift.high)
+    verb = direction(uplift)
+    if verb == "unclear":
+        return (
+            f"Not yet distinguishable from no effect{against}: "
+            f"the 95 % interval runs from {low} to {high} points."
+        )
+    size = points(abs(uplift.estimate)).lstrip("+")
+    return f"Emails {verb} activation by {size} points{against} (95 % interval {low} to {high})."
+
+
+def uplift_view(uplift: Mapping[str, Any] | None) -> UpliftView | None:
+    """The loops endpoint's `uplift` ({"vs", "estimate", "low", "high"}, fractions) as shown."""
+    if not uplift:
+        return None
+    found = Uplift(float(uplift["estimate"]), float(uplift["low"]), float(uplift["high"]))
+    vs = str(uplift.get("vs", "holdout"))
+    span = span_points(found.low, found.high)
+    return UpliftView(
+        vs=vs,
+        estimate=points(found.estimate),
+        low=points(found.low),
+        high=points(found.high),
+        direction=direction(found),
+        sentence=sentence(found, vs),
+        span_points=span,
+        x_zero=x_of(0.0, span),
+        x_low=x_of(found.low, span),
+        x_high=x_of(found.high, span),
+        x_estimate=x_of(found.estimate, span),
+        ticks=ticks(span),
+    )
+
+
+def arm(name: str, counts: Mapping[str, Any]) -> Arm:
+    rate = counts.get("activation_rate")
+    return Arm(
+        name,
+        int(counts.get("entered", 0)),
+        int(counts.get("activated", 0)),
+        rate_text(None if rate is None else float(rate)),
+    )
+
+
+def arms(by_name: Mapping[str, Mapping[str, Any]]) -> tuple[Arm, ...]:
+    """A holdout's treatment then holdout; an experiment's arms in the order given."""
+    rank = {name: i for i, name in enumerate(ARM_ORDER)}
+    names = sorted(by_name, key=lambda name: rank.get(name, -1))
+    return tuple(arm(name, by_name[name]) for name in names)
+
+
+def experiment_views(loops: Iterable[Mapping[str, Any]]) -> list[Experiment]:
+    """The loops that have arms (a holdout or an experiment), as the experiments part shows them."""
+    return [
+        Experiment(
+            str(loop["id"]),
+            str(loop.get("type", "")),
+            arms(loop["arms"]),
+            uplift_view(loop.get("uplift")),
+        )
+        for loop in loops
+        if loop.get("arms")
+    ]
+
+
+def watched_problem(watched: Mapping[str, Any]) -> ActionProblem:
+    return ActionProblem(
+        kind=str(watched["status"]),
+        action=str(watched["action"]),
+        loops=tuple(str(loop_id) for loop_id in watched.get("loops", ())),
+        last_seen=when(watched.get("last_seen_at")),
+        count_7d=int(watched.get("count_7d", 0)),
+    )
+
+
+def action_problems(health: Mapping[str, Any] | None) -> list[ActionProblem]:
+    """What is wrong with the actions: a watched one never seen or gone silent, and a reported
+    one no loop watches that looks like a typo of one that does. Empty when all is well."""
+    if not health:
+        return []
+    watched = [
+        watched_problem(item)
+        for item in health.get("watched", ())
+        if item.get("status") in PROBLEM_STATUSES
+    ]
+    unwatched = [
+        ActionProblem(
+            "unwatched",
+            str(item["action"]),
+            count_7d=int(item.get("count_7d", 0)),
+            did_you_mean=str(item["did_you_mean"]),
+        )
+        for item in health.get("unwatched", ())
+        if item.get("did_you_mean")
+    ]
+    return watched + unwatched
+
+
+TEMPLATE_GLOBALS = {
+    "experiment_views": experiment_views,
+    "uplift_view": uplift_view,
+    "action_problems": action_problems,
+}

@@ -1,0 +1,23 @@
+"""`GET /v1/loops`: each loop's activation figures, per arm, with a holdout's measured uplift."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.engine.funnel import last_days, loop_figures
+from app.web import auth
+from app.web.auth import Access, ApiKeyDep
+from app.web.deps import ClockDep, StoreDep, services_of
+
+router = APIRouter(prefix="/v1", tags=["loops"], dependencies=[ApiKeyDep])
+
+
+@router.get("/loops")
+@auth.policy(Access.API_KEY)
+async def get_loops(request: Request, store: StoreDep, clock: ClockDep) -> dict[str, Any]:
+    """Per loop: entered, activated (step 0's condition met within `measure`), timed out,
+    waiting, the activation rate; per arm for a holdout (`treatment`, `holdout`) or an
+    experiment (its templates); for a holdout, the uplift with its 95 % interval."""
+    loops = services_of(request).loops
+    reply = await store.reads.read_stats(list(loops), last_days(clock(), 1), dead_limit=0)
+    return {"loops": [loop_figures(loop, reply.loops.get(loop.id, {})) for loop in loops.values()]}
