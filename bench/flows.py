@@ -159,6 +159,8 @@ def costs(
             redis_url, lambda: act(http, users, "plan_changed", properties={"plan": "pro"})
         )
         worker.drain()
+        # one flush, not one per user: scaled as if each of the n users had caused one
+        windows["action-health flush, 3 names"] = flush_cost(redis_url, worker).scaled(n)
     # the worker's clock two days on: the tips are due (the warm-up users' too: the window is
     # counted per turn run, like the others per user)
     with in_process_worker(env, lambda: system_clock_ms() + TWO_DAYS_MS + 60_000) as later:
@@ -170,6 +172,17 @@ def costs(
             redis_url, lambda: act(http, users, "project_created", batch=True)
         )
     return windows
+
+
+def flush_cost(redis_url: str, worker: InProcessWorker) -> Cost:
+    """One flush of a process's action sightings (3 names this hour), after a first one has
+    created the day's hash: what a process writes every SIGHTINGS_FLUSH_S while actions come."""
+    names = ["first_project_created", "project_created", "plan_changed"]
+    runtime = worker.runtime
+    runtime.sightings.saw(names, system_clock_ms())
+    worker.runner.run(runtime.flush_sightings())
+    runtime.sightings.saw(names, system_clock_ms())
+    return measured(redis_url, lambda: worker.runner.run(runtime.flush_sightings()))
 
 
 def delivery_latency(app_url: str, resend_url: str, tag: str, n: int, rate_per_s: float) -> dict:

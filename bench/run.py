@@ -23,6 +23,7 @@ import httpx
 import redis
 
 from app.storage.keys import Keys
+from app.storage.sightings import SIGHTINGS_FLUSH_S
 from bench import flows, load, procs, seed
 from bench.cost import Monitor, command_calls
 from bench.load import LoadResult
@@ -376,12 +377,14 @@ def monthly_bill(report: Report, costs: dict[str, float], idle_month: float) -> 
         + 2 * costs["unwatched action"]
         + costs["turn: tips decided and sent, 2 days on"]
     )
-    commands = SIGNUPS_PER_MONTH * per_signup + idle_month
+    # at most one flush of the action sightings per SIGHTINGS_FLUSH_S, when actions came since
+    flushes = MONTH_S / SIGHTINGS_FLUSH_S * costs["action-health flush, 3 names"]
+    commands = SIGNUPS_PER_MONTH * per_signup + idle_month + flushes
     report.add(Figure("commands per signup (3 actions, 2 emails)", per_signup, "commands"))
-    notes = "10k signups and one idle worker"
+    notes = f"10k signups, one idle worker, {flushes:,.0f} for action-health flushes (at most)"
     month = Figure("commands a month at 10k signups", commands, "commands/month", notes=notes)
     report.at_most(month, MONTH_CEILING)
-    notes = f"{commands:,.0f} commands/month incl. one idle worker; $0.20 per 100k"
+    notes = f"{commands:,.0f} commands/month incl. one idle worker and flushes; $0.20 per 100k"
     usd = commands / 100_000 * USD_PER_100K_COMMANDS
     report.add(Figure("Upstash bill at 10k signups/month", usd, "USD/month", notes=notes))
     report.notes["bill assumptions"] = monthly_bill.__doc__

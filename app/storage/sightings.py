@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
 HOURS_PER_DAY = 24
-SIGHTINGS_FLUSH_S = 600.0
+SIGHTINGS_FLUSH_S = 1800.0
 MAX_BUFFERED_NAMES = 200  # names no loop watches, buffered by one process between two flushes
 MAX_SEEN_NAMES = 1000  # names no loop watches, kept in `seen`
 SEEN_KEPT_MS = 30 * DAY_MS  # a name not reported for this long leaves `seen` (unless watched)
