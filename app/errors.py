@@ -11,6 +11,8 @@ happens next.
     ├── RequestRefused           a request answered with its `status_code` and a short reason
     │   ├── NotConfigured        a feature whose settings are missing was asked for: 503
     │   ├── BadToken             a forged, altered or malformed unsubscribe token: 400
+    │   ├── SessionRefused       a browser's request with a Clerk session token: 401 for the
+    │   │                        token, 403 for what it reports, 429 past its rate (`headers`)
     │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
     │       └── PayloadTooLarge  the body is over the limit: 413
     ├── SendError                Resend did not take the email (translated in app.delivery.resend)
@@ -19,6 +21,8 @@ happens next.
     │   │                        tried again later without using up a retry
     │   └── PermanentSendError   the same request would fail again: dead-letter
     ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
+    ├── InvalidToken             a Clerk session token (JWT) that does not hold: why, in a word
+    │   └── NotAToken            not a JWT at all (a wrong API key, say)
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
         ├── StorageUnavailable   Redis unreachable, timed out or refusing our credentials:
         │   │                    transient, so requests answer 503 and work is retried
@@ -26,10 +30,11 @@ happens next.
         └── NoScript             EVALSHA named a script the server does not have yet: the
                                  caller sends EVAL (never leaves app.storage)
 
-Third-party exceptions (redis, httpx, upstash-redis, svix, resend, jinja2, sqlglot) are translated
-where they enter.
+Third-party exceptions (redis, httpx, upstash-redis, svix, resend, jinja2, sqlglot, pyjwt,
+clerk-backend-api) are translated where they enter.
 """
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -42,13 +47,22 @@ class ConfigError(ActivationError):
 
 
 class LoopFileError(ConfigError):
-    """A loop file that cannot be used; str() is `<file>: <field>: <reason>`."""
+    """A loop file that cannot be used; str() is `<file>: <field>: <reason>`, a line for each
+    problem found (`more`: those after the first, as (field, reason) pairs)."""
 
-    def __init__(self, path: Path, field: str | None, reason: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        field: str | None,
+        reason: str,
+        more: Sequence[tuple[str | None, str]] = (),
+    ) -> None:
         self.path = path
         self.field = field
         self.reason = reason
-        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+        self.more = list(more)
+        lines = [f"{path}: {f}: {r}" if f else f"{path}: {r}" for f, r in [(field, reason), *more]]
+        super().__init__("\n".join(lines))
 
 
 class QueryError(ConfigError, ValueError):
@@ -80,8 +94,25 @@ class BadToken(RequestRefused):
     """An unsubscribe token that is malformed, forged or altered."""
 
 
+class SessionRefused(RequestRefused):
+    """A browser's request with a Clerk session token, refused with `status_code` (401, 403 or
+    429) and `headers` (the challenge, Retry-After); nothing is stored."""
+
+    def __init__(
+        self, message: str, *, status_code: int = 401, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.headers = dict(headers or {})
+
+
 class WebhookRejected(RequestRefused):
-    """A webhook request that must be refused with a 4xx and nothing stored."""
+    """A webhook request that must be refused with a 4xx and nothing stored; `hint`, for the
+    service's log only, says what the operator may have to fix."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class PayloadTooLarge(WebhookRejected):
@@ -115,6 +146,14 @@ class NotSent(TransientSendError):
 
 class PermanentSendError(SendError):
     """The same request will fail again: the payload or the API key is wrong."""
+
+
+class InvalidToken(ActivationError):
+    """A Clerk session token (JWT) that does not hold; str() says why in a few words."""
+
+
+class NotAToken(InvalidToken):
+    """Not a JWT at all (a wrong API key, say)."""
 
 
 class AlreadySent(ActivationError):

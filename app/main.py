@@ -16,12 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.clock import Clock
 from app.delivery import unsubscribe
-from app.errors import ActivationError, RequestRefused, StorageError
+from app.errors import ActivationError, ConfigError, RequestRefused, StorageError
 from app.intake import actions, resend_events
 from app.intake import clerk as webhooks
 from app.observability.startup import configure_logging, describe_configuration
@@ -51,6 +51,23 @@ class ActivationApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         table = RouteTable(self.routes, self.hot_routes)
         return Gate(super().build_middleware_stack(), table, self.state, self.traffic)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            send = self._one_line_startup_failure(send)
+        await super().__call__(scope, receive, send)
+
+    def _one_line_startup_failure(self, send: Send) -> Send:
+        """A startup refused for its configuration (`ConfigError`) reaches the server as one
+        line saying what to fix, not as a traceback through the framework's lifespan."""
+
+        async def wrapped(message: Message) -> None:
+            refused = getattr(self.state, "startup_refused", None)
+            if message["type"] == "lifespan.startup.failed" and refused is not None:
+                message = {**message, "message": f"activation-loops cannot start: {refused}"}
+            await send(message)
+
+        return wrapped
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ActivationApp:
@@ -95,11 +112,15 @@ def native_telemetry() -> TelemetryConfig | None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The runtime, built once from the settings and kept as `app.state.runtime`: every route
     reads what it needs of it (`app.web.deps.services_of`)."""
-    settings = app.state.given_settings or load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    logger.log(*describe_configuration(settings))
-    assert isinstance(app, ActivationApp)
-    runtime = build_runtime(settings, app.state.given_clock, busy=app.traffic.busy)
+    try:
+        settings = app.state.given_settings or load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        logger.log(*describe_configuration(settings))
+        assert isinstance(app, ActivationApp)
+        runtime = build_runtime(settings, app.state.given_clock, busy=app.traffic.busy)
+    except ConfigError as exc:
+        app.state.startup_refused = exc
+        raise
     await runtime.start(in_process_worker=True)
     app.state.runtime = runtime
     try:

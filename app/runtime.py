@@ -35,6 +35,7 @@ from app.storage.connections import connect
 from app.storage.keys import Keys
 from app.storage.sightings import SIGHTINGS_FLUSH_S, Seen, SightingsBuffer
 from app.storage.store import Store
+from app.web.session_tokens import SessionTokens, session_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Runtime:
     clock: Clock
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
     sightings_flush_s: float = SIGHTINGS_FLUSH_S  # how often the sightings go to storage
+    session_tokens: SessionTokens | None = None  # browsers' Clerk sessions; None: not accepted
     worker_task: "asyncio.Task[None] | None" = None
     _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
 
@@ -284,7 +286,8 @@ def build_runtime(
         clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
     worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
     parts = (settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
-    return Runtime(*parts, sightings_flush_s=sightings_flush_s)
+    browsers = session_tokens(settings, clock)
+    return Runtime(*parts, sightings_flush_s=sightings_flush_s, session_tokens=browsers)
 
 
 @contextmanager
@@ -308,10 +311,13 @@ def load_settings() -> Settings:
 
 
 def describe_validation(exc: ValidationError) -> str:
+    """Each error once: the variable's name, unless the message says it already (pydantic's
+    `Value error, ` prefix left out)."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"]).upper()
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where and where not in message else message)
     return "; ".join(parts)
 
 

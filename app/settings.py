@@ -8,10 +8,10 @@ import base64
 import binascii
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class StorageKind(StrEnum):
@@ -51,9 +51,30 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=10, ge=1, le=100)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Clerk's Backend API (`activation import-clerk`) and session tokens (actions from browsers)
+    clerk_secret_key: SecretStr | None = None
+    clerk_api_url: str = "https://api.clerk.com/v1"
+    clerk_jwt_key: str | None = None  # the instance's PEM public key (not a secret)
+    clerk_jwks_url: str | None = None
+    browser_actions: Annotated[frozenset[str], NoDecode] = frozenset()
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("browser_actions", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """`a, b` as the environment gives it; a list or set as code gives it."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_without_slash(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(origin.rstrip("/") for origin in value)
 
     @field_validator(
         "clerk_webhook_signing_secret",
+        "clerk_secret_key",
         "upstash_redis_rest_token",
         "redis_url",
         "resend_api_key",
@@ -68,12 +89,16 @@ class Settings(BaseSettings):
         # `FOO=` in a .env file means "not set", not "the empty secret".
         return None if value == "" else value
 
-    @field_validator("upstash_redis_rest_url", "email_from", mode="before")
+    @field_validator(
+        "upstash_redis_rest_url", "email_from", "clerk_jwt_key", "clerk_jwks_url", mode="before"
+    )
     @classmethod
     def _empty_text_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("upstash_redis_rest_url", "app_url", "public_url", "resend_api_url")
+    @field_validator(
+        "upstash_redis_rest_url", "app_url", "public_url", "resend_api_url", "clerk_api_url"
+    )
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
         # A trailing slash on the Upstash URL breaks its /pipeline endpoint; links join cleanly too.

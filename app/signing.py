@@ -1,7 +1,8 @@
 """Every secret the service compares or signs with: bearer keys and tokens compared in constant
 time (as bytes), the dashboard session cookie's serializer and the unsubscribe links' tokens, both
-signed by itsdangerous (HMAC-SHA256, a salt per use). No other module compares a secret or
-computes a signature (tests/test_signing.py checks).
+signed by itsdangerous (HMAC-SHA256, a salt per use), and the check of Clerk session tokens'
+signatures (PyJWT, RS256). No other module compares a secret or checks a signature
+(tests/test_signing.py checks).
 """
 
 import base64
@@ -9,11 +10,16 @@ import hashlib
 import hmac
 import logging
 import secrets
+from typing import Any
 
+import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from itsdangerous import BadData, URLSafeSerializer
 from pydantic import SecretStr
 
-from app.errors import BadToken
+from app.errors import BadToken, InvalidToken, NotAToken
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -116,3 +122,75 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# --- Clerk session tokens (RS256 JWTs, checked with the instance's public keys) ----------------
+
+JWT_ALGORITHMS = ["RS256"]
+_JWT_REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not valid yet"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.MissingRequiredClaimError, "no exp or no sub"),
+    (jwt.InvalidAlgorithmError, "not RS256"),
+    (jwt.DecodeError, "malformed"),
+)
+
+
+def rsa_public_key(pem: str) -> RSAPublicKey:
+    """A PEM RSA public key (its newlines may be written `\\n`); ValueError for anything else."""
+    try:
+        key = load_pem_public_key(pem.strip().replace("\\n", "\n").encode())
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError("not a PEM public key") from None
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    return key
+
+
+def token_key_id(token: bytes) -> str | None:
+    """The `kid` a token's header names (None: none); `NotAToken`, or `InvalidToken` for a
+    `kid` that is not a string."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.DecodeError:
+        raise NotAToken("not a JWT") from None
+    except jwt.InvalidTokenError:
+        raise InvalidToken("malformed") from None
+    return kid if isinstance(kid, str) else None
+
+
+def token_claims(token: bytes, key: Any, *, leeway_s: float) -> dict[str, Any]:
+    """The claims of an RS256 token signed by `key`, with `exp` and `sub`, within its `nbf`/`exp`
+    give or take `leeway_s`; else `InvalidToken` saying why. (`aud` is not checked: Clerk's
+    session tokens carry none.)"""
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=JWT_ALGORITHMS,
+            options={"require": ["exp", "sub"], "verify_aud": False},
+            leeway=leeway_s,
+        )
+    except jwt.InvalidTokenError as exc:
+        why = next((why for kind, why in _JWT_REASONS if isinstance(exc, kind)), "invalid")
+        raise InvalidToken(why) from None
+
+
+class JwkSet:
+    """A JWKS URL's signing keys, fetched by PyJWT (blocking: call `fetch` in a thread)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        try:
+            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
+        except jwt.PyJWKClientError as exc:
+            raise ValueError(str(exc)) from None
+
+    def fetch(self) -> dict[str, Any]:
+        """Each signing key by its `kid`; ValueError or OSError when the set cannot be had."""
+        try:
+            jwk_set = self._client.get_jwk_set(refresh=True)
+        except jwt.PyJWTError as exc:
+            raise ValueError(str(exc)) from None
+        usable = (key for key in jwk_set.keys if key.public_key_use in ("sig", None))
+        return {key.key_id: key.key for key in usable if key.key_id}

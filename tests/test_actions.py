@@ -67,6 +67,7 @@ async def test_a_thousand_actions_in_one_batch(client: httpx.AsyncClient, app: F
         pytest.param("2026-11-20T10:00:00Z", 1_795_168_800_000, id="rfc3339-z"),
         pytest.param("2026-11-20T11:00:00+01:00", 1_795_168_800_000, id="rfc3339-offset"),
         pytest.param(1_795_168_800_000, 1_795_168_800_000, id="epoch-ms"),
+        pytest.param(1_795_168_800, 1_795_168_800_000, id="epoch-seconds"),  # as webhooks are
         pytest.param(None, None, id="default-now"),
         pytest.param("2999-01-01T00:00:00Z", None, id="future-is-now"),
     ],
@@ -176,3 +177,47 @@ async def test_naive_time_is_utc(client: httpx.AsyncClient, app: FastAPI) -> Non
     await post(client, {"user_id": "user_1", "action": "x", "occurred_at": "2026-11-20T10:00:00"})
     stats = (await store_of(app).reads.snapshot("user_1")).actions["x"]
     assert stats.first_at == int(datetime(2026, 11, 20, 10, tzinfo=UTC).timestamp() * 1000)
+
+
+@embedded_only
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-content-type"),
+        pytest.param({"content-type": "text/plain"}, id="text"),
+        pytest.param({"content-type": "application/x-www-form-urlencoded"}, id="form"),
+    ],
+)
+async def test_a_body_not_sent_as_json_is_told_what_to_send(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    body = b'{"user_id": "user_1", "action": "x"}'
+    response = await client.post("/v1/actions", content=body, headers={**AUTH, **headers})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body"]  # no internal tag (`single`, `batch`) in what a caller reads
+    assert "Content-Type: application/json" in error["msg"]
+    assert "single" not in response.text
+
+
+@embedded_only
+async def test_a_batch_items_error_names_its_place_without_internal_tags(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await post(client, {"actions": [{"user_id": "u"}]})
+    assert failing_fields(response) == ["body.actions.0.action"]
+
+
+@embedded_only
+async def test_not_configured_and_wrong_key_answers_have_one_shape(
+    make_settings: Any, clock: FakeClock
+) -> None:
+    """Every refusal is `{"error": reason}`; only a 422 lists fields (`detail`)."""
+    async with running(make_settings(), clock) as (_, http):
+        wrong = await http.post("/v1/actions", json={}, headers={"Authorization": "Bearer no"})
+        webhook = await http.post("/webhooks/clerk", content=b"{}")
+    async with running(make_settings(clerk_webhook_signing_secret=None), clock) as (_, http):
+        unconfigured = await http.post("/webhooks/clerk", content=b"{}")
+    assert (wrong.status_code, unconfigured.status_code, webhook.status_code) == (401, 503, 400)
+    for response in (wrong, unconfigured, webhook):
+        assert list(response.json()) == ["error"], response.text

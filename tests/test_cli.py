@@ -152,6 +152,9 @@ def test_dead_letters_are_listed_and_retried(
     assert main(["dead", "retry", "no-such-job"]) == 1
     assert main(["dead", "retry", "--all"]) == 0
     assert client.zcard(f"{key_prefix}dead") == 0
+    capsys.readouterr()
+    assert main(["dead", "retry", "--all"]) == 0  # nothing dead: said so, not an error
+    assert capsys.readouterr().out == "no dead-letter jobs: nothing to retry\n"
     assert client.zscore(f"{key_prefix}schedule", "eval|user_d") is not None  # the user's turn
     queued = json.loads(client.hget(f"{key_prefix}{{user_d}}", "j:activation|0|action") or "{}")
     assert (queued.get("status", "queued"), queued.get("attempts", 0)) == ("queued", 0)
@@ -178,3 +181,39 @@ def test_commands_on_stored_data_refuse_the_embedded_store(
     error = capsys.readouterr().err
     assert "no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_serve_takes_host_and_port_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the Procfile and hosting platforms set them; the flags still win."""
+    import uvicorn
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(options, app=app))
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    assert main(["serve"]) == 0
+    assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
+    assert main(["serve", "--port", "9000"]) == 0
+    assert served["port"] == 9000
+
+
+def test_a_loop_file_with_several_mistakes_reports_them_all(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "welcome.html").write_text("---\nsubject: hi\n---\nhi\n")
+    (tmp_path / "welcome.yaml").write_text(
+        "type: activation\nopinon: typo\nsteps:\n"
+        "  - trigger: {type: database, table: users, event: insert}\n"
+        "    condition: {type: action, action: x, timeout: 5 min}\n"
+        "    action: {type: email, template: welcome}\n"
+        "recovery: {retries: -1}\n"
+    )
+    done = activation("check", str(tmp_path), env={**os.environ, "LOOPS_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    for line, problem in zip(lines, [
+        "welcome.yaml: opinon: unknown key; did you mean 'opinion'?",
+        "welcome.yaml: steps[0].condition.timeout: '5 min' is not a duration like 30s, 5m, 2h, 3d",
+        "welcome.yaml: recovery.retries: Input should be greater than or equal to 0",
+    ], strict=True):  # fmt: skip
+        assert line.endswith(problem), lines

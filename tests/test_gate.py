@@ -69,7 +69,8 @@ def test_the_declared_policies() -> None:
         ("/health/ready", "GET"): ("public", 64 * kib),
         ("/webhooks/clerk", "POST"): ("public", mib),
         ("/webhooks/resend", "POST"): ("public", mib),
-        ("/v1/actions", "POST"): ("api_key", 5 * mib),
+        ("/v1/actions", "POST"): ("api_key_or_clerk_session", 5 * mib),
+        ("/v1/actions", "OPTIONS"): ("cors_preflight", 0),  # a browser's preflight: no body
         ("/v1/users/{user_id}", "GET"): ("api_key", 64 * kib),
         ("/v1/loops", "GET"): ("api_key", 64 * kib),
         ("/v1/actions/health", "GET"): ("api_key", 64 * kib),

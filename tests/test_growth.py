@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
+import yaml
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from app.engine.assign import PLACES, arm_of, place
 from app.engine.evaluate import condition_met_at, tracked_counts, watched_filters
 from app.engine.funnel import loop_figures
 from app.engine.loop_files import ActionCondition, load_loop, load_loops
+from app.errors import LoopFileError
 from app.settings import Settings
 from app.storage.records import NewAction
 from tests.conftest import AUTH, FakeClock, load_fixture, post_webhook, store_of, worker_of
@@ -416,3 +418,38 @@ async def test_the_dashboard_draws_the_arms_and_names_a_misspelt_action(
     assert "distinguishable" in page  # one of each, too few to tell
     assert "invite_snet" in page
     assert "invite_sent" in page  # did you mean
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"holdout": 10}, "holdout", "10 is not a share like 10% or 2.5%: write the % sign"),
+        ({"holdout": "60%"}, "holdout", "60% is over 50%: most users must get the emails"),
+        (
+            {"audience": {"private_metadata.plan": "pro"}},
+            "audience",
+            "'private_metadata.plan' is not a profile field a loop can look at",
+        ),
+        ({"audience": {"email": {"endswith": "x"}}}, "audience", "did you mean 'ends_with'?"),
+    ],
+)
+def test_growth_mistakes_are_refused_with_the_reason(
+    tmp_path: Path, change: dict[str, Any], field: str, reason: str
+) -> None:
+    data = yaml.safe_load(dedent(LOOPS["team"])) | change
+    folder = write_loops(tmp_path, {"team": yaml.safe_dump(data)})
+    with pytest.raises(LoopFileError) as refused:
+        load_loop(folder / "team.yaml", folder / "templates")
+    assert refused.value.field == field
+    assert reason in refused.value.reason
+
+
+def test_an_email_with_variants_and_an_experiment_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load(dedent(LOOPS["team"]))
+    data["steps"][0]["action"]["experiment"] = [
+        {"template": "welcome_a"},
+        {"template": "welcome_b"},
+    ]
+    folder = write_loops(tmp_path, {"team": yaml.safe_dump(data)})
+    with pytest.raises(LoopFileError, match="give either variants or experiment, not both"):
+        load_loop(folder / "team.yaml", folder / "templates")

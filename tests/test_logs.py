@@ -82,7 +82,22 @@ def test_json_lines_mask_addresses_in_message_extras_and_tracebacks(
     assert "ada@example.org" not in stream.getvalue()
 
 
-def test_the_filter_masks_the_final_text_message() -> None:
+@pytest.mark.parametrize(
+    ("message", "args", "expected"),
+    [
+        ("bounce from %s (%d)", ("ada@example.org", 550), "bounce from a***@example.org (550)"),
+        # an address inside a non-string argument; a number stays a number for %d
+        (
+            "%s failed %d times",
+            (ValueError("no mailbox ada@example.org"), 3),
+            "no mailbox a***@example.org failed 3 times",
+        ),
+        ("to ada@example.org", (), "to a***@example.org"),
+    ],
+)
+def test_the_filter_masks_the_final_text_message(
+    message: str, args: tuple[object, ...], expected: str
+) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -91,11 +106,11 @@ def test_the_filter_masks_the_final_text_message() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("bounce from %s (%d)", "ada@example.org", 550)
+        logger.warning(message, *args)
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
-    assert stream.getvalue() == "WARNING bounce from a***@example.org (550)\n"
+    assert stream.getvalue() == f"WARNING {expected}\n"
 
 
 def test_json_formatter_keeps_non_string_extras() -> None:
@@ -123,3 +138,40 @@ def test_the_worker_logs_json_lines_with_no_address(redis_url: str, key_prefix: 
     assert "burst: 1 job(s) run" in messages
     assert any("e***@example.org" in message for message in messages)  # the outbox line
     assert "example@example.org" not in result.stderr
+
+
+def test_uvicorns_own_access_log_keeps_its_line_with_the_token_redacted() -> None:
+    """uvicorn's access formatter reads the client, method and path from `record.args`: the
+    filter must leave that tuple in place (it used to set it to None: a '--- Logging error ---'
+    traceback on every /unsubscribe, and no access line)."""
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    from app.observability.startup import configure_logging
+
+    stream = io.StringIO()
+    config = {**LOGGING_CONFIG, "disable_existing_loggers": False}
+    logging.config.dictConfig(config)
+    access = logging.getLogger("uvicorn.access")
+    handler = access.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(stream)
+    errors = io.StringIO()
+    try:
+        configure_logging("INFO")
+        import contextlib
+
+        with contextlib.redirect_stderr(errors):
+            access.info(
+                '%s - "%s %s HTTP/%s" %d',
+                "127.0.0.1:5000", "GET", "/unsubscribe?token=abc.def&x=1", "1.1", 200,
+            )  # fmt: skip
+    finally:
+        handler.setStream(previous)
+        for known in list(access.filters):
+            access.removeFilter(known)
+    line = stream.getvalue()
+    assert '"GET /unsubscribe?token=REDACTED&x=1 HTTP/1.1" 200' in line
+    assert "abc.def" not in line
+    assert "Logging error" not in errors.getvalue()

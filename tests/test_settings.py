@@ -130,3 +130,43 @@ def test_summary_names_hosts_but_never_secrets() -> None:
 
 def test_host_of_drops_credentials_and_paths() -> None:
     assert host_of("https://user:pw@x.upstash.io/path?token=1") == "https://x.upstash.io"
+
+
+def test_a_configuration_error_at_startup_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    """uvicorn as `make run` starts it, with RESEND_API_KEY but no EMAIL_FROM: the server says
+    what to fix in one line (no traceback through the lifespan) and exits non-zero."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RESEND_", "EMAIL_", "REDIS_", "UPSTASH_", "CLERK_"))
+    }
+    env |= {"RESEND_API_KEY": "re_test", "LOOPS_DIR": str(Path("loops").resolve())}
+    uvicorn = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"]
+    done = subprocess.run(
+        uvicorn, cwd=tmp_path, env=env | {"PYTHONPATH": str(Path.cwd())},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert errors[0].endswith(
+        "activation-loops cannot start: invalid configuration: "
+        "EMAIL_FROM is required when RESEND_API_KEY is set"
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) <= 4, done.stderr
+
+
+def test_env_example_copied_with_a_resend_key_still_asks_for_email_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`cp .env.example .env`, then RESEND_API_KEY filled in and EMAIL_FROM forgotten: refused,
+    not sent from the example's sender (which no Resend account has verified)."""
+    example = (Path(__file__).parent.parent / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example.replace("RESEND_API_KEY=\n", "RESEND_API_KEY=re_x\n"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="EMAIL_FROM is required when RESEND_API_KEY is set"):
+        load_settings()

@@ -1,7 +1,9 @@
 """POST /webhooks/clerk through real HTTP requests, signed by the real svix library."""
 
 import asyncio
+import base64
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -536,3 +538,18 @@ async def test_a_sender_hanging_up_mid_body_is_refused_quietly(
     assert sent[0]["status"] == 400
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
     assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+
+
+async def test_a_refused_webhook_says_why_in_the_log_and_names_the_secret(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps(load_fixture("clerk_user_created.json")).encode()
+    headers = sign(body, secret="whsec_" + base64.b64encode(b"another endpoint's key!!").decode())
+    with caplog.at_level(logging.WARNING, logger="app"):
+        response = await client.post("/webhooks/clerk", content=body, headers=headers)
+    assert response.status_code == 400
+    lines = [r.getMessage() for r in caplog.records if "webhook refused" in r.getMessage()]
+    assert len(lines) == 1
+    assert "clerk webhook refused (400): signature check failed" in lines[0]
+    assert "CLERK_WEBHOOK_SIGNING_SECRET" in lines[0]
+    assert "whsec_" not in caplog.text  # no secret in the log

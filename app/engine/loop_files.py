@@ -554,6 +554,8 @@ class RecoverySpec(_Spec):
 
 
 def _check_percent(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a share like 10% or 2.5%: write the % sign")
     if isinstance(value, str):
         parse_percent(value)
     return value
@@ -605,10 +607,13 @@ class LoopSpec(_Spec):
 class _Invalid(Exception):
     """A problem found in a parsed file: where (field path) and why; the caller adds the file."""
 
-    def __init__(self, field: str | None, reason: str) -> None:
+    def __init__(
+        self, field: str | None, reason: str, more: Sequence[tuple[str | None, str]] = ()
+    ) -> None:
         super().__init__(reason)
         self.field = field
         self.reason = reason
+        self.more = list(more)  # the other problems found in the same pass
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -656,7 +661,7 @@ def load_loop(path: Path, templates_dir: Path) -> Loop:
         loop = _build(_check_loop_id(path.stem), _validate(_read_yaml(path)), path)
         _check_templates(loop, templates_dir)
     except _Invalid as problem:
-        raise LoopFileError(path, problem.field, problem.reason) from None
+        raise LoopFileError(path, problem.field, problem.reason, problem.more) from None
     return loop
 
 
@@ -701,11 +706,65 @@ def _validate(data: Any) -> LoopSpec:
         raise _Invalid(
             None, f"the top level must be a mapping of type, opinion, steps (not {found})"
         )
-    try:
-        return LoopSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise _Invalid(_field_path(first), _reason(first)) from None
+    problems: dict[str | None, str] = {}  # field -> reason, the first found for each
+    for _ in range(MAX_PASSES):
+        try:
+            spec = LoopSpec.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            for error in errors:
+                problems.setdefault(_field_path(error), _reason(error))
+            # An unknown or empty key stops its mapping's check: drop it and look again, so
+            # one run reports the file's other mistakes too.
+            skipped = [error for error in errors if error["type"] in _KEY_ERRORS]
+            if not skipped:
+                break
+            data = _without_keys(data, skipped)
+        else:
+            if not problems:
+                return spec
+            break
+    (field, reason), *more = problems.items()
+    if len(more) > MAX_REPORTED:
+        more = [*more[:MAX_REPORTED], (None, f"... and {len(more) - MAX_REPORTED} more")]
+    raise _Invalid(field, reason, more)
+
+
+def _child(node: Any, part: int | str) -> Any:
+    """The item `part` names in the file's data; `node` itself for a part that names none (a
+    union's tag, which the file never spelled)."""
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    return node
+
+
+MAX_PASSES = 20
+MAX_REPORTED = 20  # problems listed after the first; the rest are counted
+_KEY_ERRORS = ("unknown_key", "empty_value")
+
+
+def _without_keys(data: Any, errors: Sequence[ErrorDetails]) -> Any:
+    """The file's data without the keys these errors name (their `ctx['key']`): the mappings
+    and lists on the way to each are copied, nothing else (a file's YAML aliases may share a
+    huge structure, which must not be expanded)."""
+    root: Any = _shallow(data)
+    for error in errors:
+        node = root
+        for part in error["loc"]:
+            child = _child(node, part)
+            if child is not node:
+                child = _shallow(child)
+                node[part] = child
+            node = child
+        if isinstance(node, dict):
+            node.pop(error.get("ctx", {}).get("key"), None)
+    return root
+
+
+def _shallow(node: Any) -> Any:
+    return dict(node) if isinstance(node, dict) else list(node) if isinstance(node, list) else node
 
 
 # Discriminated unions put the chosen `type` in an error's location; a reader never wrote it.

@@ -1,4 +1,7 @@
-"""`POST /v1/actions`: "user did X" from the app's server, one action or a batch, idempotent by id.
+"""`POST /v1/actions`: "user did X" from the app's server, one action or a batch, idempotent by id;
+or from a signed-in user's browser with a Clerk session token instead of the API key
+(`app.web.session_tokens`), for what `app.intake.browser` admits, with CORS for ALLOWED_ORIGINS
+(`app.web.cors`; `OPTIONS /v1/actions` is the preflight).
 
 The route records the actions (one Lua script, one round trip), counts them in memory for their
 health (`app.storage.sightings`: no command of its own) and wakes the worker; loops are looked at
@@ -32,12 +35,14 @@ from starlette.responses import JSONResponse, Response
 from app.clock import to_epoch_ms
 from app.engine.conditions import ACTION_NAME_PATTERN
 from app.errors import ActivationError, PayloadTooLarge
+from app.intake import browser
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import NewAction
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import Services, services_of
 from app.web.errors import error_response, invalid_request_response
+from app.web.session_tokens import ClerkSession, session_of
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 4096
@@ -134,14 +139,28 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     ACTIONS_PATH,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses={401: {"description": "missing or wrong API key"}},
+    responses={
+        401: {"description": "missing or wrong API key, or a session token refused"},
+        403: {"description": "a session token reporting another user's or a refused action"},
+        429: {"description": "a user's browser past its rate limit (see Retry-After)"},
+    },
     openapi_extra={"security": [{"HTTPBearer": []}]},
 )
-@auth.policy(Access.API_KEY, max_body_bytes=MAX_BODY_BYTES)
+@auth.policy(Access.API_KEY_OR_CLERK_SESSION, max_body_bytes=MAX_BODY_BYTES)
 async def post_actions(request: Request, body: Annotated[ActionsBody, Body()]) -> Accepted:
-    """Record one action or a batch of up to 1,000."""
-    # the key was checked by `app.web.gate` before the body was read
-    return await record(services_of(request), body)
+    """Record one action or a batch of up to 1,000: with the API key, from your server; with a
+    user's Clerk session token, from their browser (their own actions, named in BROWSER_ACTIONS,
+    at most 60 a minute)."""
+    # the key or token was checked by `app.web.gate` before the body was read
+    return await record(services_of(request), body, session_of(request))
+
+
+@router.options(ACTIONS_PATH, status_code=status.HTTP_204_NO_CONTENT, include_in_schema=False)
+@auth.policy(Access.CORS_PREFLIGHT, max_body_bytes=0)
+async def preflight_actions() -> Response:
+    """The CORS preflight of a browser's `POST /v1/actions`: `app.web.gate` adds the headers for
+    an allowed origin (`app.web.cors`)."""
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 async def receive_actions(request: Request) -> Response:
@@ -163,7 +182,7 @@ async def receive_actions(request: Request) -> Response:
     except PayloadTooLarge as exc:  # streamed past MAX_BODY_BYTES: `app.web.gate` stopped reading
         return error_response(request, exc)
     try:
-        accepted = await record(services_of(request), body)
+        accepted = await record(services_of(request), body, session_of(request))
     except ActivationError as exc:
         return error_response(request, exc)
     return JSONResponse(accepted.model_dump(), status_code=status.HTTP_202_ACCEPTED)
@@ -195,10 +214,15 @@ async def json_body(request: Request) -> Any:
         raise ValueError("JSON nested too deep") from None
 
 
-async def record(services: Services, body: ActionIn | ActionBatch) -> Accepted:
+async def record(
+    services: Services, body: ActionIn | ActionBatch, session: ClerkSession | None = None
+) -> Accepted:
+    """Store the actions; a browser's (`session`) only once `browser.admit` let them all in."""
     now_ms = services.clock()
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
+    if session is not None:
+        await browser.admit(services, session, actions)
     accepted, duplicates = await services.store.actions.record(
         actions,
         now_ms=now_ms,

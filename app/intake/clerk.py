@@ -142,7 +142,8 @@ async def receive_clerk_webhook(request: Request) -> Response:
         with metrics.webhook_failures("clerk"):
             verifier = clerk_verifier(services)
             body = await read_body(request, MAX_BODY_BYTES)
-            delivery_id = verify(verifier, body, dict(request.headers))
+            headers = dict(request.headers)
+            delivery_id = verify(verifier, body, headers, "CLERK_WEBHOOK_SIGNING_SECRET")
             event = parse_event(body, ClerkEvent)
             status = await apply_event(services.store, event, delivery_id, now_ms=services.clock())
     except ActivationError as exc:

@@ -73,7 +73,7 @@ async def receive_resend_event(
     """Receive a Resend webhook: recorded, suppressed, duplicate, unmatched, unknown or ignored."""
     with metrics.webhook_failures("resend"):
         body = await read_body(request, MAX_BODY_BYTES)
-        delivery_id = verify(verifier, body, dict(request.headers))
+        delivery_id = verify(verifier, body, dict(request.headers), "RESEND_WEBHOOK_SECRET")
         event = parse_event(body, ResendEvent)
         status = await apply_event(store, event, delivery_id, now_ms=clock())
     logger.info("resend event %s delivery=%s: %s", event.type, delivery_id, status)

@@ -56,8 +56,10 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def verify(verifier: Webhook, body: bytes, headers: dict[str, str]) -> str:
-    """Check the Svix signature and timestamp (±5 min); returns the delivery id (`svix-id`)."""
+def verify(verifier: Webhook, body: bytes, headers: dict[str, str], secret_name: str) -> str:
+    """Check the Svix signature and timestamp (±5 min); returns the delivery id (`svix-id`).
+
+    A signature that does not match names `secret_name` in the refusal's hint (the log's)."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -65,7 +67,10 @@ def verify(verifier: Webhook, body: bytes, headers: dict[str, str]) -> str:
     try:
         verifier.verify(body, headers)
     except WebhookVerificationError as exc:
-        raise WebhookRejected(f"signature check failed: {exc}") from None
+        hint = ""
+        if "signature" in str(exc).lower():
+            hint = f"is {secret_name} the signing secret of this very endpoint?"
+        raise WebhookRejected(f"signature check failed: {exc}", hint=hint) from None
     except ValueError:
         # svix raises bare ValueError (binascii.Error included) on some malformed headers.
         raise WebhookRejected("signature check failed: malformed svix-signature") from None

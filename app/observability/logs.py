@@ -7,6 +7,7 @@ addresses, tokens or email bodies; whatever slips through still leaves as `a***@
 import json
 import logging
 import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,14 +27,34 @@ def mask_addresses(text: str) -> str:
     return EMAIL_ADDRESS.sub(r"\1***@\2", text)
 
 
+def rewrite(record: logging.LogRecord, change: Callable[[str], str]) -> None:
+    """Apply `change` to a record's text, keeping its shape: the string arguments each, else the
+    message. Formatters that read the arguments themselves (uvicorn's access log takes the
+    client, method, path... from `record.args`) must still find them where they were."""
+    args = record.args
+    if isinstance(args, tuple) and args:
+        record.args = tuple(_changed(arg, change) for arg in args)
+    elif isinstance(args, Mapping) and args:
+        record.args = {key: _changed(value, change) for key, value in args.items()}
+    if isinstance(record.msg, str):
+        changed = change(record.msg)
+        if not args or changed.count("%") == record.msg.count("%"):  # placeholders kept
+            record.msg = changed
+
+
+def _changed(arg: Any, change: Callable[[str], str]) -> Any:
+    """An argument with its text changed; one whose text needs no change keeps its type (a
+    number stays a number for `%d`), one that does becomes that text (an exception, say)."""
+    text = arg if isinstance(arg, str) else str(arg)
+    changed = change(text)
+    return arg if changed == text else changed
+
+
 class MaskAddresses(logging.Filter):
-    """Rewrites a record's final message with every email address masked."""
+    """Masks every email address in a record's message and arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_addresses(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        rewrite(record, mask_addresses)
         return True
 
 
@@ -45,11 +66,12 @@ class RedactTokens(logging.Filter):
     log prints every path, and a token in a log pipeline is a working unsubscribe link."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = QUERY_TOKEN.sub(r"\1REDACTED", message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        rewrite(record, redact_tokens)
         return True
+
+
+def redact_tokens(text: str) -> str:
+    return QUERY_TOKEN.sub(r"\1REDACTED", text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from app.engine.evaluate import Decisions
-from app.errors import StorageError, StorageUnavailable, WebhookRejected
+from app.errors import NotConfigured, StorageError, StorageUnavailable, WebhookRejected
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,13 @@ class Metrics:
         """Count a webhook refused (4xx) or not stored (storage down) on its way out."""
         try:
             yield
-        except WebhookRejected:
+        except WebhookRejected as exc:
             self.webhook(source, UNKNOWN_TYPE, "rejected")
+            hint = f" ({exc.hint})" if exc.hint else ""
+            logger.warning("%s webhook refused (%d): %s%s", source, exc.status_code, exc, hint)
+            raise
+        except NotConfigured as exc:
+            logger.warning("%s webhook refused (%d): %s", source, exc.status_code, exc)
             raise
         except StorageUnavailable:
             self.webhook(source, UNKNOWN_TYPE, "unavailable")

@@ -6,6 +6,7 @@ Every subcommand has `--help` with an example; errors are one line on stderr and
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from app.engine.evaluate import watched_actions
 from app.engine.loop_files import Loop
 from app.errors import ActivationError, StorageError
 from app.observability.startup import configure_logging, describe_configuration
-from app.ops import preview, send_test_webhook, simulate
+from app.ops import import_clerk, preview, send_test_webhook, simulate
 from app.runtime import Runtime, build_runtime, build_store, load_loop_files, load_settings
 from app.settings import Settings, StorageKind
 
@@ -30,6 +31,7 @@ EXAMPLES = {
     "preview": preview.EXAMPLE,
     "simulate": simulate.EXAMPLE,
     "send-test-webhook": send_test_webhook.EXAMPLE,
+    "import-clerk": import_clerk.EXAMPLE,
     "suppress": "activation suppress list\n  activation suppress remove user_29w83sxmDNGwOuE",
     "migrate": "activation migrate   # with every worker stopped",
 }
@@ -49,8 +51,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="activation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     serve = _command(commands, "serve", "serve the web app (same as the Procfile web line)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    # HOST and PORT as the Procfile's web line and platforms (Heroku, Render, Railway) set them
+    serve.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
+    serve.add_argument("--port", type=_port, default=os.environ.get("PORT") or "8000")
     serve.set_defaults(handler=run_serve)
     worker = _command(commands, "worker", "run the delivery worker as its own process")
     worker.add_argument("--burst", action="store_true", help="run what is due now, then exit")
@@ -67,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     dead.set_defaults(handler=run_dead)
     for tool in (preview, simulate, send_test_webhook):
         tool.add_command(commands, _command)
+    import_clerk.add_command(commands, _command, shared_settings)  # writes shared storage
     add_suppress(commands)
     migrate = _command(commands, "migrate", "move stored data to this version's schema (once)")
     migrate.set_defaults(handler=run_migrate)
@@ -83,6 +87,13 @@ def _command(
         epilog=f"example:\n  {EXAMPLES[name]}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _port(text: str) -> int:
+    """A TCP port, from --port or PORT."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -196,6 +207,9 @@ async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
             print(f"{len(jobs)} dead-letter job(s)", file=sys.stderr)
             return 0
         chosen = [job for job in jobs if retry_all or job.id == job_id]
+        if retry_all and not chosen:
+            print("no dead-letter jobs: nothing to retry")
+            return 0
         if not chosen:
             raise ActivationError(f"no dead-letter job {job_id!r} (try: activation dead list)")
         for job in chosen:

@@ -15,6 +15,7 @@ from app.clock import system_clock_ms
 from app.errors import ActivationError
 from app.ops.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id
 from app.runtime import load_settings
+from app.storage.keys import valid_user_id
 
 CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
 EXAMPLE = "activation send-test-webhook --url http://127.0.0.1:8000/webhooks/clerk"
@@ -25,6 +26,7 @@ def add_command(commands: Any, command: CommandFactory) -> None:
     webhook = command(commands, "send-test-webhook", "post a signed Clerk user.created to a URL")
     webhook.add_argument("--url", required=True, help="the webhook endpoint")
     webhook.add_argument("--email", default=SAMPLE_EMAIL, help="the new user's email address")
+    webhook.add_argument("--user-id", help="the new user's id (default: a new random one)")
     webhook.set_defaults(handler=run_send_test_webhook)
 
 
@@ -45,7 +47,10 @@ def run_send_test_webhook(args: argparse.Namespace) -> int:
     settings = load_settings()
     if settings.clerk_webhook_signing_secret is None:
         raise ActivationError("CLERK_WEBHOOK_SIGNING_SECRET is not set: nothing to sign with")
-    event = clerk_user_created(new_user_id(), args.email, system_clock_ms())
+    user_id = args.user_id or new_user_id()
+    if not valid_user_id(user_id):
+        raise ActivationError(f"--user-id: {user_id!r} is not a user id (letters, digits, _ -)")
+    event = clerk_user_created(user_id, args.email, system_clock_ms())
     body = json.dumps(event)
     headers = signed_request(settings.clerk_webhook_signing_secret.get_secret_value(), body)
     try:

@@ -24,6 +24,7 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 | `P:layout`                   | string | none                 | storage.layout (once)           |
 | `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout                |
 | `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua              |
+| `P:browser_rate:<uid>`       | string | its window (1 min)   | rate.lua                        |
 
 The user hash `P{<uid>}` (field names are short: Redis keeps them once per user):
 - `p` the profile (UserProfile JSON, defaults left out); `v` the epoch ms of the Clerk data it
@@ -90,6 +91,9 @@ What the shard keys hold:
   `activation migrate` (`storage.migrate`) before the service uses it.
 - `session_revoked:<sid>`: a dashboard session logged out; kept until the session would have
   expired. `login_failures:<ip>`: failed dashboard logins from one address in the current window.
+- `browser_rate:<uid>`: the actions a user's browser reported with a Clerk session token in the
+  current window (a fixed window that starts with the first, `intake.browser`); the server's
+  (the API key's) are not counted.
 - `layout`: on a cluster, `{"shards": [<tag>, ...]}`: the shards' hash tags, in shard order.
 """
 
@@ -275,3 +279,9 @@ class Keys:
     def login_failures(self, client: str) -> str:
         """`client` is the caller's address, as the server reports it."""
         return f"{self.prefix}login_failures:{client}"
+
+    def browser_rate(self, user_id: str) -> str:
+        """The actions the user's browser reported in the current window (a counter)."""
+        if not valid_user_id(user_id):
+            raise ValueError(f"invalid user id {user_id!r}")
+        return f"{self.prefix}browser_rate:{user_id}"

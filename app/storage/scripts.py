@@ -70,6 +70,7 @@ MIGRATE_USER = Script.load("migrate_user")
 MIGRATE_STATS = Script.load("migrate_stats", lib=False)
 STATS = Script.load("stats", lib=False)
 LOGIN_FAILURES = Script.load("login_failures", lib=False)
+RATE = Script.load("rate", lib=False)
 SIGHTINGS = Script.load("sightings")
 SIGHTINGS_READ = Script.load("sightings_read")
 

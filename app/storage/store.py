@@ -2,9 +2,9 @@
 
 `store.users` (profiles, deletions, unsubscribes, suppressions), `store.actions` (what users did),
 `store.queue` (the schedule, leases, attempts, dead letters), `store.reads` (snapshots, counters,
-the outbox), `store.logins` (dashboard sessions and login failures) and `store.sightings` (the
-actions reported, for their health). Each call is one round trip; only this package talks to
-Redis.
+the outbox), `store.logins` (dashboard sessions and login failures), `store.rates` (browsers'
+rate limits) and `store.sightings` (the actions reported, for their health). Each call is one
+round trip; only this package talks to Redis.
 """
 
 from app.errors import SchemaRefused
@@ -15,6 +15,7 @@ from app.storage.layout import open_layout
 from app.storage.logins import Logins
 from app.storage.migrate import Migrated, Migration, RefusingConnection, ensure_schema
 from app.storage.queue import Queue
+from app.storage.rates import Rates
 from app.storage.reads import Reads
 from app.storage.sightings import Sightings
 from app.storage.users import Users
@@ -48,6 +49,7 @@ class Store:
         self.queue = Queue(conn, keys)
         self.reads = Reads(conn, keys)
         self.logins = Logins(conn, keys)
+        self.rates = Rates(conn, keys)
         self.sightings = Sightings(conn, keys)
 
     def __repr__(self) -> str:

@@ -7,6 +7,13 @@ the body. A route without a declared policy is refused to everyone (and a test f
 
     PUBLIC    anyone (webhooks check their own signatures, unsubscribe its tokens)
     API_KEY   `Authorization: Bearer $ACTIVATION_API_KEY`; refused with 401 and a challenge
+    API_KEY_OR_CLERK_SESSION
+              the API key (the app's server), or a Clerk session token (a signed-in user's
+              browser, `app.web.session_tokens`: refused with 401 and the reason); answers carry
+              CORS headers for ALLOWED_ORIGINS (`app.web.cors`)
+    CORS_PREFLIGHT
+              a CORS preflight from one of ALLOWED_ORIGINS (it carries no credentials); any
+              other request wants the API key
     METRICS   bearer METRICS_TOKEN, else ACTIVATION_API_KEY (what Prometheus is given)
     OPERATOR  the API key as a bearer token, or a dashboard session cookie that was not revoked;
               refused with the route's own page (the login form)
@@ -47,6 +54,8 @@ ApiKeyDep = Depends(
 class Access(StrEnum):
     PUBLIC = "public"
     API_KEY = "api_key"
+    API_KEY_OR_CLERK_SESSION = "api_key_or_clerk_session"
+    CORS_PREFLIGHT = "cors_preflight"
     METRICS = "metrics"
     OPERATOR = "operator"
 
@@ -73,7 +82,7 @@ class Policy:
         if self.refuse is not None:
             return self.refuse(request, verdict)
         reason = METRICS_REFUSAL if self.access is Access.METRICS else API_KEY_REFUSAL
-        return JSONResponse({"detail": reason}, status_code=401, headers=CHALLENGE)
+        return JSONResponse({"error": reason}, status_code=401, headers=CHALLENGE)
 
 
 def policy(

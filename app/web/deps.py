@@ -20,6 +20,7 @@ from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.sightings import Seen, SightingsBuffer
 from app.storage.store import Store
+from app.web.session_tokens import SessionTokens
 
 
 class Services(Protocol):
@@ -30,6 +31,7 @@ class Services(Protocol):
     clock: Clock
     metrics: Metrics
     loops: dict[str, Loop]
+    session_tokens: SessionTokens | None  # None: browsers may report nothing
 
     @property
     def tracked_counts(self) -> Mapping[str, frozenset[int]]: ...

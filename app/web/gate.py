@@ -4,6 +4,9 @@ once, here, as FastAPI's router matches it (Starlette's `get_route_path`, so the
 enforced before anything reads the body: 401 without the credentials it wants, 413 when the body
 is declared or streamed past its limit. Then a hot endpoint is called directly; the rest goes on
 to FastAPI, and so does a request no route matches (FastAPI's 404, 405 or redirect, no body read).
+A route browsers may call (`POST /v1/actions`) also takes a Clerk session token: the gate
+verifies it and leaves the session in the scope for the route (`app.web.session_tokens`), and
+adds the CORS headers for an allowed origin to whatever is answered (`app.web.cors`).
 
 Hot endpoints (`POST /webhooks/clerk`, `POST /v1/actions`) skip FastAPI's middleware, router and
 request handler, which cost a bare FastAPI endpoint more CPU per request than uvicorn itself
@@ -30,10 +33,11 @@ from starlette.routing import BaseRoute, Host, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ActivationError, PayloadTooLarge
-from app.web import auth
+from app.web import auth, cors, session_tokens
 from app.web.auth import Access, Policy, Verdict
 from app.web.deps import Services
 from app.web.errors import error_response
+from app.web.session_tokens import SessionTokens
 from app.web.sessions import COOKIE
 
 logger = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ class Entry:
 
 
 UNMATCHED = Entry(Policy(Access.PUBLIC))  # FastAPI answers 404/405 and reads no body
+BROWSER_ACCESS = frozenset({Access.API_KEY_OR_CLERK_SESSION, Access.CORS_PREFLIGHT})  # CORS
 
 
 def leaves(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
@@ -138,16 +143,19 @@ class RouteTable:
         return UNMATCHED
 
 
-def credentials(scope: Scope) -> tuple[bytes, int]:
-    """The raw Authorization header and the declared Content-Length (0 when none), in one pass."""
-    authorization = b""
+def credentials(scope: Scope) -> tuple[bytes, int, bytes]:
+    """The raw Authorization header, the declared Content-Length (0 when none) and the Origin
+    (b"" when none), in one pass."""
+    authorization = origin = b""
     declared_bytes = 0
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value
         elif name == b"content-length" and value.isdigit():
             declared_bytes = int(value) if len(value) < 19 else sys.maxsize
-    return authorization, declared_bytes
+        elif name == b"origin":
+            origin = value
+    return authorization, declared_bytes, origin
 
 
 def too_large(limit_bytes: int) -> JSONResponse:
@@ -227,8 +235,10 @@ class Gate:
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = self.table.find(scope)
         policy = entry.policy
-        authorization, declared_bytes = credentials(scope)
-        refusal = await self.refusal(scope, policy, authorization)
+        authorization, declared_bytes, origin = credentials(scope)
+        if origin and policy is not None and policy.access in BROWSER_ACCESS:
+            send = self.cors(send, policy.access, origin)
+        refusal = await self.refusal(scope, policy, authorization, origin)
         if refusal is None and policy is not None and declared_bytes > policy.max_body_bytes:
             refusal = too_large(policy.max_body_bytes)
         if refusal is not None:
@@ -242,8 +252,16 @@ class Gate:
         response = await entry.hot(Request(scope, body.receive))
         await response(scope, receive, send)
 
+    def cors(self, send: Send, access: Access, origin: bytes) -> Send:
+        """`send` adding the CORS headers when `origin` is allowed; as it was otherwise."""
+        services: Services = self.state.runtime
+        if not cors.allowed(services.settings.allowed_origins, origin):
+            return send
+        preflight = access is Access.CORS_PREFLIGHT
+        return cors.with_headers(send, cors.headers_for(origin, preflight=preflight))
+
     async def refusal(
-        self, scope: Scope, policy: Policy | None, authorization: bytes
+        self, scope: Scope, policy: Policy | None, authorization: bytes, origin: bytes
     ) -> Response | None:
         """The answer to a caller the route's policy refuses, or None to let it in."""
         if policy is None:
@@ -251,17 +269,36 @@ class Gate:
             return JSONResponse({"error": UNDECLARED}, status_code=403)
         if policy.access is Access.PUBLIC:
             return None
+        token = auth.bearer_token(authorization)
         try:
-            verdict = await self.verdict(scope, policy.access, auth.bearer_token(authorization))
-        except ActivationError as exc:  # storage, asked whether a session was revoked
+            verdict = await self.verdict(scope, policy.access, token, origin)
+        except ActivationError as exc:  # storage (a revoked dashboard session?), a session token
             return error_response(Request(scope), exc)
         return None if verdict is Verdict.GRANTED else policy.refusal(Request(scope), verdict)
 
-    async def verdict(self, scope: Scope, access: Access, token: bytes) -> Verdict:
+    async def verdict(self, scope: Scope, access: Access, token: bytes, origin: bytes) -> Verdict:
         services: Services = self.state.runtime
         settings = services.settings
-        if access is not Access.OPERATOR:
-            return auth.bearer_verdict(access, settings, token)
-        cookie = Request(scope).cookies.get(COOKIE)
-        store, now_ms = services.store, services.clock()
-        return await auth.operator_verdict(settings, store, token, cookie, now_ms)
+        if access is Access.OPERATOR:
+            cookie = Request(scope).cookies.get(COOKIE)
+            store, now_ms = services.store, services.clock()
+            return await auth.operator_verdict(settings, store, token, cookie, now_ms)
+        if access is Access.CORS_PREFLIGHT and cors.allowed(settings.allowed_origins, origin):
+            return Verdict.GRANTED
+        verdict = auth.bearer_verdict(access, settings, token)
+        if verdict is Verdict.GRANTED or access is not Access.API_KEY_OR_CLERK_SESSION:
+            return verdict
+        return await session_verdict(scope, services.session_tokens, token, verdict)
+
+
+async def session_verdict(
+    scope: Scope, tokens: SessionTokens | None, token: bytes, otherwise: Verdict
+) -> Verdict:
+    """A Clerk session token instead of the API key: granted, its session kept in the scope for
+    the route; `otherwise` (the API key's verdict) when the token is no JWT or none is verified
+    here. A JWT that does not hold raises `SessionRefused`."""
+    session = await tokens.verify(token) if tokens is not None and token else None
+    if session is None:
+        return otherwise
+    session_tokens.remember(scope, session)
+    return Verdict.GRANTED

@@ -1,0 +1,187 @@
+"""Clerk session tokens: a browser's proof that a signed-in user of the Clerk instance sent the
+request (`POST /v1/actions` from the browser). An RS256 JWT, its signature checked by
+`app.signing` with the instance's PEM public key (CLERK_JWT_KEY: no network call) or with the key
+its JWKS names by `kid` (CLERK_JWKS_URL, `JwksKeys`); `exp` and `nbf` hold within LEEWAY_S, and
+`azp` is one of ALLOWED_ORIGINS when those are set.
+
+`app.web.gate` verifies the token before the body is read and leaves its `ClerkSession` in the
+request's scope (`session_of`); the route checks what that session may report
+(`app.intake.browser`).
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from app.clock import Clock
+from app.errors import ConfigError, InvalidToken, NotAToken, SessionRefused
+from app.settings import Settings
+from app.signing import JwkSet, rsa_public_key, token_claims, token_key_id
+from app.storage.keys import valid_user_id
+
+logger = logging.getLogger(__name__)
+
+LEEWAY_S = 5  # Clerk's clock and ours differ a little; its tokens live for 60 s
+JWKS_REFRESH_MIN_MS = 30_000  # a `kid` the keys lack fetches the JWKS at most this often
+JWKS_MAX_AGE_MS = 3_600_000  # a key Clerk dropped from its JWKS is dropped here within this
+JWKS_TIMEOUT_S = 5.0
+SCOPE_KEY = "activation.clerk_session"
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+PEM_HELP = (
+    "CLERK_JWT_KEY must be the PEM public key of your Clerk instance (-----BEGIN PUBLIC KEY-----; "
+    "Clerk dashboard: API keys > Show JWT public key > PEM Public Key)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClerkSession:
+    """A session token that held: the signed-in user (its `sub`)."""
+
+    user_id: str
+
+
+class SigningKeys(Protocol):
+    async def key_for(self, kid: str | None) -> Any | None:
+        """The public key to check a token whose header names `kid`; None when unknown."""
+
+
+class PemKey:
+    """CLERK_JWT_KEY: the one key, whatever the token's `kid`."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    @classmethod
+    def load(cls, pem: str) -> "PemKey":
+        """Refuses (ConfigError) anything but an RSA public key; a `.env` may hold it on one line,
+        its newlines written `\\n`."""
+        try:
+            return cls(rsa_public_key(pem))
+        except ValueError:
+            raise ConfigError(PEM_HELP) from None
+
+    async def key_for(self, kid: str | None) -> Any | None:
+        return self.key
+
+
+class JwksKeys:
+    """CLERK_JWKS_URL's signing keys by `kid`: fetched at the first token, again for a `kid` they
+    lack or once they are JWKS_MAX_AGE_MS old, but never more often than every
+    JWKS_REFRESH_MIN_MS (a flood of made-up kids costs Clerk one request per period). A failed
+    fetch keeps the keys held. `app.signing.JwkSet` fetches (blocking: in a thread) and parses."""
+
+    def __init__(self, url: str, clock: Clock) -> None:
+        try:
+            self.jwk_set = JwkSet(url, JWKS_TIMEOUT_S)
+        except ValueError as exc:
+            raise ConfigError(f"CLERK_JWKS_URL: {exc}") from None
+        self.url = url
+        self.clock = clock
+        self.keys: dict[str, Any] = {}
+        self.fetched_at_ms: int | None = None
+        self.tried_at_ms: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def key_for(self, kid: str | None) -> Any | None:
+        if kid is None:
+            return None
+        held = self.keys.get(kid)
+        if held is not None and (not self._stale() or self._lock.locked()):
+            return held  # a fetch in flight: the key held is good meanwhile
+        async with self._lock:
+            if (kid not in self.keys or self._stale()) and self._may_fetch():
+                await self._fetch()
+        return self.keys.get(kid)
+
+    def _stale(self) -> bool:
+        return self.fetched_at_ms is None or self.clock() - self.fetched_at_ms >= JWKS_MAX_AGE_MS
+
+    def _may_fetch(self) -> bool:
+        return self.tried_at_ms is None or self.clock() - self.tried_at_ms >= JWKS_REFRESH_MIN_MS
+
+    async def _fetch(self) -> None:
+        self.tried_at_ms = self.clock()
+        try:
+            keys = await asyncio.to_thread(self.jwk_set.fetch)
+        except (ValueError, OSError) as exc:
+            logger.warning(
+                "Clerk JWKS not fetched from %s: %s; %d key(s) held", self.url, exc, len(self.keys)
+            )
+            return
+        self.keys = keys
+        self.fetched_at_ms = self.tried_at_ms
+        logger.info("Clerk JWKS fetched from %s: %d signing key(s)", self.url, len(self.keys))
+
+
+class SessionTokens:
+    """Verifies Clerk session tokens with the instance's keys."""
+
+    def __init__(self, keys: SigningKeys, allowed_origins: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.allowed_origins = frozenset(allowed_origins)
+
+    async def verify(self, token: bytes) -> ClerkSession | None:
+        """The session a bearer token stands for; None when it is no JWT at all (a wrong API
+        key). A JWT that does not hold raises `SessionRefused` (401, saying why)."""
+        try:
+            kid = token_key_id(token)
+        except NotAToken:
+            return None
+        except InvalidToken as exc:
+            raise refused(str(exc)) from None
+        key = await self.keys.key_for(kid)
+        if key is None:
+            raise refused("signed with an unknown key")
+        claims = self._claims(token, key)
+        azp = claims.get("azp")
+        if self.allowed_origins and not (isinstance(azp, str) and azp in self.allowed_origins):
+            raise refused("azp is not one of ALLOWED_ORIGINS")
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not valid_user_id(sub):
+            raise refused("sub is not a user id")
+        return ClerkSession(sub)
+
+    def _claims(self, token: bytes, key: Any) -> dict[str, Any]:
+        try:
+            # no `aud` in Clerk's session tokens: `azp` says which origin asked for one
+            return token_claims(token, key, leeway_s=LEEWAY_S)
+        except InvalidToken as exc:
+            raise refused(str(exc)) from None
+
+
+def refused(why: str) -> SessionRefused:
+    return SessionRefused(f"session token refused: {why}", status_code=401, headers=CHALLENGE)
+
+
+def session_tokens(settings: Settings, clock: Clock) -> SessionTokens | None:
+    """The verifier of browsers' session tokens, or None (every token then gets the 401 of a
+    wrong API key) without BROWSER_ACTIONS or a key to check tokens with. A CLERK_JWT_KEY that
+    is no RSA public key, or a CLERK_JWKS_URL that is no http(s) URL, refuses startup."""
+    keys: SigningKeys | None = None
+    if settings.clerk_jwt_key:
+        keys = PemKey.load(settings.clerk_jwt_key)
+    elif settings.clerk_jwks_url:
+        keys = JwksKeys(settings.clerk_jwks_url, clock)
+    if keys is None and settings.browser_actions:
+        logger.warning(
+            "BROWSER_ACTIONS is set but neither CLERK_JWT_KEY nor CLERK_JWKS_URL: browsers "
+            "cannot report actions"
+        )
+    if keys is None or not settings.browser_actions:
+        return None
+    return SessionTokens(keys, settings.allowed_origins)
+
+
+def remember(scope: Scope, session: ClerkSession) -> None:
+    """Keeps a verified session in the request's scope, for the route (`session_of`)."""
+    scope[SCOPE_KEY] = session
+
+
+def session_of(connection: HTTPConnection) -> ClerkSession | None:
+    """The session the gate verified; None when the caller gave the API key (the server)."""
+    found = connection.scope.get(SCOPE_KEY)
+    return found if isinstance(found, ClerkSession) else None
