@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     email_from: str | None = None
     activation_api_key: SecretStr | None = None
     unsubscribe_secret: SecretStr | None = None
-    resend_rate_limit_per_s: float = Field(default=2.0, ge=0)
+    resend_rate_limit_per_s: float = Field(default=5.0, ge=0)
     resend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     app_url: str = "http://localhost:3000"
     public_url: str = "http://localhost:8000"

@@ -45,6 +45,11 @@ the rest through. A fault is a tuple:
 * ``("accept_then_fail", "drop")``: the same, but send the 200's headers and drop the connection
   before the body (uvicorn logs "ASGI callable returned without completing response").
 
+Team rate limit: ``app.state.rate_limit`` (``ResendStandin.limit(n)``), when set, is Resend's
+per-second limit: every ``/emails`` answer carries ``ratelimit-limit``, ``ratelimit-remaining`` and
+``ratelimit-reset`` (seconds to the next 1 s window), and a request past the limit in its window
+is answered 429 ``rate_limit_exceeded`` with ``retry-after``; ``app.state.limited`` counts those.
+
 Counters: ``requests`` (every HTTP request, any path), ``connections`` (the set of client
 ``(host, port)`` pairs seen: one per TCP connection, so pooled clients show fewer).
 """
@@ -302,6 +307,9 @@ def reset(app: Starlette) -> None:
     app.state.idempotency = {}
     app.state.in_flight = set()
     app.state.idempotency_window_s = IDEMPOTENCY_WINDOW_S
+    app.state.rate_limit = None
+    app.state.window = (0, 0)  # (the window's second, requests in it)
+    app.state.limited = 0
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -312,6 +320,33 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def send_email(request: Request) -> Response:
     state = request.app.state
     raw = await request.body()
+    if state.rate_limit is None:
+        return await handle_email(request, raw)
+    remaining, reset_s = take_rate(state)
+    if remaining < 0:
+        state.limited += 1
+        response = error(429, "rate_limit_exceeded", retry_after_s=max(round(reset_s, 3), 0.001))
+    else:
+        response = await handle_email(request, raw)
+    response.headers["ratelimit-limit"] = str(state.rate_limit)
+    response.headers["ratelimit-remaining"] = str(max(remaining, 0))
+    response.headers["ratelimit-reset"] = f"{reset_s:.3f}"
+    return response
+
+
+def take_rate(state: State) -> tuple[int, float]:
+    """A request counted in its 1-second window: what is left of the limit after it (below 0:
+    over) and the seconds until the next window."""
+    now = time.monotonic()
+    second, used = state.window
+    if int(now) != second:
+        second, used = int(now), 0
+    state.window = (second, used + 1)
+    return state.rate_limit - used - 1, second + 1 - now
+
+
+async def handle_email(request: Request, raw: bytes) -> Response:
+    state = request.app.state
     kind, *args = take_fault(state)
     if kind == "status":
         return fault_answer(*args)
@@ -451,6 +486,16 @@ class ResendStandin:
     def connections(self) -> int:
         """How many TCP connections requests arrived on."""
         return len(self.app.state.connections)
+
+    def limit(self, per_s: int | None) -> None:
+        """Enforce Resend's team limit (requests a second) with its headers; None: no limit."""
+        self.app.state.rate_limit = per_s
+
+    @property
+    def limited(self) -> int:
+        """Requests answered 429 for the team limit."""
+        count: int = self.app.state.limited
+        return count
 
     def script(self, *faults: Fault) -> None:
         """Queue answers for the next requests, in order (see the module docstring)."""

@@ -556,3 +556,40 @@ def test_hold_off_never_brings_the_next_slot_forward():
     rate.hold_off(1.0)
 
     assert rate.reserve() == 5.0
+
+
+# --- following Resend's ratelimit-* headers --------------------------------------------------
+
+
+def test_the_limiter_takes_resends_limit_and_waits_out_an_empty_window():
+    rate, _ = limiter(50.0)  # a wrong guess
+    rate.observe({"ratelimit-limit": "10", "ratelimit-remaining": "9", "ratelimit-reset": "0.4"})
+    assert [rate.reserve() for _ in range(3)] == pytest.approx([0.0, 0.1, 0.2])
+
+    rate, _ = limiter(5.0)
+    rate.observe({"RateLimit-Limit": "5", "RateLimit-Remaining": "0", "RateLimit-Reset": "0.75"})
+    assert rate.reserve() == 0.75  # nothing left in this window: the next send waits it out
+
+    off, _ = limiter(0)  # spacing off: Resend's limit is not adopted, an empty window still is
+    off.observe({"ratelimit-limit": "5", "ratelimit-remaining": "0", "ratelimit-reset": "0.5"})
+    assert [off.reserve(), off.reserve()] == [0.5, 0.5]
+
+
+def test_unreadable_ratelimit_headers_change_nothing():
+    rate, _ = limiter(4.0)
+    rate.observe({"ratelimit-limit": "soon", "ratelimit-remaining": "-1", "ratelimit-reset": "x"})
+    rate.observe({"ratelimit-limit": "0"})
+    assert [rate.reserve() for _ in range(2)] == [0.0, 0.25]
+
+
+async def test_a_wrong_rate_guess_is_corrected_by_resends_headers(standin: ResendStandin):
+    """RESEND_RATE_LIMIT_PER_S at 50 against a team limited to 5 a second: after Resend's first
+    answer the mailer spaces its sends by Resend's limit, and none is refused."""
+    standin.limit(5)
+    async with ResendMailer(
+        standin.api_key, standin.url, 2.0, rate_limiter=RateLimiter(50.0)
+    ) as sender:
+        for _ in range(8):
+            await sender.send(EMAIL, key())
+    assert (len(standin.inbox), standin.limited) == (8, 0)
+    assert sender.rate_limiter.interval_s == pytest.approx(0.2)

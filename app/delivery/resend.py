@@ -39,7 +39,14 @@ from app.errors import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RATE_PER_S = 2.0  # Resend's default limit, shared by every sender of the team
+DEFAULT_RATE_PER_S = 5.0  # Resend's documented default, shared by every sender of the team
+# Resend's `ratelimit-*` response headers (IETF RateLimit fields): its limit per 1 s window, the
+# requests left in the window, and the seconds until it resets.
+RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET = (
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+)
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 _SDK_DEFAULT_ASYNC_CLIENT = resend.default_async_http_client
 _ADDRESS = re.compile(r"[^\s<>()\"',;:]+@")
@@ -96,6 +103,19 @@ class RateLimiter:
         self._held_until_s = max(self._held_until_s, self._clock() + delay_s)
         self._next_start_s = max(self._next_start_s, self._held_until_s)
 
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Follow what Resend says of its limit on every answer, instead of a fixed guess: its
+        `ratelimit-limit` (requests a second) becomes the spacing, unless spacing is off; no
+        `ratelimit-remaining` holds every start off until `ratelimit-reset`. The limit is the
+        team's: other senders (other processes) use it too, and the hold-off covers them."""
+        limit = header_number(headers, RATELIMIT_LIMIT)
+        if limit is not None and limit >= 1 and self.interval_s > 0:
+            self.interval_s = 1.0 / limit
+        remaining = header_number(headers, RATELIMIT_REMAINING)
+        reset_s = header_number(headers, RATELIMIT_RESET)
+        if remaining is not None and remaining < 1 and reset_s is not None and reset_s > 0:
+            self.hold_off(reset_s)
+
 
 class _TransportFailure(ResendError):
     """No HTTP answer (refused, dropped, timed out). A ResendError, so the SDK lets it through."""
@@ -111,9 +131,12 @@ class _PooledClient(AsyncHTTPClient):
     """The SDK's async HTTP interface over one long-lived httpx client (the SDK's own client
     opens a new connection for every request)."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(
+        self, timeout_s: float, observe: Callable[[Mapping[str, str]], None] | None = None
+    ) -> None:
         self.timeout_s = timeout_s
         self.http = httpx.AsyncClient(timeout=timeout_s)
+        self.observe = observe  # shown every answer's headers (the rate limiter's `observe`)
 
     async def request(
         self,
@@ -132,6 +155,8 @@ class _PooledClient(AsyncHTTPClient):
                 )
         except (httpx.TransportError, TimeoutError) as exc:
             raise _TransportFailure(exc) from exc
+        if self.observe is not None:
+            self.observe(response.headers)
         return response.content, response.status_code, response.headers
 
 
@@ -153,7 +178,7 @@ class ResendMailer:
         self._api_key = api_key
         self.api_url = api_url.rstrip("/")
         self.rate_limiter = rate_limiter or RateLimiter(DEFAULT_RATE_PER_S)
-        self.http_client = _PooledClient(timeout_s)
+        self.http_client = _PooledClient(timeout_s, self.rate_limiter.observe)
 
     def __repr__(self) -> str:
         return f"ResendMailer(api_url={self.api_url!r}, timeout_s={self.http_client.timeout_s})"
@@ -230,12 +255,18 @@ def translate(exc: ResendError, idempotency_key: str) -> ActivationError:
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """`retry-after` in seconds (Resend sends seconds); None if absent or not a number."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return header_number(headers, "retry-after")
+
+
+def header_number(headers: Mapping[str, str], name: str) -> float | None:
+    """A header's value as a number of at least 0 (any case of its name); None if absent or not
+    such a number."""
+    value = next((v for k, v in headers.items() if k.lower() == name), None)
     try:
-        seconds = float(value) if value is not None else math.nan
+        number = float(value) if value is not None else math.nan
     except ValueError:
         return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def redact(text: str) -> str:
