@@ -1,7 +1,10 @@
 """The tests' Resend stand-in in a process of its own (so it does not share the bench's GIL),
 plus `GET /_inbox`: each accepted email's Idempotency-Key and `received_at_ms`.
 
-usage: python -m bench.resend_server PORT
+usage: python -m bench.resend_server PORT [TEAM_LIMIT_PER_S]
+
+With a team limit, it answers as Resend does past its per-second limit (429 with retry-after) and
+sends Resend's `ratelimit-*` headers on every answer.
 """
 
 import sys
@@ -22,12 +25,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def main(port: int) -> None:
+def main(port: int, limit_per_s: int | None = None) -> None:
     app = create_standin(API_KEY)
+    app.state.rate_limit = limit_per_s
     app.add_route("/_inbox", inbox, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -394,9 +394,9 @@ def monthly_bill(report: Report, costs: dict[str, float], idle_month: float) -> 
 
 
 @contextmanager
-def resend_standin() -> Iterator[str]:
+def resend_standin(*limit_per_s: str) -> Iterator[str]:
     port = procs.free_port()
-    with procs.python_process("bench.resend_server", {}, str(port)):
+    with procs.python_process("bench.resend_server", {}, str(port), *limit_per_s):
         url = f"http://127.0.0.1:{port}"
         procs.wait_until(lambda: procs.answers(f"{url}/health"), "the Resend stand-in")
         yield url
@@ -444,6 +444,32 @@ def delivery(report: Report, redis_url: str, resend_url: str, workdir: Path) -> 
     figure = Figure("emails/s sustained, 500 due at once", rate, "emails/s",
                     alone[load.CONNECTIONS].per_s, limit_name, notes=notes)  # fmt: skip
     report.against(figure)
+    backlog(report, redis_url)
+
+
+BACKLOG = 300
+TEAM_LIMIT_PER_S = 5
+
+
+def backlog(report: Report, redis_url: str) -> None:
+    """A launch day's backlog: BACKLOG welcomes due at once, against a Resend stand-in that holds
+    the team to its default 5 requests a second (429s past it, `ratelimit-*` headers), the app at
+    RESEND_RATE_LIMIT_PER_S=5. One email per request, so the floor is BACKLOG / 5 seconds."""
+    print(f"backlog: {BACKLOG} due at once, Resend limited to {TEAM_LIMIT_PER_S}/s", flush=True)
+    with resend_standin(str(TEAM_LIMIT_PER_S)) as resend_url:
+        env = flows.app_env(redis_url, "backlog:", worker=True, resend_url=resend_url)
+        env["RESEND_RATE_LIMIT_PER_S"] = str(TEAM_LIMIT_PER_S)
+        with procs.uvicorn("app.main:app", env) as (url, _):
+            rate, sent = flows.delivery_rate(url, resend_url, uuid.uuid4().hex[:8], BACKLOG)
+    drain_s = (sent - 1) / rate if rate else 0.0
+    floor_s = BACKLOG / TEAM_LIMIT_PER_S
+    notes = (
+        f"{sent}/{BACKLOG} sent, one email per request, first to last arrival; the floor at "
+        f"{TEAM_LIMIT_PER_S} req/s is {floor_s:.0f} s"
+    )
+    report.add(Figure(f"backlog of {BACKLOG} at {TEAM_LIMIT_PER_S} req/s, drained in",
+                      drain_s, "s", floor_s, "s at one email per request",
+                      notes=notes))  # fmt: skip
 
 
 # --- scale -------------------------------------------------------------------------------------
