@@ -453,3 +453,15 @@ def test_an_email_with_variants_and_an_experiment_is_refused(tmp_path: Path) -> 
     folder = write_loops(tmp_path, {"team": yaml.safe_dump(data)})
     with pytest.raises(LoopFileError, match="give either variants or experiment, not both"):
         load_loop(folder / "team.yaml", folder / "templates")
+
+
+def test_a_second_experiment_in_one_loop_is_refused(tmp_path: Path) -> None:
+    data = yaml.safe_load(dedent(LOOPS["team"]))
+    arms = [{"template": "welcome_a"}, {"template": "welcome_b"}]
+    del data["steps"][0]["action"]["variants"]
+    data["steps"][0]["action"]["experiment"] = arms
+    data["steps"][0]["on_timeout"] = {"type": "email", "template": "welcome", "experiment": arms}
+    folder = write_loops(tmp_path, {"team": yaml.safe_dump(data)})
+    with pytest.raises(LoopFileError, match="one experiment per loop") as refused:
+        load_loop(folder / "team.yaml", folder / "templates")
+    assert refused.value.field == "steps[0].on_timeout.experiment"

@@ -806,12 +806,8 @@ def _reason(error: ErrorDetails) -> str:
 def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
     loop_type = LoopType(spec.type)
     steps = tuple(_step(index, step, loop_type) for index, step in enumerate(spec.steps))
-    experiments = [f"steps[{s.index}]" for s in steps for e in _step_emails(s) if e.experiment]
-    if len(experiments) > 1:
-        reason = f"one experiment per loop, so its figures mean one thing (found at {experiments})"
-        raise _Invalid(experiments[1], reason)
     audience = _profile_filter("audience", spec.audience) if spec.audience else None
-    return Loop(
+    loop = Loop(
         loop_id,
         loop_type,
         spec.opinion or "",
@@ -822,12 +818,11 @@ def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
         holdout_bp=parse_percent(spec.holdout) if spec.holdout is not None else 0,
         measure_ms=parse_duration(spec.measure),
     )
-
-
-def _step_emails(step: Step) -> Iterator[EmailAction]:
-    yield step.action
-    if step.on_timeout is not None:
-        yield step.on_timeout
+    experiments = [where for where, email in loop.emails() if email.experiment]
+    if len(experiments) > 1:
+        reason = f"one experiment per loop, so its figures mean one thing (found at {experiments})"
+        raise _Invalid(f"{experiments[1]}.experiment", reason)
+    return loop
 
 
 def _profile_filter(where: str, spec: Mapping[str, Any]) -> Filter:
