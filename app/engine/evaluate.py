@@ -13,7 +13,7 @@ fires (step 0) or when the previous step acted (later steps), plus its `delay`. 
 `any_of` actions); a step already decided is final, whatever arrives later.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -31,6 +31,7 @@ from app.engine.loop_files import (
     EmailAction,
     Loop,
     Step,
+    counted_name,
 )
 
 
@@ -259,42 +260,54 @@ def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionSta
     return min(reached) if reached else None
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """An action a loop's trigger or condition waits for: how many, and which (`where`)."""
+
+    loop_id: str
+    action: str
+    count: int
+    where: Filter | None
+
+    @property
+    def counted(self) -> str:
+        """The name its count is kept under (`loop_files.counted_name`)."""
+        return counted_name(self.action, self.where)
+
+
+def waits(loops: Iterable[Loop]) -> Iterator[Wait]:
+    """Every action each loop waits for, trigger and conditions, step by step."""
+    for loop in loops:
+        for step in loop.steps:
+            trigger, condition = step.trigger, step.condition
+            if isinstance(trigger, ActionTrigger):
+                yield Wait(loop.id, trigger.action, trigger.count, trigger.where)
+            if condition is not None:
+                for action in condition.actions:
+                    yield Wait(loop.id, action, condition.count, condition.where)
+
+
 def tracked_counts(loops: Iterable[Loop]) -> dict[str, frozenset[int]]:
     """For each action, the counts some loop waits for: when each is reached gets recorded."""
     counts: dict[str, set[int]] = {}
-    for loop in loops:
-        for step in loop.steps:
-            if isinstance(step.trigger, ActionTrigger):
-                counts.setdefault(step.trigger.counted, set()).add(step.trigger.count)
-            if step.condition is not None:
-                for action in step.condition.counted:
-                    counts.setdefault(action, set()).add(step.condition.count)
+    for wait in waits(loops):
+        counts.setdefault(wait.counted, set()).add(wait.count)
     return {action: frozenset(values) for action, values in counts.items()}
 
 
 def watched_filters(loops: Iterable[Loop]) -> dict[str, dict[str, Filter]]:
     """For each action, the filters loops count it by: {action: {counted name: filter}}."""
     found: dict[str, dict[str, Filter]] = {}
-    for loop in loops:
-        for step in loop.steps:
-            trigger, condition = step.trigger, step.condition
-            if isinstance(trigger, ActionTrigger) and trigger.where is not None:
-                found.setdefault(trigger.action, {})[trigger.counted] = trigger.where
-            if condition is not None and condition.where is not None:
-                for action, counted in zip(condition.actions, condition.counted, strict=True):
-                    found.setdefault(action, {})[counted] = condition.where
+    for wait in waits(loops):
+        if wait.where is not None:
+            found.setdefault(wait.action, {})[wait.counted] = wait.where
     return found
 
 
 def watched_actions(loops: Iterable[Loop]) -> dict[str, list[str]]:
     """Every action some loop waits for (a trigger or a condition), with those loops' ids."""
     watched: dict[str, list[str]] = {}
-    for loop in loops:
-        for step in loop.steps:
-            names = list(step.condition.actions) if step.condition is not None else []
-            if isinstance(step.trigger, ActionTrigger):
-                names.append(step.trigger.action)
-            for name in names:
-                if loop.id not in watched.setdefault(name, []):
-                    watched[name].append(loop.id)
+    for wait in waits(loops):
+        if wait.loop_id not in watched.setdefault(wait.action, []):
+            watched[wait.action].append(wait.loop_id)
     return watched
