@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -161,9 +160,7 @@ def percent(part: int, whole: int) -> str:
 
 
 def when(at_ms: int | None) -> str:
-    if at_ms is None:
-        return "n/a"
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return figures.when(at_ms, seconds=True)
 
 
 PAGE_ENV.globals.update(bars=bars, percent=percent, when=when)

@@ -92,10 +92,12 @@ def rate_text(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate * 100:.1f}%"
 
 
-def when(at_ms: int | None) -> str:
+def when(at_ms: int | None, *, seconds: bool = False) -> str:
+    """A time as the pages show it, UTC, to the minute (or the second); `n/a` for none."""
     if at_ms is None:
         return "n/a"
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    shape = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime(shape)
 
 
 def span_points(low: float, high: float) -> int:
