@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from app import __version__
 from app.clock import Clock
@@ -51,23 +51,6 @@ class ActivationApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         table = RouteTable(self.routes, self.hot_routes)
         return Gate(super().build_middleware_stack(), table, self.state, self.traffic)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            send = self._one_line_startup_failure(send)
-        await super().__call__(scope, receive, send)
-
-    def _one_line_startup_failure(self, send: Send) -> Send:
-        """A startup refused for its configuration (`ConfigError`) reaches the server as one
-        line saying what to fix, not as a traceback through the framework's lifespan."""
-
-        async def wrapped(message: Message) -> None:
-            refused = getattr(self.state, "startup_refused", None)
-            if message["type"] == "lifespan.startup.failed" and refused is not None:
-                message = {**message, "message": f"activation-loops cannot start: {refused}"}
-            await send(message)
-
-        return wrapped
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ActivationApp:

@@ -224,6 +224,8 @@ class Gate:
             if scope["type"] == "websocket":  # the app serves none: refuse before the handshake
                 await send({"type": "websocket.close", "code": 1008})
                 return
+            if scope["type"] == "lifespan":
+                send = self._one_line_startup_failure(send)
             await self.app(scope, receive, send)
             return
         self.traffic.in_flight += 1
@@ -231,6 +233,19 @@ class Gate:
             await self.serve(scope, receive, send)
         finally:
             self.traffic.in_flight -= 1
+
+    def _one_line_startup_failure(self, send: Send) -> Send:
+        """A startup refused for its configuration (the lifespan keeps the `ConfigError` in
+        `state.startup_refused`) reaches the server as one line saying what to fix, not as a
+        traceback through the framework's lifespan."""
+
+        async def wrapped(message: Message) -> None:
+            refused = getattr(self.state, "startup_refused", None)
+            if message["type"] == "lifespan.startup.failed" and refused is not None:
+                message = {**message, "message": f"activation-loops cannot start: {refused}"}
+            await send(message)
+
+        return wrapped
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = self.table.find(scope)
