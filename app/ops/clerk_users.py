@@ -3,14 +3,14 @@ at a time, paced under Clerk's rate limit, a 429 waited out as its `Retry-After`
 errors are translated here, into one-line `ActivationError`s that never carry the secret key."""
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
 from clerk_backend_api import Clerk, models
 from clerk_backend_api.utils import BackoffStrategy, RetryConfig
 
+from app.delivery.resend import RateLimiter, parse_retry_after
 from app.errors import ActivationError, ConfigError
 from app.settings import Settings
 
@@ -28,28 +28,16 @@ KEY_HINT = "the instance's secret key, sk_live_... or sk_test_... (Clerk dashboa
 Note = Callable[[str], None]
 
 
-class Pacer:
-    """At most `per_s` requests start a second: each waits for its slot."""
-
-    def __init__(self, per_s: float) -> None:
-        self.interval_s = 1 / per_s
-        self.next_at = 0.0
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        if now < self.next_at:
-            await asyncio.sleep(self.next_at - now)
-        self.next_at = max(now, self.next_at) + self.interval_s
-
-
 class ClerkUsers:
     """`GET /users` a page at a time, newest first; `note` hears of each wait for a 429."""
 
-    def __init__(self, clerk: Clerk, api_url: str, note: Note, pacer: Pacer | None = None) -> None:
+    def __init__(
+        self, clerk: Clerk, api_url: str, note: Note, pacer: RateLimiter | None = None
+    ) -> None:
         self.clerk = clerk
         self.api_url = api_url
         self.note = note
-        self.pacer = pacer or Pacer(PAGES_PER_S)
+        self.pacer = pacer or RateLimiter(PAGES_PER_S)  # the one Resend's sends use
         self.rate_limited = 0  # 429s so far
 
     async def page(self, offset: int) -> list[models.User]:
@@ -60,7 +48,7 @@ class ClerkUsers:
             "order_by": "-created_at",
         }
         while True:
-            await self.pacer.wait()
+            await self.pacer.acquire()
             try:
                 return await self.clerk.users.list_async(request=request)
             except models.ClerkBaseError as exc:
@@ -74,7 +62,7 @@ class ClerkUsers:
         request: models.GetUsersCountRequestTypedDict = {}
         if created_from_ms is not None:
             request["created_at_after"] = created_from_ms - 1  # "after" leaves out the time itself
-        await self.pacer.wait()
+        await self.pacer.acquire()
         try:
             return (await self.clerk.users.count_async(request=request)).total_count
         except models.ClerkBaseError as exc:
@@ -95,7 +83,7 @@ class ClerkUsers:
                 f"Clerk answered 429 (rate limited) {self.rate_limited} times; stopped. Run it "
                 "again later: users already imported are left as they are"
             ) from None
-        wait_s = retry_after_s(exc.headers.get("retry-after"))
+        wait_s = retry_after_s(exc.headers)
         self.note(f"Clerk rate limit (429): waiting {wait_s:g} s, then {what} again")
         await asyncio.sleep(wait_s)
 
@@ -104,12 +92,10 @@ class ClerkUsers:
         return ActivationError(f"Clerk's API at {self.api_url} was not reached: {reason}")
 
 
-def retry_after_s(header: str | None) -> float:
-    """Seconds to wait: the header's (in seconds, as Clerk sends it), else 1; at least 0.1."""
-    try:
-        return max(float(header or 1), 0.1)
-    except ValueError:
-        return 1.0
+def retry_after_s(headers: Mapping[str, str]) -> float:
+    """Seconds to wait: `Retry-After`'s (in seconds, as Clerk sends it), else 1; at least 0.1."""
+    found = parse_retry_after(headers)
+    return 1.0 if found is None else max(found, 0.1)
 
 
 def refused(exc: models.ClerkBaseError) -> ActivationError:
