@@ -124,10 +124,18 @@ class UserRegistered:
     """The user signed up: a verified Clerk `user.created` (a user row inserted)."""
 
 
+FILTERED = "#"  # never in an action name (ACTION_NAME_PATTERN)
+
+
 def counted_name(action: str, where: Filter | None) -> str:
     """The name a user's count is kept under: the action's own, or, for the actions whose
     properties match a filter, `<action>#<filter digest>` (counted apart as they arrive)."""
-    return action if where is None else f"{action}#{where.digest}"
+    return action if where is None else f"{action}{FILTERED}{where.digest}"
+
+
+def is_filtered(counted: str) -> bool:
+    """Whether a counted name is a filter's count (`counted_name`), not an action's own."""
+    return FILTERED in counted
 
 
 @dataclass(frozen=True, slots=True)

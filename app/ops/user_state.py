@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from app.delivery.jobs import EmailJob
 from app.engine.evaluate import StepState, step_field
-from app.engine.loop_files import Loop
+from app.engine.loop_files import Loop, is_filtered
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
 from app.web import auth
@@ -89,8 +89,8 @@ def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:
         suppressed_at=record.suppressed_at_ms,
         suppression=record.suppression,
         profile={**profile.model_dump(), "name": profile.name} if profile else None,
-        actions={n: s.count for n, s in sorted(record.actions.items()) if "#" not in n},
-        filtered_actions={n: s.count for n, s in sorted(record.actions.items()) if "#" in n},
+        actions={n: s.count for n, s in sorted(record.actions.items()) if not is_filtered(n)},
+        filtered_actions={n: s.count for n, s in sorted(record.actions.items()) if is_filtered(n)},
         loops=[loop_progress(loop, record.steps) for loop in loops.values()],
         emails=sorted((email_view(job) for job in record.jobs.values()), key=lambda e: e.queued_at),
         timeline=record.timeline,

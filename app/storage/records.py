@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import ActionStats, StepState, StepStatus
 from app.engine.job_ids import JobId, email_id, email_id_prefix
+from app.engine.loop_files import is_filtered
 from app.storage import keys as k
 
 
@@ -366,7 +367,7 @@ def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
     if record.registered_at_ms is not None:
         yield {"at": record.registered_at_ms, "event": "user.created"}
     for name, stats in record.actions.items():
-        if "#" not in name:  # a filtered count repeats actions already there
+        if not is_filtered(name):  # a filtered count repeats actions already there
             yield from _action_entries(name, stats)
     yield from _step_entries(record.steps)
     for job in record.jobs.values():
