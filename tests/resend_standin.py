@@ -1,4 +1,5 @@
-"""A local Resend API for tests: `POST /emails`, checked against Resend's OpenAPI schema.
+"""A local Resend API for tests: `POST /emails` and `POST /emails/batch`, checked against
+Resend's OpenAPI schema.
 
 This module owns `create_standin(api_key)` (the Starlette app), `reset(app)`, and `ResendStandin` /
 `run_standin(api_key)`, which serve it on a real port (with `tests.upstash_standin.serve`) and
@@ -26,9 +27,29 @@ Behaviour, as Resend's API answers (https://resend.com/docs/api-reference/errors
   ``tests/fixtures/resend_error_examples.json``; other paths 404 ``not_found``, other methods
   405 ``method_not_allowed``.
 
-Fault script: ``app.state.script`` is a list of faults; each request to ``/emails`` takes the first
-one (if any), so ``script(("status", 500), ("status", 500))`` fails two requests, then lets
-the rest through. A fault is a tuple:
+Batch (https://resend.com/docs/api-reference/emails/send-batch-emails), ``POST /emails/batch``:
+
+* Auth as above. Body: a JSON array of 1-100 emails (not JSON → 400 ``validation_error``; not
+  an array, empty or longer → 422 ``validation_error``), each checked as an ``/emails`` body, its
+  messages' field paths prefixed with its index (``Invalid `[2].to` field...``); an email with
+  ``attachments`` or ``scheduled_at`` is refused too (422 ``validation_error``), as Resend does.
+* ``x-batch-validation``: ``strict`` (also when absent) or ``permissive``, else 422
+  ``validation_error``. Strict: one invalid email refuses the request with its error, nothing
+  accepted; success is ``{"data": [{"id"}, ...]}``. Permissive: the valid emails are accepted
+  and the answer is 200 ``{"data": [{"id"} per accepted email, in order], "errors": [{"index",
+  "message"} per refused one]}`` (even if every email is refused).
+* ``Idempotency-Key`` as for ``/emails``, the payload being the array and the validation mode:
+  a replay gets exactly the first 200 answer (same ids and errors), nothing new in the inbox. Batch
+  keys live apart from ``/emails`` keys (``app.state.batch_idempotency``, ``batch_in_flight``): as
+  far as we know Resend scopes a key to its endpoint, so the same key on both paths is two
+  unrelated requests.
+* Each accepted email goes to ``app.state.inbox`` as an ``/emails`` one does, plus ``"batch":
+  True``; ``app.state.batches`` gets one entry per accepted batch request (replays aside):
+  ``{"key" (or None), "size" (emails in it), "accepted", "validation" ("strict"|"permissive")}``.
+
+Fault script: ``app.state.script`` is a list of faults; each request to ``/emails`` or
+``/emails/batch`` takes the first one (if any), so ``script(("status", 500), ("status", 500))``
+fails two requests, then lets the rest through. A fault is a tuple:
 
 * ``("status", code)``: answer ``code`` at once, before auth or validation. Statuses Resend uses
   (400 401 403 404 405 409 422 429 500) get its JSON error body with the usual name (409:
@@ -40,15 +61,17 @@ the rest through. A fault is a tuple:
   Idempotency-Key as in flight. If the client gives up meanwhile, nothing is recorded;
   otherwise the request is then handled normally.
 * ``("accept_then_fail", status)``: handle the request normally (an accepted email goes to the
-  inbox and its key is stored, so a retry gets the same id), then answer ``status`` with a
-  Resend error body instead of the 200: "Resend accepted but the sender never learned".
+  inbox and its key is stored, so a retry gets the same id, or a batch the same answer), then
+  answer ``status`` with a Resend error body instead of the 200: "Resend accepted but the
+  sender never learned".
 * ``("accept_then_fail", "drop")``: the same, but send the 200's headers and drop the connection
   before the body (uvicorn logs "ASGI callable returned without completing response").
 
 Team rate limit: ``app.state.rate_limit`` (``ResendStandin.limit(n)``), when set, is Resend's
-per-second limit: every ``/emails`` answer carries ``ratelimit-limit``, ``ratelimit-remaining`` and
-``ratelimit-reset`` (seconds to the next 1 s window), and a request past the limit in its window
-is answered 429 ``rate_limit_exceeded`` with ``retry-after``; ``app.state.limited`` counts those.
+per-second limit, shared by both paths: every answer on them carries ``ratelimit-limit``,
+``ratelimit-remaining`` and ``ratelimit-reset`` (seconds to the next 1 s window), and a request
+past the limit in its window is answered 429 ``rate_limit_exceeded`` with ``retry-after``;
+``app.state.limited`` counts those. A batch is one request, whatever its size.
 
 Counters: ``requests`` (every HTTP request, any path), ``connections`` (the set of client
 ``(host, port)`` pairs seen: one per TCP connection, so pooled clients show fewer).
@@ -59,7 +82,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +128,10 @@ ADDRESS_FORMAT = (
     "`Name <email@example.com>` format."
 )
 FAULT_KINDS = ("status", "hang", "accept_then_fail")
+BATCH_PATH = "/emails/batch"
+BATCH_MAX_EMAILS = 100  # Resend's docs: "up to 100 batch emails at once"; the schema has no bound
+BATCH_MODES = ("strict", "permissive")  # `x-batch-validation`, strict when absent
+NOT_IN_BATCH = ("attachments", "scheduled_at")  # fields Resend's batch endpoint refuses
 
 
 def load_json(name: str) -> Any:
@@ -211,36 +238,39 @@ class SchemaChecker:
         return None
 
 
-def resend_rules(body: dict[str, Any]) -> Problem | None:
-    """Rules Resend enforces that its schema only describes in prose."""
-    return first_address_problem(body) or first_tag_problem(body)
+def resend_rules(body: dict[str, Any], path: str = "") -> Problem | None:
+    """Rules Resend enforces that its schema only describes in prose (`path`: where `body` is)."""
+    return first_address_problem(body, path) or first_tag_problem(body, path)
 
 
-def first_address_problem(body: dict[str, Any]) -> Problem | None:
+def first_address_problem(body: dict[str, Any], path: str = "") -> Problem | None:
     for name in ADDRESS_FIELDS:
         given = body.get(name, [])
         for address in [given] if isinstance(given, str) else given:
             if not ADDRESS.fullmatch(address.strip()):
-                return 422, "validation_error", f"Invalid `{name}` field. {ADDRESS_FORMAT}"
+                field = join(path, name)
+                return 422, "validation_error", f"Invalid `{field}` field. {ADDRESS_FORMAT}"
     return None
 
 
-def first_tag_problem(body: dict[str, Any]) -> Problem | None:
+def first_tag_problem(body: dict[str, Any], path: str = "") -> Problem | None:
     for i, tag in enumerate(body.get("tags", [])):
         for part in ("name", "value"):
             if part in tag and not TAG_TEXT.fullmatch(str(tag[part])):
                 reason = "may only hold 1-256 ASCII letters, digits, _ or -"
-                return invalid(f"tags[{i}].{part}", reason)
+                return invalid(join(path, f"tags[{i}].{part}"), reason)
     return None
 
 
 class EmailsContract:
-    """What `POST /emails` accepts, read from the OpenAPI document."""
+    """What `POST /emails` and `POST /emails/batch` accept, read from the OpenAPI document."""
 
     def __init__(self, document: Schema) -> None:
         self.checker = SchemaChecker(document)
         post = document["paths"]["/emails"]["post"]
         self.body_schema: Schema = post["requestBody"]["content"]["application/json"]["schema"]
+        batch = document["paths"][BATCH_PATH]["post"]["requestBody"]["content"]
+        self.batch_item_schema: Schema = batch["application/json"]["schema"]["items"]
         key = next(p for p in post["parameters"] if p["name"] == "Idempotency-Key")
         # The schema gives the maximum; Resend's errors page adds the minimum: "1-256 chars".
         self.key_schema: Schema = {"minLength": 1, **key["schema"]}
@@ -259,6 +289,27 @@ class EmailsContract:
             return None
         return 400, "invalid_idempotency_key", MESSAGES["invalid_idempotency_key"]
 
+    def batch_problem(self, raw: bytes) -> tuple[list[Any], Problem | None]:
+        """A batch's emails, or the problem that refuses the whole request."""
+        try:
+            emails = json.loads(raw)
+        except ValueError:
+            return [], (400, "validation_error", MESSAGES["validation_error"])
+        if not isinstance(emails, list) or not 1 <= len(emails) <= BATCH_MAX_EMAILS:
+            return [], invalid("body", f"must be an array of 1-{BATCH_MAX_EMAILS} emails")
+        return emails, None
+
+    def item_problem(self, email: object, index: int) -> Problem | None:
+        """The first problem of a batch's email at `index`, its field path prefixed `[index]`."""
+        path = f"[{index}]"
+        if not isinstance(email, dict):
+            return invalid(path, "must be of type object")
+        refused = next((name for name in NOT_IN_BATCH if name in email), None)
+        if refused is not None:
+            return invalid(join(path, refused), "is not supported in batch sending")
+        problem = self.checker.problem(email, self.batch_item_schema, path)
+        return problem or resend_rules(email, path)
+
 
 # --- the app --------------------------------------------------------------------------------
 
@@ -269,6 +320,15 @@ class Accepted:
 
     fingerprint: str
     email_id: str
+    accepted_at_s: float
+
+
+@dataclass(frozen=True)
+class AcceptedBatch:
+    """A batch idempotency key's first 200 answer."""
+
+    fingerprint: str
+    answer: dict[str, Any]
     accepted_at_s: float
 
 
@@ -288,7 +348,10 @@ class CountRequests:
 
 def create_standin(api_key: str = API_KEY) -> Starlette:
     app = Starlette(
-        routes=[Route("/emails", send_email, methods=["POST"])],
+        routes=[
+            Route("/emails", send_email, methods=["POST"]),
+            Route(BATCH_PATH, send_batch, methods=["POST"]),
+        ],
         middleware=[Middleware(CountRequests)],
         exception_handlers={404: http_error, 405: http_error},
     )
@@ -299,13 +362,16 @@ def create_standin(api_key: str = API_KEY) -> Starlette:
 
 
 def reset(app: Starlette) -> None:
-    """Empty the inbox, the script, the counters and the idempotency store."""
+    """Empty the inbox, the batches, the script, the counters and the idempotency stores."""
     app.state.script = []
     app.state.inbox = []
+    app.state.batches = []
     app.state.requests = 0
     app.state.connections = set()
-    app.state.idempotency = {}
-    app.state.in_flight = set()
+    app.state.idempotency = {}  # /emails: key -> Accepted
+    app.state.batch_idempotency = {}  # /emails/batch: key -> AcceptedBatch
+    app.state.in_flight = set()  # /emails keys a "hang" holds
+    app.state.batch_in_flight = set()  # /emails/batch keys a "hang" holds
     app.state.idempotency_window_s = IDEMPOTENCY_WINDOW_S
     app.state.rate_limit = None
     app.state.window = (0, 0)  # (the window's second, requests in it)
@@ -317,17 +383,29 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(status, NAMES.get(status, "application_error"))
 
 
+Acceptor: TypeAlias = Callable[[State, Request, bytes], Response]
+
+
 async def send_email(request: Request) -> Response:
+    return await rate_limited(request, accept)
+
+
+async def send_batch(request: Request) -> Response:
+    return await rate_limited(request, accept_batch)
+
+
+async def rate_limited(request: Request, acceptor: Acceptor) -> Response:
+    """The team limit around handling one request (a batch counts once)."""
     state = request.app.state
     raw = await request.body()
     if state.rate_limit is None:
-        return await handle_email(request, raw)
+        return await handle(request, raw, acceptor)
     remaining, reset_s = take_rate(state)
     if remaining < 0:
         state.limited += 1
         response = error(429, "rate_limit_exceeded", retry_after_s=max(round(reset_s, 3), 0.001))
     else:
-        response = await handle_email(request, raw)
+        response = await handle(request, raw, acceptor)
     response.headers["ratelimit-limit"] = str(state.rate_limit)
     response.headers["ratelimit-remaining"] = str(max(remaining, 0))
     response.headers["ratelimit-reset"] = f"{reset_s:.3f}"
@@ -345,7 +423,8 @@ def take_rate(state: State) -> tuple[int, float]:
     return state.rate_limit - used - 1, second + 1 - now
 
 
-async def handle_email(request: Request, raw: bytes) -> Response:
+async def handle(request: Request, raw: bytes, acceptor: Acceptor) -> Response:
+    """The next scripted fault, if any, around `acceptor` (Resend's checks and recording)."""
     state = request.app.state
     kind, *args = take_fault(state)
     if kind == "status":
@@ -353,7 +432,7 @@ async def handle_email(request: Request, raw: bytes) -> Response:
     key = request.headers.get("idempotency-key")
     if kind == "hang" and await client_left(request, key, float(args[0])):
         return Response(status_code=499)
-    response = accept(state, request, raw)
+    response = acceptor(state, request, raw)
     if kind == "accept_then_fail" and response.status_code == 200:
         return DroppedConnection() if args[0] == "drop" else error(int(args[0]), "")
     return response
@@ -380,6 +459,13 @@ def accept(state: State, request: Request, raw: bytes) -> Response:
     return replay_or_record(state, key, body)
 
 
+def held_keys(request: Request) -> set[str]:
+    """The keys held in flight for the request's path (Resend scopes keys per endpoint)."""
+    state = request.app.state
+    held: set[str] = state.batch_in_flight if request.url.path == BATCH_PATH else state.in_flight
+    return held
+
+
 def auth_problem(state: State, request: Request) -> Problem | None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
@@ -402,12 +488,67 @@ def replay_or_record(state: State, key: str, body: dict[str, Any]) -> Response:
     return JSONResponse({"id": earlier.email_id})
 
 
-def record(state: State, body: dict[str, Any], key: str | None) -> str:
+def record(state: State, body: dict[str, Any], key: str | None, **extra: Any) -> str:
     email_id = str(uuid.uuid4())
     received_at_ms = time.time_ns() // 1_000_000
     entry = {"id": email_id, "body": body, "idempotency_key": key}
-    state.inbox.append({**entry, "received_at_ms": received_at_ms})
+    state.inbox.append({**entry, "received_at_ms": received_at_ms, **extra})
     return email_id
+
+
+def accept_batch(state: State, request: Request, raw: bytes) -> Response:
+    """Everything Resend checks of a batch, then record its valid emails or replay the key's
+    first answer."""
+    key = request.headers.get("idempotency-key")
+    mode = request.headers.get("x-batch-validation", "strict")
+    emails, batch_problem = state.contract.batch_problem(raw)
+    problems = [state.contract.item_problem(email, i) for i, email in enumerate(emails)]
+    problem = auth_problem(state, request) or state.contract.key_problem(key)
+    problem = problem or mode_problem(mode) or batch_problem
+    if problem is None and mode == "strict":
+        problem = first(problems)
+    if problem is None and key in state.batch_in_flight:
+        problem = 409, "concurrent_idempotent_requests", ""
+    if problem is not None:
+        return error(*problem)
+    return replay_or_record_batch(state, key, mode, emails, problems)
+
+
+def mode_problem(mode: str) -> Problem | None:
+    if mode in BATCH_MODES:
+        return None
+    message = "Invalid `x-batch-validation` header: must be `strict` or `permissive`."
+    return 422, "validation_error", message
+
+
+def replay_or_record_batch(
+    state: State, key: str | None, mode: str, emails: list[Any], problems: list[Problem | None]
+) -> Response:
+    fingerprint = json.dumps({"validation": mode, "emails": emails}, sort_keys=True)
+    earlier: AcceptedBatch | None = state.batch_idempotency.get(key)
+    now_s = time.monotonic()
+    if earlier is None or now_s - earlier.accepted_at_s > state.idempotency_window_s:
+        answer = record_batch(state, key, mode, emails, problems)
+        if key is not None:
+            state.batch_idempotency[key] = AcceptedBatch(fingerprint, answer, now_s)
+        return JSONResponse(answer)
+    if earlier.fingerprint != fingerprint:
+        return error(409, "invalid_idempotent_request")
+    return JSONResponse(earlier.answer)
+
+
+def record_batch(
+    state: State, key: str | None, mode: str, emails: list[Any], problems: list[Problem | None]
+) -> dict[str, Any]:
+    """Record a batch's valid emails; its 200 answer."""
+    pairs = zip(emails, problems, strict=True)
+    data = [{"id": record(state, email, key, batch=True)} for email, bad in pairs if bad is None]
+    size, accepted = len(emails), len(data)
+    state.batches.append({"key": key, "size": size, "accepted": accepted, "validation": mode})
+    if mode == "strict":
+        return {"data": data}
+    errors = [{"index": i, "message": bad[2]} for i, bad in enumerate(problems) if bad]
+    return {"data": data, "errors": errors}
 
 
 def error(
@@ -431,9 +572,9 @@ def fault_answer(
 
 async def client_left(request: Request, key: str | None, hang_s: float) -> bool:
     """Hang for `hang_s` holding `key` in flight; True if the client hung up meanwhile."""
-    in_flight: set[str] = request.app.state.in_flight
+    held = held_keys(request)
     if key is not None:
-        in_flight.add(key)
+        held.add(key)
     try:
         async with asyncio.timeout(hang_s):
             while (await request.receive())["type"] != "http.disconnect":
@@ -442,7 +583,7 @@ async def client_left(request: Request, key: str | None, hang_s: float) -> bool:
     except TimeoutError:
         return False
     finally:
-        in_flight.discard(key or "")
+        held.discard(key or "")
 
 
 class DroppedConnection(Response):
@@ -452,6 +593,13 @@ class DroppedConnection(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
+def job_of(entry: dict[str, Any]) -> str:
+    """The service's email job an inbox entry was sent for, from the tags it sends with each email
+    (its key is the job id when sent alone, the batch's id when sent in a batch)."""
+    tags = {tag["name"]: tag["value"] for tag in entry["body"].get("tags", [])}
+    return f"email|{tags['user']}|{tags['loop']}|{tags['step']}|{tags['kind']}"
 
 
 # --- serving --------------------------------------------------------------------------------
@@ -476,6 +624,17 @@ class ResendStandin:
     def inbox(self) -> list[dict[str, Any]]:
         inbox: list[dict[str, Any]] = self.app.state.inbox
         return inbox
+
+    @property
+    def jobs(self) -> list[str]:
+        """The email job each accepted email was sent for, in inbox order (`job_of`)."""
+        return [job_of(entry) for entry in self.inbox]
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """One entry per accepted batch request, replays aside: key, size, accepted, validation."""
+        batches: list[dict[str, Any]] = self.app.state.batches
+        return batches
 
     @property
     def requests(self) -> int:

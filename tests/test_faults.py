@@ -117,7 +117,7 @@ async def emails(client: httpx.AsyncClient, user_id: str = USER) -> list[dict[st
 
 
 def inbox_keys(resend: ResendStandin) -> list[str]:
-    return sorted(str(sent["idempotency_key"]) for sent in resend.inbox)
+    return sorted(resend.jobs)
 
 
 def welcome_key(user_id: str = USER) -> str:

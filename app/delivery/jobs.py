@@ -62,6 +62,7 @@ class EmailJob(BaseModel):
     first_attempt_at: int | None = None  # the first attempt that may have reached Resend began
     started_at: int | None = None  # the attempt in flight began (None: none in flight)
     seq: int = 0  # the number of the last attempt begun: only its worker settles it
+    batch: str | None = None  # the batch its attempts go in (`delivery.batch`), if they do
 
     @property
     def terminal(self) -> bool:

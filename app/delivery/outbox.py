@@ -7,14 +7,16 @@ subject and a masked address.
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from app.delivery.jobs import RenderedEmail
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_ID_PREFIX = "outbox:"
+MAX_BATCH = 100  # emails in one batch: Resend's limit for one request
 
 
 class Mailer(Protocol):
@@ -26,6 +28,31 @@ class Mailer(Protocol):
         tags: Mapping[str, str] = {},
         max_wait_s: float = math.inf,
     ) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEmail:
+    """One email of a batch: what is sent, and the tags Resend keeps with it."""
+
+    email: RenderedEmail
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An email of a batch that was refused alone (the rest went): why."""
+
+    message: str
+
+
+@runtime_checkable
+class BatchMailer(Protocol):
+    """A mailer that also sends up to 100 emails in one request, under one idempotency key:
+    each email's id, or why it alone was refused, in their order."""
+
+    async def send_batch(
+        self, emails: Sequence[BatchEmail], idempotency_key: str, *, max_wait_s: float = math.inf
+    ) -> list[str | Refused]: ...
 
 
 class OutboxMailer:

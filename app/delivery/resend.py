@@ -12,6 +12,10 @@ async HTTP client). Resend's failures enter here and leave as these types (`app.
                                                Idempotency-Key was accepted: counts as sent
     every other 4xx: 400/422 bad payload,      PermanentSendError: dead-letter
     401/403 bad key
+
+`send_batch` sends up to 100 emails in one request (`POST /emails/batch`) with one
+Idempotency-Key and `x-batch-validation: permissive`: the errors above are the whole request's;
+an email Resend refuses alone comes back as a `Refused` in its place, the others as their ids.
 """
 
 import asyncio
@@ -19,8 +23,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Self
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Self, TypeVar
 
 import httpx
 import resend
@@ -28,6 +32,7 @@ from resend.exceptions import ResendError
 from resend.http_client_async import AsyncHTTPClient
 
 from app.delivery.jobs import RenderedEmail
+from app.delivery.outbox import MAX_BATCH, BatchEmail, Refused
 from app.errors import (
     ActivationError,
     AlreadySent,
@@ -38,6 +43,10 @@ from app.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+ParamsT = TypeVar("ParamsT")
+OptionsT = TypeVar("OptionsT")
+ResponseT = TypeVar("ResponseT")
 
 DEFAULT_RATE_PER_S = 5.0  # Resend's documented default, shared by every sender of the team
 # Resend's `ratelimit-*` response headers (IETF RateLimit fields): its limit per 1 s window, the
@@ -194,19 +203,58 @@ class ResendMailer:
         """Send `email` with `tags`; return Resend's email id. Raises the types drawn in the
         docstring; `NotSent` when the rate limit's next slot is more than `max_wait_s` away."""
         _check_idempotency_key(idempotency_key)
+        await self._slot(max_wait_s)
+        params = _send_params(email, tags)
+        options: resend.Emails.SendOptions = {"idempotency_key": idempotency_key}
+        response = await self._call(resend.Emails.send_async, params, options, idempotency_key)
+        return _email_id(response, idempotency_key)
+
+    async def send_batch(
+        self, emails: Sequence[BatchEmail], idempotency_key: str, *, max_wait_s: float = math.inf
+    ) -> list[str | Refused]:
+        """Send up to 100 emails in one request; return, in their order, each one's Resend id
+        or, when Resend refused it alone, a `Refused`. Raises what `send` raises for the whole
+        request."""
+        if not 0 < len(emails) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} emails, not {len(emails)}")
+        _check_idempotency_key(idempotency_key)
+        await self._slot(max_wait_s)
+        params = [_send_params(item.email, item.tags) for item in emails]
+        options: resend.Batch.SendOptions = {
+            "idempotency_key": idempotency_key,
+            "batch_validation": "permissive",
+        }
+        response = await self._call(resend.Batch.send_async, params, options, idempotency_key)
+        return _batch_outcomes(response, len(emails), idempotency_key)
+
+    async def _slot(self, max_wait_s: float) -> None:
+        """Wait for the rate limit's next start slot; `NotSent` when it is more than
+        `max_wait_s` away."""
         wait_s = await self.rate_limiter.acquire(max_wait_s)
         if wait_s > 0:
             raise NotSent(
                 f"rate limit: the next send slot is {wait_s:.1f} s away", retry_after_s=wait_s
             )
+
+    async def _call(
+        self,
+        method: Callable[[ParamsT, OptionsT], Awaitable[ResponseT]],
+        params: ParamsT,
+        options: OptionsT,
+        idempotency_key: str,
+    ) -> ResponseT:
+        # The SDK reads these globals when the request starts, before its first await; set just
+        # before each call, several mailers can send concurrently on one event loop.
+        resend.api_key = self._api_key
+        resend.api_url = self.api_url
+        resend.default_async_http_client = self.http_client
         try:
-            response = await self._call_sdk(_send_params(email, tags), idempotency_key)
+            return await method(params, options)
         except _TransportFailure as exc:
             failure = PermanentSendError if exc.permanent else TransientSendError
             raise failure(exc.message) from exc
         except ResendError as exc:
             raise self._translate(exc, idempotency_key) from exc
-        return _email_id(response, idempotency_key)
 
     async def close(self) -> None:
         await self.http_client.http.aclose()
@@ -219,16 +267,6 @@ class ResendMailer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    async def _call_sdk(
-        self, params: resend.Emails.SendParams, idempotency_key: str
-    ) -> resend.Emails.SendResponse:
-        # The SDK reads these globals when the request starts, before its first await; set just
-        # before each call, several mailers can send concurrently on one event loop.
-        resend.api_key = self._api_key
-        resend.api_url = self.api_url
-        resend.default_async_http_client = self.http_client
-        return await resend.Emails.send_async(params, {"idempotency_key": idempotency_key})
 
     def _translate(self, exc: ResendError, idempotency_key: str) -> ActivationError:
         error = translate(exc, idempotency_key)
@@ -300,6 +338,32 @@ def _send_params(email: RenderedEmail, tags: Mapping[str, str]) -> resend.Emails
     if tags:
         params["tags"] = [{"name": name, "value": value} for name, value in tags.items()]
     return params
+
+
+def _batch_outcomes(
+    response: resend.Batch.SendResponse, count: int, idempotency_key: str
+) -> list[str | Refused]:
+    """Each email's id or refusal, in the request's order: Resend lists the refused ones by
+    index in `errors` and the ids of the others, in order, in `data`."""
+    refused: dict[int, Refused] = {}
+    for error in response.get("errors") or []:
+        index = error.get("index") if isinstance(error, dict) else None
+        if isinstance(index, int) and 0 <= index < count:
+            refused[index] = Refused(redact(str(error.get("message") or "refused")))
+    ids = [
+        item.get("id") if isinstance(item, dict) else None for item in response.get("data") or []
+    ]
+    if len(ids) != count - len(refused) or not all(isinstance(i, str) and i for i in ids):
+        # Retrying with the same key is safe: Resend answers with the first attempt's answer.
+        raise TransientSendError(
+            f"Resend answered a batch of {count} with {len(ids)} ids and {len(refused)} errors"
+        )
+    accepted = iter(ids)
+    outcomes: list[str | Refused] = []
+    for index in range(count):
+        outcomes.append(refused[index] if index in refused else str(next(accepted)))
+    logger.debug("resend accepted batch key=%s: %d of %d", idempotency_key, len(ids), count)
+    return outcomes
 
 
 def _email_id(response: resend.Emails.SendResponse, idempotency_key: str) -> str:

@@ -18,16 +18,20 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.clock import Clock
 from app.delivery.jobs import EmailJob, JobStatus
-from app.delivery.outbox import Mailer, OutboxMailer
+from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
 from app.engine.loop_files import Loop, Recovery
 from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.queue import KEEP
 from app.storage.records import Claim, Settled
 from app.storage.store import Store
+
+if TYPE_CHECKING:
+    from app.delivery.batch import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +72,13 @@ def user_tag(job: EmailJob) -> dict[str, str]:
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The lease a user's turn runs under: its claim's token for the turn (renewals move it) and
-    its length. No claim: the caller holds no lease (a test, a dry run)."""
+    its length. No claim: the caller holds no lease (a test, a dry run). `batcher`: the claim's
+    emails go out in batches, through it."""
 
     claim: Claim | None = None
     job_id: str = ""
     lease_ms: int = 60_000
+    batcher: "Batcher | None" = None
 
     @property
     def token(self) -> str:
@@ -113,16 +119,27 @@ class Delivery:
         self.max_wait_s = max_wait_s
         self.outbox = isinstance(mailer, OutboxMailer)
 
+    @property
+    def batches(self) -> bool:
+        """Whether the mailer sends batches (Resend does; the outbox has no need)."""
+        return isinstance(self.mailer, BatchMailer)
+
     async def deliver(self, jobs: Sequence[EmailJob], lease: Lease, wake_at_ms: int | None) -> None:
         """Send each begun job (or record one that ended before any attempt: no template, no
         address), then let the last settle set the user's next turn: `wake_at_ms`, or sooner
-        when a job of this turn is tried again sooner."""
-        for i, job in enumerate(jobs):
+        when a job of this turn is tried again sooner. Jobs begun in a batch go to the lease's
+        batcher, which sends and settles them, the last setting the user's next turn."""
+        batched = [job for job in jobs if job.batch is not None and not job.terminal]
+        alone = [job for job in jobs if job.batch is None or job.terminal]
+        for i, job in enumerate(alone):
             ending = await self._attempt(job)
             if ending.job.status is JobStatus.QUEUED:
                 wake_at_ms = min(wake_at_ms or ending.job.due_at, ending.job.due_at)
-            last = i == len(jobs) - 1
-            await self._settle(ending, lease, wake_at_ms if last else KEEP)
+            last = i == len(alone) - 1 and not batched
+            await self.settle(ending, lease, wake_at_ms if last else KEEP)
+        if batched:
+            assert lease.batcher is not None  # only a batcher's turns begin jobs in a batch
+            lease.batcher.add(batched, lease, wake_at_ms)
 
     async def _attempt(self, job: EmailJob) -> Settling:
         if job.terminal:  # ended already (no address, no template): recorded as is
@@ -131,7 +148,7 @@ class Delivery:
             error = (
                 "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
             )
-            return self._ended(job, JobStatus.FAILED, error)
+            return self.ended(job, JobStatus.FAILED, error)
         return await self._send(job)
 
     def _past_window(self, job: EmailJob) -> bool:
@@ -156,10 +173,10 @@ class Delivery:
         except TransientSendError as exc:
             return self._retry_or_fail(job, str(exc), exc.retry_after_s)
         except PermanentSendError as exc:
-            return self._ended(job, JobStatus.FAILED, str(exc))
-        return self._sent(job, provider_id)
+            return self.ended(job, JobStatus.FAILED, str(exc))
+        return self.sent(job, provider_id)
 
-    def _sent(self, job: EmailJob, provider_id: str | None) -> Settling:
+    def sent(self, job: EmailJob, provider_id: str | None) -> Settling:
         update = {"status": JobStatus.SENT, "sent_at": self.clock(), "provider_id": provider_id}
         sent = job.model_copy(update=update | {"last_error": None, "started_at": None})
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
@@ -184,17 +201,17 @@ class Delivery:
     def _retry_or_fail(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or job.attempts > recovery.retries:
-            return self._ended(job, JobStatus.FAILED, error)
+            return self.ended(job, JobStatus.FAILED, error)
         due = self.clock() + retry_delay_ms(recovery, job.attempts, retry_after_s)
         update = {"last_error": error, "due_at": due, "started_at": None}
         return Settling(job.model_copy(update=update), job.seq, RETRY, metric=RETRY)
 
-    def _ended(self, job: EmailJob, status: JobStatus, error: str) -> Settling:
+    def ended(self, job: EmailJob, status: JobStatus, error: str) -> Settling:
         update = {"status": status, "last_error": error, "ended_at": self.clock()}
         ended = job.model_copy(update=update | {"started_at": None})
         return Settling(ended, job.seq, status.value, metric=status)
 
-    async def _settle(self, ending: Settling, lease: Lease, wake: int | str | None) -> None:
+    async def settle(self, ending: Settling, lease: Lease, wake: int | str | None) -> None:
         job, now = ending.job, self.clock()
         settled = await self.store.queue.settle(
             job,

@@ -2,11 +2,11 @@
 
 The schedule holds one member per user with something to do, `eval|<uid>`: the user's turn runs
 the engine on them, applies its decisions, and sends the emails due (`send.Delivery`) in the same
-lane. A crashed worker's turns come back when their lease runs out; leases of turns still in hand
-are renewed, and a worker whose lease was taken over anyway can no longer write (the lease's
-token fences it). Any number of workers may run
-at once. Idle, it sleeps until the next due job or `idle_s`, whichever is sooner; `wake()` cuts the
-sleep short when new work arrives.
+lane; when a claim holds several turns, their emails go out together, in batches of up to 100
+(`batch`). A crashed worker's turns come back when their lease runs out; leases of turns still in
+hand are renewed, and a worker whose lease was taken over anyway can no longer write (the lease's
+token fences it). Any number of workers may run at once. Idle, it sleeps until the next due job
+or `idle_s`, whichever is sooner; `wake()` cuts the sleep short when new work arrives.
 
 It cannot die of what happens to it: any exception of a claim or a job is logged, counted and
 backed off (capped exponential, with jitter), and `failing_since_ms`/`last_error` tell readiness.
@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
+from app.delivery.batch import Batcher, BatchSender
 from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.send import Delivery, Lease
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import late_activations, step_counters
-from app.engine.job_ids import is_evaluation, user_of
+from app.engine.job_ids import batch_of, is_batch, is_evaluation, user_of
 from app.engine.loop_files import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
@@ -43,7 +44,7 @@ NO_ADDRESS = "the user has no primary email address"
 class WorkerConfig:
     lease_ms: int = 60_000
     idle_s: float = 120.0
-    batch: int = 50
+    batch: int = 100  # turns claimed at once: their emails fill one batch request
     max_backoff_s: float = 30.0
     concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
 
@@ -88,9 +89,10 @@ class Evaluator:
         lease = lease or Lease(lease_ms=self.lease_ms)
         for _ in range(MAX_CONFLICTS):
             record = await self.store.reads.snapshot(user_id)
+            batched = await self._batched(record)
             now = self.clock()
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)
-            turn = self.plan(record, decisions, now)
+            turn = self.plan(record, decisions, now, lease=lease, batched=batched)
             applied = await self._apply(record, decisions, turn, lease)
             if applied is Applied.APPLIED:
                 log_decisions(user_id, decisions)
@@ -106,16 +108,34 @@ class Evaluator:
         )
         return None
 
-    def plan(self, record: UserRecord, decisions: Decisions, now: int) -> Turn:
+    async def _batched(self, record: UserRecord) -> set[tuple[str, int]]:
+        """The user's jobs (id, attempt) in a recorded batch: the batch's to send, not a turn's.
+        One read per batch, and only for a user with jobs placed in one."""
+        batch_ids = {job.batch for job in record.jobs.values() if job.batch and not job.terminal}
+        if not batch_ids:
+            return set()
+        shard = self.store.keys.shard_of(record.user_id)
+        return await self.store.batches.members(shard, sorted(batch_ids))
+
+    def plan(
+        self,
+        record: UserRecord,
+        decisions: Decisions,
+        now: int,
+        *,
+        lease: Lease | None = None,
+        batched: set[tuple[str, int]] | None = None,
+    ) -> Turn:
         """The turn's writes: the decisions' states and new jobs; every queued job due now and
         not in flight begun (or dropped, when the user stopped loop email); the next look at
-        the soonest of the engine's wake, a queued job's due time, an attempt in flight's end."""
+        the soonest of the engine's wake, a queued job's due time, an attempt in flight's end.
+        Jobs in a batch: see `turn_jobs`; with the lease's batcher, attempts begin in batches."""
         late = late_activations(self.loops.values(), record.steps, record.actions)
         stopped = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
         wakes = [] if decisions.wake_at is None else [decisions.wake_at]
         turn = Turn({**late, **decisions.transitions}, late, [], [], None)
         new = [self._new_job(record, order, now) for order in decisions.emails]
-        for job in [*record.jobs.values(), *(j for j in new if j.id not in record.jobs)]:
+        for job in turn_jobs(record, new, lease, batched or set()):
             if job.id not in record.jobs and job.terminal:
                 turn.writes.append(job)
                 turn.deliver.append(job)  # recorded as it ended (dead letters, counters)
@@ -130,20 +150,25 @@ class Evaluator:
                 if job.id not in record.jobs:
                     turn.writes.append(job)
             else:
-                begun = self._begin(record, job, now)
+                begun = self._begin(record, job, now, lease.batcher if lease else None)
                 turn.writes.append(begun)
                 turn.deliver.append(begun)
         turn.wake_at_ms = min(wakes) if wakes else None
         return turn
 
-    def _begin(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
+    def _begin(
+        self, record: UserRecord, job: EmailJob, now: int, batcher: Batcher | None
+    ) -> EmailJob:
         """The job with an attempt begun now (rendered again if it never was: a dead letter
-        retried after its template was fixed)."""
+        retried after its template was fixed), in one of `batcher`'s batches unless an earlier
+        attempt may have reached Resend alone (its own id is then the key that deduplicates)."""
         if job.rendered is None:
             job = self._rendered(record, job, now)
             if job.terminal:
                 return job
-        return begin_attempt(job, now)
+        if batcher is None or job.first_attempt_at is not None:
+            return begin_attempt(job, now)
+        return begin_attempt(job, now, batcher.place(job.id))
 
     async def _apply(
         self, record: UserRecord, decisions: Decisions, turn: Turn, lease: Lease
@@ -179,12 +204,36 @@ class Evaluator:
         return job.model_copy(update={"rendered": rendered})
 
 
-def begin_attempt(job: EmailJob, now: int) -> EmailJob:
+def turn_jobs(
+    record: UserRecord, new: list[EmailJob], lease: Lease | None, batched: set[tuple[str, int]]
+) -> list[EmailJob]:
+    """The user's jobs a turn looks at: those stored and the new ones, but a job in a recorded
+    batch (`batched`), the batch's to send; one placed in a batch never recorded never reached
+    Resend and, under a claim (no other worker can record it now), is freed."""
+    jobs = []
+    for job in [*record.jobs.values(), *(j for j in new if j.id not in record.jobs)]:
+        if job.batch is not None and not job.terminal:
+            if (job.id, job.seq) in batched or lease is None or lease.claim is None:
+                continue  # its batch's to send (or, holding no claim, maybe another's)
+            job = freed(job)
+        jobs.append(job)
+    return jobs
+
+
+def begin_attempt(job: EmailJob, now: int, batch: str | None = None) -> EmailJob:
     """The job with an attempt begun now: counted, numbered (only this attempt's worker settles
-    it), and, the first that may reach Resend, the start of Resend's 24 h window."""
-    update = {"attempts": job.attempts + 1, "started_at": now, "seq": job.seq + 1}
-    update["first_attempt_at"] = job.first_attempt_at or now
+    it), and, the first that may reach Resend, the start of Resend's 24 h window; in `batch`,
+    when it goes in one."""
+    update: dict[str, object] = {"attempts": job.attempts + 1, "started_at": now, "batch": batch}
+    update |= {"seq": job.seq + 1, "first_attempt_at": job.first_attempt_at or now}
     return job.model_copy(update=update)
+
+
+def freed(job: EmailJob) -> EmailJob:
+    """A job placed in a batch that was never recorded, as if that attempt never began: it
+    never reached Resend."""
+    update = {"attempts": max(job.attempts - 1, 0), "started_at": None, "batch": None}
+    return job.model_copy(update={**update, "first_attempt_at": None})
 
 
 def stop_reason(record: UserRecord) -> str:
@@ -311,6 +360,9 @@ class Worker:
         self.stopped_by: str | None = None  # why `run()` ended other than by `stop()`, if it did
         self._wake = asyncio.Event()
         self._stopping = False
+        delivery = evaluator.delivery
+        batches = delivery is not None and delivery.batches
+        self.batch_sender = BatchSender(delivery) if delivery is not None and batches else None
 
     def __repr__(self) -> str:
         return (
@@ -369,20 +421,27 @@ class Worker:
         pending = deque(claim.job_ids)
         unfinished = set(claim.job_ids)
         failed: list[StorageUnavailable] = []
+        batcher = Batcher.of(self.batch_sender, claim, self.config.lease_ms)
 
         async def lane(first: bool) -> None:
             while pending and not (self._stopping or failed or (not first and self.busy())):
                 job_id = pending.popleft()
                 try:
-                    await self.handle(job_id, claim)
+                    await self.handle(job_id, claim, batcher)
                 except StorageUnavailable as exc:
                     failed.append(exc)
                 finally:
-                    unfinished.discard(job_id)
+                    if batcher is None or not batcher.waits(job_id):
+                        unfinished.discard(job_id)
 
         lanes = min(self.config.concurrency, len(claim.job_ids))
         with self._leases_kept(claim, unfinished):
             await asyncio.gather(*(lane(first=i == 0) for i in range(lanes)))
+            if batcher is not None and not failed:
+                try:
+                    await batcher.flush(unfinished)
+                except StorageUnavailable as exc:
+                    failed.append(exc)
         if failed:
             raise failed[0]
 
@@ -447,15 +506,21 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
-    async def handle(self, job_id: str, claim: Claim | None = None) -> None:
-        """Run one user's turn under the claim's lease; a failure other than an outage is
-        logged and counted, and the lease brings the turn back later."""
+    async def handle(
+        self, job_id: str, claim: Claim | None = None, batcher: Batcher | None = None
+    ) -> None:
+        """Run one user's turn (or send a recorded batch again) under the claim's lease; a
+        failure other than an outage is logged and counted, and the lease brings the turn back
+        later. With a `batcher`, the turn's emails go in its batches."""
         try:
             if is_evaluation(job_id):
-                lease = Lease(claim, job_id, self.config.lease_ms)
+                lease = Lease(claim, job_id, self.config.lease_ms, batcher)
                 await self.evaluator.run(user_of(job_id), lease)
+            elif is_batch(job_id) and self.batch_sender is not None and claim is not None:
+                lease = Lease(claim, job_id, self.config.lease_ms)
+                await self.batch_sender.resume(claim.shard, batch_of(job_id), lease)
             else:
-                logger.error("schedule member %r is not a user's turn: left alone", job_id)
+                logger.error("schedule member %r: not a turn this worker runs; left", job_id)
             self.jobs_done += 1
         except StorageUnavailable:
             raise

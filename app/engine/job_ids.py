@@ -2,12 +2,14 @@
 
     eval|<user_id>                              look at one user's loops
     email|<user_id>|<loop_id>|<step>|<reason>   send one email (reason: action | timeout)
+    batch|<batch_id>                            send (again) a recorded batch of emails
 
 An id is deterministic, so the same decision queues one job, and an email job's id is Resend's
 Idempotency-Key. User ids hold no `|` (`storage.keys.USER_ID_PATTERN`), loop ids are file stems.
 The spelling functions are plain f-strings: intake builds an evaluation id on every request.
 """
 
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -80,3 +82,22 @@ def user_of(job_id: str) -> str:
 
 def is_evaluation(job_id: str) -> bool:
     return job_id.startswith(f"eval{SEPARATOR}")
+
+
+def is_batch(member: str) -> bool:
+    """A schedule member that sends a recorded batch of emails (`delivery.batch`)."""
+    return member.startswith(f"batch{SEPARATOR}")
+
+
+def batch_member(batch_id: str) -> str:
+    """The schedule member of a recorded batch: leased like a user's turn while it is sent."""
+    return f"batch{SEPARATOR}{batch_id}"
+
+
+def batch_of(member: str) -> str:
+    return member.removeprefix(f"batch{SEPARATOR}")
+
+
+def new_batch_id() -> str:
+    """A batch's id, which is also its Idempotency-Key: unique, whoever makes it."""
+    return f"batch-{uuid.uuid4().hex}"

@@ -15,6 +15,7 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 | `P:schedule`                 | zset   | none                 | intake, claim, apply, settle    |
 | `P:dead`                     | zset   | none                 | settle.lua                      |
 | `P:outbox`                   | list   | none (capped)        | settle.lua                      |
+| `P:batches`                  | hash   | none (until sent)    | batch_record.lua, batch_end.lua |
 | `P:suppressed`               | zset   | none                 | email_event.lua                 |
 | `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua           |
 | `P:daily:<yyyy-mm-dd>`       | hash   | 90 d                 | v1 only (read until it expires) |
@@ -55,7 +56,8 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   rendered email; a sent one only to whom and the subject.
   Its attempt: `attempts` started that may have reached Resend, `first_attempt_at` when the
   first of them started (Resend keeps an idempotency key 24 h from then), `started_at` when the
-  attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt).
+  attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt),
+  `batch` the batch its attempts go in (`delivery.batch`), when they go in one.
 - `log`: JSON lines, newest first, at most `LOG_LENGTH`: what nothing else records (an action's
   properties, Resend's delivery events, an operator lifting a suppression). The timeline of
   `GET /v1/users` is built from it and from the fields above (`records.timeline_of`).
@@ -67,6 +69,12 @@ What the shard keys hold:
   `token <= score < token + lease` (its renewals stay inside that window, another worker's claim
   lands past it), so a crashed worker's users come back when the lease runs out and a stalled one
   can no longer write.
+  `batch|<batch_id>`: a recorded batch of emails (`batches`), leased the same way while it is
+  sent, due again when a failed request is retried.
+- `batches`: the batches recorded and not yet ended, by id (which is also the request's
+  Idempotency-Key): JSON `{"members": [[<email job id>, <seq>], ...], "first": <ms>, "attempts":
+  <n>, "error": <the last one>}`, the members in the request's order, each with the attempt
+  it sends. Written before the request, removed when every member has been settled.
 - `dead`: email job ids that failed for good, by when; an operator retries them. `outbox`: emails
   "sent" without a Resend key, newest first, JSON.
 - `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read by
@@ -196,6 +204,10 @@ class ShardKeys:
     @property
     def outbox(self) -> str:
         return f"{self.scope}outbox"
+
+    @property
+    def batches(self) -> str:
+        return f"{self.scope}batches"
 
     @property
     def suppressed(self) -> str:

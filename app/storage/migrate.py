@@ -25,7 +25,7 @@ from typing import Any
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
-from app.engine.job_ids import evaluation_id, is_evaluation, user_of
+from app.engine.job_ids import evaluation_id, is_batch, is_evaluation, user_of
 from app.errors import SchemaRefused, StorageUnavailable
 from app.storage import keys as k
 from app.storage.connections import ClusterConnection, Connection
@@ -90,7 +90,7 @@ async def holds_v1(conn: Connection, keys: Keys) -> bool:
         if int(await conn.call("EXISTS", *(shard.scope + name for name in V1_SHARED))):
             return True
         first = await conn.call("ZRANGE", shard.schedule, 0, 0)
-        if first and not is_evaluation(str(first[0])):
+        if first and not (is_evaluation(str(first[0])) or is_batch(str(first[0]))):
             return True
         if first:
             uid = user_of(str(first[0]))

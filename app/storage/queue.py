@@ -144,7 +144,7 @@ class Queue(ScriptRunner):
         """Queue a dead-letter job again, attempts reset; False when it was not dead."""
         uid = job.user_id
         update = {"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms, "ended_at": None}
-        update |= {"first_attempt_at": None, "started_at": None}
+        update |= {"first_attempt_at": None, "started_at": None, "batch": None}
         again = job.model_copy(update=update)
         shard = self.keys.of_user(uid)
         keys = [shard.dead, shard.schedule, self.keys.user(uid)]

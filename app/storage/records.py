@@ -303,7 +303,7 @@ def _at(offset: str, start: int) -> int | None:
 
 # What a job's field name already says, and what a sent job no longer needs.
 _NAMED = frozenset({"id", "user_id", "loop_id", "step", "kind"})
-_SPENT = frozenset({"personalization", "started_at", "seq"})
+_SPENT = frozenset({"personalization", "started_at", "seq", "batch"})
 
 
 def encode_job(job: EmailJob) -> str:

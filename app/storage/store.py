@@ -1,7 +1,8 @@
 """The store: every aggregate the service keeps in Redis, over one connection and one key schema.
 
 `store.users` (profiles, deletions, unsubscribes, suppressions), `store.actions` (what users did),
-`store.queue` (the schedule, leases, attempts, dead letters), `store.reads` (snapshots, counters,
+`store.queue` (the schedule, leases, attempts, dead letters), `store.batches` (batches of emails
+recorded before their request), `store.reads` (snapshots, counters,
 the outbox), `store.logins` (dashboard sessions and login failures), `store.rates` (browsers'
 rate limits) and `store.sightings` (the actions reported, for their health). Each call is one
 round trip; only this package talks to Redis.
@@ -9,6 +10,7 @@ round trip; only this package talks to Redis.
 
 from app.errors import SchemaRefused
 from app.storage.actions import Actions
+from app.storage.batches import Batches
 from app.storage.connections import Connection
 from app.storage.keys import Keys
 from app.storage.layout import open_layout
@@ -47,6 +49,7 @@ class Store:
         self.users = Users(conn, keys, webhook_dedupe_ttl_s=self.webhook_dedupe_ttl_s)
         self.actions = Actions(conn, keys, action_dedupe_ttl_s=self.action_dedupe_ttl_s)
         self.queue = Queue(conn, keys)
+        self.batches = Batches(conn, keys)
         self.reads = Reads(conn, keys)
         self.logins = Logins(conn, keys)
         self.rates = Rates(conn, keys)

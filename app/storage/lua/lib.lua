@@ -38,12 +38,17 @@ end
 
 -- Whether the worker whose lease on `member` is `token` still holds it: its claim and renewals
 -- keep the member's score within [token, token + lease); another worker's claim moves it past.
--- No token: the caller holds no lease and asks none.
-local function holds(schedule, member, token, lease_ms)
+-- No token: the caller holds no lease and asks none. `within`: the same for a score read already.
+local function within(score, token, lease_ms)
   if token == '' then return true end
-  local score = tonumber(redis.call('ZSCORE', schedule, member) or '')
+  score = tonumber(score or '')
   local from = tonumber(token)
   return score ~= nil and score >= from and score < from + tonumber(lease_ms)
+end
+
+local function holds(schedule, member, token, lease_ms)
+  if token == '' then return true end
+  return within(redis.call('ZSCORE', schedule, member), token, lease_ms)
 end
 
 local function add(fields, name, value)

@@ -1,0 +1,280 @@
+"""Emails sent in batches: up to 100 in one request to Resend's `POST /emails/batch`, each exactly
+once in effect, as one at a time.
+
+When a worker's claim holds more than one user's turn, the turns do not send their emails one by
+one: each attempt a turn begins is placed in one of the claim's batches (`EmailJob.batch`,
+written with the attempt) and handed to the claim's `Batcher`; once the claim's turns are done,
+each batch goes out in one request, its id as the Idempotency-Key, validated permissively (one
+bad address does not sink the rest).
+
+- Membership is recorded before the request (`store.batches.record`), in one script that keeps
+  only the jobs whose user's turn the worker still holds and leases the batch itself on the
+  schedule (`batch|<id>`). From then on a member goes out in this batch, with these members and
+  this key, or not at all: its user's turns leave it alone (`worker.Evaluator`).
+- A job placed in a batch that was never recorded (the worker died first, or lost the user's
+  turn) never reached Resend: the next turn of its user frees it and sends it afresh. A job
+  attempted alone before stays alone: its own id is the key that deduplicates it.
+- A crashed or stalled worker's batch comes back when its lease runs out and is sent again
+  (`BatchSender.resume`), identical: Resend answers a key it knows with its first answer. A member
+  settled `sent` proves the request went through (refusals are settled before sends), so then the
+  others are settled sent without a request.
+- A request that failed in a way that may have reached Resend (5xx, a timeout) is sent again
+  whole by the batch's own schedule entry, as the most patient member's loop `recovery` says;
+  one that never reached it (429, a rate-limit slot too far off, the same key in flight) again
+  after `retry-after`, not counted; one refused whole (4xx) fails every member; an email refused
+  alone fails alone. Each member's job says so (settled as a single email's attempt is). A batch
+  whose outcome is still unknown 23 h after it was recorded is dead-lettered, as a single email
+  is: Resend keeps a key 24 h.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from app.delivery.jobs import EmailJob, JobStatus
+from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
+from app.delivery.send import (
+    DEFER,
+    IDEMPOTENCY_WINDOW_MS,
+    MIN_DEFER_MS,
+    RETRY,
+    Delivery,
+    Lease,
+    Settling,
+    retry_delay_ms,
+    tags_of,
+)
+from app.engine.job_ids import evaluation_id, is_evaluation, new_batch_id
+from app.engine.loop_files import Recovery
+from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
+from app.storage.batches import BatchRecord
+from app.storage.queue import KEEP
+from app.storage.records import Claim
+
+logger = logging.getLogger(__name__)
+
+# How a member's settle is recorded: under which lease, and what it does to the user's next turn.
+SettleAs = Callable[[EmailJob], tuple[Lease, int | str | None]]
+UNLEASED: SettleAs = lambda job: (Lease(), KEEP)  # noqa: E731 (a resumed batch holds no turn)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A user whose turn handed jobs to the batcher: the turn's lease, and its next turn."""
+
+    lease: Lease
+    wake_at_ms: int | None
+    last_job: str = ""  # the member whose settle sets the next turn
+
+
+class BatchSender:
+    """Records, sends and settles batches (see the module's docstring), for a mailer that sends
+    them."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        assert isinstance(delivery.mailer, BatchMailer)
+        self.delivery = delivery
+        self.mailer: BatchMailer = delivery.mailer
+        self.store = delivery.store
+        self.clock = delivery.clock
+
+    async def resume(self, shard: int, batch_id: str, lease: Lease) -> None:
+        """Send again a recorded batch whose worker did not end it (its schedule entry came
+        back to `lease`'s claim)."""
+        batch = await self.store.batches.get(shard, batch_id)
+        if batch is None:  # ended meanwhile: only the schedule entry is left
+            batch = BatchRecord(batch_id, shard, (), first=0)
+            await self.store.batches.end(batch, token=lease.token, lease_ms=lease.lease_ms)
+            return
+        jobs = await self.store.batches.jobs(batch)
+        logger.info("batch %s: sent again (%d members)", batch_id, len(batch.members))
+        await self.send(batch, jobs, lease, UNLEASED)
+
+    async def send(
+        self, batch: BatchRecord, jobs: dict[str, EmailJob], lease: Lease, settle_as: SettleAs
+    ) -> None:
+        """Send a recorded batch (its members as stored: `jobs`) under the batch's `lease`,
+        settle each member, then end the batch or keep it for its next request."""
+        members = [jobs[job_id] for job_id, _ in batch.members if job_id in jobs]
+        unsettled = [job for job in members if not job.terminal]
+        if any(job.status is JobStatus.SENT for job in members):
+            # a member is settled sent only after Resend's answer, its refusals first
+            await self._settle([self.delivery.sent(job, None) for job in unsettled], settle_as)
+        elif unsettled and self.clock() - batch.first > IDEMPOTENCY_WINDOW_MS:
+            error = "a batch's outcome is unknown and past Resend's 24 h idempotency window"
+            await self._fail(unsettled, error, settle_as)
+        elif unsettled:
+            kept = await self._request(batch, members, unsettled, lease, settle_as)
+            if kept:
+                return
+        await self._end(batch, lease)
+
+    async def _request(
+        self,
+        batch: BatchRecord,
+        members: list[EmailJob],
+        unsettled: list[EmailJob],
+        lease: Lease,
+        settle_as: SettleAs,
+    ) -> bool:
+        """One request for the batch, and its members settled as it ended; True when the
+        batch is kept to be sent again."""
+        emails = [BatchEmail(job.rendered, tags_of(job)) for job in members if job.rendered]
+        max_wait_s = self.delivery.max_wait_s
+        outcomes: Sequence[str | Refused | None]
+        try:
+            outcomes = await self.mailer.send_batch(emails, batch.id, max_wait_s=max_wait_s)
+        except AlreadySent:
+            outcomes = [None] * len(members)  # an earlier request was accepted: ids unknown
+        except NotSent as exc:
+            delay_ms = max(int((exc.retry_after_s or 0) * 1000), MIN_DEFER_MS)
+            await self._again(batch, unsettled, str(exc), delay_ms, lease, settle_as, DEFER)
+            return True
+        except TransientSendError as exc:
+            recovery, attempts = self._recovery(members), batch.attempts + 1
+            if recovery is None or attempts > recovery.retries:
+                await self._fail(unsettled, str(exc), settle_as)
+                return False
+            delay_ms = retry_delay_ms(recovery, attempts, exc.retry_after_s)
+            again = BatchRecord(batch.id, batch.shard, batch.members, batch.first, attempts)
+            await self._again(again, unsettled, str(exc), delay_ms, lease, settle_as, RETRY)
+            return True
+        except PermanentSendError as exc:
+            await self._fail(unsettled, str(exc), settle_as)
+            return False
+        ended = dict(zip((job.id for job in members), outcomes, strict=True))
+        refused = [job for job in unsettled if isinstance(ended[job.id], Refused)]
+        failed = JobStatus.FAILED
+        endings = [self.delivery.ended(job, failed, _why(ended[job.id])) for job in refused]
+        await self._settle(endings, settle_as)  # first: a member sent says the rest were sent
+        sent = [job for job in unsettled if not isinstance(ended[job.id], Refused)]
+        await self._settle([self.delivery.sent(job, _id(ended[job.id])) for job in sent], settle_as)
+        logger.info("batch %s: %d sent, %d refused", batch.id, len(sent), len(refused))
+        return False
+
+    def _recovery(self, members: list[EmailJob]) -> Recovery | None:
+        """The most patient of the members' loops' recoveries: the batch is retried whole."""
+        loops = self.delivery.loops
+        recoveries = [loops[job.loop_id].recovery for job in members if job.loop_id in loops]
+        return max(recoveries, key=lambda recovery: recovery.retries, default=None)
+
+    async def _again(
+        self,
+        batch: BatchRecord,
+        unsettled: list[EmailJob],
+        error: str,
+        delay_ms: int,
+        lease: Lease,
+        settle_as: SettleAs,
+        action: str,
+    ) -> None:
+        """Keep the batch to be sent again in `delay_ms`, its members saying so."""
+        due = self.clock() + delay_ms
+        endings = []
+        for job in unsettled:
+            update = {"last_error": error, "due_at": due, "started_at": None}
+            endings.append(Settling(job.model_copy(update=update), job.seq, action, metric=action))
+        await self._settle(endings, settle_as)
+        kept = BatchRecord(batch.id, batch.shard, batch.members, batch.first, batch.attempts, error)
+        token, lease_ms = lease.token, lease.lease_ms
+        if not await self.store.batches.again(kept, token=token, lease_ms=lease_ms, due_ms=due):
+            logger.info("batch %s: not kept (another worker holds it)", batch.id)
+        logger.info("batch %s: not sent (%s); again at %d", batch.id, error, due)
+
+    async def _fail(self, unsettled: list[EmailJob], error: str, settle_as: SettleAs) -> None:
+        endings = [self.delivery.ended(job, JobStatus.FAILED, error) for job in unsettled]
+        await self._settle(endings, settle_as)
+
+    async def _settle(self, endings: list[Settling], settle_as: SettleAs) -> None:
+        """Record each member's end, all at once (their round trips leave together)."""
+        settles = [self.delivery.settle(ending, *settle_as(ending.job)) for ending in endings]
+        await asyncio.gather(*settles)
+
+    async def _end(self, batch: BatchRecord, lease: Lease) -> None:
+        ended = await self.store.batches.end(batch, token=lease.token, lease_ms=lease.lease_ms)
+        if not ended:
+            logger.info("batch %s: not removed (another worker holds it)", batch.id)
+
+
+class Batcher:
+    """One claim's batches: where each attempt its turns begin goes (`place`), the jobs the
+    turns hand over (`add`), and, once the turns are done, each batch recorded, sent and
+    settled (`flush`)."""
+
+    def __init__(self, sender: BatchSender, claim: Claim, lease_ms: int) -> None:
+        self.sender = sender
+        self.claim = claim
+        self.lease_ms = lease_ms
+        self._placed: dict[str, str] = {}
+        self._open = ""
+        self._open_count = 0
+        self._batches: dict[str, list[EmailJob]] = {}
+        self._waiting: dict[str, _Waiting] = {}
+
+    @classmethod
+    def of(cls, sender: BatchSender | None, claim: Claim, lease_ms: int) -> "Batcher | None":
+        """The claim's batcher, when the mailer sends batches (`sender`) and more than one
+        user's turn may send an email (a turn alone sends its own, one at a time)."""
+        if sender is None or sum(map(is_evaluation, claim.job_ids)) < 2:
+            return None
+        return cls(sender, claim, lease_ms)
+
+    def place(self, job_id: str) -> str:
+        """The batch an attempt of `job_id` goes in (the same if placed before), at most
+        `MAX_BATCH` to a batch."""
+        batch_id = self._placed.get(job_id)
+        if batch_id is None:
+            if not self._open or self._open_count == MAX_BATCH:
+                self._open, self._open_count = new_batch_id(), 0
+            self._open_count += 1
+            batch_id = self._placed[job_id] = self._open
+        return batch_id
+
+    def add(self, jobs: Sequence[EmailJob], lease: Lease, wake_at_ms: int | None) -> None:
+        """A user's turn's jobs begun in its batches; the last settled sets the user's next
+        turn (`wake_at_ms`)."""
+        for job in jobs:
+            assert job.batch is not None
+            self._batches.setdefault(job.batch, []).append(job)
+        self._waiting[evaluation_id(jobs[0].user_id)] = _Waiting(lease, wake_at_ms)
+
+    def waits(self, turn: str) -> bool:
+        """Whether the user's turn (`eval|<uid>`) waits for its batches: its lease is kept."""
+        return turn in self._waiting
+
+    async def flush(self, unfinished: set[str]) -> None:
+        """Record, send and settle each batch; the leases of what is in `unfinished` are kept
+        meanwhile (the batch's own joins it while it is sent)."""
+        for jobs in self._batches.values():
+            for job in jobs:
+                self._waiting[evaluation_id(job.user_id)].last_job = job.id
+        store, now = self.sender.store, self.sender.clock()
+        batches, self._batches = self._batches, {}
+        for batch_id, jobs in batches.items():
+            batch = await store.batches.record(
+                self.claim, batch_id, jobs, now_ms=now, lease_ms=self.lease_ms
+            )
+            if batch is None:  # every member's turn was taken over: theirs to send
+                continue
+            unfinished.add(batch.member)
+            lease = Lease(self.claim, batch.member, self.lease_ms)
+            try:
+                members = {job.id: job for job in jobs if job.id in batch.job_ids}
+                await self.sender.send(batch, members, lease, self._settle_as)
+            finally:
+                unfinished.discard(batch.member)
+            now = self.sender.clock()
+
+    def _settle_as(self, job: EmailJob) -> tuple[Lease, int | str | None]:
+        waiting = self._waiting[evaluation_id(job.user_id)]
+        return waiting.lease, waiting.wake_at_ms if job.id == waiting.last_job else KEEP
+
+
+def _why(outcome: str | Refused | None) -> str:
+    message = outcome.message if isinstance(outcome, Refused) else "refused"
+    return f"Resend refused it in its batch: {message}"
+
+
+def _id(outcome: str | Refused | None) -> str | None:
+    return outcome if isinstance(outcome, str) else None
