@@ -105,8 +105,28 @@ def act(
 
 
 def inbox(resend_url: str) -> dict[str, int]:
-    """Idempotency-Key (the job id) -> received_at_ms, for every email the stand-in accepted."""
+    """The job id (`email|<uid>|...`) -> received_at_ms, for every email the stand-in accepted."""
     return dict(httpx.get(f"{resend_url}/_inbox", timeout=30).json())
+
+
+def backlog_drain(app_url: str, resend_url: str, tag: str, n: int) -> tuple[float, int]:
+    """All `n` users act at once (batches of 100): seconds from the last action's 202 to the
+    last email's arrival, and how many arrived."""
+    users = [f"user_{tag}{i:020d}" for i in range(n)]
+    with httpx.Client(base_url=app_url, timeout=30) as http:
+        signup(http, users)
+        time.sleep(2)
+        for start in range(0, n, 100):
+            act(http, users[start : start + 100], "first_project_created", batch=True)
+    acted_ms = system_clock_ms()
+    arrived = wait_for_emails(resend_url, users, timeout_s=120).values()
+    return (max(arrived) - acted_ms) / 1000 if arrived else 0.0, len(arrived)
+
+
+def batch_sizes(resend_url: str) -> list[int]:
+    """The size of each batch request the stand-in accepted."""
+    sizes: list[int] = httpx.get(f"{resend_url}/_batches", timeout=30).json()
+    return sizes
 
 
 def wait_for_emails(resend_url: str, user_ids: list[str], timeout_s: float) -> dict[str, int]:
