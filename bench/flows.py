@@ -109,15 +109,21 @@ def inbox(resend_url: str) -> dict[str, int]:
     return dict(httpx.get(f"{resend_url}/_inbox", timeout=30).json())
 
 
-def backlog_drain(app_url: str, resend_url: str, tag: str, n: int) -> tuple[float, int]:
-    """All `n` users act at once (batches of 100): seconds from the last action's 202 to the
-    last email's arrival, and how many arrived."""
+def all_act_at_once(app_url: str, tag: str, n: int) -> list[str]:
+    """`n` new users sign up, then all report the welcome's action at once (batches of 100)."""
     users = [f"user_{tag}{i:020d}" for i in range(n)]
     with httpx.Client(base_url=app_url, timeout=30) as http:
         signup(http, users)
         time.sleep(2)
         for start in range(0, n, 100):
             act(http, users[start : start + 100], "first_project_created", batch=True)
+    return users
+
+
+def backlog_drain(app_url: str, resend_url: str, tag: str, n: int) -> tuple[float, int]:
+    """All `n` users act at once (batches of 100): seconds from the last action's 202 to the
+    last email's arrival, and how many arrived."""
+    users = all_act_at_once(app_url, tag, n)
     acted_ms = system_clock_ms()
     arrived = wait_for_emails(resend_url, users, timeout_s=120).values()
     return (max(arrived) - acted_ms) / 1000 if arrived else 0.0, len(arrived)
@@ -221,12 +227,7 @@ def delivery_latency(app_url: str, resend_url: str, tag: str, n: int, rate_per_s
 
 def delivery_rate(app_url: str, resend_url: str, tag: str, n: int) -> tuple[float, int]:
     """All `n` users act at once (batches of 100): emails/s from the first to the last arrival."""
-    users = [f"user_{tag}{i:020d}" for i in range(n)]
-    with httpx.Client(base_url=app_url, timeout=30) as http:
-        signup(http, users)
-        time.sleep(2)
-        for start in range(0, n, 100):
-            act(http, users[start : start + 100], "first_project_created", batch=True)
+    users = all_act_at_once(app_url, tag, n)
     arrived = sorted(wait_for_emails(resend_url, users, timeout_s=120).values())
     span_s = (arrived[-1] - arrived[0]) / 1000 if len(arrived) > 1 else 0.0
     return ((len(arrived) - 1) / span_s if span_s else 0.0), len(arrived)

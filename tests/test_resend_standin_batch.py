@@ -3,7 +3,6 @@
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
@@ -13,6 +12,7 @@ from resend.exceptions import ResendError
 from resend.http_client_httpx import HTTPXClient
 
 from tests.resend_standin import ResendStandin
+from tests.test_mailer import eventually
 
 SENDER = "Acme <hello@acme.dev>"
 ATTACHMENT = {"filename": "hello.txt", "content": "aGVsbG8="}
@@ -74,15 +74,6 @@ async def post(
 
 def ids(answer: dict[str, Any]) -> list[str]:
     return [item["id"] for item in answer["data"]]
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 2.0) -> None:
-    """Wait (bounded) for something the stand-in's thread does."""
-    for _ in range(int(timeout_s / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout_s}s")
 
 
 # --- validation -----------------------------------------------------------------------------

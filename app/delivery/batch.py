@@ -97,6 +97,7 @@ class BatchSender:
         """Send a recorded batch (its members as stored: `jobs`) under the batch's `lease`,
         settle each member, then end the batch or keep it for its next request."""
         members = [jobs[job_id] for job_id, _ in batch.members if job_id in jobs]
+        members = [job for job in members if job.rendered is not None]  # what can be sent
         unsettled = [job for job in members if not job.terminal]
         if any(job.status is JobStatus.SENT for job in members):
             # a member is settled sent only after Resend's answer, its refusals first
@@ -121,6 +122,7 @@ class BatchSender:
         """One request for the batch, and its members settled as it ended; True when the
         batch is kept to be sent again."""
         emails = [BatchEmail(job.rendered, tags_of(job)) for job in members if job.rendered]
+        assert len(emails) == len(members)
         max_wait_s = self.delivery.max_wait_s
         outcomes: Sequence[str | Refused | None]
         try:
