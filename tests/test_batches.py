@@ -4,6 +4,7 @@ of it, a lease lost, a 429, a 5xx after Resend accepted, one bad address, a whol
 ends in exactly one email per job, counted in the Resend stand-in's inbox."""
 
 import asyncio
+import contextlib
 import copy
 import json
 import signal
@@ -142,19 +143,21 @@ async def test_one_user_due_alone_is_sent_alone_under_its_job_id(
 
 # --- a crash at each point of a batch's life ---------------------------------------------------
 
-CRASH_POINTS = ["recorded", "accepted", "half settled", "settled"]
+CRASH_POINTS = ["recorded", "accepted", "decided", "half settled", "settled"]
 
 
 def crash_at(point: str, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker dies once, at `point`: after the batch was recorded (before its request),
-    after Resend accepted it (before anything was settled), when half its members were
-    settled, or after all were but before the batch was removed."""
+    after Resend answered it (before its end was recorded), after its end was recorded (before
+    any member was settled), when half its members were settled, or after all were but before
+    the batch was removed."""
     sender = sender_of(worker)
     # the call that dies: on which object, which, and after how many calls returned (before
     # the next), or right after the first returned
     target, name, calls_before, after_first = {
         "recorded": (sender.store.batches, "record", 0, True),
         "accepted": (sender.mailer, "send_batch", 0, True),
+        "decided": (sender.store.batches, "decide", 0, True),
         "half settled": (sender.delivery, "settle", 2, False),
         "settled": (sender.store.batches, "end", 0, False),
     }[point]
@@ -238,6 +241,65 @@ async def test_a_batch_recorded_after_its_worker_lost_the_turns_sends_nothing(
     assert len(resend.batches) == 1  # the other worker's
 
 
+# --- every answer of Resend with every crash ------------------------------------------------
+
+ANSWERS: dict[str, tuple[Any, ...] | None] = {
+    "accepted": None,
+    "429": ("status", 429, 1),
+    "500": ("status", 500),
+    "accepted, then 500": ("accept_then_fail", 500),
+    "refused whole (422)": ("status", 422),
+    "one bad address": None,
+}
+
+
+@pytest.mark.parametrize("transport", ["embedded", "redis"], indirect=True)
+@pytest.mark.parametrize("crash", [None, *CRASH_POINTS])
+@pytest.mark.parametrize("answer", list(ANSWERS))
+async def test_every_answer_with_a_crash_anywhere_ends_each_email_once(
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+    resend: ResendStandin,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    crash: str | None,
+) -> None:
+    """Whatever Resend answers the first request, and wherever the worker dies: each email is
+    sent once or failed once (dead-lettered), as the answer says, and no batch is left over."""
+    user_ids = users(4)
+    bad = user_ids[2] if answer == "one bad address" else None
+    profiles = {bad: {"email_addresses": bad_address(bad)}} if bad else {}
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        fake_time_rate_limiter(worker_of(app), clock)
+        await signup_and_act(http, user_ids, **profiles)
+        if (fault := ANSWERS[answer]) is not None:
+            resend.script(fault)
+        if crash is not None:
+            crash_at(crash, worker_of(app), monkeypatch)
+        for _ in range(12):
+            with contextlib.suppress(Crash):
+                await worker_of(app).drain()
+            ended = await statuses(app, user_ids)
+            if "queued" not in ended.values() and await batches_left(app) == ([], []):
+                break
+            clock.advance(2 * MIN)  # past the leases and the retries' waits
+        dead = sorted(job.id for job in await store_of(app).queue.dead_jobs())
+
+    refused_whole = answer == "refused whole (422)"
+    failed = {uid for uid in user_ids if refused_whole or uid == bad}
+    assert ended == {uid: "failed" if uid in failed else "sent" for uid in user_ids}
+    assert dead == sorted(welcome(uid) for uid in failed)
+    assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids if uid not in failed)
+
+
+def bad_address(user_id: str) -> list[dict[str, Any]]:
+    """The user's email addresses from Clerk's payload, the primary one without a dotted domain
+    (Resend refuses it; the service takes it as it comes)."""
+    addresses = copy.deepcopy(clerk_event("created", user_id)["data"]["email_addresses"])
+    addresses[0]["email_address"] = "ada@localhost"
+    return list(addresses)
+
+
 # --- what Resend answers ------------------------------------------------------------------
 
 
@@ -302,11 +364,8 @@ async def test_one_bad_address_fails_only_its_own_email(
     refused job alone is dead-lettered, with Resend's reason."""
     user_ids = users(3)
     bad = user_ids[1]
-    event = clerk_event("created", bad)
-    addresses = copy.deepcopy(event["data"]["email_addresses"])
-    addresses[0]["email_address"] = "ada@localhost"  # Resend wants a dotted domain
     async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
-        await signup_and_act(http, user_ids, **{bad: {"email_addresses": addresses}})
+        await signup_and_act(http, user_ids, **{bad: {"email_addresses": bad_address(bad)}})
         await worker_of(app).drain()
         found = await statuses(app, user_ids)
         [dead] = await store_of(app).queue.dead_jobs()

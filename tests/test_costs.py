@@ -62,9 +62,9 @@ def per_user(delta: dict[str, int], shared: dict[str, int], users: int = USERS) 
 WARM = ("user_warm", "user_warm2")
 CLAIM = {"zrange": 3, "evalsha": 1, "zrangebyscore": 1, "zadd": 1}
 # the claim's emails in one batch: recorded (one script: every member's lease in one read, the
-# record, the batch's lease), then removed once settled (a script: its lease, the record, the
-# schedule entry)
-BATCH = {"evalsha": 2, "zmscore": 1, "hset": 1, "zadd": 1, "zscore": 1, "hdel": 1, "zrem": 1}
+# record, the batch's lease), its end recorded (a script: its lease, the record), then removed
+# once every member is settled (a script: its lease, the record, the schedule entry)
+BATCH = {"evalsha": 3, "zmscore": 1, "hset": 2, "zadd": 1, "zscore": 2, "hdel": 1, "zrem": 1}
 CLAIM_AND_BATCH = {name: CLAIM.get(name, 0) + BATCH.get(name, 0) for name in {*CLAIM, *BATCH}}
 
 

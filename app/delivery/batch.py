@@ -14,10 +14,12 @@ bad address does not sink the rest).
 - A job placed in a batch that was never recorded (the worker died first, or lost the user's
   turn) never reached Resend: the next turn of its user frees it and sends it afresh. A job
   attempted alone before stays alone: its own id is the key that deduplicates it.
-- A crashed or stalled worker's batch comes back when its lease runs out and is sent again
-  (`BatchSender.resume`), identical: Resend answers a key it knows with its first answer. A member
-  settled `sent` proves the request went through (refusals are settled before sends), so then the
-  others are settled sent without a request.
+- How the request ended for good (each member sent with its id, refused alone, or failed with
+  the whole request) is recorded with the batch before any member is settled.
+- A crashed or stalled worker's batch comes back when its lease runs out (`BatchSender.resume`):
+  with its end recorded, its members are settled as it says, without a request; otherwise it is
+  sent again, identical: Resend answers a key it accepted with its first answer, and a request it
+  refused whole never sent anything.
 - A request that failed in a way that may have reached Resend (5xx, a timeout) is sent again
   whole by the batch's own schedule entry, as the most patient member's loop `recovery` says;
   one that never reached it (429, a rate-limit slot too far off, the same key in flight) again
@@ -30,7 +32,7 @@ bad address does not sink the rest).
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
@@ -48,7 +50,7 @@ from app.delivery.send import (
 from app.engine.job_ids import evaluation_id, is_evaluation, new_batch_id
 from app.engine.loop_files import Recovery
 from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
-from app.storage.batches import BatchRecord
+from app.storage.batches import FAILED, REFUSED, SENT, BatchRecord, Outcome
 from app.storage.queue import KEEP
 from app.storage.records import Claim
 
@@ -95,65 +97,81 @@ class BatchSender:
         self, batch: BatchRecord, jobs: dict[str, EmailJob], lease: Lease, settle_as: SettleAs
     ) -> None:
         """Send a recorded batch (its members as stored: `jobs`) under the batch's `lease`,
-        settle each member, then end the batch or keep it for its next request."""
+        record how it ended, settle each member, then remove the batch; or keep it for its next
+        request. A batch whose end was recorded is only settled: no request."""
         members = [jobs[job_id] for job_id, _ in batch.members if job_id in jobs]
         members = [job for job in members if job.rendered is not None]  # what can be sent
-        unsettled = [job for job in members if not job.terminal]
-        if any(job.status is JobStatus.SENT for job in members):
-            # a member is settled sent only after Resend's answer, its refusals first
-            await self._settle([self.delivery.sent(job, None) for job in unsettled], settle_as)
-        elif unsettled and self.clock() - batch.first > IDEMPOTENCY_WINDOW_MS:
-            error = "a batch's outcome is unknown and past Resend's 24 h idempotency window"
-            await self._fail(unsettled, error, settle_as)
-        elif unsettled:
-            kept = await self._request(batch, members, unsettled, lease, settle_as)
-            if kept:
-                return
+        if batch.outcome is None:
+            outcome = self._past_window(batch, members)
+            if outcome is None:
+                outcome = await self._request(batch, members, lease, settle_as)
+                if outcome is None:  # kept, to be sent again
+                    return
+            batch = replace(batch, outcome=outcome)
+            token, lease_ms = lease.token, lease.lease_ms
+            if not await self.store.batches.decide(batch, token=token, lease_ms=lease_ms):
+                logger.info("batch %s: end not recorded (another worker holds it)", batch.id)
+        await self._settle_outcome(batch, members, settle_as)
         await self._end(batch, lease)
 
+    def _past_window(self, batch: BatchRecord, members: list[EmailJob]) -> Outcome | None:
+        if self.clock() - batch.first <= IDEMPOTENCY_WINDOW_MS:
+            return None
+        error = "a batch's outcome is unknown and past Resend's 24 h idempotency window"
+        return {job.id: (FAILED, error) for job in members}
+
     async def _request(
-        self,
-        batch: BatchRecord,
-        members: list[EmailJob],
-        unsettled: list[EmailJob],
-        lease: Lease,
-        settle_as: SettleAs,
-    ) -> bool:
-        """One request for the batch, and its members settled as it ended; True when the
-        batch is kept to be sent again."""
+        self, batch: BatchRecord, members: list[EmailJob], lease: Lease, settle_as: SettleAs
+    ) -> Outcome | None:
+        """One request for the batch: how each member ended, or None when the batch is kept to
+        be sent again (its members saying so)."""
         emails = [BatchEmail(job.rendered, tags_of(job)) for job in members if job.rendered]
-        assert len(emails) == len(members)
+        unsettled = [job for job in members if not job.terminal]
         max_wait_s = self.delivery.max_wait_s
-        outcomes: Sequence[str | Refused | None]
         try:
             outcomes = await self.mailer.send_batch(emails, batch.id, max_wait_s=max_wait_s)
-        except AlreadySent:
-            outcomes = [None] * len(members)  # an earlier request was accepted: ids unknown
+        except AlreadySent:  # an earlier request with this key was accepted: ids unknown
+            return {job.id: (SENT, "") for job in members}
         except NotSent as exc:
             delay_ms = max(int((exc.retry_after_s or 0) * 1000), MIN_DEFER_MS)
             await self._again(batch, unsettled, str(exc), delay_ms, lease, settle_as, DEFER)
-            return True
+            return None
         except TransientSendError as exc:
             recovery, attempts = self._recovery(members), batch.attempts + 1
             if recovery is None or attempts > recovery.retries:
-                await self._fail(unsettled, str(exc), settle_as)
-                return False
+                return {job.id: (FAILED, str(exc)) for job in members}
             delay_ms = retry_delay_ms(recovery, attempts, exc.retry_after_s)
-            again = BatchRecord(batch.id, batch.shard, batch.members, batch.first, attempts)
+            again = replace(batch, attempts=attempts)
             await self._again(again, unsettled, str(exc), delay_ms, lease, settle_as, RETRY)
-            return True
+            return None
         except PermanentSendError as exc:
-            await self._fail(unsettled, str(exc), settle_as)
-            return False
-        ended = dict(zip((job.id for job in members), outcomes, strict=True))
-        refused = [job for job in unsettled if isinstance(ended[job.id], Refused)]
-        failed = JobStatus.FAILED
-        endings = [self.delivery.ended(job, failed, _why(ended[job.id])) for job in refused]
-        await self._settle(endings, settle_as)  # first: a member sent says the rest were sent
-        sent = [job for job in unsettled if not isinstance(ended[job.id], Refused)]
-        await self._settle([self.delivery.sent(job, _id(ended[job.id])) for job in sent], settle_as)
-        logger.info("batch %s: %d sent, %d refused", batch.id, len(sent), len(refused))
-        return False
+            return {job.id: (FAILED, str(exc)) for job in members}
+        return {
+            job.id: (REFUSED, outcome.message) if isinstance(outcome, Refused) else (SENT, outcome)
+            for job, outcome in zip(members, outcomes, strict=True)
+        }
+
+    async def _settle_outcome(
+        self, batch: BatchRecord, members: list[EmailJob], settle_as: SettleAs
+    ) -> None:
+        """Settle each member not settled yet as the batch's recorded end says."""
+        assert batch.outcome is not None
+        endings, ended = [], {SENT: 0, REFUSED: 0, FAILED: 0}
+        for job in members:
+            kind, text = batch.outcome.get(job.id, (FAILED, "not in the batch's end"))
+            ended[kind] += 1
+            if job.terminal:
+                continue
+            if kind == SENT:
+                endings.append(self.delivery.sent(job, text or None))
+            else:
+                why = f"Resend refused it in its batch: {text}" if kind == REFUSED else text
+                endings.append(self.delivery.ended(job, JobStatus.FAILED, why))
+        await self._settle(endings, settle_as)
+        logger.info(
+            "batch %s: %d sent, %d refused, %d failed",
+            batch.id, ended[SENT], ended[REFUSED], ended[FAILED],
+        )  # fmt: skip
 
     def _recovery(self, members: list[EmailJob]) -> Recovery | None:
         """The most patient of the members' loops' recoveries: the batch is retried whole."""
@@ -178,15 +196,11 @@ class BatchSender:
             update = {"last_error": error, "due_at": due, "started_at": None}
             endings.append(Settling(job.model_copy(update=update), job.seq, action, metric=action))
         await self._settle(endings, settle_as)
-        kept = BatchRecord(batch.id, batch.shard, batch.members, batch.first, batch.attempts, error)
+        kept = replace(batch, error=error)
         token, lease_ms = lease.token, lease.lease_ms
         if not await self.store.batches.again(kept, token=token, lease_ms=lease_ms, due_ms=due):
             logger.info("batch %s: not kept (another worker holds it)", batch.id)
         logger.info("batch %s: not sent (%s); again at %d", batch.id, error, due)
-
-    async def _fail(self, unsettled: list[EmailJob], error: str, settle_as: SettleAs) -> None:
-        endings = [self.delivery.ended(job, JobStatus.FAILED, error) for job in unsettled]
-        await self._settle(endings, settle_as)
 
     async def _settle(self, endings: list[Settling], settle_as: SettleAs) -> None:
         """Record each member's end, all at once (their round trips leave together)."""
@@ -271,12 +285,3 @@ class Batcher:
     def _settle_as(self, job: EmailJob) -> tuple[Lease, int | str | None]:
         waiting = self._waiting[evaluation_id(job.user_id)]
         return waiting.lease, waiting.wake_at_ms if job.id == waiting.last_job else KEEP
-
-
-def _why(outcome: str | Refused | None) -> str:
-    message = outcome.message if isinstance(outcome, Refused) else "refused"
-    return f"Resend refused it in its batch: {message}"
-
-
-def _id(outcome: str | Refused | None) -> str | None:
-    return outcome if isinstance(outcome, str) else None

@@ -12,12 +12,18 @@ from app.storage.records import Claim, decode_job
 from app.storage.scripts import BATCH_END, BATCH_RECORD, ScriptRunner
 from app.storage.wire import CommandArg
 
+# How each member of a batch ended, once the batch did: sent (with Resend's id), refused alone
+# (with Resend's reason), or failed with the whole request (with its error).
+SENT, REFUSED, FAILED = "sent", "refused", "failed"
+Outcome = dict[str, tuple[str, str]]  # email job id -> (SENT | REFUSED | FAILED, id or why)
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
     """A recorded batch: its id (the request's Idempotency-Key), its members in the request's
     order with the attempt each sends, when it was recorded, the failed requests that may have
-    reached Resend, and the last error."""
+    reached Resend, the last error, and, once its request ended for good, how each member
+    ended (written before any member is settled, so a crash while settling changes nothing)."""
 
     id: str
     shard: int
@@ -25,6 +31,7 @@ class BatchRecord:
     first: int
     attempts: int = 0
     error: str | None = None
+    outcome: Outcome | None = None
     job_ids: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -39,14 +46,19 @@ class BatchRecord:
         data = {"members": self.members, "first": self.first, "attempts": self.attempts}
         if self.error is not None:
             data["error"] = self.error
+        if self.outcome is not None:
+            data["outcome"] = self.outcome
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def decode(cls, batch_id: str, shard: int, value: str) -> "BatchRecord":
         data = json.loads(value)
         members = tuple((str(job_id), int(seq)) for job_id, seq in data["members"])
-        error = data.get("error")
-        return cls(batch_id, shard, members, int(data["first"]), int(data["attempts"]), error)
+        outcome = data.get("outcome")
+        if outcome is not None:
+            outcome = {job_id: (str(kind), str(text)) for job_id, (kind, text) in outcome.items()}
+        first, attempts, error = int(data["first"]), int(data["attempts"]), data.get("error")
+        return cls(batch_id, shard, members, first, attempts, error, outcome)
 
 
 class Batches(ScriptRunner):
@@ -100,7 +112,12 @@ class Batches(ScriptRunner):
 
     async def end(self, batch: BatchRecord, *, token: str, lease_ms: int) -> bool:
         """Remove the batch, every member settled; False when another worker holds it."""
-        return await self._end(batch, token, lease_ms, "", 0)
+        return await self._end(batch, token, lease_ms, "", "")
+
+    async def decide(self, batch: BatchRecord, *, token: str, lease_ms: int) -> bool:
+        """Record how the batch ended (`batch.outcome`), before its members are settled;
+        False when another worker holds it."""
+        return await self._end(batch, token, lease_ms, batch.encode(), "")
 
     async def again(self, batch: BatchRecord, *, token: str, lease_ms: int, due_ms: int) -> bool:
         """Keep the batch as it now is, to be sent again at `due_ms`; False when another worker
@@ -108,7 +125,7 @@ class Batches(ScriptRunner):
         return await self._end(batch, token, lease_ms, batch.encode(), due_ms)
 
     async def _end(
-        self, batch: BatchRecord, token: str, lease_ms: int, kept: str, due_ms: int
+        self, batch: BatchRecord, token: str, lease_ms: int, kept: str, due_ms: int | str
     ) -> bool:
         shard = self.keys.shard(batch.shard)
         args: list[CommandArg] = [batch.id, token, lease_ms, kept, due_ms]

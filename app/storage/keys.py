@@ -73,8 +73,10 @@ What the shard keys hold:
   sent, due again when a failed request is retried.
 - `batches`: the batches recorded and not yet ended, by id (which is also the request's
   Idempotency-Key): JSON `{"members": [[<email job id>, <seq>], ...], "first": <ms>, "attempts":
-  <n>, "error": <the last one>}`, the members in the request's order, each with the attempt
-  it sends. Written before the request, removed when every member has been settled.
+  <n>, "error": <the last one>, "outcome": {<email job id>: [sent | refused | failed, <Resend's
+  id or why>]}}`, the members in the request's order, each with the attempt it sends; `outcome`
+  once the request ended for good. Written before the request (the outcome before any member
+  is settled), removed when every member has been settled.
 - `dead`: email job ids that failed for good, by when; an operator retries them. `outbox`: emails
   "sent" without a Resend key, newest first, JSON.
 - `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read by

@@ -1,8 +1,10 @@
--- A batch's request ended: remove the batch (every member settled), or keep it, as given, to be
--- sent again at a time; unless another worker took the batch over.
+-- A batch's request ended: record how (before its members are settled), keep the batch, as
+-- given, to be sent again at a time, or remove it (every member settled); unless another worker
+-- took the batch over.
 -- KEYS[1] schedule zset; KEYS[2] the batches hash
 -- ARGV[1] the batch id; ARGV[2] the lease token held; ARGV[3] the lease, ms;
--- ARGV[4] the batch as kept (JSON), or "" to remove it; ARGV[5] when it is sent again, epoch ms
+-- ARGV[4] the batch as kept (JSON), or "" to remove it; ARGV[5] when it is sent again, epoch ms,
+-- or "" (its lease stays)
 -- Returns 1, or 0 (another worker holds the batch: nothing written).
 local member = 'batch|' .. ARGV[1]
 if not holds(KEYS[1], member, ARGV[2], ARGV[3]) then
@@ -13,6 +15,8 @@ if ARGV[4] == '' then
   redis.call('ZREM', KEYS[1], member)
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-  redis.call('ZADD', KEYS[1], ARGV[5], member)
+  if ARGV[5] ~= '' then
+    redis.call('ZADD', KEYS[1], ARGV[5], member)
+  end
 end
 return 1
