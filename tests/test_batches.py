@@ -401,6 +401,35 @@ async def test_a_batch_refused_whole_fails_every_member_without_retry(
     assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids)
 
 
+async def test_an_operator_retrying_a_dead_member_before_its_batch_is_removed_is_not_undone(
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+    resend: ResendStandin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refused whole, every member dead-lettered, the worker dies before removing the batch; an
+    operator retries the dead letters (the key fixed): when the batch comes back it leaves the
+    retried jobs alone, and they go out, once."""
+    user_ids = users(3)
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        await signup_and_act(http, user_ids)
+        resend.script(("status", 403))
+        crash_at("settled", worker_of(app), monkeypatch)
+        with pytest.raises(Crash):
+            await worker_of(app).drain()
+        dead = await store_of(app).queue.dead_jobs()
+        assert len(dead) == 3
+        for job in dead:
+            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms)
+        clock.advance(LEASE_MS + SEC)
+        await worker_of(app).drain()
+        assert set((await statuses(app, user_ids)).values()) == {"sent"}
+        assert await store_of(app).queue.dead_jobs() == []
+        assert await batches_left(app) == ([], [])
+
+    assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids)
+
+
 async def test_a_user_deleted_while_their_batch_waits_is_left_out_of_it(
     make_settings: Callable[..., Settings],
     clock: FakeClock,

@@ -99,9 +99,10 @@ class BatchSender:
         """Send a recorded batch (its members as stored: `jobs`) under the batch's `lease`,
         record how it ended, settle each member, then remove the batch; or keep it for its next
         request. A batch whose end was recorded is only settled: no request."""
-        members = [jobs[job_id] for job_id, _ in batch.members if job_id in jobs]
-        members = [job for job in members if job.rendered is not None]  # what can be sent
-        if batch.outcome is None:
+        members = [
+            jobs[job_id] for job_id, seq in batch.members if _waits(jobs.get(job_id), seq, batch.id)
+        ]
+        if batch.outcome is None and members:
             outcome = self._past_window(batch, members)
             if outcome is None:
                 outcome = await self._request(batch, members, lease, settle_as)
@@ -111,7 +112,8 @@ class BatchSender:
             token, lease_ms = lease.token, lease.lease_ms
             if not await self.store.batches.decide(batch, token=token, lease_ms=lease_ms):
                 logger.info("batch %s: end not recorded (another worker holds it)", batch.id)
-        await self._settle_outcome(batch, members, settle_as)
+        if batch.outcome is not None:
+            await self._settle_outcome(batch, members, settle_as)
         await self._end(batch, lease)
 
     def _past_window(self, batch: BatchRecord, members: list[EmailJob]) -> Outcome | None:
@@ -126,7 +128,6 @@ class BatchSender:
         """One request for the batch: how each member ended, or None when the batch is kept to
         be sent again (its members saying so)."""
         emails = [BatchEmail(job.rendered, tags_of(job)) for job in members if job.rendered]
-        unsettled = [job for job in members if not job.terminal]
         max_wait_s = self.delivery.max_wait_s
         try:
             outcomes = await self.mailer.send_batch(emails, batch.id, max_wait_s=max_wait_s)
@@ -134,7 +135,7 @@ class BatchSender:
             return {job.id: (SENT, "") for job in members}
         except NotSent as exc:
             delay_ms = max(int((exc.retry_after_s or 0) * 1000), MIN_DEFER_MS)
-            await self._again(batch, unsettled, str(exc), delay_ms, lease, settle_as, DEFER)
+            await self._again(batch, members, str(exc), delay_ms, lease, settle_as, DEFER)
             return None
         except TransientSendError as exc:
             recovery, attempts = self._recovery(members), batch.attempts + 1
@@ -142,7 +143,7 @@ class BatchSender:
                 return {job.id: (FAILED, str(exc)) for job in members}
             delay_ms = retry_delay_ms(recovery, attempts, exc.retry_after_s)
             again = replace(batch, attempts=attempts)
-            await self._again(again, unsettled, str(exc), delay_ms, lease, settle_as, RETRY)
+            await self._again(again, members, str(exc), delay_ms, lease, settle_as, RETRY)
             return None
         except PermanentSendError as exc:
             return {job.id: (FAILED, str(exc)) for job in members}
@@ -154,14 +155,12 @@ class BatchSender:
     async def _settle_outcome(
         self, batch: BatchRecord, members: list[EmailJob], settle_as: SettleAs
     ) -> None:
-        """Settle each member not settled yet as the batch's recorded end says."""
+        """Settle each member (those not settled yet) as the batch's recorded end says."""
         assert batch.outcome is not None
         endings, ended = [], {SENT: 0, REFUSED: 0, FAILED: 0}
         for job in members:
             kind, text = batch.outcome.get(job.id, (FAILED, "not in the batch's end"))
             ended[kind] += 1
-            if job.terminal:
-                continue
             if kind == SENT:
                 endings.append(self.delivery.sent(job, text or None))
             else:
@@ -285,3 +284,9 @@ class Batcher:
     def _settle_as(self, job: EmailJob) -> tuple[Lease, int | str | None]:
         waiting = self._waiting[evaluation_id(job.user_id)]
         return waiting.lease, waiting.wake_at_ms if job.id == waiting.last_job else KEEP
+
+
+def _waits(job: EmailJob | None, seq: int, batch_id: str) -> bool:
+    """Whether a recorded member still waits for its batch: not settled, still this attempt and
+    this batch's (an operator's retry of a dead letter frees it), its user not deleted."""
+    return job is not None and not job.terminal and job.seq == seq and job.batch == batch_id
