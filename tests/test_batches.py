@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from app.clock import system_clock_ms
 from app.delivery.batch import Batcher, BatchSender
 from app.delivery.jobs import EmailJob
+from app.delivery.send import Lease
 from app.delivery.worker import Worker
 from app.settings import Settings
 from app.storage.records import Claim
@@ -421,10 +422,13 @@ async def test_an_operator_retrying_a_dead_member_before_its_batch_is_removed_is
         assert len(dead) == 3
         for job in dead:
             assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms)
+        [batch_id], _ = await batches_left(app)
+        await sender_of(worker_of(app)).resume(0, batch_id, Lease())  # before the users' turns
+        assert set((await statuses(app, user_ids)).values()) == {"queued"}
+        assert await store_of(app).queue.dead_jobs() == []
         clock.advance(LEASE_MS + SEC)
         await worker_of(app).drain()
         assert set((await statuses(app, user_ids)).values()) == {"sent"}
-        assert await store_of(app).queue.dead_jobs() == []
         assert await batches_left(app) == ([], [])
 
     assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids)
