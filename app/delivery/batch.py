@@ -39,11 +39,11 @@ from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
 from app.delivery.send import (
     DEFER,
     IDEMPOTENCY_WINDOW_MS,
-    MIN_DEFER_MS,
     RETRY,
     Delivery,
     Lease,
     Settling,
+    defer_ms,
     retry_delay_ms,
     tags_of,
 )
@@ -134,7 +134,7 @@ class BatchSender:
         except AlreadySent:  # an earlier request with this key was accepted: ids unknown
             return {job.id: (SENT, "") for job in members}
         except NotSent as exc:
-            delay_ms = max(int((exc.retry_after_s or 0) * 1000), MIN_DEFER_MS)
+            delay_ms = defer_ms(exc.retry_after_s)
             await self._again(batch, members, str(exc), delay_ms, lease, settle_as, DEFER)
             return None
         except TransientSendError as exc:
@@ -190,10 +190,7 @@ class BatchSender:
     ) -> None:
         """Keep the batch to be sent again in `delay_ms`, its members saying so."""
         due = self.clock() + delay_ms
-        endings = []
-        for job in unsettled:
-            update = {"last_error": error, "due_at": due, "started_at": None}
-            endings.append(Settling(job.model_copy(update=update), job.seq, action, metric=action))
+        endings = [self.delivery.again(job, error, due, action) for job in unsettled]
         await self._settle(endings, settle_as)
         kept = replace(batch, error=error)
         token, lease_ms = lease.token, lease.lease_ms
@@ -264,22 +261,20 @@ class Batcher:
         for jobs in self._batches.values():
             for job in jobs:
                 self._waiting[evaluation_id(job.user_id)].last_job = job.id
-        store, now = self.sender.store, self.sender.clock()
         batches, self._batches = self._batches, {}
         for batch_id, jobs in batches.items():
-            batch = await store.batches.record(
-                self.claim, batch_id, jobs, now_ms=now, lease_ms=self.lease_ms
+            batch = await self.sender.store.batches.record(
+                self.claim, batch_id, jobs, now_ms=self.sender.clock(), lease_ms=self.lease_ms
             )
             if batch is None:  # every member's turn was taken over: theirs to send
                 continue
             unfinished.add(batch.member)
             lease = Lease(self.claim, batch.member, self.lease_ms)
             try:
-                members = {job.id: job for job in jobs if job.id in batch.job_ids}
-                await self.sender.send(batch, members, lease, self._settle_as)
+                # the jobs not recorded (their turn lost) are not the batch's: send skips them
+                await self.sender.send(batch, {job.id: job for job in jobs}, lease, self._settle_as)
             finally:
                 unfinished.discard(batch.member)
-            now = self.sender.clock()
 
     def _settle_as(self, job: EmailJob) -> tuple[Lease, int | str | None]:
         waiting = self._waiting[evaluation_id(job.user_id)]

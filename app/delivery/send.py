@@ -58,6 +58,12 @@ def retry_delay_ms(
     return max(jittered_ms, floor_ms, 1)
 
 
+def defer_ms(retry_after_s: float | None) -> int:
+    """How long an attempt that never reached Resend waits: its `retry-after`, at least
+    MIN_DEFER_MS."""
+    return max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
+
+
 def tags_of(job: EmailJob) -> dict[str, str]:
     """The tags Resend keeps with the email and echoes in its delivery events."""
     return {"loop": job.loop_id, "step": str(job.step), "kind": job.kind, **user_tag(job)}
@@ -192,19 +198,22 @@ class Delivery:
 
     def _deferred(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         """The attempt never reached Resend: queue the job again, the attempt not counted."""
-        due = self.clock() + max(int((retry_after_s or 0) * 1000), MIN_DEFER_MS)
         first = None if job.first_attempt_at == job.started_at else job.first_attempt_at
-        update = {"last_error": error, "due_at": due, "attempts": job.attempts - 1}
-        update |= {"first_attempt_at": first, "started_at": None}
-        return Settling(job.model_copy(update=update), job.seq, DEFER, metric=DEFER)
+        uncounted = job.model_copy(update={"attempts": job.attempts - 1, "first_attempt_at": first})
+        return self.again(uncounted, error, self.clock() + defer_ms(retry_after_s), DEFER)
 
     def _retry_or_fail(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or job.attempts > recovery.retries:
             return self.ended(job, JobStatus.FAILED, error)
         due = self.clock() + retry_delay_ms(recovery, job.attempts, retry_after_s)
-        update = {"last_error": error, "due_at": due, "started_at": None}
-        return Settling(job.model_copy(update=update), job.seq, RETRY, metric=RETRY)
+        return self.again(job, error, due, RETRY)
+
+    def again(self, job: EmailJob, error: str, due_at_ms: int, action: str) -> Settling:
+        """The job queued again at `due_at_ms` after `error`; `action`: RETRY (the attempt
+        counts) or DEFER (it never reached Resend)."""
+        update = {"last_error": error, "due_at": due_at_ms, "started_at": None}
+        return Settling(job.model_copy(update=update), job.seq, action, metric=action)
 
     def ended(self, job: EmailJob, status: JobStatus, error: str) -> Settling:
         update = {"status": status, "last_error": error, "ended_at": self.clock()}

@@ -232,8 +232,8 @@ def begin_attempt(job: EmailJob, now: int, batch: str | None = None) -> EmailJob
 def freed(job: EmailJob) -> EmailJob:
     """A job placed in a batch that was never recorded, as if that attempt never began: it
     never reached Resend."""
-    update = {"attempts": max(job.attempts - 1, 0), "started_at": None, "batch": None}
-    return job.model_copy(update={**update, "first_attempt_at": None})
+    update = {"attempts": max(job.attempts - 1, 0), "first_attempt_at": None}
+    return job.model_copy(update=update | {"started_at": None, "batch": None})
 
 
 def stop_reason(record: UserRecord) -> str:
@@ -361,8 +361,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         delivery = evaluator.delivery
-        batches = delivery is not None and delivery.batches
-        self.batch_sender = BatchSender(delivery) if delivery is not None and batches else None
+        self.batch_sender = BatchSender(delivery) if delivery and delivery.batches else None
 
     def __repr__(self) -> str:
         return (

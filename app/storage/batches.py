@@ -3,12 +3,12 @@
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.delivery.jobs import EmailJob
-from app.engine.job_ids import batch_member, evaluation_id, user_of
-from app.storage import keys as k
-from app.storage.records import Claim, decode_job
+from app.engine.job_ids import batch_member, evaluation_id
+from app.storage.reads import read_job
+from app.storage.records import Claim
 from app.storage.scripts import BATCH_END, BATCH_RECORD, ScriptRunner
 from app.storage.wire import CommandArg
 
@@ -32,10 +32,6 @@ class BatchRecord:
     attempts: int = 0
     error: str | None = None
     outcome: Outcome | None = None
-    job_ids: frozenset[str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "job_ids", frozenset(job_id for job_id, _ in self.members))
 
     @property
     def member(self) -> str:
@@ -77,9 +73,10 @@ class Batches(ScriptRunner):
         worker, keeping only the jobs whose user's turn the claim still holds; None when it holds
         none of them. The batch's lease token joins `claim.tokens`."""
         shard = self.keys.shard(claim.shard)
-        args: list[CommandArg] = [batch_id, now_ms, lease_ms]
+        args: list[CommandArg] = [batch_id, batch_member(batch_id), now_ms, lease_ms]
         for job in jobs:
-            args += [job.id, job.seq, claim.token_of(evaluation_id(job.user_id))]
+            turn = evaluation_id(job.user_id)
+            args += [job.id, job.seq, turn, claim.token_of(turn)]
         token, *recorded = await self.run(BATCH_RECORD, [shard.schedule, shard.batches], args)
         if token is None:
             return None
@@ -104,10 +101,8 @@ class Batches(ScriptRunner):
         """The batch's members as stored now (a deleted user's are gone), by id."""
         jobs = {}
         for job_id, _ in batch.members:
-            uid, name = user_of(job_id), k.job_field(job_id)
-            raw = await self.conn.call("HGET", self.keys.user(uid), name)
-            if raw is not None:
-                jobs[job_id] = decode_job(uid, name, str(raw))
+            if (job := await read_job(self.conn, self.keys, job_id)) is not None:
+                jobs[job_id] = job
         return jobs
 
     async def end(self, batch: BatchRecord, *, token: str, lease_ms: int) -> bool:
@@ -128,5 +123,5 @@ class Batches(ScriptRunner):
         self, batch: BatchRecord, token: str, lease_ms: int, kept: str, due_ms: int | str
     ) -> bool:
         shard = self.keys.shard(batch.shard)
-        args: list[CommandArg] = [batch.id, token, lease_ms, kept, due_ms]
+        args: list[CommandArg] = [batch.id, batch.member, token, lease_ms, kept, due_ms]
         return bool(await self.run(BATCH_END, [shard.schedule, shard.batches], args))

@@ -8,10 +8,11 @@ from typing import Any
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
-from app.engine.job_ids import evaluation_id, user_of
+from app.engine.job_ids import evaluation_id
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH
-from app.storage.records import Applied, Claim, Settled, decode_job, encode_job, encode_step
+from app.storage.reads import read_job
+from app.storage.records import Applied, Claim, Settled, encode_job, encode_step
 from app.storage.scripts import (
     APPLY,
     CLAIM,
@@ -134,10 +135,8 @@ class Queue(ScriptRunner):
         jobs = []
         for shard in self.keys.shards():
             for job_id in await self.conn.call("ZRANGE", shard.dead, 0, limit - 1):
-                uid, name = user_of(str(job_id)), k.job_field(str(job_id))
-                raw = await self.conn.call("HGET", self.keys.user(uid), name)
-                if raw is not None:
-                    jobs.append(decode_job(uid, name, str(raw)))
+                if (job := await read_job(self.conn, self.keys, str(job_id))) is not None:
+                    jobs.append(job)
         return sorted(jobs, key=lambda job: job.due_at)[:limit]
 
     async def retry_dead(self, job: EmailJob, *, now_ms: int) -> bool:

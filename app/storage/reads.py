@@ -9,9 +9,17 @@ from app.delivery.jobs import EmailJob
 from app.engine.funnel import funnel_view, parse_counters, split_days
 from app.engine.job_ids import user_of
 from app.storage import keys as k
-from app.storage.keys import ShardKeys
+from app.storage.connections import Connection
+from app.storage.keys import Keys, ShardKeys
 from app.storage.records import StatsReply, UserRecord, as_fields, decode_job, parse_user
 from app.storage.scripts import STATS, ScriptRunner
+
+
+async def read_job(conn: Connection, keys: Keys, job_id: str) -> EmailJob | None:
+    """An email job as stored (one HGET of its user's field); None when it is gone."""
+    uid, name = user_of(job_id), k.job_field(job_id)
+    raw = await conn.call("HGET", keys.user(uid), name)
+    return None if raw is None else decode_job(uid, name, str(raw))
 
 
 class Reads(ScriptRunner):
@@ -68,9 +76,7 @@ class Reads(ScriptRunner):
         )
 
     async def get_job(self, job_id: str) -> EmailJob | None:
-        uid, name = user_of(job_id), k.job_field(job_id)
-        raw = await self.conn.call("HGET", self.keys.user(uid), name)
-        return None if raw is None else decode_job(uid, name, str(raw))
+        return await read_job(self.conn, self.keys, job_id)
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         """Emails written to the outbox (no Resend key), newest first, every shard's."""
