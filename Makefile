@@ -1,24 +1,40 @@
 # Two commands for a fresh machine: `make run` and `make test`.
+# Every install comes from uv.lock (exact versions and hashes); `make lock` refreshes it.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# uv uses the interpreter `make` was given and never downloads one
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint typecheck pytest bench clean chromium
+.PHONY: run test lock lockcheck lint typecheck pytest bench clean chromium
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# the build backend's advice on editable installs is not for users: quiet means quiet
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --quiet --locked --extra dev
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
-test: $(STAMP) lint typecheck pytest
+test: lockcheck $(STAMP) lint typecheck pytest
+
+# the newest versions pyproject.toml allows, written to uv.lock
+lock: $(UV)
+	$(UV) lock --upgrade
+
+# pyproject.toml and uv.lock agree (fails, saying so, when a dependency changed without `make lock`)
+lockcheck: $(UV)
+	$(UV) lock --check --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
 
 # The dashboard's browser test needs Debian's chromium: installed here when absent, as root under
 # CI=true only; elsewhere the test skips and says why.
