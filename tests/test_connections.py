@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 import uvloop
+from redis.exceptions import NoScriptError, ResponseError
 
 from app.errors import StorageError, StorageUnavailable
 from app.settings import Settings, StorageKind
@@ -20,6 +21,7 @@ from app.storage.connections import (
     UpstashConnection,
     classify_reply_error,
     connect,
+    reply_error_line,
 )
 from app.storage.wire import Address
 from tests.conftest import UPSTASH_TOKEN, free_port
@@ -70,6 +72,8 @@ async def test_error_reply_is_a_permanent_storage_error(conn: Connection) -> Non
     ("message", "kind"),
     [
         ("NOSCRIPT No matching script. Please use EVAL.", NoScript),
+        # a local Upstash-compatible server wraps Redis's text in its own
+        ("Failed to execute Redis command: NOSCRIPT No matching script.", NoScript),
         ("WRONGPASS invalid username-password pair", StorageUnavailable),
         ("Unauthorized", StorageUnavailable),
         ("LOADING Redis is loading the dataset in memory", StorageUnavailable),
@@ -78,6 +82,37 @@ async def test_error_reply_is_a_permanent_storage_error(conn: Connection) -> Non
 )
 def test_reply_errors_are_classified_by_their_code(message: str, kind: type) -> None:
     assert type(classify_reply_error(message)) is kind
+
+
+def redis_py_error(text: str, code: str | None = None, kind: type = ResponseError) -> Exception:
+    error = kind(text)
+    if code:  # set as redis-py 6 and later do (older ones have no such attribute)
+        error.status_code = code
+    return error
+
+
+# redis-py 5 strips "WRONGTYPE" off the text; redis-py 8 leaves it in and sets `status_code`
+# too; NoScriptError loses its code in both. The line the server sent comes out either way.
+@pytest.mark.parametrize(
+    ("text", "code", "kind", "line"),
+    [
+        ("WRONGTYPE Operation on a key", None, ResponseError, "WRONGTYPE Operation on a key"),
+        (
+            "WRONGTYPE Operation on a key",
+            "WRONGTYPE",
+            ResponseError,
+            "WRONGTYPE Operation on a key",
+        ),
+        ("Operation on a key", "WRONGTYPE", ResponseError, "WRONGTYPE Operation on a key"),
+        ("No matching script.", None, NoScriptError, "NOSCRIPT No matching script."),
+        ("No matching script.", "NOSCRIPT", NoScriptError, "NOSCRIPT No matching script."),
+        ("unknown command 'X'", "ERR", ResponseError, "ERR unknown command 'X'"),
+    ],
+)
+def test_an_error_line_does_not_depend_on_how_redis_py_words_it(
+    text: str, code: str | None, kind: type, line: str
+) -> None:
+    assert reply_error_line(redis_py_error(text, code, kind)) == line
 
 
 # --- unreachable or hanging storage fails fast -------------------------------------------------

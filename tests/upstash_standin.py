@@ -388,10 +388,14 @@ async def read_reply(connection: AbstractConnection) -> Reply:
 
 
 def error_text(exc: ResponseError) -> str:
-    """The error line as Redis sent it: redis-py moves known codes to `status_code`."""
-    code = exc.status_code
+    """The error line as Redis sent it: redis-py moves some codes to `status_code` and leaves
+    others in the text, differently from one version to the next; a code goes back only where
+    the text lacks it."""
+    code = getattr(exc, "status_code", None)
     message = str(exc)
-    return f"{code} {message}" if code else message
+    if not code or message.split(" ", 1)[0] == code:
+        return message
+    return f"{code} {message}"
 
 
 def result_item(reply: Reply, base64: bool) -> dict[str, Json]:

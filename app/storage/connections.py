@@ -58,6 +58,7 @@ TRANSIENT_MESSAGES = (
 # Inside a script, Redis 7 reports a failing `redis.call` as "ERR ... : @user_script:..."-style
 # text or with the original code first; both are looked at.
 _CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:(-])([A-Z]{3,})\b(?= )")
+_NOSCRIPT = re.compile(r"\bNOSCRIPT\b")
 
 
 class Connection(Protocol):
@@ -72,20 +73,29 @@ def classify_reply_error(message: str) -> StorageError:
     """Map a Redis error reply to our tree, once for every transport: `StorageUnavailable` for
     what passes (retry later, answer 503), `StorageError` for a wrong command (a bug)."""
     code = message.split(" ", 1)[0]
-    if code == "NOSCRIPT":
-        return NoScript(message)
-    if transient_reply(code, message):
+    if transient_reply(code, message):  # first: BUSY's text ends "... SHUTDOWN NOSCRIPT."
         return StorageUnavailable(message)
+    if _NOSCRIPT.search(message):  # wherever a server puts it ("Failed to execute ...: NOSCRIPT")
+        return NoScript(message)
     return StorageError(message)
 
 
 def redis_py_reply_error(exc: redis_errors.ResponseError) -> StorageError:
-    """A redis-py error reply in our tree: redis-py strips the error code off the message into
-    the exception's class and `status_code`; it is put back before classifying."""
+    """A redis-py error reply in our tree, classified on the line the server sent."""
+    return classify_reply_error(reply_error_line(exc))
+
+
+def reply_error_line(exc: redis_errors.ResponseError) -> str:
+    """The error line as the server sent it. redis-py strips some codes off the text (into the
+    class and, from 6, `status_code`) and leaves others in, and that differs between versions:
+    a code is put back only where the text does not already start with it."""
     code = getattr(exc, "status_code", None)
     if isinstance(exc, redis_errors.NoScriptError):
         code = "NOSCRIPT"
-    return classify_reply_error(f"{code} {exc}" if code else str(exc))
+    text = str(exc)
+    if not code or text.split(" ", 1)[0] == code:
+        return text
+    return f"{code} {text}"
 
 
 def transient_reply(code: str, message: str) -> bool:
