@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(BIN)/activation serve --host $(HOST) --port $(PORT)
 
 test: lockcheck $(STAMP) lint typecheck pytest
 

@@ -12,7 +12,8 @@ happens next.
     │   ├── NotConfigured        a feature whose settings are missing was asked for: 503
     │   ├── BadToken             a forged, altered or malformed unsubscribe token: 400
     │   ├── SessionRefused       a browser's request with a Clerk session token: 401 for the
-    │   │                        token, 403 for what it reports, 429 past its rate (`headers`)
+    │   │                        token, 403 for what it reports, 429 past its rate, 503 when
+    │   │                        the keys to check it cannot be fetched (`headers`)
     │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
     │       └── PayloadTooLarge  the body is over the limit: 413
     ├── SendError                Resend did not take the email (translated in app.delivery.resend)
@@ -20,7 +21,9 @@ happens next.
     │   │   └── NotSent          the request was not taken (rate limit, same key in flight):
     │   │                        tried again later without using up a retry
     │   └── PermanentSendError   the same request would fail again: dead-letter
-    ├── AlreadySent              Resend already accepted this idempotency key: counts as sent
+    │       └── KeyReused        409 invalid_idempotent_request: Resend sent an email under
+    │                            this Idempotency-Key with another payload within 24 h (a
+    │                            batch reads what its earlier requests carried from it)
     ├── InvalidToken             a Clerk session token (JWT) that does not hold: why, in a word
     │   └── NotAToken            not a JWT at all (a wrong API key, say)
     └── StorageError             Redis answered with an error (script bug, wrong type): permanent
@@ -95,8 +98,9 @@ class BadToken(RequestRefused):
 
 
 class SessionRefused(RequestRefused):
-    """A browser's request with a Clerk session token, refused with `status_code` (401, 403 or
-    429) and `headers` (the challenge, Retry-After); nothing is stored."""
+    """A browser's request with a Clerk session token, refused with `status_code` (401, 403,
+    429, or 503 when its keys cannot be had) and `headers` (the challenge, Retry-After); nothing
+    is stored."""
 
     def __init__(
         self, message: str, *, status_code: int = 401, headers: Mapping[str, str] | None = None
@@ -148,20 +152,23 @@ class PermanentSendError(SendError):
     """The same request will fail again: the payload or the API key is wrong."""
 
 
+class KeyReused(PermanentSendError):
+    """Resend refused the request: an email was sent under its Idempotency-Key with another
+    payload within the last 24 h. Our payload under a key never changes, except that a batch
+    sent again may leave members out: then it tells that an earlier, larger request of the batch
+    was accepted."""
+
+    def __init__(self, message: str, idempotency_key: str) -> None:
+        super().__init__(message, status=409)
+        self.idempotency_key = idempotency_key
+
+
 class InvalidToken(ActivationError):
     """A Clerk session token (JWT) that does not hold; str() says why in a few words."""
 
 
 class NotAToken(InvalidToken):
     """Not a JWT at all (a wrong API key, say)."""
-
-
-class AlreadySent(ActivationError):
-    """Resend already accepted an email under this Idempotency-Key (with another payload)."""
-
-    def __init__(self, idempotency_key: str) -> None:
-        super().__init__(f"Resend already accepted an email with idempotency key {idempotency_key}")
-        self.idempotency_key = idempotency_key
 
 
 class StorageError(ActivationError):

@@ -196,6 +196,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush_sightings()
+        if self.session_tokens is not None:
+            await self.session_tokens.close()
         if isinstance(self.mailer, ResendMailer):
             await self.mailer.close()
         await self.store.close()

@@ -1,15 +1,19 @@
 """Every secret the service compares or signs with: bearer keys and tokens compared in constant
 time (as bytes), the dashboard session cookie's serializer and the unsubscribe links' tokens, both
-signed by itsdangerous (HMAC-SHA256, a salt per use), and the check of Clerk session tokens'
-signatures (PyJWT, RS256). No other module compares a secret or checks a signature
-(tests/test_signing.py checks).
+signed by itsdangerous (HMAC-SHA256, a salt per use), the check of Svix webhook signatures
+(svix computes the signature, compared here) and of Clerk session tokens' signatures (PyJWT,
+RS256), their times judged on the service's clock. No other module compares a secret or checks a
+signature (tests/test_signing.py checks).
 """
 
 import base64
 import hashlib
 import hmac
+import json
 import logging
+import math
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -18,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from itsdangerous import BadData, URLSafeSerializer
 from pydantic import SecretStr
+from svix.webhooks import Webhook
 
 from app.errors import BadToken, InvalidToken, NotAToken
 from app.settings import Settings
@@ -124,6 +129,22 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# --- Svix webhook signatures (Clerk's and Resend's webhooks) -------------------------------------
+
+
+def webhook_signature_holds(
+    verifier: Webhook, msg_id: str, timestamp_s: int, body: str, signatures: str
+) -> bool:
+    """Whether one of `svix-signature`'s space-separated signatures is the one svix computes for
+    this message under the endpoint's secret, compared in constant time. The timestamp is
+    judged by the caller, on the service's clock (svix's own `verify` judges it on this
+    machine's)."""
+    signed_at = datetime.fromtimestamp(timestamp_s, tz=UTC)
+    expected = verifier.sign(msg_id, signed_at, body).encode()
+    given = signatures.split(" ")
+    return any(hmac.compare_digest(expected, signature.encode()) for signature in given)
+
+
 # --- Clerk session tokens (RS256 JWTs, checked with the instance's public keys) ----------------
 
 JWT_ALGORITHMS = ["RS256"]
@@ -160,37 +181,64 @@ def token_key_id(token: bytes) -> str | None:
     return kid if isinstance(kid, str) else None
 
 
-def token_claims(token: bytes, key: Any, *, leeway_s: float) -> dict[str, Any]:
+def token_claims(token: bytes, key: Any, *, now_s: float, leeway_s: float) -> dict[str, Any]:
     """The claims of an RS256 token signed by `key`, with `exp` and `sub`, within its `nbf`/`exp`
-    give or take `leeway_s`; else `InvalidToken` saying why. (`aud` is not checked: Clerk's
-    session tokens carry none.)"""
+    give or take `leeway_s` at `now_s` (the service's clock, not this machine's: PyJWT takes no
+    "now", so it checks the signature and the claims' presence and `check_times` the rest); else
+    `InvalidToken` saying why. (`aud` is not checked: Clerk's session tokens carry none.)"""
     try:
-        return jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             key,
             algorithms=JWT_ALGORITHMS,
-            options={"require": ["exp", "sub"], "verify_aud": False},
-            leeway=leeway_s,
+            options={
+                "require": ["exp", "sub"],
+                "verify_aud": False,
+                # PyJWT would judge these on this machine's clock; `check_times` does, on ours
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
         )
     except jwt.InvalidTokenError as exc:
         why = next((why for kind, why in _JWT_REASONS if isinstance(exc, kind)), "invalid")
         raise InvalidToken(why) from None
+    check_times(claims, now_s, leeway_s)
+    return claims
 
 
-class JwkSet:
-    """A JWKS URL's signing keys, fetched by PyJWT (blocking: call `fetch` in a thread)."""
+def check_times(claims: dict[str, Any], now_s: float, leeway_s: float) -> None:
+    """PyJWT's rules for `iat`, `nbf` and `exp`, at `now_s`: `InvalidToken` when one is not a
+    number ("malformed"), in the future ("not valid yet") or past ("expired")."""
+    iat, nbf, exp = (_numeric_date(claims, name) for name in ("iat", "nbf", "exp"))
+    if any(at is not None and at > now_s + leeway_s for at in (iat, nbf)):
+        raise InvalidToken("not valid yet")
+    if exp is not None and exp <= now_s - leeway_s:
+        raise InvalidToken("expired")
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        try:
-            self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout_s)
-        except jwt.PyJWKClientError as exc:
-            raise ValueError(str(exc)) from None
 
-    def fetch(self) -> dict[str, Any]:
-        """Each signing key by its `kid`; ValueError or OSError when the set cannot be had."""
-        try:
-            jwk_set = self._client.get_jwk_set(refresh=True)
-        except jwt.PyJWTError as exc:
-            raise ValueError(str(exc)) from None
-        usable = (key for key in jwk_set.keys if key.public_key_use in ("sig", None))
-        return {key.key_id: key.key for key in usable if key.key_id}
+def _numeric_date(claims: dict[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken("malformed")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidToken("malformed")
+    return int(value)
+
+
+def jwk_signing_keys(document: bytes) -> dict[str, Any]:
+    """Each signing key of a JWKS document (as fetched) by its `kid`, parsed by PyJWT; ValueError
+    when it is no JWK set with a usable key."""
+    try:
+        found = json.loads(document)
+        if not isinstance(found, dict):
+            raise ValueError("the JWKS is not a JSON object")
+        jwk_set = jwt.PyJWKSet.from_dict(found)
+    except jwt.PyJWTError as exc:
+        raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError("the JWKS is JSON nested too deep") from None
+    usable = (key for key in jwk_set.keys if key.public_key_use in ("sig", None))
+    return {key.key_id: key.key for key in usable if key.key_id}

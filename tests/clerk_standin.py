@@ -15,7 +15,9 @@ Behaviour, as Clerk's Backend API answers (https://clerk.com/docs/reference/back
   first); a JSON array of user objects. Anything else → 422 `form_param_value_invalid`.
 * `GET /v1/users/count?created_at_after=`: `{"object": "total_count", "total_count": n}`.
 * Faults: `rate_limit(times, retry_after_s)`: the next `times` requests to `/v1/users` answer 429
-  (`too_many_requests`) with `Retry-After`, before auth, as Clerk's rate limiter does.
+  (`too_many_requests`) with `Retry-After`, before auth, as Clerk's rate limiter does;
+  `fail(times, status, retry_after_s)`: the next ones answer that status (a 5xx: Clerk's error
+  body), with `Retry-After` when given.
 * `requests`: every request's path and query string (`/v1/users?limit=100&...`), in order.
 """
 
@@ -88,16 +90,19 @@ class ClerkStandin:
     users: list[dict[str, Any]] = field(default_factory=list)
     secret_key: str = SECRET_KEY
     requests: list[str] = field(default_factory=list)
-    rate_limited: list[float] = field(default_factory=list)  # Retry-After of the next 429s
+    faults: list[tuple[int, float | None]] = field(default_factory=list)  # status, Retry-After
     url: str = ""
 
     def reset(self, users: list[dict[str, Any]] | None = None) -> None:
         self.users = users or []
         self.requests.clear()
-        self.rate_limited.clear()
+        self.faults.clear()
 
     def rate_limit(self, times: int = 1, retry_after_s: float = 1) -> None:
-        self.rate_limited.extend([retry_after_s] * times)
+        self.fail(times, 429, retry_after_s)
+
+    def fail(self, times: int = 1, status: int = 503, retry_after_s: float | None = None) -> None:
+        self.faults.extend([(status, retry_after_s)] * times)
 
     def page_requests(self) -> list[str]:
         return [r for r in self.requests if r.startswith("/v1/users?") or r == "/v1/users"]
@@ -109,11 +114,12 @@ class ClerkStandin:
     def refusal(self, request: Request) -> Response | None:
         query = f"?{request.url.query}" if request.url.query else ""
         self.requests.append(request.url.path + query)
-        if self.rate_limited and request.url.path == "/v1/users":
-            retry_after = self.rate_limited.pop(0)
-            return clerk_error(
-                429, "too_many_requests", "Too many requests", **{"Retry-After": f"{retry_after:g}"}
-            )
+        if self.faults and request.url.path == "/v1/users":
+            status, retry_after = self.faults.pop(0)
+            headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+            if status == 429:
+                return clerk_error(429, "too_many_requests", "Too many requests", **headers)
+            return clerk_error(status, "internal_clerk_error", "Something went wrong", **headers)
         if request.headers.get("authorization") != f"Bearer {self.secret_key}":
             return clerk_error(401, "authentication_invalid", "Invalid authentication")
         return None

@@ -222,10 +222,14 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 class FakeClock:
-    """An injected clock in epoch ms that tests move by hand."""
+    """An injected clock in epoch ms that tests move by hand. The last one a test made stands for
+    the service's clock, and Svix's: `sign()` signs at its now unless told another time."""
+
+    latest: "FakeClock | None" = None
 
     def __init__(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        FakeClock.latest = self
 
     def __call__(self) -> int:
         return self.now_ms
@@ -237,6 +241,23 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(int(time.time() * 1000))
+
+
+@pytest.fixture(autouse=True)
+def _no_fake_clock_yet() -> Iterator[None]:
+    """Each test starts signing on this machine's clock, until it makes a `FakeClock`."""
+    FakeClock.latest = None
+    yield
+    FakeClock.latest = None
+
+
+def service_now() -> datetime:
+    """Now as Svix signs a webhook: on the service's clock (in production both keep the true
+    time, Svix's own and Redis's), which in a test is its `FakeClock`, else this machine's."""
+    clock = FakeClock.latest
+    if clock is None:
+        return datetime.now(tz=UTC)
+    return datetime.fromtimestamp(clock() / 1000, tz=UTC)
 
 
 def worker_of(app: FastAPI) -> "Worker":
@@ -299,10 +320,11 @@ def sign(
     msg_id: str | None = None,
     timestamp: datetime | None = None,
 ) -> dict[str, str]:
-    """Svix headers for a body, signed by the real svix library."""
+    """Svix headers for a body, signed by the real svix library, at `timestamp` (default: now on
+    the service's clock, `service_now()`)."""
     text = body.decode() if isinstance(body, bytes) else body
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    timestamp = timestamp or datetime.now(tz=UTC)
+    timestamp = timestamp or service_now()
     signature = Webhook(secret).sign(msg_id, timestamp, text)
     return {
         "svix-id": msg_id,

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -19,14 +19,28 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ConfigError
 from app.intake.browser import BROWSER_ACTIONS_PER_MINUTE
 from app.settings import Settings
-from app.web.session_tokens import JWKS_MAX_AGE_MS, JWKS_REFRESH_MIN_MS, session_tokens
-from tests.conftest import API_KEY, AUTH, FakeClock, running, store_of, uvicorn_thread
+from app.web.gate import MAX_AUTHORIZATION_BYTES
+from app.web.session_tokens import (
+    JWKS_MAX_AGE_MS,
+    JWKS_REFRESH_MIN_MS,
+    JWKS_TIMEOUT_S,
+    session_tokens,
+)
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    FakeClock,
+    running,
+    service_now,
+    store_of,
+    uvicorn_thread,
+)
 from tests.test_gate import Body
 from tests.test_intake import hot_and_routed
 
@@ -68,10 +82,12 @@ def token(
     azp: str | None = ORIGIN,
     exp_s: int = 60,
     nbf_s: int = -1,
+    now_s: int | None = None,
     **claims: Any,
 ) -> str:
-    """A Clerk-shaped session token, times relative to now; a claim given as None is left out."""
-    now = int(time.time())
+    """A Clerk-shaped session token, times relative to `now_s` (default: now on the service's
+    clock, as Clerk's and Redis's agree); a claim given as None is left out."""
+    now = int(service_now().timestamp()) if now_s is None else now_s
     payload = {"sub": USER, "sid": "sess_1", "iss": "https://clerk.example.com", "iat": now}
     payload |= {"nbf": now + nbf_s, "exp": now + exp_s, "azp": azp} | claims
     present = {name: value for name, value in payload.items() if value is not None}
@@ -135,6 +151,30 @@ async def test_a_session_token_within_the_leeway_holds(
         )
         assert await stored_count(app) == 2
     assert (late.status_code, early.status_code) == (202, 202)
+
+
+@embedded_only
+@pytest.mark.parametrize(
+    ("skew_s", "reason"), [(600, "expired"), (-600, "not valid yet")], ids=["ahead", "behind"]
+)
+async def test_token_times_are_judged_on_the_services_clock_not_this_machines(
+    browser_settings: Callable[..., Settings], skew_s: int, reason: str
+) -> None:
+    """The service keeps Redis's time, here 10 minutes from this machine's: a token Clerk issued
+    now holds, one whose times are this machine's does not."""
+    host_s = int(time.time())
+    service = FakeClock((host_s + skew_s) * 1000)
+    async with running(browser_settings(), service) as (app, http):
+        fresh = await http.post(
+            "/v1/actions", json=ACTION, headers=bearer(token(now_s=host_s + skew_s))
+        )
+        on_host = await http.post(
+            "/v1/actions", json={**ACTION, "id": "evt_2"}, headers=bearer(token(now_s=host_s))
+        )
+        assert await stored_count(app) == 1
+    assert fresh.status_code == 202, fresh.text
+    assert on_host.status_code == 401
+    assert on_host.json() == {"error": f"session token refused: {reason}"}
 
 
 @embedded_only
@@ -245,6 +285,16 @@ def test_a_key_that_is_no_rsa_public_key_refuses_startup(
             session_tokens(browser_settings(clerk_jwt_key=wrong), clock)
 
 
+@embedded_only
+def test_a_jwks_url_that_is_no_http_url_refuses_startup(
+    browser_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    for wrong in ("file:///etc/passwd", "https://", "jwks.json"):
+        settings = browser_settings(clerk_jwt_key=None, clerk_jwks_url=wrong)
+        with pytest.raises(ConfigError, match="CLERK_JWKS_URL: not an http"):
+            session_tokens(settings, clock)
+
+
 # --- the API key, as before ---------------------------------------------------------------------
 
 
@@ -297,16 +347,36 @@ async def test_hot_and_routed_answer_browsers_alike(
 
 
 class Jwks:
-    """A local JWKS endpoint that counts its fetches; `keys` may change between them."""
+    """A local JWKS endpoint that counts its fetches; `keys` may change between them. With
+    `trickle_s` it answers as a slow server does: a byte of leading whitespace every `trickle_s`,
+    TRICKLE_BYTES of them, then the keys (each read is quick, the whole answer is not)."""
 
     def __init__(self) -> None:
         self.keys: dict[str, PrivateKey] = {}
         self.fetches = 0
+        self.trickle_s: float | None = None
+        self.trickling = 0  # answers being trickled right now
         self.app = Starlette(routes=[Route("/.well-known/jwks.json", self.serve)])
 
-    async def serve(self, request: Request) -> JSONResponse:
+    async def serve(self, request: Request) -> Response:
         self.fetches += 1
-        return JSONResponse({"keys": [jwk(kid, key) for kid, key in self.keys.items()]})
+        document = json.dumps({"keys": [jwk(kid, key) for kid, key in self.keys.items()]})
+        if self.trickle_s is None:
+            return Response(document, media_type="application/json")
+        return StreamingResponse(self.trickle(document.encode()), media_type="application/json")
+
+    async def trickle(self, document: bytes) -> AsyncIterator[bytes]:
+        self.trickling += 1
+        try:
+            for _ in range(TRICKLE_BYTES):
+                yield b" "
+                await asyncio.sleep(self.trickle_s or 0)
+            yield document
+        finally:
+            self.trickling -= 1
+
+
+TRICKLE_BYTES = 40  # at 0.5 s a byte: 20 s for the whole answer, 4 times JWKS_TIMEOUT_S
 
 
 def jwk(kid: str, key: PrivateKey) -> dict[str, Any]:
@@ -321,6 +391,11 @@ def jwks() -> Iterator[tuple[Jwks, str]]:
         yield served, f"{url}/.well-known/jwks.json"
 
 
+async def post_as(http: httpx.AsyncClient, signed: str, action_id: str) -> int:
+    body = {**ACTION, "id": action_id}
+    return (await http.post("/v1/actions", json=body, headers=bearer(signed))).status_code
+
+
 @embedded_only
 async def test_jwks_keys_are_fetched_once_and_again_for_an_unknown_kid_at_a_bounded_rate(
     browser_settings: Callable[..., Settings], clock: FakeClock, jwks: tuple[Jwks, str]
@@ -330,29 +405,82 @@ async def test_jwks_keys_are_fetched_once_and_again_for_an_unknown_kid_at_a_boun
     rotated = new_key()
     settings = browser_settings(clerk_jwt_key=None, clerk_jwks_url=url)
     async with running(settings, clock) as (app, http):
-
-        async def post(signed: str, action_id: str) -> int:
-            body = {**ACTION, "id": action_id}
-            return (await http.post("/v1/actions", json=body, headers=bearer(signed))).status_code
-
-        first = [post(token(kid="ins_1"), f"a{i}") for i in range(5)]
+        first = [post_as(http, token(kid="ins_1"), f"a{i}") for i in range(5)]
         assert await asyncio.gather(*first) == [202] * 5  # five at once, one fetch
-        assert await post(token(kid="ins_1"), "b") == 202
+        assert await post_as(http, token(kid="ins_1"), "b") == 202
         assert served.fetches == 1  # the keys are held
         served.keys["ins_2"] = rotated  # Clerk rotates its key
-        assert await post(token(rotated, kid="ins_2"), "c") == 401  # fetched too recently
+        assert await post_as(http, token(rotated, kid="ins_2"), "c") == 401  # fetched too recently
         clock.advance(JWKS_REFRESH_MIN_MS)
-        assert await post(token(rotated, kid="ins_2"), "d") == 202  # the unknown kid: one fetch
+        assert await post_as(http, token(rotated, kid="ins_2"), "d") == 202  # unknown kid: a fetch
         assert served.fetches == 2
         for i in range(20):  # a flood of made-up kids
-            assert await post(token(kid=f"made_up_{i}"), f"e{i}") == 401
+            assert await post_as(http, token(kid=f"made_up_{i}"), f"e{i}") == 401
         assert served.fetches == 2
-        assert await post(token(kid="ins_1"), "f") == 202
+        assert await post_as(http, token(kid="ins_1"), "f") == 202
         clock.advance(JWKS_MAX_AGE_MS)  # the keys held are old: fetched again, once
-        assert await post(token(kid="ins_1"), "g") == 202
-        assert await post(token(kid="ins_1"), "h") == 202
+        assert await post_as(http, token(kid="ins_1"), "g") == 202  # the old key, meanwhile
+        await wait_for(lambda: served.fetches == 3)
+        assert await post_as(http, token(kid="ins_1"), "h") == 202
         assert served.fetches == 3
         assert await stored_count(app) == 10
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@embedded_only
+async def test_a_held_key_answers_at_once_while_a_refresh_trickles_in(
+    browser_settings: Callable[..., Settings], clock: FakeClock, jwks: tuple[Jwks, str]
+) -> None:
+    """A refresh never holds a request whose key is held: they are answered while it hangs."""
+    served, url = jwks
+    served.keys = {"ins_1": KEY}
+    settings = browser_settings(clerk_jwt_key=None, clerk_jwks_url=url)
+    async with running(settings, clock) as (app, http):
+        assert await post_as(http, token(kid="ins_1"), "a") == 202  # fetched, held
+        served.trickle_s = 0.5
+        clock.advance(JWKS_MAX_AGE_MS)  # old: the next token starts a refresh
+        assert await post_as(http, token(kid="ins_1"), "b") == 202
+        await wait_for(lambda: served.trickling == 1)  # the refresh is trickling in
+        answers = [await post_as(http, token(kid="ins_1"), f"c{i}") for i in range(3)]
+        still_trickling = served.trickling
+        assert await stored_count(app) == 5
+    assert answers == [202] * 3
+    assert still_trickling == 1  # they were answered while the refresh hung
+    assert served.fetches == 2  # one refresh for them all
+
+
+@embedded_only
+async def test_a_key_not_held_is_refused_with_503_at_the_deadline_when_the_jwks_trickles(
+    browser_settings: Callable[..., Settings], clock: FakeClock, jwks: tuple[Jwks, str]
+) -> None:
+    """The fetch has one deadline, JWKS_TIMEOUT_S, for the whole answer (not for each read): a
+    token whose key could not be had is refused as our trouble (503), and asked again later."""
+    served, url = jwks
+    served.keys, served.trickle_s = {"ins_1": KEY}, 0.5
+    settings = browser_settings(clerk_jwt_key=None, clerk_jwks_url=url)
+    async with running(settings, clock) as (app, http):
+        started = time.monotonic()
+        response = await http.post("/v1/actions", json=ACTION, headers=bearer(token(kid="ins_1")))
+        waited_s = time.monotonic() - started
+        again = await http.post("/v1/actions", json=ACTION, headers=bearer(token(kid="ins_1")))
+        assert await stored_count(app) == 0
+    assert response.status_code == again.status_code == 503
+    assert response.json() == {"error": KEYS_UNAVAILABLE}
+    assert response.headers["retry-after"] == str(JWKS_REFRESH_MIN_MS // 1000)  # the next fetch
+    assert response.headers["access-control-allow-origin"] == ORIGIN  # the page can read why
+    assert waited_s < 2 * JWKS_TIMEOUT_S  # the whole answer would take 4 times that
+    assert served.fetches == 1  # the second token waits for the next fetch, as unknown kids do
+
+
+KEYS_UNAVAILABLE = (
+    "session token not checked: Clerk's signing keys (CLERK_JWKS_URL) could not be fetched"
+)
 
 
 @embedded_only
@@ -366,9 +494,39 @@ async def test_an_unreachable_jwks_refuses_tokens_and_says_so(
         async with running(settings, clock) as (app, http):
             response = await http.post("/v1/actions", json=ACTION, headers=bearer(token(kid="k")))
             assert await stored_count(app) == 0
-    assert response.status_code == 401
-    assert response.json() == {"error": "session token refused: signed with an unknown key"}
+    assert response.status_code == 503
+    assert response.json() == {"error": KEYS_UNAVAILABLE}
     assert "Clerk JWKS not fetched" in caplog.text
+
+
+# --- an Authorization no key or token is as long as ---------------------------------------------
+
+
+def bearer_of(size_bytes: int) -> dict[str, str]:
+    """A genuine session token made `size_bytes` long (give or take 3) by a claim, as a header."""
+    short = len(f"Bearer {token(padding='')}")
+    value = f"Bearer {token(padding='x' * ((size_bytes - short) * 3 // 4))}"
+    assert size_bytes - 4 <= len(value) <= size_bytes
+    return {"Authorization": value, "Origin": ORIGIN}
+
+
+@embedded_only
+async def test_an_authorization_over_8_kib_is_refused_before_it_is_parsed(
+    browser_settings: Callable[..., Settings], clock: FakeClock
+) -> None:
+    """Up to MAX_AUTHORIZATION_BYTES a genuine token is checked and holds; past it, the same
+    genuine token is refused as a wrong key is, unread (parsed, it would hold)."""
+    async with running(browser_settings(), clock) as (app, http):
+        fits = await http.post("/v1/actions", json=ACTION, headers=bearer_of(8 * 1024))
+        over = await http.post(
+            "/v1/actions", json={**ACTION, "id": "e2"}, headers=bearer_of(8 * 1024 + 8)
+        )
+        assert await stored_count(app) == 1
+    assert MAX_AUTHORIZATION_BYTES == 8 * 1024
+    assert fits.status_code == 202, fits.text
+    assert over.status_code == 401
+    assert over.json() == WRONG_KEY
+    assert over.headers["www-authenticate"] == "Bearer"
 
 
 # --- CORS ---------------------------------------------------------------------------------------

@@ -193,6 +193,7 @@ def test_serve_takes_host_and_port_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("HOST", "0.0.0.0")
     assert main(["serve"]) == 0
     assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
+    assert served["http"] == "app.web.head_limit:HeadLimitedHttpTools"  # a request's head bounded
     assert main(["serve", "--port", "9000"]) == 0
     assert served["port"] == 9000
 

@@ -3,7 +3,11 @@ and refused or let in by that route's declared policy and body limit before its 
 same served plainly, under uvicorn's `--root-path`, mounted in another ASGI app or behind a proxy
 that keeps or strips the prefix."""
 
+import asyncio
+import contextlib
 import json
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +21,7 @@ from starlette.routing import BaseRoute, Mount
 from app.intake import clerk
 from app.main import ActivationApp, create_app
 from app.settings import Settings
-from app.web import auth, gate
+from app.web import auth, gate, head_limit
 from app.web.auth import Access
 from tests.conftest import API_KEY, AUTH, FakeClock, sign, store_of, uvicorn_thread
 from tests.test_intake import routed_only
@@ -194,6 +198,68 @@ async def test_a_refused_action_stores_nothing(settings: Settings, clock: FakeCl
         record = await store_of(app).reads.snapshot(USER)
     assert not record.known
     assert record.timeline == []
+
+
+# --- header limits ------------------------------------------------------------------------------
+
+
+def padding(total_bytes: int) -> dict[str, str]:
+    """Headers of `total_bytes` together (names and values), in 1 KiB values."""
+    values = {f"x-pad-{i:03d}": "p" * (1024 - 9) for i in range(total_bytes // 1024)}
+    return values | {"x-pad-end": "p" * (total_bytes % 1024)}
+
+
+@embedded_only
+async def test_headers_over_32_kib_are_refused_with_431_before_any_route(
+    settings: Settings, clock: FakeClock
+) -> None:
+    app = create_app(settings, clock=clock)
+    body = json.dumps(created_event()).encode()
+    async with serving(app) as http:
+        near = await http.get("/health", headers=padding(gate.MAX_HEADER_BYTES - 1024))
+        over = await http.get("/health", headers=padding(gate.MAX_HEADER_BYTES + 1))
+        signed = sign(body) | padding(gate.MAX_HEADER_BYTES)
+        webhook = await http.post("/webhooks/clerk", content=body, headers=signed)
+        stored = await store_of(app).users.get(USER)
+    assert near.status_code == 200
+    assert over.status_code == webhook.status_code == 431
+    assert over.json() == {"error": f"request headers over {gate.MAX_HEADER_BYTES} bytes"}
+    assert over.headers["connection"] == "close"
+    assert stored is None  # the route never ran
+
+
+def unfinished_head(url: str, pad_bytes: int) -> bytes:
+    """What the server answers a request whose head has sent `pad_bytes` of headers, in 4 KiB
+    writes, and not ended; b"" when it closes without answering, after 5 s with no answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: testserver\r\n")
+        with contextlib.suppress(OSError):  # the server may close while we still write
+            for i in range(pad_bytes // 4096):
+                sock.sendall(b"x-pad-%04d: " % i + b"p" * (4096 - 14) + b"\r\n")
+                time.sleep(0.002)  # separate reads, as a slow client's
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return b"no answer"
+
+
+@embedded_only
+async def test_uvicorn_serving_as_activation_serve_cuts_off_a_head_past_32_kib(
+    settings: Settings, clock: FakeClock
+) -> None:
+    """uvicorn on httptools buffers a head of any size before the app is called; served as
+    `activation serve` serves (`app.web.head_limit`), a head still unfinished past
+    MAX_HEAD_BYTES is answered 431 and the connection closed, without waiting for the rest."""
+    app = create_app(settings, clock=clock)
+    with uvicorn_thread(app, http=head_limit.PROTOCOL) as url:
+        answer = await asyncio.to_thread(unfinished_head, url, 48 * 1024)
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            fine = await http.get("/health", headers=padding(16 * 1024))
+    assert head_limit.MAX_HEAD_BYTES == gate.MAX_HEADER_BYTES
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:80]
+    assert answer.endswith(b'{"error":"request headers over 32768 bytes"}')
+    assert fine.status_code == 200
 
 
 # --- body limits --------------------------------------------------------------------------------

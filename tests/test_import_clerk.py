@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
+from app.ops.clerk_users import MAX_WAIT_S, clerk_users
 from app.ops.cli import main
 from app.ops.import_clerk import Outcome, Progress, Tally, parse_since
 from app.settings import Settings
@@ -283,7 +285,7 @@ async def test_a_429_is_waited_out_and_the_same_page_asked_again(
 
     assert (status, out) == (0, SUMMARY_250)
     assert time.monotonic() - started >= 1.0
-    assert "Clerk rate limit (429): waiting 1 s, then users 1-100 again" in err
+    assert "Clerk answered 429 (rate limited): waiting 1 s, then users 1-100 again" in err
     first_page = "/v1/users?limit=100&offset=0&order_by=-created_at"
     assert clerk.page_requests()[:2] == [first_page, first_page]
     assert len(clerk.page_requests()) == 4
@@ -299,6 +301,72 @@ async def test_endless_429s_stop_the_import_with_one_line(
     assert status == 1
     assert err.splitlines()[-1].startswith("activation import-clerk: Clerk answered 429")
     assert len(clerk.page_requests()) == 11  # the first try and 10 retries
+
+
+@pytest.mark.parametrize("transport", ["redis"])
+async def test_a_long_retry_after_is_capped_and_the_wait_said(
+    clerk: ClerkStandin, settings: Settings
+) -> None:
+    clerk.reset([person(i) for i in range(3)])
+    clerk.rate_limit(1, retry_after_s=3600)
+    clerk.fail(1, 503, retry_after_s=3600)
+    clerk.fail(1, 502)  # no Retry-After: the backoff's 4 s, capped too
+    given = {"clerk_secret_key": SecretStr(SECRET_KEY), "clerk_api_url": clerk.url}
+    with_key = settings.model_copy(update=given)
+    notes: list[str] = []
+
+    async with clerk_users(with_key, notes.append) as default:
+        assert default.wait_s(3600, tries=0) == MAX_WAIT_S == 60  # what the command waits at most
+    async with clerk_users(with_key, notes.append, max_wait_s=0.2) as users:
+        page = await users.page(0)
+
+    assert [user.id for user in page.users] == [f"user_import{i:04d}" for i in (2, 1, 0)]
+    assert notes == [
+        "Clerk answered 429 (rate limited): waiting 0.2 s (Retry-After asked 3600 s), then users "
+        "1-100 again",
+        "Clerk answered 503: waiting 0.2 s (Retry-After asked 3600 s), then users 1-100 again",
+        "Clerk answered 502: waiting 0.2 s, then users 1-100 again",
+    ]
+    assert len(clerk.page_requests()) == 4
+
+
+def unreadable(i: int) -> dict[str, Any]:
+    """Person i as the SDK's model cannot read it, each fault quoting their own data: an email
+    address where the verification object belongs (the SDK raises a bare ValueError quoting it),
+    or a name in a list (pydantic's error quotes the input)."""
+    user = person(i)
+    if i % 2:
+        user["first_name"] = [f"Person{i}"]
+    else:
+        user["email_addresses"][0]["verification"] = f"person{i}@example.org"
+    return user
+
+
+@pytest.mark.parametrize("transport", ["redis"])
+@pytest.mark.usefixtures("cli_env")
+async def test_users_the_sdk_cannot_read_are_skipped_counted_and_never_printed(
+    clerk: ClerkStandin, settings: Settings, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clerk.reset([unreadable(i) if i in (42, 107) else person(i) for i in range(150)])
+
+    status, out, err = await import_clerk(capsys)
+
+    assert (status, out) == (
+        0,
+        "imported 148, updated 0, unchanged 0, skipped (deleted) 0, skipped (unreadable) 2",
+    )
+    assert err.splitlines() == [
+        "user user_import0107 skipped: the SDK cannot read it (first_name: string_type)",
+        "user user_import0042 skipped: the SDK cannot read it",
+    ]
+    for data in ("person42@", "Person42", "person107@", "Person107"):
+        assert data not in out + err
+    async with running(settings, clock) as (_, http):
+        for i in (0, 41, 43, 106, 108, 149):
+            assert (await user_state(http, f"user_import{i:04d}"))["profile"]["first_name"]
+        for i in (42, 107):
+            response = await http.get(f"/v1/users/user_import{i:04d}", headers=AUTH)
+            assert response.status_code == 404
 
 
 @pytest.mark.parametrize("transport", ["redis"])

@@ -5,7 +5,9 @@ import asyncio
 import base64
 import copy
 import json
+import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +276,25 @@ async def test_missing_signature_is_refused(client: httpx.AsyncClient) -> None:
     body = json.dumps(EVENTS["email.opened"]).encode()
     response = await client.post("/webhooks/resend", content=body)
     assert response.status_code == 400
+
+
+@embedded_only
+@pytest.mark.parametrize("skew_ms", [10 * 60_000, -10 * 60_000], ids=["ahead", "behind"])
+async def test_timestamps_are_judged_on_the_services_clock_not_this_machines(
+    make_app_settings: Callable[..., Settings], skew_ms: int
+) -> None:
+    """The service keeps Redis's time, here 10 minutes from this machine's: an event signed now
+    on the service's clock is taken, one signed on this machine's clock is too old or new."""
+    service = FakeClock(int(time.time() * 1000) + skew_ms)
+    at_service = datetime.fromtimestamp(service() / 1000, tz=UTC)
+    async with running(make_app_settings(), service) as (_, client):
+        taken = await post_event(client, tagged_event("email.opened"), timestamp=at_service)
+        refused = await post_event(
+            client, tagged_event("email.clicked"), timestamp=datetime.now(tz=UTC)
+        )
+    assert taken.status_code == 200, taken.text
+    assert refused.status_code == 400
+    assert ("too old" if skew_ms > 0 else "too new") in refused.json()["error"]
 
 
 @embedded_only

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from app import signing
 from app.delivery.unsubscribe import UnsubscribeTokens
-from app.errors import BadToken
+from app.errors import BadToken, InvalidToken
 from app.settings import Settings
 from app.web import sessions
 from tests.conftest import API_KEY, AUTH, clerk_event, post_webhook
@@ -197,6 +197,32 @@ def test_secret_matches_compares_bytes_and_nothing_matches_no_secret() -> None:
     assert not signing.secret_matches(SecretStr("k3y"), b"")
     assert not signing.secret_matches(None, b"")
     assert signing.secret_matches(SecretStr("clé"), "clé".encode())
+
+
+# --- session tokens' times, on the clock given ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({"exp": 1000}, "expired"),  # at now 1005 with 5 s of leeway, as PyJWT: exp <= now - 5
+        ({"exp": 1001, "nbf": 1010, "iat": 1010}, None),
+        ({"nbf": 1011}, "not valid yet"),
+        ({"iat": 1011}, "not valid yet"),
+        ({"exp": 10**400}, None),
+        ({"exp": "2000"}, "malformed"),
+        ({"exp": True}, "malformed"),
+        ({"nbf": float("nan")}, "malformed"),
+    ],
+)
+def test_token_times_are_judged_as_pyjwt_does_at_the_now_given(
+    claims: dict[str, object], why: str | None
+) -> None:
+    if why is None:
+        signing.check_times(claims, now_s=1005, leeway_s=5)
+        return
+    with pytest.raises(InvalidToken, match=f"^{why}$"):
+        signing.check_times(claims, now_s=1005, leeway_s=5)
 
 
 # --- one module compares and signs --------------------------------------------------------------

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,9 +12,18 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import clerk_event, load_fixture, post_webhook, running, sign, store_of
+from tests.conftest import (
+    FakeClock,
+    clerk_event,
+    load_fixture,
+    post_webhook,
+    running,
+    sign,
+    store_of,
+)
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+OTHER = "user_2other0000000000000000000"
 
 
 def created_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any) -> dict[str, Any]:
@@ -450,6 +460,27 @@ async def test_official_vector_is_refused_as_a_replay(
     await assert_refused(response, app, 400, "too old")
 
 
+# --- judged on the service's clock (Redis's), not this machine's ---------------------------------
+
+
+@embedded_only
+@pytest.mark.parametrize("skew_ms", [10 * 60_000, -10 * 60_000], ids=["ahead", "behind"])
+async def test_timestamps_are_judged_on_the_services_clock_not_this_machines(
+    make_settings: Any, skew_ms: int
+) -> None:
+    """This machine's clock 10 minutes off the service's (Redis's, which Svix's agrees with): a
+    delivery signed now is taken, one signed on this machine's clock is too old or too new."""
+    service = FakeClock(int(time.time() * 1000) + skew_ms)
+    at_service = datetime.fromtimestamp(service() / 1000, tz=UTC)
+    async with running(make_settings(), service) as (app, http):
+        taken = await post_signed(http, created_event(), timestamp=at_service)
+        refused = await post_signed(http, created_event(OTHER), timestamp=datetime.now(tz=UTC))
+        assert await store_of(app).users.get(OTHER) is None
+    assert taken.json() == {"status": "created"}
+    assert refused.status_code == 400
+    assert ("too old" if skew_ms > 0 else "too new") in refused.json()["error"]
+
+
 # --- storage down: 503 within seconds, never a 2xx for something not stored ---------------------
 
 
@@ -457,8 +488,6 @@ async def test_official_vector_is_refused_as_a_replay(
 async def test_storage_down_answers_503_quickly(
     make_settings: Any, clock: Any, transport: str
 ) -> None:
-    import time
-
     from tests.test_health import unreachable_storage
 
     async with running(make_settings(**unreachable_storage(transport)), clock) as (_, http):

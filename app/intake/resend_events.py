@@ -73,9 +73,10 @@ async def receive_resend_event(
     """Receive a Resend webhook: recorded, suppressed, duplicate, unmatched, unknown or ignored."""
     with metrics.webhook_failures("resend"):
         body = await read_body(request, MAX_BODY_BYTES)
-        delivery_id = verify(verifier, body, dict(request.headers), "RESEND_WEBHOOK_SECRET")
+        headers, now_ms = dict(request.headers), clock()
+        delivery_id = verify(verifier, body, headers, "RESEND_WEBHOOK_SECRET", now_ms=now_ms)
         event = parse_event(body, ResendEvent)
-        status = await apply_event(store, event, delivery_id, now_ms=clock())
+        status = await apply_event(store, event, delivery_id, now_ms=now_ms)
     logger.info("resend event %s delivery=%s: %s", event.type, delivery_id, status)
     metrics.webhook("resend", event.type, status)
     if status == "suppressed":

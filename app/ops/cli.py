@@ -99,8 +99,27 @@ def _port(text: str) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port)
+    from app.web.gate import MAX_HEADER_BYTES
+
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        http=_http_protocol(),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # h11's own bound on a request's head
+    )
     return 0
+
+
+def _http_protocol() -> str:
+    """httptools with a bound on a request's head (`app.web.head_limit`), else h11."""
+    import importlib.util
+
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from app.web.head_limit import PROTOCOL
+
+    return PROTOCOL
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -198,6 +217,8 @@ def run_dead(args: argparse.Namespace) -> int:
 
 
 async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
+    from app.storage.queue import Requeued
+
     runtime = await started(shared_settings("dead"))
     try:
         jobs = await runtime.store.queue.dead_jobs(limit=10_000)
@@ -212,10 +233,17 @@ async def _dead(action: str, job_id: str | None, *, retry_all: bool) -> int:
             return 0
         if not chosen:
             raise ActivationError(f"no dead-letter job {job_id!r} (try: activation dead list)")
-        for job in chosen:
-            await runtime.store.queue.retry_dead(job, now_ms=runtime.clock())
-        print(f"{len(chosen)} job(s) queued again")
-        return 0
+        queue, now = runtime.store.queue, runtime.clock()
+        outcomes = [await queue.retry_dead(job, now_ms=now) for job in chosen]
+        for job, outcome in zip(chosen, outcomes, strict=True):
+            if outcome is Requeued.KEY_IN_USE:
+                print(
+                    f"{job.id}: not queued: it may have gone out in batch {job.batch}, whose key "
+                    "Resend keeps 24 h from its first attempt; retry after that"
+                )
+        queued = sum(outcome is Requeued.QUEUED for outcome in outcomes)
+        print(f"{queued} job(s) queued again")
+        return 0 if queued == len(chosen) else 1
     finally:
         await runtime.close()
 

@@ -86,6 +86,10 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # storage holds this version or a newer one
     SKIPPED = "skipped (deleted)"  # a tombstone: deleted users stay deleted
     INVALID = "invalid"  # a user the service cannot store (an id it refuses)
+    UNREADABLE = "skipped (unreadable)"  # a user the SDK's model cannot read: named on stderr
+
+
+OUTCOMES_IF_ANY = frozenset({Outcome.INVALID, Outcome.UNREADABLE})  # in the summary if any
 
 
 @dataclass
@@ -97,8 +101,9 @@ class Tally:
         return sum(self.outcomes.values())
 
     def summary(self) -> str:
-        """`imported N, updated M, unchanged K, skipped (deleted) D` (`, invalid I` if any)."""
-        shown = [o for o in Outcome if o is not Outcome.INVALID or self.outcomes[o]]
+        """`imported N, updated M, unchanged K, skipped (deleted) D` (then `, invalid I` and
+        `, skipped (unreadable) U` if any)."""
+        shown = [o for o in Outcome if o not in OUTCOMES_IF_ANY or self.outcomes[o]]
         return ", ".join(f"{outcome.value} {self.outcomes[outcome]}" for outcome in shown)
 
 
@@ -228,11 +233,14 @@ async def walk(
     tally = Tally()
     offset, since = 0, options.since_ms
     while True:
-        users = await clerk.page(offset)
-        wanted = [user for user in users if since is None or user.created_at >= since]
+        page = await clerk.page(offset)
+        for line in page.unreadable:
+            progress.note(line)
+        tally.outcomes[Outcome.UNREADABLE] += len(page.unreadable)
+        wanted = [user for user in page.users if since is None or user.created_at >= since]
         tally.outcomes.update(await importer.settle_all(wanted))
         progress.update(tally)
-        if len(users) < PAGE_SIZE or len(wanted) < len(users):
+        if page.listed < PAGE_SIZE or len(wanted) < len(page.users):
             return tally
         offset += PAGE_SIZE
 

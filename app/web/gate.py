@@ -1,9 +1,11 @@
 """The front door, outside all of FastAPI's middleware: each HTTP request is matched to its route
 once, here, as FastAPI's router matches it (Starlette's `get_route_path`, so the same under a
 `--root-path`, a `Mount` or a proxy prefix), and that route's declared policy (`app.web.auth`) is
-enforced before anything reads the body: 401 without the credentials it wants, 413 when the body
-is declared or streamed past its limit. Then a hot endpoint is called directly; the rest goes on
-to FastAPI, and so does a request no route matches (FastAPI's 404, 405 or redirect, no body read).
+enforced before anything reads the body: 401 without the credentials it wants (or with an
+Authorization longer than any, unparsed), 413 when the body is declared or streamed past its
+limit. Before any of that, headers totalling more than MAX_HEADER_BYTES are answered 431. Then
+a hot endpoint is called directly; the rest goes on to FastAPI, and so does a request no route
+matches (FastAPI's 404, 405 or redirect, no body read).
 A route browsers may call (`POST /v1/actions`) also takes a Clerk session token: the gate
 verifies it and leaves the session in the scope for the route (`app.web.session_tokens`), and
 adds the CORS headers for an allowed origin to whatever is answered (`app.web.cors`).
@@ -43,6 +45,12 @@ from app.web.sessions import COOKIE
 logger = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+# Bounds on what the gate reads before it lets a request in. A Clerk session token is about
+# 1 KiB (4 KiB at most: Clerk keeps it under a cookie's size), the API key far less; a longer
+# Authorization is refused before anything parses it (a JWT's parse is CPU on the event loop).
+MAX_AUTHORIZATION_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024  # every header's name and value, together: more answers 431
 
 
 class Traffic:
@@ -143,19 +151,34 @@ class RouteTable:
         return UNMATCHED
 
 
-def credentials(scope: Scope) -> tuple[bytes, int, bytes]:
-    """The raw Authorization header, the declared Content-Length (0 when none) and the Origin
-    (b"" when none), in one pass."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the gate reads of a request's headers, in one pass over them."""
+
+    authorization: bytes = b""  # raw, b"" when none
+    declared_bytes: int = 0  # Content-Length, 0 when none
+    origin: bytes = b""  # b"" when none
+    header_bytes: int = 0  # every header's name and value
+
+
+def credentials(scope: Scope) -> Credentials:
     authorization = origin = b""
-    declared_bytes = 0
+    declared_bytes = header_bytes = 0
     for name, value in scope["headers"]:
+        header_bytes += len(name) + len(value)
         if name == b"authorization":
             authorization = value
         elif name == b"content-length" and value.isdigit():
             declared_bytes = int(value) if len(value) < 19 else sys.maxsize
         elif name == b"origin":
             origin = value
-    return authorization, declared_bytes, origin
+    return Credentials(authorization, declared_bytes, origin, header_bytes)
+
+
+def headers_too_large() -> JSONResponse:
+    """The 431 for headers over MAX_HEADER_BYTES; the connection is closed."""
+    body = {"error": f"request headers over {MAX_HEADER_BYTES} bytes"}
+    return JSONResponse(body, status_code=431, headers={"Connection": "close"})
 
 
 def too_large(limit_bytes: int) -> JSONResponse:
@@ -248,13 +271,16 @@ class Gate:
         return wrapped
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = credentials(scope)
+        if given.header_bytes > MAX_HEADER_BYTES:
+            await headers_too_large()(scope, receive, send)
+            return
         entry = self.table.find(scope)
         policy = entry.policy
-        authorization, declared_bytes, origin = credentials(scope)
-        if origin and policy is not None and policy.access in BROWSER_ACCESS:
-            send = self.cors(send, policy.access, origin)
-        refusal = await self.refusal(scope, policy, authorization, origin)
-        if refusal is None and policy is not None and declared_bytes > policy.max_body_bytes:
+        if given.origin and policy is not None and policy.access in BROWSER_ACCESS:
+            send = self.cors(send, policy.access, given.origin)
+        refusal = await self.refusal(scope, policy, given.authorization, given.origin)
+        if refusal is None and policy is not None and given.declared_bytes > policy.max_body_bytes:
             refusal = too_large(policy.max_body_bytes)
         if refusal is not None:
             await refusal(scope, receive, send)
@@ -284,6 +310,8 @@ class Gate:
             return JSONResponse({"error": UNDECLARED}, status_code=403)
         if policy.access is Access.PUBLIC:
             return None
+        if len(authorization) > MAX_AUTHORIZATION_BYTES:  # no key or token is: refused unread
+            return policy.refusal(Request(scope), Verdict.REFUSED)
         token = auth.bearer_token(authorization)
         try:
             verdict = await self.verdict(scope, policy.access, token, origin)
