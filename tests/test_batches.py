@@ -21,10 +21,12 @@ from fastapi import FastAPI
 from app.clock import system_clock_ms
 from app.delivery.batch import Batcher, BatchSender
 from app.delivery.jobs import EmailJob
+from app.delivery.resend import RateLimiter
 from app.delivery.send import Lease
 from app.delivery.worker import Worker
 from app.settings import Settings
-from app.storage.records import Claim
+from app.storage.queue import Requeued
+from app.storage.records import Claim, EmailEvent
 from tests.conftest import (
     AUTH,
     FakeClock,
@@ -37,6 +39,8 @@ from tests.conftest import (
 )
 from tests.resend_standin import ResendStandin, job_of, run_standin
 from tests.test_faults import fake_time_rate_limiter, wait_until, worker_env, worker_process
+
+QUEUED = Requeued.QUEUED
 
 SEC = 1000
 MIN = 60 * SEC
@@ -390,10 +394,11 @@ async def test_a_batch_refused_whole_fails_every_member_without_retry(
         dead = await store_of(app).queue.dead_jobs()
         assert await batches_left(app) == ([], [])
 
-        # an operator's retry, once the key is fixed, sends them: freed from the batch
+        # refused whole: nothing was accepted, so nothing ties them to the batch's key, and an
+        # operator's retry, once the key is fixed, sends them afresh
         for job in dead:
-            assert job.batch is not None
-            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms)
+            assert (job.batch, job.first_attempt_at) == (None, None)
+            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms) is QUEUED
         await worker_of(app).drain()
         assert set((await statuses(app, user_ids)).values()) == {"sent"}
 
@@ -421,7 +426,7 @@ async def test_an_operator_retrying_a_dead_member_before_its_batch_is_removed_is
         dead = await store_of(app).queue.dead_jobs()
         assert len(dead) == 3
         for job in dead:
-            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms)
+            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms) is QUEUED
         [batch_id], _ = await batches_left(app)
         await sender_of(worker_of(app)).resume(0, batch_id, Lease())  # before the users' turns
         assert set((await statuses(app, user_ids)).values()) == {"queued"}
@@ -507,3 +512,154 @@ async def test_a_worker_process_killed_mid_batch_leaves_each_email_exactly_once(
     assert [batch["key"] for batch in batches] == [key]
     assert "sent again" in (tmp_path / "second.log").read_text()  # the batch, by worker 2
     assert (inbox == accepted) is accepted_first  # accepted first: the resend got its answer
+
+
+# --- each request re-checks its members; a key that may have been used is kept ------------------
+
+
+async def suppress(app: FastAPI, user_id: str, reason: str, now_ms: int) -> None:
+    """A hard bounce or complaint, as Resend's webhook records it."""
+    event = EmailEvent(f"msg_{reason}_{user_id}", user_id, "email.x", suppression=reason)
+    assert await store_of(app).users.record_email_event(event, now_ms=now_ms) == "suppressed"
+
+
+async def dead_after_retries(app: FastAPI, resend: ResendStandin, clock: FakeClock) -> None:
+    """Every request fails (a gateway in front of Resend answering 502) until the loop's
+    retries are used up: the welcomes die with their outcome unknown."""
+    resend.script(*[("status", 502)] * 10)
+    for _ in range(6):
+        clock.advance(30 * MIN)
+        await worker_of(app).drain()
+
+
+@pytest.mark.parametrize("first", [("status", 500), ("accept_then_fail", 500)])
+async def test_members_suppressed_while_their_batch_waits_for_its_retry_are_not_sent(
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+    resend: ResendStandin,
+    first: tuple[Any, ...],
+) -> None:
+    """The first request fails; one member complains and one hard-bounces before the retry.
+    The retry leaves them out: when nothing was accepted they get nothing; when the first
+    request had been accepted after all, Resend refuses the smaller payload under the key (409),
+    which says the first went out: every member is recorded sent, and nothing new goes."""
+    user_ids = users(4)
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        fake_time_rate_limiter(worker_of(app), clock)
+        await signup_and_act(http, user_ids)
+        resend.script(first)
+        await worker_of(app).drain()
+        key = (await stored_job(app, user_ids[0])).batch
+        await suppress(app, user_ids[0], "complained", clock.now_ms)
+        await suppress(app, user_ids[1], "bounced", clock.now_ms)
+        clock.advance(2 * MIN)
+        await worker_of(app).drain()
+        found = await statuses(app, user_ids)
+        assert await batches_left(app) == ([], [])
+
+    accepted = first[0] == "accept_then_fail"
+    if accepted:
+        assert found == dict.fromkeys(user_ids, "sent")
+        assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids)  # once each
+    else:
+        assert found == {
+            **dict.fromkeys(user_ids[:2], "dropped"),
+            **dict.fromkeys(user_ids[2:], "sent"),
+        }
+        assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids[2:])
+        assert [(batch["key"], batch["size"]) for batch in resend.batches] == [(key, 2)]
+
+
+async def test_a_member_unsubscribed_while_its_batch_waits_for_a_slot_is_left_out(
+    make_settings: Callable[..., Settings], clock: FakeClock, resend: ResendStandin
+) -> None:
+    """The members are checked again right before the request, after the wait for a
+    rate-limit slot: a user who unsubscribed (or was deleted) meanwhile gets nothing."""
+    user_ids = users(4)
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        worker = worker_of(app)
+        mailer = worker.evaluator.delivery.mailer  # type: ignore[union-attr]
+        waits: list[float] = []
+
+        async def meanwhile(seconds: float) -> None:  # the wait for the slot
+            waits.append(seconds)
+            await asyncio.sleep(seconds)
+            if len(waits) == 1:
+                assert await store_of(app).users.unsubscribe(user_ids[0], now_ms=clock.now_ms)
+                gone = json.dumps(clerk_event("deleted", user_ids[1])).encode()
+                assert (await post_webhook(http, gone)).status_code == 200
+
+        mailer.rate_limiter = RateLimiter(1, clock=time.monotonic, sleep=meanwhile)
+        mailer.rate_limiter.hold_off(0.5)
+        await signup_and_act(http, user_ids)
+        await worker.drain()
+        assert waits
+        found = await statuses(app, user_ids[2:])
+        dropped = await stored_job(app, user_ids[0])
+
+    assert found == dict.fromkeys(user_ids[2:], "sent")
+    assert (dropped.status.value, dropped.last_error) == ("dropped", "unsubscribed")
+    assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids[2:])
+
+
+@pytest.mark.parametrize("retried", ["all", "one"])
+async def test_an_operators_retry_of_a_batch_that_may_have_been_accepted_keeps_its_key(
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+    resend: ResendStandin,
+    retried: str,
+) -> None:
+    """Resend accepted the batch but answered 500, then a gateway refused every retry: the
+    members die with their outcome unknown. An operator's retry a few minutes later sends them
+    again in the same batch, under its key, never another: Resend answers with its first
+    answer (all retried) or refuses the smaller payload (one retried), which says the first went
+    out; either way nobody gets a second email, and every member is recorded sent."""
+    user_ids = users(3)
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        fake_time_rate_limiter(worker_of(app), clock)
+        await signup_and_act(http, user_ids)
+        resend.script(("accept_then_fail", 500))
+        await worker_of(app).drain()
+        await dead_after_retries(app, resend, clock)
+        dead = await store_of(app).queue.dead_jobs()
+        assert {job.id for job in dead} == {welcome(uid) for uid in user_ids}
+        [key] = {job.batch for job in dead}
+        assert key is not None
+        assert (await batches_left(app))[0] == [key]  # kept: the key may have been used
+        resend.app.state.script.clear()  # the gateway is fixed
+        clock.advance(5 * MIN)
+        for job in dead if retried == "all" else dead[:1]:
+            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms) is QUEUED
+        await worker_of(app).drain()
+        found = await statuses(app, user_ids)
+        keys = {entry["idempotency_key"] for entry in resend.inbox}
+
+    assert found == dict.fromkeys(user_ids, "sent")
+    assert sorted(resend.jobs) == sorted(welcome(uid) for uid in user_ids)  # once each
+    assert keys == {key}
+
+
+async def test_a_spent_batch_is_removed_once_resend_forgets_its_key_and_a_retry_starts_afresh(
+    make_settings: Callable[..., Settings], clock: FakeClock, resend: ResendStandin
+) -> None:
+    """Past Resend's 24 h, the key is gone: the batch's record goes, and an operator's retry
+    sends the email under a new key (the README says such a retry may send it twice)."""
+    user_ids = users(2)
+    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+        fake_time_rate_limiter(worker_of(app), clock)
+        await signup_and_act(http, user_ids)
+        resend.script(("status", 500))
+        await worker_of(app).drain()
+        await dead_after_retries(app, resend, clock)
+        dead = await store_of(app).queue.dead_jobs()
+        resend.app.state.script.clear()  # the gateway is fixed
+        clock.advance(25 * 60 * MIN)
+        await worker_of(app).drain()
+        assert await batches_left(app) == ([], [])
+        for job in dead:
+            assert await store_of(app).queue.retry_dead(job, now_ms=clock.now_ms) is QUEUED
+        await worker_of(app).drain()
+        found = await statuses(app, user_ids)
+
+    assert found == dict.fromkeys(user_ids, "sent")
+    assert {entry["idempotency_key"] for entry in resend.inbox} != {dead[0].batch}

@@ -183,6 +183,66 @@ async def test_exhausted_retries_go_to_the_dead_letters(
     assert [job.id for job in await store_of(app).queue.dead_jobs()] == [email["id"]]
 
 
+async def test_an_operators_retry_after_an_accepted_attempt_keeps_the_job_id_as_its_key(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin, clock: FakeClock
+) -> None:
+    """Resend accepted the first attempt but answered 500; a failing gateway refused every
+    retry; the welcome died. An operator's retry minutes later goes alone, under the job id,
+    never in a batch under a new key: Resend answers with its first answer and nobody gets a
+    second email."""
+    resend.script(("accept_then_fail", 500), *[("status", 502)] * 3)
+    await signup(client)
+    await activate(client)
+    for _ in range(5):
+        await worker_of(app).drain()
+        clock.advance(2 * MIN)
+    [dead] = await store_of(app).queue.dead_jobs()
+    assert dead.first_attempt_at is not None  # it may have been accepted: its key is kept
+
+    clock.advance(5 * MIN)
+    assert await store_of(app).queue.retry_dead(dead, now_ms=clock.now_ms) == "queued"
+    await worker_of(app).drain()
+    [email] = await emails(client)
+    assert email["status"] == "sent"
+    assert [entry["idempotency_key"] for entry in resend.inbox] == [dead.id]  # one, one key
+
+
+async def test_a_key_used_with_another_payload_is_not_read_as_sent(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    """Resend's 409 invalid_idempotent_request says an email went under the key with another
+    payload, not this one (our payload under a key never changes): dead-lettered, never counted
+    as sent."""
+    resend.script(("status", 409, None, "invalid_idempotent_request"))
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    [email] = await emails(client)
+    assert email["status"] == "failed"
+    assert "invalid_idempotent_request" in email["last_error"]
+    assert resend.inbox == []
+
+
+async def test_a_user_who_unsubscribes_while_their_email_waits_for_a_slot_gets_nothing(
+    client: httpx.AsyncClient, app: FastAPI, resend: ResendStandin
+) -> None:
+    """After a wait for a rate-limit slot the user is read again, right before the request."""
+    mailer = worker_of(app).evaluator.delivery.mailer  # type: ignore[union-attr]
+
+    async def meanwhile(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        assert await store_of(app).users.unsubscribe(USER, now_ms=0) is not None
+
+    mailer.rate_limiter = RateLimiter(1, sleep=meanwhile)
+    mailer.rate_limiter.hold_off(0.2)
+    await signup(client)
+    await activate(client)
+    await worker_of(app).drain()
+    [email] = await emails(client)
+    assert (email["status"], email["last_error"]) == ("dropped", "unsubscribed")
+    assert resend.inbox == []
+
+
 @pytest.mark.parametrize("failure", [500, "drop"])
 async def test_accepted_but_the_answer_was_lost_sends_one_email(
     client: httpx.AsyncClient,
@@ -209,6 +269,10 @@ class DiesAfterSending:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.deaths = 1
+
+    async def pace(self, max_wait_s: float) -> float:
+        waited_s: float = await self.inner.pace(max_wait_s)
+        return waited_s
 
     async def send(self, email: RenderedEmail, idempotency_key: str, **options: Any) -> str:
         provider_id: str = await self.inner.send(email, idempotency_key, **options)

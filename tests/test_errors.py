@@ -109,4 +109,4 @@ def test_the_load_errors_refuse_startup_and_the_send_errors_decide_by_type() -> 
     assert not issubclass(errors.TemplateRenderError, errors.ConfigError)
     assert issubclass(errors.NotSent, errors.TransientSendError)
     assert not issubclass(errors.PermanentSendError, errors.TransientSendError)
-    assert not issubclass(errors.AlreadySent, errors.SendError)
+    assert issubclass(errors.KeyReused, errors.PermanentSendError)  # never read as sent

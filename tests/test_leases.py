@@ -23,7 +23,7 @@ from app.runtime import build_runtime
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.records import Applied, Claim, Settled
+from app.storage.records import Applied, Claim, Held, NewAction, Settled
 from app.storage.store import Store
 from tests.conftest import (
     AUTH,
@@ -91,14 +91,15 @@ async def begin(store: Store, lease: Claim, now_ms: int) -> EmailJob | Applied:
     job = begin_attempt(record.jobs[WELCOME], now_ms)
     applied = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[job], wake_at_ms=None,
-        token=lease.token, lease_ms=LEASE, begun=True,
+        token=lease.token, begun=True,
     )  # fmt: skip
     return job if applied is Applied.APPLIED else applied
 
 
 async def settle(store: Store, job: EmailJob, lease: Claim, now_ms: int, **kwargs: Any) -> Settled:
+    held = Held(TURN, lease.token)
     return await store.queue.settle(
-        job, now_ms=now_ms, seq=job.seq, token=lease.token, lease_ms=LEASE, **kwargs
+        job, now_ms=now_ms, seq=job.seq, under=held, turn=held, **kwargs
     )
 
 
@@ -181,18 +182,66 @@ async def test_renewed_leases_are_not_taken_over_and_a_stale_token_renews_nothin
 ) -> None:
     await queue_job(store, 100)
     lease = await claim(store, 100)
-    stranger = Claim(job_ids=[TURN], wake_at_ms=None, token="5")
+    stranger = Claim(job_ids=[TURN], wake_at_ms=None, token=str(int(lease.token) + 1000))
     assert await store.queue.renew_leases(stranger, [TURN], now_ms=900, lease_ms=LEASE) == []
     assert await store.queue.renew_leases(lease, [TURN], now_ms=900, lease_ms=LEASE) == [TURN]
-    assert lease.token_of(TURN) == "1900"  # the renewal's expiry is the lease's token now
 
-    assert (await claim(store, 1_500)).job_ids == []
+    assert (await claim(store, 1_500)).job_ids == []  # renewed to 1900: not due
     assert isinstance(await begin(store, lease, 1_600), EmailJob)  # still the holder
     taken = await claim(store, 1_900)
     assert taken.job_ids == [TURN]
+    assert int(taken.token) > int(lease.token)  # a new number, never one used before
     # renewing a lease taken over renews nothing, and leaves the old holder fenced
     assert await store.queue.renew_leases(lease, [TURN], now_ms=1_950, lease_ms=LEASE) == []
     assert await begin(store, lease, 2_000) is Applied.STALE
+
+
+async def test_an_action_on_a_held_turn_never_lets_a_second_worker_claim_it(
+    store: Store,
+) -> None:
+    """The defect of time-range fencing: an action put a held turn back at `now`, a second
+    worker claimed it, and both passed the check. Now the action is noted on the lease, the
+    turn stays with its holder, and its release makes it due at once."""
+    await queue_job(store, 100)
+    first = await claim(store, 100)
+    watched = {"first_project_created": [1]}
+    action = NewAction(USER, "first_project_created", 150, id="evt_1")
+    assert await store.actions.record([action], now_ms=150, tracked=watched) == (1, 0)
+    assert (await claim(store, 200)).job_ids == []  # not due: its holder still has it
+    record = await store.reads.snapshot(USER)
+    applied = await store.queue.apply_decisions(
+        USER, rev=record.rev, states={}, jobs=[], wake_at_ms=50_000, token=first.token
+    )
+    assert applied is Applied.APPLIED
+    again = await claim(store, 300)  # the release made it due at the action's time
+    assert again.job_ids == [TURN]
+    assert int(again.token) > int(first.token)
+
+
+async def test_a_frozen_worker_that_wakes_after_others_finished_writes_nothing(
+    store: Store,
+) -> None:
+    """A worker paused past its lease (a GC pause, a stopped VM) while a second one took the
+    turn, sent, released it, and a third claimed it again: every write of the first is refused,
+    whatever the clocks say."""
+    await queue_job(store, 100)
+    frozen = await claim(store, 100)
+    second = await claim(store, 1_200)
+    theirs = await begin(store, second, 1_200)
+    assert isinstance(theirs, EmailJob)
+    assert await settle(store, sent(theirs, 1_300), second, 1_300, wake_at_ms=1_400) is (
+        Settled.SETTLED
+    )
+    third = await claim(store, 1_500)
+    assert third.job_ids == [TURN]
+    assert await begin(store, frozen, 1_600) is Applied.STALE
+    assert await store.queue.renew_leases(frozen, [TURN], now_ms=1_600, lease_ms=LEASE) == []
+    record = await store.reads.snapshot(USER)
+    late = record.jobs[WELCOME].model_copy(update={"status": JobStatus.FAILED})
+    assert await settle(store, late, frozen, 1_600, wake_at_ms=None) is Settled.FINAL
+    assert (await store.reads.get_job(WELCOME)) == record.jobs[WELCOME]
+    # and the third holder is still the holder
+    assert await store.queue.renew_leases(third, [TURN], now_ms=1_700, lease_ms=LEASE) == [TURN]
 
 
 async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
@@ -201,7 +250,7 @@ async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
     second = await claim(store, 1_200)
     assert first.job_ids == second.job_ids == [TURN]
     record = await store.reads.snapshot(USER)
-    apply = {"rev": record.rev, "states": {}, "jobs": [], "wake_at_ms": None, "lease_ms": LEASE}
+    apply = {"rev": record.rev, "states": {}, "jobs": [], "wake_at_ms": None}
     stale = await store.queue.apply_decisions(USER, token=first.token, **apply)
     fresh = await store.queue.apply_decisions(USER, token=second.token, **apply)
     assert (stale, fresh) == (Applied.STALE, Applied.APPLIED)

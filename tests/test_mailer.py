@@ -13,7 +13,7 @@ import resend
 
 from app.delivery.jobs import RenderedEmail
 from app.delivery.resend import RateLimiter, ResendMailer
-from app.errors import AlreadySent, ConfigError, PermanentSendError, TransientSendError
+from app.errors import ConfigError, KeyReused, PermanentSendError, TransientSendError
 from tests.resend_standin import ResendStandin, run_standin
 
 EMAIL = RenderedEmail(
@@ -103,13 +103,13 @@ async def test_same_key_twice_is_one_email_with_one_id(
     assert standin.requests == 2
 
 
-async def test_same_key_with_another_payload_counts_as_already_sent(
+async def test_same_key_with_another_payload_is_refused_for_good_not_read_as_sent(
     mailer: ResendMailer, standin: ResendStandin
 ):
     job = key()
     await mailer.send(EMAIL, job)
 
-    with pytest.raises(AlreadySent) as caught:
+    with pytest.raises(KeyReused) as caught:
         await mailer.send(EMAIL.model_copy(update={"subject": "Another subject"}), job)
 
     assert caught.value.idempotency_key == job

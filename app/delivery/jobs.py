@@ -5,6 +5,7 @@ and the id doubles as Resend's Idempotency-Key.
 """
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +18,10 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.SENT, JobStatus.FAILED, JobStatus.DROPPED})
+
+# Resend keeps an idempotency key 24 h from the request that used it first: until then a job that
+# may have been accepted under a key is sent again under that key only, never another.
+KEY_KEPT_MS = 24 * 3600 * 1000
 
 
 class RenderedEmail(BaseModel):
@@ -67,3 +72,17 @@ class EmailJob(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def requeued(self, now_ms: int) -> tuple["EmailJob", str | None]:
+        """The job queued again by an operator (its retries afresh), and the batch it must go
+        out in again, if any. An attempt that may have been accepted within Resend's 24 h keeps
+        its key: a job tried alone goes alone again (its id is the key), one of a batch goes in
+        that batch again (its id is the key); past the 24 h, or when nothing may have been
+        accepted, it starts afresh."""
+        update: dict[str, Any] = {"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms}
+        update |= {"ended_at": None, "started_at": None}
+        first = self.first_attempt_at
+        if first is None or now_ms - first >= KEY_KEPT_MS:
+            update |= {"first_attempt_at": None, "batch": None}
+            return self.model_copy(update=update), None
+        return self.model_copy(update=update), self.batch

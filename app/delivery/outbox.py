@@ -20,6 +20,9 @@ MAX_BATCH = 100  # emails in one batch: Resend's limit for one request
 
 
 class Mailer(Protocol):
+    async def pace(self, max_wait_s: float = math.inf) -> float:
+        """Wait for a slot to start a request; how long that took (s)."""
+
     async def send(
         self,
         email: RenderedEmail,
@@ -27,6 +30,7 @@ class Mailer(Protocol):
         *,
         tags: Mapping[str, str] = {},
         max_wait_s: float = math.inf,
+        paced: bool = False,
     ) -> str: ...
 
 
@@ -50,13 +54,24 @@ class BatchMailer(Protocol):
     """A mailer that also sends up to 100 emails in one request, under one idempotency key:
     each email's id, or why it alone was refused, in their order."""
 
+    async def pace(self, max_wait_s: float = math.inf) -> float:
+        """Wait for a slot to start a request; how long that took (s)."""
+
     async def send_batch(
-        self, emails: Sequence[BatchEmail], idempotency_key: str, *, max_wait_s: float = math.inf
+        self,
+        emails: Sequence[BatchEmail],
+        idempotency_key: str,
+        *,
+        max_wait_s: float = math.inf,
+        paced: bool = False,
     ) -> list[str | Refused]: ...
 
 
 class OutboxMailer:
     """No Resend key: nothing leaves the machine; the email is kept in the outbox and logged."""
+
+    async def pace(self, max_wait_s: float = math.inf) -> float:
+        return 0.0  # nothing to wait for: no limit on the outbox
 
     async def send(
         self,
@@ -65,6 +80,7 @@ class OutboxMailer:
         *,
         tags: Mapping[str, str] = {},
         max_wait_s: float = math.inf,
+        paced: bool = False,
     ) -> str:
         logger.info("outbox: %r to %s (not sent: no RESEND_API_KEY)", email.subject, mask(email.to))
         return f"{OUTBOX_ID_PREFIX}{idempotency_key}"

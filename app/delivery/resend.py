@@ -8,8 +8,10 @@ async HTTP client). Resend's failures enter here and leave as these types (`app.
     429, 409 concurrent_idempotent_requests    NotSent: the request did not reach Resend's sending
     (an earlier attempt is in flight), our     at all, so it is tried again later without using
     own rate limit's next slot too far off     up a retry
-    409 invalid_idempotent_request             AlreadySent: an earlier attempt with this
-                                               Idempotency-Key was accepted: counts as sent
+    409 invalid_idempotent_request             KeyReused (a PermanentSendError): an email
+                                               went under this Idempotency-Key with another
+                                               payload (never ours as one email: see
+                                               delivery.batch for what a batch reads from it)
     every other 4xx: 400/422 bad payload,      PermanentSendError: dead-letter
     401/403 bad key
 
@@ -35,8 +37,8 @@ from app.delivery.jobs import RenderedEmail
 from app.delivery.outbox import MAX_BATCH, BatchEmail, Refused
 from app.errors import (
     ActivationError,
-    AlreadySent,
     ConfigError,
+    KeyReused,
     NotSent,
     PermanentSendError,
     TransientSendError,
@@ -199,18 +201,26 @@ class ResendMailer:
         *,
         tags: Mapping[str, str] = {},
         max_wait_s: float = math.inf,
+        paced: bool = False,
     ) -> str:
         """Send `email` with `tags`; return Resend's email id. Raises the types drawn in the
-        docstring; `NotSent` when the rate limit's next slot is more than `max_wait_s` away."""
+        docstring; `NotSent` when the rate limit's next slot is more than `max_wait_s` away.
+        `paced`: the caller took the slot already (`pace`)."""
         _check_idempotency_key(idempotency_key)
-        await self._slot(max_wait_s)
+        if not paced:
+            await self.pace(max_wait_s)
         params = _send_params(email, tags)
         options: resend.Emails.SendOptions = {"idempotency_key": idempotency_key}
         response = await self._call(resend.Emails.send_async, params, options, idempotency_key)
         return _email_id(response, idempotency_key)
 
     async def send_batch(
-        self, emails: Sequence[BatchEmail], idempotency_key: str, *, max_wait_s: float = math.inf
+        self,
+        emails: Sequence[BatchEmail],
+        idempotency_key: str,
+        *,
+        max_wait_s: float = math.inf,
+        paced: bool = False,
     ) -> list[str | Refused]:
         """Send up to 100 emails in one request; return, in their order, each one's Resend id
         or, when Resend refused it alone, a `Refused`. Raises what `send` raises for the whole
@@ -218,7 +228,8 @@ class ResendMailer:
         if not 0 < len(emails) <= MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} emails, not {len(emails)}")
         _check_idempotency_key(idempotency_key)
-        await self._slot(max_wait_s)
+        if not paced:
+            await self.pace(max_wait_s)
         params = [_send_params(item.email, item.tags) for item in emails]
         options: resend.Batch.SendOptions = {
             "idempotency_key": idempotency_key,
@@ -227,14 +238,16 @@ class ResendMailer:
         response = await self._call(resend.Batch.send_async, params, options, idempotency_key)
         return _batch_outcomes(response, len(emails), idempotency_key)
 
-    async def _slot(self, max_wait_s: float) -> None:
-        """Wait for the rate limit's next start slot; `NotSent` when it is more than
-        `max_wait_s` away."""
+    async def pace(self, max_wait_s: float = math.inf) -> float:
+        """Wait for the rate limit's next start slot; return how long that took (s). `NotSent`
+        when it is more than `max_wait_s` away."""
+        started_s = time.monotonic()
         wait_s = await self.rate_limiter.acquire(max_wait_s)
         if wait_s > 0:
             raise NotSent(
                 f"rate limit: the next send slot is {wait_s:.1f} s away", retry_after_s=wait_s
             )
+        return time.monotonic() - started_s
 
     async def _call(
         self,
@@ -282,7 +295,7 @@ def translate(exc: ResendError, idempotency_key: str) -> ActivationError:
     status = _status(exc.code)
     message = f"Resend answered {status} {exc.error_type}: {redact(exc.message)}"
     if status == 409 and exc.error_type == "invalid_idempotent_request":
-        return AlreadySent(idempotency_key)
+        return KeyReused(message, idempotency_key)
     retry_after_s = parse_retry_after(exc.headers)
     if status == 429 or (status == 409 and exc.error_type == "concurrent_idempotent_requests"):
         return NotSent(message, status=status, retry_after_s=retry_after_s)

@@ -24,10 +24,10 @@ from app.clock import Clock
 from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
 from app.engine.loop_files import Loop, Recovery
-from app.errors import AlreadySent, NotSent, PermanentSendError, TransientSendError
+from app.errors import NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.queue import KEEP
-from app.storage.records import Claim, Settled
+from app.storage.records import Claim, Held, Settled
 from app.storage.store import Store
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Resend keeps an idempotency key for 24 h; an attempt older than this may be past its window.
+# Resend keeps an idempotency key for 24 h (`jobs.KEY_KEPT_MS`); no attempt goes out later than
+# this after the first that may have been accepted, an hour's margin for clocks and slow sends.
 IDEMPOTENCY_WINDOW_MS = 23 * 3600 * 1000
 # A deferred attempt (429 without retry-after, a concurrent request) comes back after this at least.
 MIN_DEFER_MS = 1000
@@ -77,9 +78,10 @@ def user_tag(job: EmailJob) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The lease a user's turn runs under: its claim's token for the turn (renewals move it) and
-    its length. No claim: the caller holds no lease (a test, a dry run). `batcher`: the claim's
-    emails go out in batches, through it."""
+    """The lease a turn (or a batch) runs under: its schedule member and the claim that holds
+    it, whose token every write shows. No claim: the caller acts for none (a test, a dry run)
+    and its writes pass only while nobody holds the member. `batcher`: the claim's emails go
+    out in batches, through it."""
 
     claim: Claim | None = None
     job_id: str = ""
@@ -88,7 +90,11 @@ class Lease:
 
     @property
     def token(self) -> str:
-        return self.claim.token_of(self.job_id) if self.claim is not None else ""
+        return self.claim.token if self.claim is not None else ""
+
+    @property
+    def held(self) -> Held:
+        return Held(self.job_id, self.token)
 
 
 @dataclass(slots=True)
@@ -142,7 +148,7 @@ class Delivery:
             if ending.job.status is JobStatus.QUEUED:
                 wake_at_ms = min(wake_at_ms or ending.job.due_at, ending.job.due_at)
             last = i == len(alone) - 1 and not batched
-            await self.settle(ending, lease, wake_at_ms if last else KEEP)
+            await self.settle(ending, lease.held, lease.held, wake_at_ms if last else KEEP)
         if batched:
             assert lease.batcher is not None  # only a batcher's turns begin jobs in a batch
             lease.batcher.add(batched, lease, wake_at_ms)
@@ -154,7 +160,7 @@ class Delivery:
             error = (
                 "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
             )
-            return self.ended(job, JobStatus.FAILED, error)
+            return self.ended(job, JobStatus.FAILED, error, known=False)
         return await self._send(job)
 
     def _past_window(self, job: EmailJob) -> bool:
@@ -169,20 +175,28 @@ class Delivery:
     async def _send(self, job: EmailJob) -> Settling:
         assert job.rendered is not None  # begun jobs are rendered (else queued as failed)
         try:
+            waited_s = await self.mailer.pace(self.max_wait_s)
+            # the user may have unsubscribed, complained or gone while this waited
+            if waited_s > 0 and (stopped := await self.store.reads.stop_reason(job)) is not None:
+                return self.stopped(job, stopped)
             provider_id = await self.mailer.send(
-                job.rendered, job.id, tags=tags_of(job), max_wait_s=self.max_wait_s
+                job.rendered, job.id, tags=tags_of(job), max_wait_s=self.max_wait_s, paced=True
             )
-        except AlreadySent:
-            provider_id = None
         except NotSent as exc:
             return self._deferred(job, str(exc), exc.retry_after_s)
         except TransientSendError as exc:
             return self._retry_or_fail(job, str(exc), exc.retry_after_s)
         except PermanentSendError as exc:
-            return self.ended(job, JobStatus.FAILED, str(exc))
+            return self.ended(job, JobStatus.FAILED, str(exc), known=not job.attempts > 1)
         return self.sent(job, provider_id)
 
+    def stopped(self, job: EmailJob, reason: str) -> Settling:
+        """An attempt that no longer goes: its user was deleted (nothing to record), stopped
+        loop email (dropped) or the attempt moved on (not this attempt's to record)."""
+        return self.ended(job, JobStatus.DROPPED, reason, known=job.attempts <= 1)
+
     def sent(self, job: EmailJob, provider_id: str | None) -> Settling:
+        """The job sent (`provider_id`: Resend's id, when its answer said it)."""
         update = {"status": JobStatus.SENT, "sent_at": self.clock(), "provider_id": provider_id}
         sent = job.model_copy(update=update | {"last_error": None, "started_at": None})
         outbox_entry = self._outbox_entry(sent) if self.outbox else ""
@@ -205,7 +219,7 @@ class Delivery:
     def _retry_or_fail(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         recovery = self.loops[job.loop_id].recovery if job.loop_id in self.loops else None
         if recovery is None or job.attempts > recovery.retries:
-            return self.ended(job, JobStatus.FAILED, error)
+            return self.ended(job, JobStatus.FAILED, error, known=False)
         due = self.clock() + retry_delay_ms(recovery, job.attempts, retry_after_s)
         return self.again(job, error, due, RETRY)
 
@@ -215,20 +229,30 @@ class Delivery:
         update = {"last_error": error, "due_at": due_at_ms, "started_at": None}
         return Settling(job.model_copy(update=update), job.seq, action, metric=action)
 
-    def ended(self, job: EmailJob, status: JobStatus, error: str) -> Settling:
-        update = {"status": status, "last_error": error, "ended_at": self.clock()}
-        ended = job.model_copy(update=update | {"started_at": None})
-        return Settling(ended, job.seq, status.value, metric=status)
+    def ended(self, job: EmailJob, status: JobStatus, error: str, *, known: bool) -> Settling:
+        """The job ended (`status`) after `error`. `known`: no attempt of it may have been
+        accepted, so nothing ties it to a key any more (an operator's retry starts afresh);
+        otherwise it keeps the key it may have gone under and that key's 24 h
+        (`EmailJob.requeued`)."""
+        update: dict[str, object] = {"status": status, "last_error": error}
+        update |= {"ended_at": self.clock(), "started_at": None}
+        if known:
+            update |= {"first_attempt_at": None, "batch": None}
+        return Settling(job.model_copy(update=update), job.seq, status.value, metric=status)
 
-    async def settle(self, ending: Settling, lease: Lease, wake: int | str | None) -> None:
+    async def settle(
+        self, ending: Settling, under: Held, turn: Held | None, wake: int | str | None
+    ) -> None:
+        """Record how an attempt made under the lease `under` ended; holding the user's `turn`,
+        release it with its next time (`wake`) or keep it (`KEEP`)."""
         job, now = ending.job, self.clock()
         settled = await self.store.queue.settle(
             job,
             now_ms=now,
             seq=ending.seq,
+            under=under,
+            turn=turn,
             outbox_entry=ending.outbox_entry,
-            token=lease.token,
-            lease_ms=lease.lease_ms,
             wake_at_ms=wake,
             action=ending.action,
         )

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
-from app.delivery.batch import Batcher, BatchSender
+from app.delivery.batch import Batcher, BatchSender, freed
 from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.send import Delivery, Lease
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import late_activations, step_counters
-from app.engine.job_ids import batch_of, is_batch, is_evaluation, user_of
+from app.engine.job_ids import batch_of, evaluation_id, is_batch, is_evaluation, user_of
 from app.engine.loop_files import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
@@ -86,7 +86,7 @@ class Evaluator:
     async def run(self, user_id: str, lease: Lease | None = None) -> Decisions | None:
         """Evaluate and send under `lease`; None when nothing was applied (another worker took
         the turn over, the user was deleted, or kept changing)."""
-        lease = lease or Lease(lease_ms=self.lease_ms)
+        lease = lease or Lease(job_id=evaluation_id(user_id), lease_ms=self.lease_ms)
         for _ in range(MAX_CONFLICTS):
             record = await self.store.reads.snapshot(user_id)
             batched = await self._batched(record)
@@ -182,7 +182,6 @@ class Evaluator:
             wake_at_ms=turn.wake_at_ms,
             counters=step_counters(self.loops.values(), record.steps, transitions, turn.late),
             token=lease.token,
-            lease_ms=lease.lease_ms,
             begun=bool(turn.deliver),
         )
 
@@ -227,13 +226,6 @@ def begin_attempt(job: EmailJob, now: int, batch: str | None = None) -> EmailJob
     update: dict[str, object] = {"attempts": job.attempts + 1, "started_at": now, "batch": batch}
     update |= {"seq": job.seq + 1, "first_attempt_at": job.first_attempt_at or now}
     return job.model_copy(update=update)
-
-
-def freed(job: EmailJob) -> EmailJob:
-    """A job placed in a batch that was never recorded, as if that attempt never began: it
-    never reached Resend."""
-    update = {"attempts": max(job.attempts - 1, 0), "first_attempt_at": None}
-    return job.model_copy(update=update | {"started_at": None, "batch": None})
 
 
 def stop_reason(record: UserRecord) -> str:

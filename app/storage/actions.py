@@ -63,11 +63,12 @@ class Actions(ScriptRunner):
         watch: "_Watch",
     ) -> tuple[int, int]:
         accepted = duplicates = 0
-        schedule = self.keys.shard(shard).schedule
+        shard_keys = self.keys.shard(shard)
         since = oldest_minute(now_ms, self.action_dedupe_ttl_s)
         for keys, args in self._action_chunks(actions, watch, now_ms):
             header: list[CommandArg] = [now_ms, since, IDS_LIMIT, LOG_LENGTH]
-            added, repeated = await self.run(RECORD_ACTIONS, [*keys, schedule], [*header, *args])
+            shared = [shard_keys.schedule, shard_keys.leases]
+            added, repeated = await self.run(RECORD_ACTIONS, [*keys, *shared], [*header, *args])
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
 

@@ -13,9 +13,11 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 |------------------------------|--------|----------------------|---------------------------------|
 | `P{<uid>}`                   | hash   | none                 | every user script               |
 | `P:schedule`                 | zset   | none                 | intake, claim, apply, settle    |
+| `P:leases`                   | hash   | none (while held)    | claim, release (apply, settle)  |
+| `P:fence`                    | string | none                 | claim.lua (INCR)                |
 | `P:dead`                     | zset   | none                 | settle.lua                      |
 | `P:outbox`                   | list   | none (capped)        | settle.lua                      |
-| `P:batches`                  | hash   | none (until sent)    | batch_record.lua, batch_end.lua |
+| `P:batches`                  | hash   | none (until sent)    | batch_record, _check, _end      |
 | `P:suppressed`               | zset   | none                 | email_event.lua                 |
 | `P:stats:<loop_id>`          | hash   | none                 | apply.lua, settle.lua           |
 | `P:daily:<yyyy-mm-dd>`       | hash   | 90 d                 | v1 only (read until it expires) |
@@ -64,19 +66,29 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
 
 What the shard keys hold:
 - `schedule`: `eval|<uid>`, one member per user with something to do, by when (epoch ms): a
-  worker's turn looks at the user's loops and sends what is due. A claim moves the member's score
-  to when its lease runs out, and that score is the claim's token: a worker holds a lease while
-  `token <= score < token + lease` (its renewals stay inside that window, another worker's claim
-  lands past it), so a crashed worker's users come back when the lease runs out and a stalled one
-  can no longer write.
-  `batch|<batch_id>`: a recorded batch of emails (`batches`), leased the same way while it is
-  sent, due again when a failed request is retried.
+  worker's turn looks at the user's loops and sends what is due. `batch|<batch_id>`: a recorded
+  batch of emails (`batches`), due when it is to be sent (again). While a worker holds a member,
+  its score is when the lease runs out, so a crashed or stalled worker's members come back then.
+- `fence`: the shard's claim counter. Each claim draws the next number (INCR) as its token:
+  unique, never reused.
+- `leases`: the members held now, each with the token of the claim that holds it (`<token>`),
+  and `@<ms>` once its turn was asked for while held (an action, a registration, a retry): the
+  release makes it due then instead of cutting the lease short. A write on behalf of a claim
+  (decisions, settles, batch record, check and end, renewals) passes only with the member's
+  current token; a claim that takes an expired lease over writes its own, which shuts the
+  older holder out whatever the clocks say. The field goes when its holder releases the member.
 - `batches`: the batches recorded and not yet ended, by id (which is also the request's
   Idempotency-Key): JSON `{"members": [[<email job id>, <seq>], ...], "first": <ms>, "attempts":
-  <n>, "error": <the last one>, "outcome": {<email job id>: [sent | refused | failed, <Resend's
-  id or why>]}}`, the members in the request's order, each with the attempt it sends; `outcome`
-  once the request ended for good. Written before the request (the outcome before any member
-  is settled), removed when every member has been settled.
+  <n>, "body": [<email job id>, ...], "error": <the last one>, "outcome": {<email job id>:
+  [sent | refused | failed, <Resend's id or why>]}}`: the members still waiting for it, in the
+  request's order, each with the attempt it sends; `body`, the members of the last request
+  (every request under the key carried a subset of every earlier one's: a 409
+  `invalid_idempotent_request` then means an earlier, larger one was accepted); `outcome` once
+  the request ended for good. Written before the first request (and `body` before each), the
+  outcome before any member is settled; removed when every member has been settled, unless the
+  outcome of some is unknown (5xx or timeouts to the end of their retries): then kept, its
+  members gone, until Resend forgets the key (24 h after `first`, its schedule entry's time),
+  so an operator's retry of a member sends it under this key again (`retry_dead.lua`).
 - `dead`: email job ids that failed for good, by when; an operator retries them. `outbox`: emails
   "sent" without a Resend key, newest first, JSON.
 - `stats:<loop_id>`: the loop's counters, bumped as events happen (never a scan of users), read by
@@ -198,6 +210,16 @@ class ShardKeys:
     @property
     def schedule(self) -> str:
         return f"{self.scope}schedule"
+
+    @property
+    def leases(self) -> str:
+        """The members held now, with their claim's token (`fence`)."""
+        return f"{self.scope}leases"
+
+    @property
+    def fence(self) -> str:
+        """The claim counter each claim's token is drawn from."""
+        return f"{self.scope}fence"
 
     @property
     def dead(self) -> str:

@@ -1,18 +1,19 @@
-"""The durable schedule: users' turns claimed under leases (the schedule entry's own score),
-renewed while in hand, the engine's decisions applied with the attempts they begin, attempts
-settled, dead letters listed and retried."""
+"""The durable schedule: users' turns claimed under fenced leases (a token per claim, checked by
+every write made for it), renewed while in hand, the engine's decisions applied with the
+attempts they begin, attempts settled, dead letters listed and retried."""
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
-from app.engine.job_ids import evaluation_id
+from app.engine.job_ids import batch_member, evaluation_id
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH
 from app.storage.reads import read_job
-from app.storage.records import Applied, Claim, Settled, encode_job, encode_step
+from app.storage.records import Applied, Claim, Held, Settled, encode_job, encode_step
 from app.storage.scripts import (
     APPLY,
     CLAIM,
@@ -28,7 +29,7 @@ KEEP = "keep"  # settle: more of the turn's emails to settle, the lease stays
 
 
 class Queue(ScriptRunner):
-    """The queue aggregate: the shards' `schedule` (and its leases) and `dead` sets."""
+    """The queue aggregate: the shards' `schedule`, its `leases` (and `fence`) and `dead` sets."""
 
     async def apply_decisions(
         self,
@@ -40,22 +41,22 @@ class Queue(ScriptRunner):
         wake_at_ms: int | None,
         counters: Sequence[Counter] = (),
         token: str = "",
-        lease_ms: int = 0,
         begun: bool = False,
     ) -> Applied:
         """Write the engine's decisions and `jobs` (new ones, and those whose attempt begins
-        now) unless the user changed meanwhile, was deleted, or the turn's lease (`token`; "" =
-        none held) was taken over. `begun`: attempts were begun, so the lease stays until they
-        are settled; otherwise the user's next turn is at `wake_at_ms` (None: none)."""
+        now) unless the user changed meanwhile, was deleted, or the turn's lease is no longer
+        the claim's (`token`; "": acting for no claim). `begun`: attempts were begun, so the
+        turn stays held until they are settled; otherwise it is released, its next at
+        `wake_at_ms` (None: none)."""
         shard = self.keys.of_user(user_id)
         stats_keys = list(dict.fromkeys(shard.stats(counter.loop_id) for counter in counters))
-        keys = [self.keys.user(user_id), shard.schedule, *stats_keys]
+        keys = [self.keys.user(user_id), shard.schedule, shard.leases, *stats_keys]
         fields: list[CommandArg] = []
         for name, state in states.items():
             fields += [k.step_field(name), encode_step(state)]
         for job in jobs:
             fields += [k.job_field(job.id), encode_job(job)]
-        args: list[CommandArg] = [rev, evaluation_id(user_id), token, lease_ms, wake_at_ms or ""]
+        args: list[CommandArg] = [rev, evaluation_id(user_id), token, wake_at_ms or ""]
         args += ["1" if begun else "0", len(fields) // 2, *fields, len(counters)]
         for counter in counters:
             stats_key = stats_keys.index(shard.stats(counter.loop_id)) + 1
@@ -70,12 +71,14 @@ class Queue(ScriptRunner):
         return first[0][1] if first else None
 
     async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int, shard: int = 0) -> Claim:
-        """Take one shard's due turns under one lease, after one read says something is due."""
+        """Take one shard's due members under one lease, after one read says something is due."""
         due = await self.next_due_ms(shard)
         if due is None or due > now_ms:
             return Claim(job_ids=[], wake_at_ms=due, shard=shard)
-        schedule = self.keys.shard(shard).schedule
-        wake_at, token, *job_ids = await self.run(CLAIM, [schedule], [now_ms, lease_ms, limit])
+        keys = self.keys.shard(shard)
+        wake_at, token, *job_ids = await self.run(
+            CLAIM, [keys.schedule, keys.leases, keys.fence], [now_ms, lease_ms, limit]
+        )
         return Claim(
             job_ids=[str(job) for job in job_ids],
             wake_at_ms=_ms_or_none(wake_at),
@@ -86,18 +89,13 @@ class Queue(ScriptRunner):
     async def renew_leases(
         self, claim: Claim, job_ids: Sequence[str], *, now_ms: int, lease_ms: int
     ) -> list[str]:
-        """Extend the leases of a claim's turns still in hand; their new token is recorded in
-        `claim.tokens`. Returns the turns extended (not those taken over meanwhile)."""
+        """Extend the leases of a claim's members still in hand (their token stays the
+        claim's). Returns the members extended (not those taken over or released meanwhile)."""
         if not job_ids:
             return []
-        expiry = now_ms + lease_ms
-        args: list[CommandArg] = [expiry, lease_ms]
-        for job_id in job_ids:
-            args += [job_id, claim.token_of(job_id)]
-        schedule = self.keys.shard(claim.shard).schedule
-        renewed = [str(job_id) for job_id in await self.run(RENEW, [schedule], args)]
-        claim.tokens.update(dict.fromkeys(renewed, str(expiry)))
-        return renewed
+        keys = self.keys.shard(claim.shard)
+        args: list[CommandArg] = [now_ms + lease_ms, claim.token, *job_ids]
+        return [str(job_id) for job_id in await self.run(RENEW, [keys.schedule, keys.leases], args)]
 
     async def settle(
         self,
@@ -105,29 +103,26 @@ class Queue(ScriptRunner):
         *,
         now_ms: int,
         seq: int,
+        under: Held | None = None,
+        turn: Held | None = None,
         outbox_entry: str = "",
-        token: str = "",
-        lease_ms: int = 0,
         wake_at_ms: int | str | None = KEEP,
         action: str | None = None,
     ) -> Settled:
         """Record the job as it now is (its status says what happened; a queued job is tried
-        again at its `due_at`) for its attempt `seq`, then set the user's next turn: `KEEP`
-        (more of the turn's emails to settle), None (none) or when.
+        again at its `due_at`) for its attempt `seq`, made under the lease `under` (the user's
+        turn, or the batch it went in; None: no lease, acting for no claim); then, holding the
+        user's `turn`, release it with its
+        next time (`wake_at_ms`: None for none) or keep it (`KEEP`: more of the turn's emails
+        to settle).
 
-        A send lands whoever began the attempt (it happened); anything else only for the latest
-        attempt, and nothing overwrites a sent job (see settle.lua). `action`: "defer" for an
-        attempt that never reached Resend (the job says it was not counted)."""
-        uid = job.user_id
-        shard = self.keys.of_user(uid)
-        keys = [self.keys.user(uid), shard.schedule, shard.dead, shard.outbox]
-        keys.append(shard.stats(job.loop_id))
-        args: list[CommandArg] = [k.job_field(job.id), encode_job(job)]
-        args += [action or settle_action(job), now_ms, outbox_entry, OUTBOX_LENGTH]
-        args += [sent_field(job.step, job.kind), utc_day(now_ms), kept_days_from(now_ms), seq]
-        args += [job.id, evaluation_id(uid)]
-        args += [token, lease_ms]
-        args.append("" if wake_at_ms is None else wake_at_ms)
+        A send lands whoever made the attempt (it happened); anything else only under the
+        current lease and for the latest attempt, and nothing overwrites a sent job (see
+        settle.lua). `action`: "defer" for an attempt that never reached Resend."""
+        shard = self.keys.of_user(job.user_id)
+        keys = [self.keys.user(job.user_id), shard.schedule, shard.leases, shard.dead]
+        keys += [shard.outbox, shard.stats(job.loop_id)]
+        args = settle_args(job, now_ms, seq, under, turn, outbox_entry, wake_at_ms, action)
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
     async def dead_jobs(self, limit: int = 100) -> list[EmailJob]:
@@ -139,17 +134,62 @@ class Queue(ScriptRunner):
                     jobs.append(job)
         return sorted(jobs, key=lambda job: job.due_at)[:limit]
 
-    async def retry_dead(self, job: EmailJob, *, now_ms: int) -> bool:
-        """Queue a dead-letter job again, attempts reset; False when it was not dead."""
+    async def retry_dead(self, job: EmailJob, *, now_ms: int) -> "Requeued":
+        """Queue a dead-letter job again, its retries afresh, under the key it may have been
+        accepted with (`EmailJob.requeued`): alone, or in the batch it went in, whose outcome is
+        unknown, again."""
+        again, rejoin = job.requeued(now_ms)
         uid = job.user_id
-        update = {"status": JobStatus.QUEUED, "attempts": 0, "due_at": now_ms, "ended_at": None}
-        update |= {"first_attempt_at": None, "started_at": None, "batch": None}
-        again = job.model_copy(update=update)
         shard = self.keys.of_user(uid)
-        keys = [shard.dead, shard.schedule, self.keys.user(uid)]
+        keys = [shard.dead, shard.schedule, shard.leases, self.keys.user(uid), shard.batches]
         args: list[CommandArg] = [job.id, k.job_field(job.id), encode_job(again), now_ms]
-        args.append(evaluation_id(uid))
-        return bool(await self.run(RETRY_DEAD, keys, args))
+        args += [evaluation_id(uid), rejoin or "", batch_member(rejoin) if rejoin else "", job.seq]
+        return _REQUEUED[int(await self.run(RETRY_DEAD, keys, args))]
+
+
+class Requeued(StrEnum):
+    """What an operator's retry of a dead letter did (retry_dead.lua's answers)."""
+
+    QUEUED = "queued"
+    NOT_DEAD = "not dead"  # not (or no longer) a dead letter, or its user is gone
+    # it may have gone out in a batch whose record is gone while Resend still keeps its key
+    KEY_IN_USE = "key in use"
+
+
+_REQUEUED = {1: Requeued.QUEUED, 0: Requeued.NOT_DEAD, -1: Requeued.KEY_IN_USE}
+
+
+def settle_args(
+    job: EmailJob,
+    now_ms: int,
+    seq: int,
+    under: Held | None,
+    turn: Held | None,
+    outbox_entry: str,
+    wake_at_ms: int | str | None,
+    action: str | None,
+) -> list[CommandArg]:
+    """settle.lua's ARGV, in the order its header gives."""
+    turn = turn or Held(evaluation_id(job.user_id))
+    under = under or turn
+    return [
+        k.job_field(job.id),
+        encode_job(job),
+        action or settle_action(job),
+        now_ms,
+        outbox_entry,
+        OUTBOX_LENGTH,
+        sent_field(job.step, job.kind),
+        utc_day(now_ms),
+        kept_days_from(now_ms),
+        seq,
+        job.id,
+        under.member,
+        under.token,
+        turn.member,
+        turn.token,
+        "" if wake_at_ms is None else wake_at_ms,
+    ]
 
 
 def settle_action(job: EmailJob) -> str:

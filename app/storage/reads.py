@@ -75,6 +75,23 @@ class Reads(ScriptRunner):
             dead_ids=[str(job_id) for job_id in dead_ids],
         )
 
+    async def stop_reason(self, job: EmailJob) -> str | None:
+        """Why `job`'s attempt may no longer go out, read now (one HMGET): "deleted",
+        "unsubscribed", "suppressed", "moved" (ended, or a newer attempt began); None when it
+        still may. What a send checks again after waiting for a rate-limit slot."""
+        fields = (k.DELETED, k.UNSUBSCRIBED, k.SUPPRESSED, k.job_field(job.id))
+        deleted, unsubscribed, suppressed, raw = await self.conn.call(
+            "HMGET", self.keys.user(job.user_id), *fields
+        )
+        if deleted is not None or raw is None:
+            return "deleted"
+        if unsubscribed is not None:
+            return "unsubscribed"
+        if suppressed is not None:
+            return "suppressed"
+        stored = decode_job(job.user_id, k.job_field(job.id), str(raw))
+        return "moved" if stored.terminal or stored.seq != job.seq else None
+
     async def get_job(self, job_id: str) -> EmailJob | None:
         return await read_job(self.conn, self.keys, job_id)
 

@@ -157,17 +157,23 @@ class Applied(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Users claimed for a turn under one lease (`token`: when it runs out), and when the
-    schedule next needs a look. `tokens` follows renewals, job by job."""
+    """Schedule members claimed under one lease, and when the schedule next needs a look.
+    `token`: the claim's number, drawn from the shard's fence counter: every write on behalf of
+    the claim shows it, and passes only while the member's lease is still this claim's."""
 
     job_ids: list[str]
     wake_at_ms: int | None
     token: str = ""
     shard: int = 0
-    tokens: dict[str, str] = field(default_factory=dict)
 
-    def token_of(self, job_id: str) -> str:
-        return self.tokens.get(job_id, self.token)
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A lease as its holder shows it: the schedule member and the claim's token for it ("":
+    the caller acts for no claim, and passes only while nobody holds the member)."""
+
+    member: str
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

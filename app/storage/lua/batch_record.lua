@@ -1,29 +1,39 @@
--- Record a batch of emails before its request: its members are the jobs whose user's turn the
--- worker still holds (another worker that took a turn over frees that user's jobs instead), and
--- the batch itself is leased on the schedule, so a crashed worker's batch is sent again, the same.
--- KEYS[1] schedule zset; KEYS[2] the batches hash
+-- Record a batch of emails before its first request. Its members are the jobs that still wait
+-- for it: their user's turn still held with the claim's token, the job stored, queued, that
+-- attempt, in this batch, its user neither deleted, unsubscribed nor suppressed (`waits_in`).
+-- The batch itself is then leased to the claim, so a crashed worker's batch is sent again.
+-- KEYS[1] schedule zset; KEYS[2] leases hash; KEYS[3] the batches hash; KEYS[3 + i] the hash of
+-- the i-th candidate's user
 -- ARGV[1] the batch id; ARGV[2] its schedule member (batch|<id>); ARGV[3] now, epoch ms;
--- ARGV[4] the lease, ms; then quadruples: email job id, the attempt's seq, its user's turn
--- (eval|<uid>), the lease token the turn is held with
--- Returns {the batch's lease token, the members recorded...}, or {false} when none was held.
+-- ARGV[4] the lease, ms; ARGV[5] the claim's token; then quadruples, one per candidate: email
+-- job id, the attempt's seq, the job's field, its user's turn (eval|<uid>)
+-- Returns the ids of the members recorded (none: nothing was written). The record's `body` is
+-- them: its first request follows at once.
+local token, count = ARGV[5], (#ARGV - 5) / 4
 local turns = {}
-for i = 7, #ARGV, 4 do
-  turns[#turns + 1] = ARGV[i]
+for i = 1, count do
+  turns[i] = ARGV[5 + 4 * i]
 end
-local scores = redis.call('ZMSCORE', KEYS[1], unpack(turns))  -- one read for every turn
-local members, recorded = {}, {}
-for n = 1, #turns do
-  local at = 1 + 4 * n
-  if within(scores[n], ARGV[at + 3], ARGV[4]) then
-    members[#members + 1] = {ARGV[at], tonumber(ARGV[at + 1])}
-    recorded[#recorded + 1] = ARGV[at]
+local leases = redis.call('HMGET', KEYS[2], unpack(turns))  -- every member's turn, one read
+local recorded, members = {}, {}
+for i = 1, count do
+  local at = 2 + 4 * i
+  local job_id, seq, field = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local lease = leases[i] and string.match(leases[i], '^([^@]*)')
+  if lease == token then
+    local user = redis.call('HMGET', KEYS[3 + i], 'del', 'unsub', 'sup', field)
+    if waits_in(user, seq, ARGV[1]) == true then
+      recorded[#recorded + 1] = job_id
+      members[#members + 1] = {job_id, tonumber(seq)}
+    end
   end
 end
 if #members == 0 then
-  return {false}
+  return {}
 end
-local token = tonumber(ARGV[3]) + tonumber(ARGV[4])
-local batch = {members = members, first = tonumber(ARGV[3]), attempts = 0}
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(batch))
-redis.call('ZADD', KEYS[1], token, ARGV[2])
-return {tostring(token), unpack(recorded)}
+-- its first request follows at once: what it carries is written now (`body`)
+local batch = {members = members, body = recorded, first = tonumber(ARGV[3]), attempts = 0}
+redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(batch))
+redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], token)
+return recorded

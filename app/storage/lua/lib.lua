@@ -36,19 +36,67 @@ local function log_add(log, line, cap)
   return string.sub(text, 1, pos)
 end
 
--- Whether the worker whose lease on `member` is `token` still holds it: its claim and renewals
--- keep the member's score within [token, token + lease); another worker's claim moves it past.
--- No token: the caller holds no lease and asks none. `within`: the same for a score read already.
-local function within(score, token, lease_ms)
-  if token == '' then return true end
-  score = tonumber(score or '')
-  local from = tonumber(token)
-  return score ~= nil and score >= from and score < from + tonumber(lease_ms)
+-- Leases. A claim draws a token from its shard's `fence` counter (INCR: unique, never reused)
+-- and writes it in `leases` for every member it takes; the member's score on the schedule is
+-- when the lease runs out. Whoever writes for a claim shows its token, and passes only while it
+-- is the member's current one: another claim's token, or the member's release, shuts the older
+-- holder out, whatever the clocks say. `leases[member]` is `<token>`, or `<token>@<ms>` once the
+-- member's turn was asked for at <ms> while it was held (its release makes it due then).
+local function lease_of(leases, member)
+  local value = redis.call('HGET', leases, member)
+  if not value then return nil, nil end
+  local token, asked = string.match(value, '^([^@]*)@?(.*)$')
+  return token, tonumber(asked)
 end
 
-local function holds(schedule, member, token, lease_ms)
-  if token == '' then return true end
-  return within(redis.call('ZSCORE', schedule, member), token, lease_ms)
+-- Whether `token` is `member`'s current lease ("": a caller acting for no claim, a test or a
+-- dry run, passes only while no worker holds the member), and when its turn was asked for
+-- meanwhile (for `release`).
+local function holds(leases, member, token)
+  local current, asked = lease_of(leases, member)
+  if token == '' then return current == nil, asked end
+  return current == token, asked
+end
+
+-- Ask for `member`'s turn at `at` (epoch ms): sooner on the schedule or, while a worker holds
+-- it, noted on its lease for the release. A held turn is never made due: that would let a
+-- second worker claim it while the first still acts.
+local function wake(schedule, leases, member, at)
+  local token, asked = lease_of(leases, member)
+  if token == nil then
+    redis.call('ZADD', schedule, 'LT', at, member)
+  elseif asked == nil or tonumber(at) < asked then
+    redis.call('HSET', leases, member, token .. '@' .. at)
+  end
+end
+
+-- End `member`'s lease, which the caller holds (`asked`: what `holds` said of it): its next
+-- turn at `next` (epoch ms, or "" for none), sooner if it was asked for meanwhile.
+local function release(schedule, leases, member, next, asked)
+  redis.call('HDEL', leases, member)
+  local at = tonumber(next)
+  if asked ~= nil and (at == nil or asked < at) then at = asked end
+  if at == nil then
+    redis.call('ZREM', schedule, member)
+  else
+    redis.call('ZADD', schedule, at, member)
+  end
+end
+
+-- Whether an email job still waits to go out in batch `batch` as attempt `seq`: stored, queued,
+-- that attempt of it, in that batch, its user neither deleted, unsubscribed nor suppressed.
+-- `user` is the HMGET of {'del', 'unsub', 'sup', <the job's field>}. Returns true, or why not:
+-- 'gone' (deleted, or the job is), 'unsubscribed', 'suppressed', 'moved' (ended or retried).
+local function waits_in(user, seq, batch)
+  if user[1] or not user[4] then return 'gone' end
+  if user[2] then return 'unsubscribed' end
+  if user[3] then return 'suppressed' end
+  local job = cjson.decode(user[4])
+  if (job.status or 'queued') ~= 'queued' or tonumber(job.seq or 0) ~= tonumber(seq)
+      or job.batch ~= batch then
+    return 'moved'
+  end
+  return true
 end
 
 local function add(fields, name, value)

@@ -1,6 +1,6 @@
 -- Record a batch of actions ("user did X"), each once per client id, and wake the user's loops
 -- when a count a loop waits for is reached.
--- KEYS[i] the hash of the i-th action's user (P{uid}); KEYS[#KEYS] schedule P:schedule
+-- KEYS[i] the hash of the i-th action's user (P{uid}); then the schedule zset and the leases hash
 -- ARGV[1] now, epoch ms; ARGV[2] the oldest minute `ids` keeps; ARGV[3] IDS_LIMIT;
 -- ARGV[4] the log's length cap; then 8 per action, from ARGV[5]:
 --   its `ids` entry ("" when it has no id), action name, occurred at (epoch ms), how many of its
@@ -18,7 +18,7 @@
 -- far, an upper bound. `rev` moves only when what a loop reads moved (a time it keeps, or a count
 -- it waits for), and the user's turn comes when such a count is reached.
 -- Returns {accepted, duplicates}; an action for a deleted user is accepted and dropped.
-local schedule = KEYS[#KEYS]
+local schedule, leases = KEYS[#KEYS - 1], KEYS[#KEYS]
 local now, since, id_limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local accepted, duplicates = 0, 0
 
@@ -110,10 +110,10 @@ local function record(key, a, user, filtered)
   if ARGV[a] ~= '' then add(fields, 'ids', recent_add(user[2] or '', ARGV[a], since, id_limit)) end
   if ARGV[a + 5] ~= '' then add(fields, 'log', log_add(user[5], ARGV[a + 5], cap)) end
   redis.call('HSET', key, unpack(fields))
-  if waited then redis.call('ZADD', schedule, 'LT', now, ARGV[a + 6]) end
+  if waited then wake(schedule, leases, ARGV[a + 6], now) end
 end
 
-for i = 1, #KEYS - 1 do
+for i = 1, #KEYS - 2 do
   local a = 5 + (i - 1) * 8
   local wanted = {'del', 'ids', 'a:' .. ARGV[a + 1], 'rev'}
   wanted[5] = ARGV[a + 5] ~= '' and 'log' or 'rev'
