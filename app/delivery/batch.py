@@ -396,6 +396,9 @@ class Batcher:
         reached Resend. Each is queued again for its user's next turn, which the last of them
         releases (nothing is written where the turn is no longer this claim's)."""
         now = self.sender.clock()
+        for job in jobs:  # due again at once: its user's next turn is now
+            waiting = self._waiting[evaluation_id(job.user_id)]
+            waiting.wake_at_ms = min(waiting.wake_at_ms or now, now)
         endings = [
             self.sender.delivery.again(freed(job), "its batch was not sent", now, DEFER)
             for job in jobs
