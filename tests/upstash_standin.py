@@ -39,6 +39,13 @@ Knobs on ``app.state`` (plain attributes; set them from the test, `reset()` rest
 * ``hang_s``: the longest a ``"hang"`` lasts (default 30.0 seconds).
 * ``requests``: how many HTTP requests arrived (every path and outcome): count round trips.
 * ``received``: the last 1000 accepted request bodies as ``(path, body)``, numbers as strings.
+* ``local``: ``False`` (default) behaves as Upstash. ``True`` behaves as the local
+  Upstash-compatible servers people develop against offline (e.g.
+  @humanwhocodes/upstash-redis-server) do in front of a stock Redis: scripts go to Redis as sent,
+  so Redis refuses the ``allow-key-locking`` flag (``ERR Unexpected flag in script shebang``);
+  ``Upstash-Encoding: base64`` is ignored (strings come back as text); and a ``NOSCRIPT`` error
+  is answered ``500 {"error": "Failed to execute Redis command: NOSCRIPT ..."}``. Other errors
+  stay ``400`` with Redis's text.
 * ``flagged_scripts``: the SHA1s of scripts run or loaded with Upstash's ``allow-key-locking``
   flag (below) since the last `reset()`; ``unflagged_scripts``: those without it (an
   ``EVALSHA`` of a SHA never seen flagged counts here). A test that every script is sent flagged
@@ -129,6 +136,7 @@ def reset(app: FastAPI) -> None:
     app.state.hang_s = DEFAULT_HANG_S
     app.state.requests = 0
     app.state.received = deque(maxlen=RECEIVED_LIMIT)
+    app.state.local = False
     app.state.flagged_scripts = set()
     app.state.unflagged_scripts = set()
 
@@ -162,7 +170,7 @@ async def handle(request: Request, *, single: bool, transaction: bool = False) -
     except BadRequest as exc:
         return answer(state, 400, {"error": str(exc)})
     state.received.append((request.url.path, body))
-    base64 = request.headers.get("upstash-encoding", "").lower() == "base64"
+    base64 = request.headers.get("upstash-encoding", "").lower() == "base64" and not state.local
     if single:
         return await answer_single(state, body, base64)
     return await answer_batch(state, body, base64, transaction)
@@ -172,6 +180,8 @@ async def answer_single(state: State, command: Command, base64: bool) -> Respons
     [forwarded], answers = to_redis(state, [command])
     [reply] = with_answers(await exchange(state.redis, [forwarded]), answers)
     item = result_item(reply, base64)
+    if state.local and "NOSCRIPT" in str(item.get("error", "")):
+        return answer(state, 500, {"error": f"Failed to execute Redis command: {item['error']}"})
     return answer(state, 400 if "error" in item else 200, item)
 
 
@@ -205,7 +215,10 @@ def answer(state: State, status: int, content: Json) -> Response:
 
 def to_redis(state: State, commands: Sequence[Command]) -> tuple[list[Command], dict[int, bytes]]:
     """The commands as Redis can run them, and by index the replies Upstash would give instead
-    (``SCRIPT LOAD`` of a flagged script answers the flagged SHA, not Redis's)."""
+    (``SCRIPT LOAD`` of a flagged script answers the flagged SHA, not Redis's). A local server
+    sends them as they are."""
+    if state.local:
+        return list(commands), {}
     forwarded, answers = [], {}
     for index, command in enumerate(commands):
         forwarded.append(unflag_command(state, command))

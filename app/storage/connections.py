@@ -61,8 +61,29 @@ _CODE_IN_SCRIPT_ERROR = re.compile(r"(?:^|[\s:(-])([A-Z]{3,})\b(?= )")
 _NOSCRIPT = re.compile(r"\bNOSCRIPT\b")
 
 
+class ScriptFlags:
+    """Whether a connection's scripts carry Upstash's `allow-key-locking` shebang flag (Upstash
+    then locks only a script's KEYS, not the whole database): on the Upstash transport until
+    the server refuses it. A local Upstash-compatible server forwards scripts to a stock Redis,
+    which refuses the flag: that is noticed once (`storage.scripts`), said once, and the plain
+    scripts run from then on."""
+
+    def __init__(self, key_locking: bool = False) -> None:
+        self.key_locking = key_locking
+
+    def refused_key_locking(self, error: str) -> None:
+        if self.key_locking:
+            self.key_locking = False
+            logger.warning(
+                "storage refused Upstash's allow-key-locking script flag (%s): a local "
+                "Upstash-compatible server in front of Redis? Scripts run without it from now on",
+                error,
+            )
+
+
 class Connection(Protocol):
     kind: StorageKind
+    scripts: ScriptFlags
 
     async def call(self, *command: CommandArg) -> Any: ...
 
@@ -120,6 +141,7 @@ class RedisConnection:
     def __init__(self, wire: Wire, url: str = "") -> None:
         self.wire = wire
         self.url = url
+        self.scripts = ScriptFlags()
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> "RedisConnection":
@@ -149,6 +171,7 @@ class ClusterConnection:
     def __init__(self, client: RedisCluster, timeout_s: float) -> None:
         self._client = client
         self.timeout_s = timeout_s
+        self.scripts = ScriptFlags()
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> "ClusterConnection":
@@ -185,6 +208,7 @@ class EmbeddedConnection:
 
     def __init__(self, client: fakeredis.FakeAsyncRedis) -> None:
         self._client = client
+        self.scripts = ScriptFlags()
 
     @classmethod
     def create(cls) -> "EmbeddedConnection":
@@ -213,12 +237,16 @@ class UpstashConnection:
 
     def __init__(self, client: UpstashRedis) -> None:
         self._client = client
+        self.scripts = ScriptFlags(key_locking=True)
 
     @classmethod
     def from_settings(cls, url: str, token: str, timeout_s: float) -> "UpstashConnection":
         client = UpstashRedis(
             url=url.rstrip("/"),
             token=token,
+            # plain JSON answers: every value stored is UTF-8 text, and the local
+            # Upstash-compatible servers ignore the header that asks for base64
+            rest_encoding=None,
             rest_retries=0,
             allow_telemetry=False,
             read_your_writes=True,

@@ -60,6 +60,7 @@ class RefusingConnection:
     def __init__(self, inner: Connection, reason: str) -> None:
         self.inner = inner
         self.kind = inner.kind
+        self.scripts = inner.scripts
         self.reason = reason
 
     async def call(self, *command: CommandArg) -> Any:

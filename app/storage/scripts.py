@@ -10,7 +10,6 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from app.errors import NoScript, StorageError
-from app.settings import StorageKind
 from app.storage.connections import Connection
 from app.storage.keys import Keys
 from app.storage.wire import CommandArg
@@ -22,7 +21,8 @@ AnswerT = TypeVar("AnswerT", bound=StrEnum)
 
 # Upstash takes a lock on the whole database for a script unless its shebang allows it to lock
 # only the keys in KEYS (every script here declares all it touches). Real Redis refuses the flag,
-# so only the Upstash transport sends this variant.
+# so only the Upstash transport sends this variant, until a server refuses it
+# (`connections.ScriptFlags`: a local Upstash-compatible server in front of a stock Redis).
 KEY_LOCKING_SHEBANG = "#!lua flags=allow-key-locking\n"
 
 
@@ -85,18 +85,30 @@ class ScriptRunner:
     def __init__(self, conn: Connection, keys: Keys) -> None:
         self.conn = conn
         self.keys = keys
-        self.key_locking = conn.kind is StorageKind.UPSTASH
 
     async def run(self, script: Script, keys: list[str], args: list[CommandArg]) -> Any:
         """Run a script in one round trip; the first run on a fresh server costs a second."""
-        sha, source = script.sha, script.source
-        if self.key_locking:
-            sha, source = script.key_locking_sha, script.key_locking_source
+        flagged = self.conn.scripts.key_locking
+        sha = script.key_locking_sha if flagged else script.sha
+        source = script.key_locking_source if flagged else script.source
         try:
             return await self.conn.call("EVALSHA", sha, len(keys), *keys, *args)
         except NoScript:
             logger.info("loading script %s into the server", script.name)
+        try:
             return await self.conn.call("EVAL", source, len(keys), *keys, *args)
+        except StorageError as exc:
+            if not (flagged and refuses_key_locking(exc)):
+                raise
+            self.conn.scripts.refused_key_locking(str(exc))
+        return await self.run(script, keys, args)
+
+
+def refuses_key_locking(error: StorageError) -> bool:
+    """Redis's refusal of a shebang flag it does not know (`ERR Unexpected flag in script
+    shebang: allow-key-locking`), however a server in front of it wraps the text."""
+    text = str(error)
+    return "allow-key-locking" in text or "shebang" in text.lower()
 
 
 def as_enum(kind: type[AnswerT], script: Script, reply: object) -> AnswerT:
