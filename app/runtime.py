@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +33,12 @@ from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.connections import connect
 from app.storage.keys import Keys
-from app.storage.sightings import SIGHTINGS_FLUSH_S, Seen, SightingsBuffer
+from app.storage.sightings import (
+    FIRST_SIGHTING_FLUSH_S,
+    SIGHTINGS_FLUSH_S,
+    Seen,
+    SightingsBuffer,
+)
 from app.storage.store import Store
 from app.web.session_tokens import SessionTokens, session_tokens
 
@@ -62,6 +67,7 @@ class Runtime:
     sightings_flush_s: float = SIGHTINGS_FLUSH_S  # how often the sightings go to storage
     session_tokens: SessionTokens | None = None  # browsers' Clerk sessions; None: not accepted
     worker_task: "asyncio.Task[None] | None" = None
+    _first_sighting: "asyncio.Task[None] | None" = None
     _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
 
     @cached_property
@@ -142,6 +148,19 @@ class Runtime:
             # shielded: a flush cut short by `close()` still ends (`close` waits for it)
             await asyncio.shield(self.flush_sightings())
 
+    def saw_actions(self, names: Iterable[str], now_ms: int) -> None:
+        """Actions accepted: counted in memory (no Redis command); a name this process has not
+        added to storage yet goes there within `FIRST_SIGHTING_FLUSH_S` (one flush at a time)."""
+        if self.sightings.saw(names, now_ms) and self._first_sighting is None:
+            self._first_sighting = asyncio.create_task(self._flush_first_sighting())
+
+    async def _flush_first_sighting(self) -> None:
+        try:
+            await asyncio.sleep(FIRST_SIGHTING_FLUSH_S)
+            await asyncio.shield(self.flush_sightings())
+        finally:
+            self._first_sighting = None
+
     async def flush_sightings(self) -> None:
         """Add this process's sightings of actions to storage: one script, or no command at all
         when there are none. What storage does not take stays buffered for the next flush."""
@@ -154,6 +173,7 @@ class Runtime:
             except Exception as exc:  # the task must go on: the next flush tries again
                 self._flush_failed(batch, exc)
                 return
+            self.sightings.stored(batch)
         if dropped:
             logger.warning(
                 "sightings: %d name(s) no loop watches left out: storage holds its limit of them",
@@ -191,7 +211,7 @@ class Runtime:
 
     async def close(self) -> None:
         await stop_worker(self.worker, self.worker_task)
-        for task in self._tasks:
+        for task in [*self._tasks, *filter(None, [self._first_sighting])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

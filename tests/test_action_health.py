@@ -466,3 +466,27 @@ WATCHED = ["first_project_created", "project_created", "invited_teammate", "ab"]
 )
 def test_did_you_mean(reported: str, expected: str | None) -> None:
     assert did_you_mean(reported, WATCHED) == expected
+
+
+@shared
+async def test_a_name_seen_for_the_first_time_reaches_storage_at_once(
+    make_settings: Callable[..., Settings], loops_dir: Path
+) -> None:
+    """`activation check` reads storage's sightings, the dashboard adds the process's own: a name
+    the process has not added to storage yet goes there within a second (the counts still wait
+    for the periodic flush), so both agree that it is reported."""
+    settings = make_settings(loops_dir=loops_dir)
+    async with running(settings, FakeClock(T0)) as (app, http):
+        runtime = runtime_of(app)
+        runtime.sightings_flush_s = 3600.0
+        await act(http, "first_project_created")
+        found = None
+        for _ in range(50):  # within a few seconds
+            await asyncio.sleep(0.1)
+            found = await runtime.store.sightings.last_seen(["first_project_created"])
+            if found["first_project_created"] is not None:
+                break
+        assert found == {"first_project_created": T0}
+        await act(http, "first_project_created")  # known to storage now: waits for the flush
+        assert runtime._first_sighting is None
+        assert runtime.sightings.pending.count("first_project_created", 0) == 1

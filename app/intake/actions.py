@@ -230,8 +230,9 @@ async def record(
         filters=services.watched_filters,
     )
     services.metrics.actions_recorded(accepted, duplicates)
-    # for their health: no Redis command here (the runtime flushes them every few minutes);
-    # the store answers only totals, so a request's duplicates are counted too
-    services.sightings.saw([action.action for action in actions], now_ms)
+    # for their health: no Redis command here (the runtime flushes them every few minutes, a
+    # name new to storage within a second); the store answers only totals, so a request's
+    # duplicates are counted too
+    services.saw_actions([action.action for action in actions], now_ms)
     services.wake_worker()
     return Accepted(accepted=accepted, duplicates=duplicates)

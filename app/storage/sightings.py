@@ -3,7 +3,10 @@
 Counting them costs the intake no Redis command: each process counts the actions it accepts in
 memory (`SightingsBuffer`: a dict look-up and an increment per action) and adds them to storage
 at most every `SIGHTINGS_FLUSH_S`, and when it stops, with one script for the whole batch
-(`Sightings.flush`). Shard 0 holds them, `seen` and `seen:<day>` (see `keys`).
+(`Sightings.flush`). A name the process has not added to storage yet is added within
+`FIRST_SIGHTING_FLUSH_S` instead, so `activation check` and the dashboard agree on what is
+reported at all (the counts may still wait). Shard 0 holds them, `seen` and `seen:<day>` (see
+`keys`).
 """
 
 import asyncio
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
 HOURS_PER_DAY = 24
 SIGHTINGS_FLUSH_S = 1800.0
+FIRST_SIGHTING_FLUSH_S = 1.0  # a name new to storage waits at most this long (one flush a second)
 MAX_BUFFERED_NAMES = 200  # names no loop watches, buffered by one process between two flushes
 MAX_SEEN_NAMES = 1000  # names no loop watches, kept in `seen`
 SEEN_KEPT_MS = 30 * DAY_MS  # a name not reported for this long leaves `seen` (unless watched)
@@ -77,6 +81,7 @@ class SightingsBuffer:
         self.lock = asyncio.Lock()
         self._seen = Seen()
         self._unwatched = 0
+        self._stored: set[str] = set()  # names this process added to storage (bounded, as above)
 
     def __repr__(self) -> str:
         return f"SightingsBuffer(names={len(self._seen.last_ms)}, overflow={self.overflow})"
@@ -86,19 +91,32 @@ class SightingsBuffer:
         """What is buffered (not a copy: merge it at once)."""
         return self._seen
 
-    def saw(self, names: Iterable[str], now_ms: int) -> None:
-        """Actions accepted now (the intake's hot path: no I/O, a few dict operations each)."""
+    def saw(self, names: Iterable[str], now_ms: int) -> bool:
+        """Actions accepted now (the intake's hot path: no I/O, a few dict operations each).
+        True when one of them is a name this process has not added to storage yet: storage
+        should hear of it soon (`FIRST_SIGHTING_FLUSH_S`)."""
         hour = now_ms // HOUR_MS
         hours_of, last_ms = self._seen.hours, self._seen.last_ms
+        new = False
         for name in names:
             hours = hours_of.get(name)
             if hours is None:
                 if not self._admits(name, 1):
                     continue
                 hours = hours_of[name] = {}
+                new = new or name not in self._stored
             hours[hour] = hours.get(hour, 0) + 1
             if now_ms > last_ms.get(name, 0):
                 last_ms[name] = now_ms
+        return new
+
+    def stored(self, batch: Seen) -> None:
+        """A batch storage took: its names are known there now (at most `max_names` of those no
+        loop watches are remembered, so a client sending made-up names cannot grow this)."""
+        for name in batch.names():
+            unwatched = len(self._stored - self.watched)
+            if name in self.watched or unwatched < self.max_names:
+                self._stored.add(name)
 
     def _admits(self, name: str, sightings: int) -> bool:
         """Whether a name new to the buffer fits in it."""

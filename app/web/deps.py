@@ -6,7 +6,7 @@ pool, a thread hand-off per dependency per request (what it cost: bench/README.m
 time goes"). The hot intake routes skip dependencies altogether and call `services_of` directly.
 """
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
@@ -44,6 +44,8 @@ class Services(Protocol):
 
     @property
     def sightings(self) -> SightingsBuffer: ...
+
+    def saw_actions(self, names: Iterable[str], now_ms: int) -> None: ...
 
     async def seen_now(self) -> Seen: ...
 
