@@ -202,12 +202,12 @@ class FencingModel(RuleBasedStateMachine):
             yield args[11], args[12]
         elif name == "batch_record" and reply:
             recorded = {str(job_id) for job_id in reply}
-            for i in range(5, len(args), 4):
+            for i in range(5, len(args), 3):  # each member's turn: eval|<its user>
                 if args[i] in recorded:
-                    yield args[i + 3], args[4]
-        elif (name in ("batch_check",) and isinstance(reply, list)) or (
-            name == "batch_end" and int(reply) == 1
-        ):
+                    yield f"eval|{args[i].split('|')[1]}", args[4]
+        elif name == "batch_check" and isinstance(reply, list):
+            yield f"batch|{args[0]}", args[1]
+        elif name == "batch_end" and int(reply) == 1:
             yield args[1], args[2]
         elif name == "renew":
             for member in reply or ():

@@ -67,8 +67,9 @@ class Actions(ScriptRunner):
         since = oldest_minute(now_ms, self.action_dedupe_ttl_s)
         for keys, args in self._action_chunks(actions, watch, now_ms):
             header: list[CommandArg] = [now_ms, since, IDS_LIMIT, LOG_LENGTH]
-            shared = [shard_keys.schedule, shard_keys.leases]
-            added, repeated = await self.run(RECORD_ACTIONS, [*keys, *shared], [*header, *args])
+            added, repeated = await self.run(
+                RECORD_ACTIONS, [*keys, shard_keys.schedule], [*header, *args]
+            )
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
 

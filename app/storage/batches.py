@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.delivery.jobs import EmailJob
-from app.engine.job_ids import batch_member, evaluation_id, user_of
+from app.engine.job_ids import batch_member, user_of
 from app.storage import keys as k
 from app.storage.reads import read_job
 from app.storage.records import Claim
@@ -94,11 +94,10 @@ class Batches(ScriptRunner):
         keeping only those that still wait for it (see batch_record.lua); None when none
         does."""
         shard = self.keys.shard(claim.shard)
-        keys = [shard.schedule, shard.leases, shard.batches]
-        keys += [self.keys.user(job.user_id) for job in jobs]
+        keys = [shard.schedule, shard.batches, *(self.keys.user(job.user_id) for job in jobs)]
         args: list[CommandArg] = [batch_id, batch_member(batch_id), now_ms, lease_ms, claim.token]
         for job in jobs:
-            args += [job.id, job.seq, k.job_field(job.id), evaluation_id(job.user_id)]
+            args += [job.id, job.seq, k.job_field(job.id)]
         recorded = {str(job_id) for job_id in await self.run(BATCH_RECORD, keys, args) or ()}
         if not recorded:
             return None
@@ -111,9 +110,9 @@ class Batches(ScriptRunner):
         the record's members and body becoming the `OK` ones; None when the batch's lease is
         not `token`'s, or its members are not `batch.members` any more (read it again)."""
         shard = self.keys.shard(batch.shard)
-        keys = [shard.leases, shard.batches]
+        keys = [shard.batches]
         keys += [self.keys.user(user_of(job_id)) for job_id, _ in batch.members]
-        args: list[CommandArg] = [batch.id, batch.member, token]
+        args: list[CommandArg] = [batch.id, token]
         for job_id, seq in batch.members:
             args += [seq, k.job_field(job_id)]
         verdicts = await self.run(BATCH_CHECK, keys, args)
@@ -168,6 +167,6 @@ class Batches(ScriptRunner):
 
     async def _write(self, batch: BatchRecord, token: str, kept: str, next_ms: int | str) -> bool:
         shard = self.keys.shard(batch.shard)
-        keys = [shard.schedule, shard.leases, shard.batches]
+        keys = [shard.schedule, shard.batches]
         args: list[CommandArg] = [batch.id, batch.member, token, kept, next_ms]
         return bool(await self.run(BATCH_END, keys, args))

@@ -13,7 +13,6 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 |------------------------------|--------|----------------------|---------------------------------|
 | `P{<uid>}`                   | hash   | none                 | every user script               |
 | `P:schedule`                 | zset   | none                 | intake, claim, apply, settle    |
-| `P:leases`                   | hash   | none (while held)    | claim, release (apply, settle)  |
 | `P:fence`                    | string | none                 | claim.lua (INCR)                |
 | `P:dead`                     | zset   | none                 | settle.lua                      |
 | `P:outbox`                   | list   | none (capped)        | settle.lua                      |
@@ -37,6 +36,9 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   `user.created`/`updated`, action or event is ignored.
 - `unsub` (ms): unsubscribed, no further loop email. `sup` (ms) and `sup_why` (`bounced` or
   `complained`): a Resend hard bounce or complaint stopped loop email (`suppress remove` clears).
+- `lease`: while a worker holds the user's turn, its claim's token (`fence`), and `@<ms>` once
+  the turn was asked for meanwhile (an action, a registration, a retry: its release makes the
+  turn due then instead of cutting the lease short); empty once released.
 - `rev`: bumped by every change a decision depends on (actions that move a tracked count's
   time, registration, decisions, settled jobs, unsubscribes, suppressions), so a decision made on
   an old snapshot is refused.
@@ -70,13 +72,11 @@ What the shard keys hold:
   batch of emails (`batches`), due when it is to be sent (again). While a worker holds a member,
   its score is when the lease runs out, so a crashed or stalled worker's members come back then.
 - `fence`: the shard's claim counter. Each claim draws the next number (INCR) as its token:
-  unique, never reused.
-- `leases`: the members held now, each with the token of the claim that holds it (`<token>`),
-  and `@<ms>` once its turn was asked for while held (an action, a registration, a retry): the
-  release makes it due then instead of cutting the lease short. A write on behalf of a claim
+  unique, never reused. The claim writes it as the lease of each member it takes: a user's turn
+  in the user hash's `lease`, a batch in its record's `lease`. A write on behalf of a claim
   (decisions, settles, batch record, check and end, renewals) passes only with the member's
   current token; a claim that takes an expired lease over writes its own, which shuts the
-  older holder out whatever the clocks say. The field goes when its holder releases the member.
+  older holder out whatever the clocks say.
 - `batches`: the batches recorded and not yet ended, by id (which is also the request's
   Idempotency-Key): JSON `{"members": [[<email job id>, <seq>], ...], "first": <ms>, "attempts":
   <n>, "body": [<email job id>, ...], "error": <the last one>, "outcome": {<email job id>:
@@ -84,7 +84,8 @@ What the shard keys hold:
   request's order, each with the attempt it sends; `body`, the members of the last request
   (every request under the key carried a subset of every earlier one's: a 409
   `invalid_idempotent_request` then means an earlier, larger one was accepted); `outcome` once
-  the request ended for good. Written before the first request (and `body` before each), the
+  the request ended for good; `lease`, the token of the claim holding it (as a turn's). Written
+  before the first request (and `body` before each), the
   outcome before any member is settled; removed when every member has been settled, unless the
   outcome of some is unknown (5xx or timeouts to the end of their retries): then kept, its
   members gone, until Resend forgets the key (24 h after `first`, its schedule entry's time),
@@ -175,7 +176,7 @@ def _base36(number: int) -> str:
 # The user hash's fields (see the table above).
 PROFILE, VERSION, REGISTERED, DELETED = "p", "v", "reg", "del"
 UNSUBSCRIBED, SUPPRESSED, SUPPRESSION = "unsub", "sup", "sup_why"
-REV, SEEN, IDS, LOG = "rev", "seen", "ids", "log"
+REV, SEEN, IDS, LOG, LEASE = "rev", "seen", "ids", "log", "lease"
 ACTION, STEP, JOB = "a:", "s:", "j:"
 
 
@@ -210,11 +211,6 @@ class ShardKeys:
     @property
     def schedule(self) -> str:
         return f"{self.scope}schedule"
-
-    @property
-    def leases(self) -> str:
-        """The members held now, with their claim's token (`fence`)."""
-        return f"{self.scope}leases"
 
     @property
     def fence(self) -> str:

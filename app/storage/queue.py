@@ -9,7 +9,7 @@ from typing import Any
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
-from app.engine.job_ids import batch_member, evaluation_id
+from app.engine.job_ids import batch_member, evaluation_id, is_evaluation, user_of
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH
 from app.storage.reads import read_job
@@ -29,7 +29,8 @@ KEEP = "keep"  # settle: more of the turn's emails to settle, the lease stays
 
 
 class Queue(ScriptRunner):
-    """The queue aggregate: the shards' `schedule`, its `leases` (and `fence`) and `dead` sets."""
+    """The queue aggregate: the shards' `schedule` (its leases drawn from `fence`) and `dead`
+    sets."""
 
     async def apply_decisions(
         self,
@@ -50,7 +51,7 @@ class Queue(ScriptRunner):
         `wake_at_ms` (None: none)."""
         shard = self.keys.of_user(user_id)
         stats_keys = list(dict.fromkeys(shard.stats(counter.loop_id) for counter in counters))
-        keys = [self.keys.user(user_id), shard.schedule, shard.leases, *stats_keys]
+        keys = [self.keys.user(user_id), shard.schedule, *stats_keys]
         fields: list[CommandArg] = []
         for name, state in states.items():
             fields += [k.step_field(name), encode_step(state)]
@@ -71,13 +72,20 @@ class Queue(ScriptRunner):
         return first[0][1] if first else None
 
     async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int, shard: int = 0) -> Claim:
-        """Take one shard's due members under one lease, after one read says something is due."""
+        """Take one shard's due members under one lease, after one read says something is due
+        and another which: the claim script names every key it writes (each user's hash)."""
         due = await self.next_due_ms(shard)
         if due is None or due > now_ms:
             return Claim(job_ids=[], wake_at_ms=due, shard=shard)
         keys = self.keys.shard(shard)
+        found = await self.conn.call(
+            "ZRANGEBYSCORE", keys.schedule, "-inf", now_ms, "LIMIT", 0, limit
+        )
+        candidates = [str(member) for member in found or ()]
+        claim_keys = [keys.schedule, keys.fence, keys.batches]
+        claim_keys += [self.lease_key(member, shard) for member in candidates]
         wake_at, token, *job_ids = await self.run(
-            CLAIM, [keys.schedule, keys.leases, keys.fence], [now_ms, lease_ms, limit]
+            CLAIM, claim_keys, [now_ms, lease_ms, *candidates]
         )
         return Claim(
             job_ids=[str(job) for job in job_ids],
@@ -94,8 +102,17 @@ class Queue(ScriptRunner):
         if not job_ids:
             return []
         keys = self.keys.shard(claim.shard)
+        renew_keys = [keys.schedule, keys.batches]
+        renew_keys += [self.lease_key(job_id, claim.shard) for job_id in job_ids]
         args: list[CommandArg] = [now_ms + lease_ms, claim.token, *job_ids]
-        return [str(job_id) for job_id in await self.run(RENEW, [keys.schedule, keys.leases], args)]
+        return [str(job_id) for job_id in await self.run(RENEW, renew_keys, args)]
+
+    def lease_key(self, member: str, shard: int) -> str:
+        """Where a schedule member's lease lives: a user's turn in the user's hash, a batch in
+        its record, in the shard's batches hash."""
+        if is_evaluation(member):
+            return self.keys.user(user_of(member))
+        return self.keys.shard(shard).batches
 
     async def settle(
         self,
@@ -120,8 +137,8 @@ class Queue(ScriptRunner):
         current lease and for the latest attempt, and nothing overwrites a sent job (see
         settle.lua). `action`: "defer" for an attempt that never reached Resend."""
         shard = self.keys.of_user(job.user_id)
-        keys = [self.keys.user(job.user_id), shard.schedule, shard.leases, shard.dead]
-        keys += [shard.outbox, shard.stats(job.loop_id)]
+        keys = [self.keys.user(job.user_id), shard.schedule, shard.dead, shard.outbox]
+        keys += [shard.stats(job.loop_id), shard.batches]
         args = settle_args(job, now_ms, seq, under, turn, outbox_entry, wake_at_ms, action)
         return as_enum(Settled, SETTLE, await self.run(SETTLE, keys, args))
 
@@ -141,7 +158,7 @@ class Queue(ScriptRunner):
         again, rejoin = job.requeued(now_ms)
         uid = job.user_id
         shard = self.keys.of_user(uid)
-        keys = [shard.dead, shard.schedule, shard.leases, self.keys.user(uid), shard.batches]
+        keys = [shard.dead, shard.schedule, self.keys.user(uid), shard.batches]
         args: list[CommandArg] = [job.id, k.job_field(job.id), encode_job(again), now_ms]
         args += [evaluation_id(uid), rejoin or "", batch_member(rejoin) if rejoin else "", job.seq]
         return _REQUEUED[int(await self.run(RETRY_DEAD, keys, args))]

@@ -49,7 +49,7 @@ class Users(ScriptRunner):
         """Store the profile of `user.created` (created=True) or `user.updated`, once."""
         uid = profile.id
         shard = self.keys.of_user(uid)
-        keys = [self.keys.user(uid), shard.schedule, shard.leases]
+        keys = [self.keys.user(uid), shard.schedule]
         kind = "created" if created else "updated"
         # a signup is in `reg`; an update has no field of its own: its line says when
         line = "" if created else timeline_entry(now_ms, "user.updated", delivery=delivery_id)
@@ -61,7 +61,6 @@ class Users(ScriptRunner):
         """Remove the user's personal data and leave a tombstone, once per delivery."""
         shard = self.keys.of_user(user_id)
         keys = [self.keys.user(user_id), shard.schedule, shard.suppressed, shard.outbox, shard.dead]
-        keys.append(shard.leases)
         args: list[CommandArg] = [now_ms, *self._seen(delivery_id, now_ms), evaluation_id(user_id)]
         args += [user_id, outbox_prefix(user_id), email_id_prefix(user_id)]
         return as_enum(UserWrite, DELETE_USER, await self.run(DELETE_USER, keys, args))

@@ -2,38 +2,30 @@
 -- for it: their user's turn still held with the claim's token, the job stored, queued, that
 -- attempt, in this batch, its user neither deleted, unsubscribed nor suppressed (`waits_in`).
 -- The batch itself is then leased to the claim, so a crashed worker's batch is sent again.
--- KEYS[1] schedule zset; KEYS[2] leases hash; KEYS[3] the batches hash; KEYS[3 + i] the hash of
--- the i-th candidate's user
+-- KEYS[1] schedule zset; KEYS[2] the batches hash; KEYS[2 + i] the hash of the i-th candidate's
+-- user
 -- ARGV[1] the batch id; ARGV[2] its schedule member (batch|<id>); ARGV[3] now, epoch ms;
--- ARGV[4] the lease, ms; ARGV[5] the claim's token; then quadruples, one per candidate: email
--- job id, the attempt's seq, the job's field, its user's turn (eval|<uid>)
+-- ARGV[4] the lease, ms; ARGV[5] the claim's token; then triples, one per candidate: email job
+-- id, the attempt's seq, the job's field
 -- Returns the ids of the members recorded (none: nothing was written). The record's `body` is
 -- them: its first request follows at once.
-local token, count = ARGV[5], (#ARGV - 5) / 4
-local turns = {}
-for i = 1, count do
-  turns[i] = ARGV[5 + 4 * i]
-end
-local leases = redis.call('HMGET', KEYS[2], unpack(turns))  -- every member's turn, one read
+local token = ARGV[5]
 local recorded, members = {}, {}
-for i = 1, count do
-  local at = 2 + 4 * i
+for i = 1, (#ARGV - 5) / 3 do
+  local at = 3 + 3 * i
   local job_id, seq, field = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local lease = leases[i] and string.match(leases[i], '^([^@]*)')
-  if lease == token then
-    local user = redis.call('HMGET', KEYS[3 + i], 'del', 'unsub', 'sup', field)
-    if waits_in(user, seq, ARGV[1]) == true then
-      recorded[#recorded + 1] = job_id
-      members[#members + 1] = {job_id, tonumber(seq)}
-    end
+  local user = redis.call('HMGET', KEYS[2 + i], 'del', 'unsub', 'sup', field, 'lease')
+  if holds(user[5], token) and waits_in(user, seq, ARGV[1]) == true then
+    recorded[#recorded + 1] = job_id
+    members[#members + 1] = {job_id, tonumber(seq)}
   end
 end
 if #members == 0 then
   return {}
 end
 -- its first request follows at once: what it carries is written now (`body`)
-local batch = {members = members, body = recorded, first = tonumber(ARGV[3]), attempts = 0}
-redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(batch))
+local batch = {members = members, body = recorded, first = tonumber(ARGV[3]), attempts = 0,
+               lease = token}
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(batch))
 redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], token)
 return recorded

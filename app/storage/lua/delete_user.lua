@@ -1,7 +1,7 @@
 -- Remove a user's personal data on `user.deleted`, take them off the schedule and leave a
 -- tombstone (`del`, and `seen` to know the delivery again), once per delivery.
 -- KEYS[1] the user's hash; KEYS[2] schedule; KEYS[3] suppressed zset; KEYS[4] outbox list;
--- KEYS[5] dead zset; KEYS[6] leases hash
+-- KEYS[5] dead zset
 -- ARGV[1] now, epoch ms; ARGV[2] the delivery's `seen` entry; ARGV[3] the oldest minute `seen`
 -- keeps; ARGV[4] SEEN_LIMIT; ARGV[5] the user's evaluation job id; ARGV[6] the user id
 -- ARGV[7] how the user's outbox entries begin: `{"job":"email|<uid>|` as JSON writes it
@@ -38,7 +38,6 @@ if not user[1] then
     outcome = 'deleted'
   end
   redis.call('ZREM', KEYS[2], ARGV[5])
-  redis.call('HDEL', KEYS[6], ARGV[5])  -- a holder's later writes find no lease: refused
   redis.call('ZREM', KEYS[3], ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'del', user[1] or ARGV[1], 'seen', seen)

@@ -1,6 +1,11 @@
 -- Shared by the scripts that load it (storage.scripts prepends it to their source).
 local unpack = unpack or table.unpack  -- Lua 5.1 on Redis; 5.4 in fakeredis
 
+local function add(fields, name, value)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+
 -- `seen` and `ids` in the user hash: 13-character entries, oldest first: 8 of a digest of the
 -- id (keys.digest), then the minute it was applied, base 36. `since` is the oldest minute kept.
 local function recent_has(list, digest, since)
@@ -37,43 +42,43 @@ local function log_add(log, line, cap)
 end
 
 -- Leases. A claim draws a token from its shard's `fence` counter (INCR: unique, never reused)
--- and writes it in `leases` for every member it takes; the member's score on the schedule is
--- when the lease runs out. Whoever writes for a claim shows its token, and passes only while it
--- is the member's current one: another claim's token, or the member's release, shuts the older
--- holder out, whatever the clocks say. `leases[member]` is `<token>`, or `<token>@<ms>` once the
--- member's turn was asked for at <ms> while it was held (its release makes it due then).
-local function lease_of(leases, member)
-  local value = redis.call('HGET', leases, member)
-  if not value then return nil, nil end
-  local token, asked = string.match(value, '^([^@]*)@?(.*)$')
+-- and writes it as the lease of every member it takes: a user's turn in the user hash's `lease`
+-- field, a batch in its record's `lease`; the member's score on the schedule is when the lease
+-- runs out. Whoever writes for a claim shows its token, and passes only while it is the
+-- member's current one: another claim's token, or the member's release, shuts the older holder
+-- out, whatever the clocks say. A lease is `<token>`, or `<token>@<ms>` once the turn was asked
+-- for at <ms> while it was held (its release makes it due then); "" or absent: nobody holds it.
+local function lease_parts(lease)
+  if not lease or lease == '' then return nil, nil end
+  local token, asked = string.match(lease, '^([^@]*)@?(.*)$')
   return token, tonumber(asked)
 end
 
--- Whether `token` is `member`'s current lease ("": a caller acting for no claim, a test or a
--- dry run, passes only while no worker holds the member), and when its turn was asked for
--- meanwhile (for `release`).
-local function holds(leases, member, token)
-  local current, asked = lease_of(leases, member)
+-- Whether `token` is the current one of `lease` (as read: "" or nil when none), and when the
+-- turn was asked for meanwhile. "" (a caller acting for no claim: a test, a dry run) passes only
+-- while nobody holds it.
+local function holds(lease, token)
+  local current, asked = lease_parts(lease)
   if token == '' then return current == nil, asked end
   return current == token, asked
 end
 
--- Ask for `member`'s turn at `at` (epoch ms): sooner on the schedule or, while a worker holds
--- it, noted on its lease for the release. A held turn is never made due: that would let a
+-- Ask for a user's turn (`member`) at `at` (epoch ms), their `lease` as read: sooner on the
+-- schedule or, while a worker holds it, noted on the lease (added to `fields`, the caller's
+-- HSET of the user hash) for its release. A held turn is never made due: that would let a
 -- second worker claim it while the first still acts.
-local function wake(schedule, leases, member, at)
-  local token, asked = lease_of(leases, member)
+local function wake(schedule, member, lease, at, fields)
+  local token, asked = lease_parts(lease)
   if token == nil then
     redis.call('ZADD', schedule, 'LT', at, member)
   elseif asked == nil or tonumber(at) < asked then
-    redis.call('HSET', leases, member, token .. '@' .. at)
+    add(fields, 'lease', token .. '@' .. at)
   end
 end
 
--- End `member`'s lease, which the caller holds (`asked`: what `holds` said of it): its next
--- turn at `next` (epoch ms, or "" for none), sooner if it was asked for meanwhile.
-local function release(schedule, leases, member, next, asked)
-  redis.call('HDEL', leases, member)
+-- The next turn of a member whose lease ends: at `next` (epoch ms, or "" for none), sooner if
+-- it was asked for meanwhile (`asked`). The caller clears the lease itself.
+local function release(schedule, member, next, asked)
   local at = tonumber(next)
   if asked ~= nil and (at == nil or asked < at) then at = asked end
   if at == nil then
@@ -97,11 +102,6 @@ local function waits_in(user, seq, batch)
     return 'moved'
   end
   return true
-end
-
-local function add(fields, name, value)
-  fields[#fields + 1] = name
-  fields[#fields + 1] = value
 end
 
 local function bumped(rev)

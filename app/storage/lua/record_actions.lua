@@ -1,6 +1,6 @@
 -- Record a batch of actions ("user did X"), each once per client id, and wake the user's loops
 -- when a count a loop waits for is reached.
--- KEYS[i] the hash of the i-th action's user (P{uid}); then the schedule zset and the leases hash
+-- KEYS[i] the hash of the i-th action's user (P{uid}); KEYS[#KEYS] schedule P:schedule
 -- ARGV[1] now, epoch ms; ARGV[2] the oldest minute `ids` keeps; ARGV[3] IDS_LIMIT;
 -- ARGV[4] the log's length cap; then 8 per action, from ARGV[5]:
 --   its `ids` entry ("" when it has no id), action name, occurred at (epoch ms), how many of its
@@ -18,7 +18,7 @@
 -- far, an upper bound. `rev` moves only when what a loop reads moved (a time it keeps, or a count
 -- it waits for), and the user's turn comes when such a count is reached.
 -- Returns {accepted, duplicates}; an action for a deleted user is accepted and dropped.
-local schedule, leases = KEYS[#KEYS - 1], KEYS[#KEYS]
+local schedule = KEYS[#KEYS]
 local now, since, id_limit, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local accepted, duplicates = 0, 0
 
@@ -102,23 +102,23 @@ local function record(key, a, user, filtered)
   local value, moved, waited = counted(user[3] or '', at, tonumber(ARGV[a + 3]), ARGV[a + 4])
   local fields = {'a:' .. name, value}
   for j, extra in ipairs(filtered) do
-    local v, m, w = counted(user[5 + j] or '', at, extra[2], extra[3])
+    local v, m, w = counted(user[6 + j] or '', at, extra[2], extra[3])
     add(fields, 'a:' .. extra[1], v)
     moved, waited = moved or m, waited or w
   end
   if moved or waited then add(fields, 'rev', bumped(user[4])) end
   if ARGV[a] ~= '' then add(fields, 'ids', recent_add(user[2] or '', ARGV[a], since, id_limit)) end
-  if ARGV[a + 5] ~= '' then add(fields, 'log', log_add(user[5], ARGV[a + 5], cap)) end
+  if ARGV[a + 5] ~= '' then add(fields, 'log', log_add(user[6], ARGV[a + 5], cap)) end
+  if waited then wake(schedule, ARGV[a + 6], user[5], now, fields) end
   redis.call('HSET', key, unpack(fields))
-  if waited then wake(schedule, leases, ARGV[a + 6], now) end
 end
 
-for i = 1, #KEYS - 2 do
+for i = 1, #KEYS - 1 do
   local a = 5 + (i - 1) * 8
-  local wanted = {'del', 'ids', 'a:' .. ARGV[a + 1], 'rev'}
-  wanted[5] = ARGV[a + 5] ~= '' and 'log' or 'rev'
+  local wanted = {'del', 'ids', 'a:' .. ARGV[a + 1], 'rev', 'lease'}
+  wanted[6] = ARGV[a + 5] ~= '' and 'log' or 'rev'
   local filtered = extras(ARGV[a + 7])
-  for j, extra in ipairs(filtered) do wanted[5 + j] = 'a:' .. extra[1] end
+  for j, extra in ipairs(filtered) do wanted[6 + j] = 'a:' .. extra[1] end
   local user = redis.call('HMGET', KEYS[i], unpack(wanted))
   if ARGV[a] ~= '' and recent_has(user[2] or '', string.sub(ARGV[a], 1, 8), since) then
     duplicates = duplicates + 1

@@ -1,5 +1,5 @@
 -- Store a Clerk user from `user.created` or `user.updated`, once per delivery.
--- KEYS[1] the user's hash P{uid}; KEYS[2] schedule zset; KEYS[3] leases hash
+-- KEYS[1] the user's hash P{uid}; KEYS[2] schedule zset P:schedule
 -- ARGV[1] profile JSON; ARGV[2] version: epoch ms of the Clerk data (its updated_at), older data
 -- never overwrites newer; ARGV[3] "created" | "updated"; ARGV[4] now, epoch ms
 -- ARGV[5] the delivery's `seen` entry; ARGV[6] the oldest minute `seen` keeps; ARGV[7] SEEN_LIMIT
@@ -8,7 +8,7 @@
 -- Returns one word: "duplicate" (this svix-id was applied before), "deleted" (the user was deleted:
 -- ignored), "created" (first data for the user), "updated" (newer data replaced older), "stale"
 -- (older than what is stored: only the registration is noted).
-local user = redis.call('HMGET', KEYS[1], 'del', 'v', 'reg', 'seen', 'rev', 'log')
+local user = redis.call('HMGET', KEYS[1], 'del', 'v', 'reg', 'seen', 'rev', 'log', 'lease')
 local since = tonumber(ARGV[6])
 if recent_has(user[4] or '', string.sub(ARGV[5], 1, 8), since) then
   return 'duplicate'
@@ -22,7 +22,7 @@ local fields = {'seen', recent_add(user[4] or '', ARGV[5], since, tonumber(ARGV[
 if ARGV[3] == 'created' and not user[3] then
   add(fields, 'reg', ARGV[4])
   add(fields, 'rev', bumped(user[5]))
-  wake(KEYS[2], KEYS[3], ARGV[8], ARGV[4])
+  wake(KEYS[2], ARGV[8], user[7], ARGV[4], fields)
 end
 local stored = user[2]
 local outcome = 'stale'
