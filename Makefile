@@ -50,6 +50,15 @@ pytest: $(STAMP) chromium
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# Not part of `make test` (tests/test_soak.py runs a short one): the checker that hunts for doubles,
+# for minutes; exits 1 on any violation. e.g. make soak SOAK_USERS=20000 SOAK_SECONDS=300
+SOAK_USERS ?= 2000
+SOAK_SECONDS ?= 60
+SOAK_ARGS ?= --users $(SOAK_USERS) --seconds $(SOAK_SECONDS)
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
 

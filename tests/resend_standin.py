@@ -3,7 +3,7 @@ Resend's OpenAPI schema.
 
 This module owns `create_standin(api_key)` (the Starlette app), `reset(app)`, and `ResendStandin` /
 `run_standin(api_key)`, which serve it on a real port (with `tests.upstash_standin.serve`) and
-hand tests its URL, inbox, counters and fault script.
+hand tests its URL, inbox, counters, fault script and chaos mode.
 
 Behaviour, as Resend's API answers (https://resend.com/docs/api-reference/errors):
 
@@ -22,7 +22,8 @@ Behaviour, as Resend's API answers (https://resend.com/docs/api-reference/errors
   being handled (a "hang" fault) → 409 ``concurrent_idempotent_requests``. Only accepted emails
   store their key, so a refused request may be retried with it.
 * Accepted: 200 ``{"id": "<uuid4>"}`` and one entry appended to ``app.state.inbox``:
-  ``{"id", "body" (the parsed JSON), "idempotency_key" (or None), "received_at_ms"}``.
+  ``{"id", "body" (the parsed JSON), "idempotency_key" (or None), "received_at_ms" (when it was
+  recorded), "arrived_at_ms" (when its request arrived, before any hang; epoch ms both)}``.
 * Errors are ``{"statusCode", "name", "message"}``, messages from
   ``tests/fixtures/resend_error_examples.json``; other paths 404 ``not_found``, other methods
   405 ``method_not_allowed``.
@@ -67,6 +68,13 @@ fails two requests, then lets the rest through. A fault is a tuple:
 * ``("accept_then_fail", "drop")``: the same, but send the 200's headers and drop the connection
   before the body (uvicorn logs "ASGI callable returned without completing response").
 
+Chaos (soak runs, ``tests/soak``): ``app.state.chaos`` (``ResendStandin.chaos(Chaos(...))``), when
+set, draws a fault at random for each request the script leaves alone: ``("status", 500)`` at
+``error_rate``, ``("status", 429, retry_after_s)`` at ``limit_rate`` (retry-after drawn from
+``retry_after_s``), ``("accept_then_fail", 500)`` at ``accept_then_fail_rate`` and ``("hang",
+seconds)`` at ``latency_rate`` (seconds drawn from ``latency_s``: added latency, or a timeout when
+longer than the client waits); else none. Its draws are seeded (``seed``).
+
 Team rate limit: ``app.state.rate_limit`` (``ResendStandin.limit(n)``), when set, is Resend's
 per-second limit, shared by both paths: every answer on them carries ``ratelimit-limit``,
 ``ratelimit-remaining`` and ``ratelimit-reset`` (seconds to the next 1 s window), and a request
@@ -74,17 +82,21 @@ past the limit in its window is answered 429 ``rate_limit_exceeded`` with ``retr
 ``app.state.limited`` counts those. A batch is one request, whatever its size.
 
 Counters: ``requests`` (every HTTP request, any path), ``connections`` (the set of client
-``(host, port)`` pairs seen: one per TCP connection, so pooled clients show fewer).
+``(host, port)`` pairs seen: one per TCP connection, so pooled clients show fewer), ``faults``
+(a ``Counter`` of the faults taken, scripted or drawn, by ``fault_name``: ``"500"``, ``"429"``,
+``"hang"``, ``"accept_then_fail 500"``...; ``"client left"`` counts hangs the client gave up on).
 """
 
 import asyncio
 import json
+import random
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -332,6 +344,48 @@ class AcceptedBatch:
     accepted_at_s: float
 
 
+@dataclass
+class Chaos:
+    """Random faults, one drawn for each request the script leaves alone (see the module
+    docstring); the rates are chances per request, summing to at most 1."""
+
+    error_rate: float = 0.0
+    limit_rate: float = 0.0
+    accept_then_fail_rate: float = 0.0
+    latency_rate: float = 0.0
+    retry_after_s: tuple[float, float] = (0.1, 1.0)
+    latency_s: tuple[float, float] = (0.05, 1.0)
+    seed: int | None = None
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self) -> Fault:
+        roll = self.rng.random()
+        for rate, fault in self.faults():
+            if roll < rate:
+                return fault()
+            roll -= rate
+        return ("none",)
+
+    def faults(self) -> Iterator[tuple[float, Callable[[], Fault]]]:
+        yield self.error_rate, lambda: ("status", 500)
+        yield self.limit_rate, lambda: ("status", 429, self.seconds(self.retry_after_s))
+        yield self.accept_then_fail_rate, lambda: ("accept_then_fail", 500)
+        yield self.latency_rate, lambda: ("hang", self.seconds(self.latency_s))
+
+    def seconds(self, span: tuple[float, float]) -> float:
+        return round(self.rng.uniform(*span), 3)
+
+
+def fault_name(fault: Fault) -> str:
+    """How `faults` counts a fault: its status, or its kind (and status)."""
+    if fault[0] == "status":
+        return str(fault[1])
+    return fault[0] if fault[0] == "hang" else f"{fault[0]} {fault[1]}"
+
+
 class CountRequests:
     """ASGI middleware counting every HTTP request and the TCP connections they came over."""
 
@@ -376,6 +430,8 @@ def reset(app: Starlette) -> None:
     app.state.rate_limit = None
     app.state.window = (0, 0)  # (the window's second, requests in it)
     app.state.limited = 0
+    app.state.chaos = None  # Chaos, or None
+    app.state.faults = Counter()  # fault_name -> faults taken
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -397,6 +453,7 @@ async def send_batch(request: Request) -> Response:
 async def rate_limited(request: Request, acceptor: Acceptor) -> Response:
     """The team limit around handling one request (a batch counts once)."""
     state = request.app.state
+    request.state.arrived_at_ms = time.time_ns() // 1_000_000
     raw = await request.body()
     if state.rate_limit is None:
         return await handle(request, raw, acceptor)
@@ -431,6 +488,7 @@ async def handle(request: Request, raw: bytes, acceptor: Acceptor) -> Response:
         return fault_answer(*args)
     key = request.headers.get("idempotency-key")
     if kind == "hang" and await client_left(request, key, float(args[0])):
+        state.faults["client left"] += 1
         return Response(status_code=499)
     response = acceptor(state, request, raw)
     if kind == "accept_then_fail" and response.status_code == 200:
@@ -439,9 +497,15 @@ async def handle(request: Request, raw: bytes, acceptor: Acceptor) -> Response:
 
 
 def take_fault(state: State) -> Fault:
-    fault: Fault = state.script.pop(0) if state.script else ("none",)
+    fault: Fault = ("none",)
+    if state.script:
+        fault = state.script.pop(0)
+    elif state.chaos is not None:
+        fault = state.chaos.draw()
     if fault[0] not in ("none", *FAULT_KINDS):
         raise ValueError(f"unknown fault {fault!r}; see the module docstring")
+    if fault[0] != "none":
+        state.faults[fault_name(fault)] += 1
     return fault
 
 
@@ -454,9 +518,10 @@ def accept(state: State, request: Request, raw: bytes) -> Response:
         problem = 409, "concurrent_idempotent_requests", ""
     if problem is not None:
         return error(*problem)
+    arrived = {"arrived_at_ms": request.state.arrived_at_ms}
     if key is None:
-        return JSONResponse({"id": record(state, body, None)})
-    return replay_or_record(state, key, body)
+        return JSONResponse({"id": record(state, body, None, **arrived)})
+    return replay_or_record(state, key, body, arrived)
 
 
 def held_keys(request: Request) -> set[str]:
@@ -475,12 +540,14 @@ def auth_problem(state: State, request: Request) -> Problem | None:
     return None
 
 
-def replay_or_record(state: State, key: str, body: dict[str, Any]) -> Response:
+def replay_or_record(
+    state: State, key: str, body: dict[str, Any], extra: dict[str, Any]
+) -> Response:
     fingerprint = json.dumps(body, sort_keys=True)
     earlier: Accepted | None = state.idempotency.get(key)
     now_s = time.monotonic()
     if earlier is None or now_s - earlier.accepted_at_s > state.idempotency_window_s:
-        email_id = record(state, body, key)
+        email_id = record(state, body, key, **extra)
         state.idempotency[key] = Accepted(fingerprint, email_id, now_s)
         return JSONResponse({"id": email_id})
     if earlier.fingerprint != fingerprint:
@@ -511,7 +578,8 @@ def accept_batch(state: State, request: Request, raw: bytes) -> Response:
         problem = 409, "concurrent_idempotent_requests", ""
     if problem is not None:
         return error(*problem)
-    return replay_or_record_batch(state, key, mode, emails, problems)
+    arrived_at_ms: int = request.state.arrived_at_ms
+    return replay_or_record_batch(state, key, mode, emails, problems, arrived_at_ms)
 
 
 def mode_problem(mode: str) -> Problem | None:
@@ -522,13 +590,18 @@ def mode_problem(mode: str) -> Problem | None:
 
 
 def replay_or_record_batch(
-    state: State, key: str | None, mode: str, emails: list[Any], problems: list[Problem | None]
+    state: State,
+    key: str | None,
+    mode: str,
+    emails: list[Any],
+    problems: list[Problem | None],
+    arrived_at_ms: int,
 ) -> Response:
     fingerprint = json.dumps({"validation": mode, "emails": emails}, sort_keys=True)
     earlier: AcceptedBatch | None = state.batch_idempotency.get(key)
     now_s = time.monotonic()
     if earlier is None or now_s - earlier.accepted_at_s > state.idempotency_window_s:
-        answer = record_batch(state, key, mode, emails, problems)
+        answer = record_batch(state, key, mode, emails, problems, arrived_at_ms)
         if key is not None:
             state.batch_idempotency[key] = AcceptedBatch(fingerprint, answer, now_s)
         return JSONResponse(answer)
@@ -538,11 +611,17 @@ def replay_or_record_batch(
 
 
 def record_batch(
-    state: State, key: str | None, mode: str, emails: list[Any], problems: list[Problem | None]
+    state: State,
+    key: str | None,
+    mode: str,
+    emails: list[Any],
+    problems: list[Problem | None],
+    arrived_at_ms: int,
 ) -> dict[str, Any]:
     """Record a batch's valid emails; its 200 answer."""
     pairs = zip(emails, problems, strict=True)
-    data = [{"id": record(state, email, key, batch=True)} for email, bad in pairs if bad is None]
+    extra = {"batch": True, "arrived_at_ms": arrived_at_ms}
+    data = [{"id": record(state, email, key, **extra)} for email, bad in pairs if bad is None]
     size, accepted = len(emails), len(data)
     state.batches.append({"key": key, "size": size, "accepted": accepted, "validation": mode})
     if mode == "strict":
@@ -655,6 +734,16 @@ class ResendStandin:
         """Requests answered 429 for the team limit."""
         count: int = self.app.state.limited
         return count
+
+    def chaos(self, chaos: "Chaos | None") -> None:
+        """Draw random faults for requests the script leaves alone; None: none."""
+        self.app.state.chaos = chaos
+
+    @property
+    def faults(self) -> Counter[str]:
+        """Faults taken so far, scripted or drawn, by `fault_name`."""
+        faults: Counter[str] = self.app.state.faults
+        return faults
 
     def script(self, *faults: Fault) -> None:
         """Queue answers for the next requests, in order (see the module docstring)."""

@@ -11,7 +11,7 @@ import resend as resend_sdk
 from resend.exceptions import ResendError
 from resend.http_client_httpx import HTTPXClient
 
-from tests.resend_standin import ResendStandin
+from tests.resend_standin import Chaos, ResendStandin
 from tests.test_mailer import eventually
 
 SENDER = "Acme <hello@acme.dev>"
@@ -325,3 +325,28 @@ async def test_a_hanging_batch_holds_its_key_in_flight(standin: ResendStandin) -
     assert single.status_code == 200  # an /emails key of the same name is another key
     assert ids(answer) == [entry["id"] for entry in standin.inbox if entry.get("batch")]
     assert len(standin.batches) == 1
+
+
+async def test_chaos_draws_faults_for_requests_the_script_leaves_alone(
+    standin: ResendStandin,
+) -> None:
+    standin.script(("status", 429, 1.0))
+    standin.chaos(Chaos(error_rate=1.0))
+    limited = await refused(emails(1))
+    failed = await refused(emails(1))
+    standin.chaos(
+        Chaos(accept_then_fail_rate=0.5, latency_rate=0.5, latency_s=(0.01, 0.02), seed=7)
+    )
+    drawn = [await post(standin, json=emails(1)) for _ in range(20)]
+    standin.chaos(None)
+    before_s = time.time()
+    await send(emails(2))
+
+    assert (limited.code, failed.code) == (429, 500)
+    assert {response.status_code for response in drawn} == {200, 500}  # latency, accept then 500
+    faults = standin.faults
+    assert (faults["429"], faults["500"]) == (1, 1)
+    assert faults["accept_then_fail 500"] + faults["hang"] == 20
+    assert len(standin.inbox) == 22  # every drawn request was accepted, then the last two
+    for entry in standin.inbox[-2:]:
+        assert before_s * 1000 - 1 <= entry["arrived_at_ms"] <= entry["received_at_ms"]
