@@ -3,6 +3,7 @@ happens next.
 
     ActivationError
     ├── ConfigError              unsafe or invalid settings or loop files: refuse to start
+    │   ├── LoopFolderError      every mistake found in the loop files and templates, at once
     │   ├── LoopFileError        a loop file that cannot be used: `<file>: <field>: <reason>`
     │   ├── QueryError           a condition's SQL that cannot be translated; also a ValueError,
     │   │                        so pydantic reports it as the field's error in a LoopFileError
@@ -66,6 +67,15 @@ class LoopFileError(ConfigError):
         self.more = list(more)
         lines = [f"{path}: {f}: {r}" if f else f"{path}: {r}" for f, r in [(field, reason), *more]]
         super().__init__("\n".join(lines))
+
+
+class LoopFolderError(ConfigError):
+    """Every mistake found in a folder of loop files and their templates; str() has a line for
+    each (`problems`: each file's `LoopFileError`, each template's `TemplateError`)."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
 class QueryError(ConfigError, ValueError):

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from app import __version__
@@ -30,7 +31,12 @@ from app.ops import user_state as progress
 from app.runtime import build_runtime, load_settings, startup_frozen
 from app.settings import Settings
 from app.web import health
-from app.web.errors import error_response, invalid_request_response
+from app.web.errors import (
+    error_response,
+    http_error_response,
+    internal_error_response,
+    invalid_request_response,
+)
 from app.web.gate import Endpoint, Gate, RouteTable, Traffic, declare_framework_routes
 
 logger = logging.getLogger(__name__)
@@ -40,7 +46,8 @@ class ActivationApp(FastAPI):
     """FastAPI with one layer of ours outside all of its own, `app.web.gate.Gate`: each request is
     matched to its route, refused or let in by the route's declared policy and body limit, and a
     hot intake route is called directly, skipping the rest of the stack. An error a hot route
-    does not answer itself reaches the server, which answers 500 and logs it."""
+    does not answer itself is answered 500 (`app.web.errors`) and reaches the server, which logs
+    it."""
 
     hot_routes: Mapping[tuple[str, str], Endpoint] = MappingProxyType({})
 
@@ -114,13 +121,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    """Every error in the one body of `app.web.errors`, FastAPI's own (404, 405, 422) too."""
     app.add_exception_handler(RequestValidationError, on_invalid_request)
+    app.add_exception_handler(HTTPException, on_http_error)  # FastAPI's subclass too
     app.add_exception_handler(RequestRefused, on_activation_error)
     app.add_exception_handler(StorageError, on_activation_error)  # StorageUnavailable too
+    app.add_exception_handler(Exception, on_unexpected_error)  # answered, then re-raised
 
 
 async def on_invalid_request(request: Request, exc: Any) -> JSONResponse:
     return invalid_request_response(exc.errors())
+
+
+async def on_http_error(request: Request, exc: Any) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return http_error_response(exc)
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    return internal_error_response()
 
 
 async def on_activation_error(request: Request, exc: Any) -> JSONResponse:

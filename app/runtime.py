@@ -27,8 +27,14 @@ from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
-from app.engine.loop_files import Loop, load_loops
-from app.errors import ConfigError, LoopFileError, StorageError, StorageUnavailable
+from app.engine.loop_files import Loop, read_loops
+from app.errors import (
+    ConfigError,
+    LoopFolderError,
+    StorageError,
+    StorageUnavailable,
+    TemplateError,
+)
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.connections import connect
@@ -344,24 +350,33 @@ def describe_validation(exc: ValidationError) -> str:
 
 
 def load_loop_files(settings: Settings) -> tuple[dict[str, Loop], TemplateSet]:
-    """Loops and their templates, every use of a template checked: errors stop startup."""
-    try:
-        loops = load_loops(settings.loops_dir)
-    except LoopFileError as exc:
-        raise ConfigError(str(exc)) from None
-    templates = TemplateSet.load(settings.loops_dir / "templates")
+    """Loops and their templates, every use of a template checked (variants' and experiment
+    arms' too): every mistake in every file is reported at once, in a `LoopFolderError` that
+    stops startup."""
+    loops, problems = read_loops(settings.loops_dir)
+    templates, broken = TemplateSet.read(settings.loops_dir / "templates")
+    found: list[ConfigError] = [*problems, *broken]
     for loop in loops.values():
-        check_templates(loop, templates)
+        found += template_problems(loop, templates)
+    if found:
+        raise LoopFolderError(found)
     logger.info("loaded %d loop(s) from %s: %s", len(loops), settings.loops_dir, ", ".join(loops))
     return loops, templates
 
 
-def check_templates(loop: Loop, templates: TemplateSet) -> None:
-    for step in loop.steps:
-        for field, email in (("action", step.action), ("on_timeout", step.on_timeout)):
-            if email is not None:
-                where = f"{loop.source}: steps[{step.index}].{field}"
-                templates.check(email.template, email.personalization, where)
+def template_problems(loop: Loop, templates: TemplateSet) -> Iterator[TemplateError]:
+    """What is wrong with each email of the loop: its personalization, and each template it
+    may send (its own, its variants', its experiment's arms'), at `<file>: <field path>`."""
+    for field, email in loop.emails():
+        where = f"{loop.source}: {field}"
+        yield from templates.value_problems(email.personalization, where)
+        uses = [
+            (email.template, where),
+            *((v.template, f"{where}.variants[{i}]") for i, v in enumerate(email.variants)),
+            *((a.template, f"{where}.experiment[{i}]") for i, a in enumerate(email.experiment)),
+        ]
+        for template, at in uses:
+            yield from templates.use_problems(template, email.personalization, at)
 
 
 def build_mailer(settings: Settings) -> Mailer:
@@ -384,7 +399,7 @@ def build_composer(
         tokens=tokens,
         sender=settings.email_from or DEFAULT_SENDER,
         app_url=settings.app_url,
-        public_url=settings.public_url,
+        public_url=settings.links_url,
     )
 
 

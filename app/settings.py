@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+)
 
 
 class StorageKind(StrEnum):
@@ -39,7 +45,11 @@ class Settings(BaseSettings):
     resend_rate_limit_per_s: float = Field(default=5.0, ge=0)
     resend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     app_url: str = "http://localhost:3000"
-    public_url: str = "http://localhost:8000"
+    public_url: str | None = None  # None: links use the address served on (`links_url`)
+    # where `activation serve` listens (its --host/--port win), and links' address without
+    # PUBLIC_URL
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
     loops_dir: Path = Path("loops")
     worker_in_process: bool = True
     key_prefix: str = "activation:"
@@ -90,7 +100,12 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @field_validator(
-        "upstash_redis_rest_url", "email_from", "clerk_jwt_key", "clerk_jwks_url", mode="before"
+        "upstash_redis_rest_url",
+        "email_from",
+        "clerk_jwt_key",
+        "clerk_jwks_url",
+        "public_url",
+        mode="before",
     )
     @classmethod
     def _empty_text_is_unset(cls, value: object) -> object:
@@ -130,26 +145,40 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_combinations(self) -> Self:
-        if self.upstash_redis_rest_url and self.upstash_redis_rest_token is None:
-            raise ValueError("UPSTASH_REDIS_REST_URL is set but UPSTASH_REDIS_REST_TOKEN is not")
-        if self.upstash_redis_rest_token is not None and not self.upstash_redis_rest_url:
-            raise ValueError("UPSTASH_REDIS_REST_TOKEN is set but UPSTASH_REDIS_REST_URL is not")
-        if self.resend_api_key is not None and not self.email_from:
-            raise ValueError("EMAIL_FROM is required when RESEND_API_KEY is set")
-        self._lease_outlives_an_attempt()
+        """Every unsafe combination named at once, in one message."""
+        problems = [*self._half_configured(), *self._lease_shorter_than_an_attempt()]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
-    def _lease_outlives_an_attempt(self) -> None:
+    def _half_configured(self) -> list[str]:
+        problems = []
+        if self.upstash_redis_rest_url and self.upstash_redis_rest_token is None:
+            problems.append("UPSTASH_REDIS_REST_URL is set but UPSTASH_REDIS_REST_TOKEN is not")
+        if self.upstash_redis_rest_token is not None and not self.upstash_redis_rest_url:
+            problems.append("UPSTASH_REDIS_REST_TOKEN is set but UPSTASH_REDIS_REST_URL is not")
+        if self.resend_api_key is not None and not self.email_from:
+            problems.append("EMAIL_FROM is required when RESEND_API_KEY is set")
+        return problems
+
+    def _lease_shorter_than_an_attempt(self) -> list[str]:
         """One send attempt (a rate-limit wait of at most a quarter of the lease, the request,
         a storage call on either side) must end well inside its lease: renewals then only cover
         slow claims, and a worker that misses them is fenced off, never racing a newer one."""
         attempt_s = self.resend_timeout_s + 2 * self.storage_timeout_s
-        if self.worker_lease_s < 2 * attempt_s:
-            raise ValueError(
-                f"WORKER_LEASE_S ({self.worker_lease_s:g}) must be at least twice "
-                f"RESEND_TIMEOUT_S + 2 x STORAGE_TIMEOUT_S ({attempt_s:g} s), so a send can "
-                "never outlive its lease"
-            )
+        if self.worker_lease_s >= 2 * attempt_s:
+            return []
+        return [
+            f"WORKER_LEASE_S ({self.worker_lease_s:g}) must be at least twice "
+            f"RESEND_TIMEOUT_S + 2 x STORAGE_TIMEOUT_S ({attempt_s:g} s), so a send can "
+            "never outlive its lease"
+        ]
+
+    @property
+    def links_url(self) -> str:
+        """The base of the links emails carry (unsubscribe): PUBLIC_URL, else the address this
+        service serves on (`served_url`)."""
+        return self.public_url or served_url(self.host, self.port)
 
     @property
     def storage_kind(self) -> StorageKind:
@@ -158,6 +187,31 @@ class Settings(BaseSettings):
         if self.redis_url is not None:
             return StorageKind.REDIS
         return StorageKind.EMBEDDED
+
+
+def given_settings() -> frozenset[str]:
+    """The settings the environment and `.env` give a value (an empty one is none), by field
+    name, read without checking any: a command can then name every setting it lacks, even
+    beside one that is invalid."""
+    given = {**DotEnvSettingsSource(Settings)(), **EnvSettingsSource(Settings)()}
+    return frozenset(name for name, value in given.items() if value not in (None, ""))
+
+
+# Addresses that mean "every interface": a server listens on them, but no link can name them.
+EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 (recognised, never bound)
+
+
+def listens_everywhere(host: str) -> bool:
+    return host.strip("[]") in EVERY_INTERFACE
+
+
+def served_url(host: str, port: int) -> str:
+    """`http://host:port` as a browser reaches the server. One listening on every interface
+    (0.0.0.0, ::) is written `localhost`: the machine's hostname would serve a reader elsewhere
+    no better (in a container it is an id that resolves nowhere), and localhost at least opens
+    on this machine, where a trial without PUBLIC_URL runs."""
+    bare = "localhost" if listens_everywhere(host) else host.strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{bare}:{port}"
 
 
 def _signing_key(secret: str) -> bytes:

@@ -337,6 +337,28 @@ def sign(
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+def served_routes(app: FastAPI) -> set[tuple[str, str]]:
+    """(path, method) of every route the app serves, documented or not, however it is mounted."""
+    found: set[tuple[str, str]] = set()
+    for route in app.routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        for item in contexts() if contexts is not None else [route]:
+            methods = getattr(item, "methods", None)
+            methods = methods or getattr(getattr(item, "original_route", None), "methods", None)
+            found |= {(str(item.path), method) for method in methods or () if method != "HEAD"}
+    for path, operations in app.openapi()["paths"].items():
+        found |= {(path, method.upper()) for method in operations}
+    return found
+
+
+def concrete(path: str, value: str = "user_29w83sxmDNGwOuEthce5gg56FcC") -> str:
+    """A path with every `{parameter}` filled in (with a user id, unless told another value)."""
+    while "{" in path:
+        start, end = path.index("{"), path.index("}")
+        path = f"{path[:start]}{value}{path[end + 1 :]}"
+    return path
+
+
 # --- a small loops folder for the engine's end-to-end tests -------------------------------------
 
 TEST_LOOPS = {
@@ -374,6 +396,15 @@ def loops_dir(tmp_path: Path) -> Path:
     for loop_id, text in TEST_LOOPS.items():
         (tmp_path / f"{loop_id}.yaml").write_text(dedent(text))
     return tmp_path
+
+
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    """`folder` with each file (a path inside it: its text, dedented) written; returns it."""
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dedent(text).lstrip())
+    return folder
 
 
 # --- the local Resend API ---------------------------------------------------------------------

@@ -14,8 +14,8 @@ import redis
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.ops.action_health import did_you_mean
 from app.ops.cli import main
+from app.ops.spelling import did_you_mean
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from app.storage.sightings import Seen, SightingsBuffer
@@ -428,6 +428,40 @@ def test_check_warns_of_watched_actions_never_reported(
     assert once.err.splitlines() == [
         "warning: loop ten waits for action 'project_created', never reported to this service "
         "(GET /v1/actions/health)",
+    ]
+
+
+def test_check_names_the_reported_action_a_loop_likely_misspells(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    loops_dir: Path,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`project_created` is reported (and watched by another loop): a loop waiting for
+    `project_craeted` is told so, from the sightings in storage."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("KEY_PREFIX", key_prefix)
+    ten = loops_dir / "ten.yaml"
+    ten.write_text(ten.read_text().replace("project_created", "project_craeted"))
+    (loops_dir / "more.yaml").write_text(
+        "type: milestone\nsteps:\n  - trigger: {type: action, action: project_created}\n"
+        "    action: {type: email, template: ten}\n"
+    )
+    for name in ("first_project_created", "project_created"):
+        redis_client.hset(f"{key_prefix}seen", name, str(T0))
+
+    assert main(["check", str(loops_dir)]) == 0
+
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: loop ten waits for action 'project_craeted', never reported to this service "
+        "(GET /v1/actions/health); did you mean 'project_created'? The sightings in storage "
+        "show it reported",
     ]
 
 

@@ -127,7 +127,7 @@ async def test_without_a_configured_key_every_request_is_401(
 
 
 def failing_fields(response: httpx.Response) -> list[str]:
-    return [".".join(str(part) for part in error["loc"]) for error in response.json()["detail"]]
+    return [error["field"] for error in response.json()["fields"]]
 
 
 @embedded_only
@@ -194,9 +194,9 @@ async def test_a_body_not_sent_as_json_is_told_what_to_send(
     body = b'{"user_id": "user_1", "action": "x"}'
     response = await client.post("/v1/actions", content=body, headers={**AUTH, **headers})
     assert response.status_code == 422
-    (error,) = response.json()["detail"]
-    assert error["loc"] == ["body"]  # no internal tag (`single`, `batch`) in what a caller reads
-    assert "Content-Type: application/json" in error["msg"]
+    (error,) = response.json()["fields"]
+    assert error["field"] == "body"  # no internal tag (`single`, `batch`) in what a caller reads
+    assert "Content-Type: application/json" in error["message"]
     assert "single" not in response.text
 
 
@@ -212,7 +212,7 @@ async def test_a_batch_items_error_names_its_place_without_internal_tags(
 async def test_not_configured_and_wrong_key_answers_have_one_shape(
     make_settings: Any, clock: FakeClock
 ) -> None:
-    """Every refusal is `{"error": reason}`; only a 422 lists fields (`detail`)."""
+    """Every refusal is `{"error": reason}`; only a 422 lists fields (`fields`)."""
     async with running(make_settings(), clock) as (_, http):
         wrong = await http.post("/v1/actions", json={}, headers={"Authorization": "Bearer no"})
         webhook = await http.post("/webhooks/clerk", content=b"{}")

@@ -1,6 +1,7 @@
 """The `activation` command: check, worker (burst, SIGTERM) and dead letters, as a user runs it."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,11 +10,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
+from app.observability.startup import describe_configuration
 from app.ops.cli import main
-from tests.conftest import SHIPPED_LOOPS
+from app.runtime import load_settings
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    SHIPPED_LOOPS,
+    SIGNING_SECRET,
+    clerk_event,
+    post_webhook,
+    store_of,
+    worker_of,
+    write_files,
+)
 
 REPO = Path(__file__).parent.parent
 
@@ -185,17 +199,116 @@ def test_commands_on_stored_data_refuse_the_embedded_store(
 
 def test_serve_takes_host_and_port_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the Procfile and hosting platforms set them; the flags still win."""
-    import uvicorn
-
-    served: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(options, app=app))
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("HOST", "0.0.0.0")
-    assert main(["serve"]) == 0
+    served = serve_captured(monkeypatch)
     assert (served["host"], served["port"]) == ("0.0.0.0", 9123)
     assert served["http"] == "app.web.head_limit:HeadLimitedHttpTools"  # a request's head bounded
-    assert main(["serve", "--port", "9000"]) == 0
-    assert served["port"] == 9000
+    assert serve_captured(monkeypatch, "--port", "9000")["port"] == 9000
+
+
+def serve_captured(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, Any]:
+    """`activation serve ARGS` up to the point uvicorn would start: what it would be given, the
+    app as uvicorn would load it in the process `serve` prepared (its own environment)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    def run(app: str, **options: Any) -> None:
+        assert app == "app.main:app"
+        served.update(options, app=create_app())  # the module's app, built in this environment
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what `serve` sets stays in the test
+    monkeypatch.setattr(uvicorn, "run", run)
+    assert main(["serve", *args]) == 0
+    return served
+
+
+def trial_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A trial as the quick start's: embedded store, outbox, no PUBLIC_URL, HOST or PORT."""
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ("PUBLIC_URL", "HOST", "PORT", "RESEND_API_KEY", "EMAIL_FROM"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
+    monkeypatch.setenv("CLERK_WEBHOOK_SIGNING_SECRET", SIGNING_SECRET)
+    monkeypatch.setenv("ACTIVATION_API_KEY", API_KEY)
+    monkeypatch.setenv("WORKER_IN_PROCESS", "false")  # the test drains the worker itself
+
+
+async def test_served_on_another_port_the_unsubscribe_links_name_that_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`PORT=53117 make run` (`activation serve --host 127.0.0.1 --port 53117`) without
+    PUBLIC_URL: a welcome's unsubscribe link names 127.0.0.1:53117, and startup says so."""
+    trial_environment(monkeypatch, tmp_path)
+    served = serve_captured(monkeypatch, "--host", "127.0.0.1", "--port", "53117")
+    app = served["app"]
+    assert (served["host"], served["port"]) == ("127.0.0.1", 53117)
+
+    with caplog.at_level(logging.INFO, logger="app"):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                assert (
+                    await post_webhook(http, json.dumps(clerk_event("created")).encode())
+                ).is_success
+                action = {
+                    "user_id": clerk_event("created")["data"]["id"],
+                    "action": "first_project_created",
+                }
+                assert (
+                    await http.post("/v1/actions", json=action, headers=AUTH)
+                ).status_code == 202
+            await worker_of(app).drain()
+            [email] = await store_of(app).reads.outbox()
+
+    link = "http://127.0.0.1:53117/unsubscribe?token="
+    assert email["headers"]["List-Unsubscribe"].startswith(f"<{link}")
+    assert f'href="{link}' in email["html"]
+    assert (
+        f"no PUBLIC_URL, so unsubscribe links start {link.split('/unsubscribe')[0]}" in caplog.text
+    )
+
+
+def test_served_on_every_interface_the_links_name_localhost(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Procfile's `activation serve --host 0.0.0.0`, PORT from the platform: no link can
+    name every interface, so links name localhost, at the port served on."""
+    trial_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv("PORT", "53117")
+    serve_captured(monkeypatch, "--host", "0.0.0.0")
+    settings = load_settings()  # as the served process reads them
+    assert settings.links_url == "http://localhost:53117"
+    _, _, paragraph = describe_configuration(settings)
+    assert "every interface (HOST 0.0.0.0)" in paragraph
+    assert "links start http://localhost:53117" in paragraph
+
+
+def test_public_url_wins_over_the_address_served_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    trial_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv("PUBLIC_URL", "https://loops.acme.dev/")
+    serve_captured(monkeypatch, "--port", "53117")
+    settings = load_settings()  # as the served process reads them
+    assert settings.links_url == "https://loops.acme.dev"
+
+
+def test_a_separate_worker_links_to_the_port_in_port(redis_url: str, key_prefix: str) -> None:
+    """`activation worker` serves nothing: without PUBLIC_URL its links name HOST and PORT, the
+    web app's address when both processes are given the same environment."""
+    seed_activated_user(redis_url, key_prefix)
+    env = env_for(redis_url, key_prefix, PORT="53117")
+    result = activation("worker", "--burst", env=env)
+
+    assert result.returncode == 0, result.stderr
+    [sent] = outbox(redis_url, key_prefix)
+    assert sent["headers"]["List-Unsubscribe"].startswith("<http://127.0.0.1:53117/unsubscribe?")
+    assert "unsubscribe links start http://127.0.0.1:53117" in result.stderr
 
 
 def test_a_loop_file_with_several_mistakes_reports_them_all(tmp_path: Path) -> None:
@@ -218,3 +331,58 @@ def test_a_loop_file_with_several_mistakes_reports_them_all(tmp_path: Path) -> N
         "welcome.yaml: recovery.retries: Input should be greater than or equal to 0",
     ], strict=True):  # fmt: skip
         assert line.endswith(problem), lines
+
+
+PLANTED = {  # four mistakes in three loop files, and a broken template
+    "welcome.yaml": """
+        type: activation
+        steps:
+          - trigger: {type: database, table: users, event: insert}
+            condition:
+              type: action
+              action: first_project_created
+              timout: 5m
+              where: {members: {gtee: 3}}
+            action: {type: email, template: hi}
+        """,
+    "ten.yaml": """
+        type: milestone
+        steps:
+          - trigger: {type: action, action: project_created, count: 10}
+            action: {type: email, template: hi}
+        recovery: {retries: -1}
+        """,
+    "upgraded.yaml": """
+        type: milestone
+        steps:
+          - trigger: {type: action, action: plan_changed}
+            action:
+              type: email
+              template: hi
+              personalization: {name: "{{ user.name }}"}
+              variants: [{when: {public_metadata.plan: team}, template: team}]
+        """,
+    "templates/hi.html": "---\nsubject: hi\n---\n<p>hi</p>\n",
+    "templates/team.html": "---\nsubject: hi\n---\n<p>Hi {{ nmae }}</p>\n",
+    "templates/broken.html": "---\nsubject: hi\n---\n<p>{{ name | }}</p>\n",
+}
+
+
+def test_check_reports_every_mistake_in_every_file_in_one_run(tmp_path: Path) -> None:
+    folder = write_files(tmp_path, PLANTED)
+    done = activation("check", str(folder), env={**os.environ, "LOOPS_DIR": str(folder)})
+
+    assert done.returncode == 1
+    lines = done.stderr.strip().removeprefix("activation check: ").splitlines()
+    assert [line.removeprefix(f"{folder}/").split(": ")[:2] for line in lines] == [
+        ["ten.yaml", "recovery.retries"],
+        ["welcome.yaml", "steps[0].condition.timout"],
+        ["welcome.yaml", "steps[0].condition.where"],
+        ["templates/broken.html:4", "expected token 'name', got 'end of print statement'"],
+        ["upgraded.yaml", "steps[0].action.variants[0]"],
+    ]
+    assert "unknown operator 'gtee': did you mean 'gte'?" in lines[2]
+    assert lines[4].endswith(
+        f"{folder}/templates/team.html:4: unknown variable 'nmae'; known: personalization keys "
+        "(name) and user, loop, app_url, unsubscribe_url"
+    )

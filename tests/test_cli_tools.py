@@ -12,7 +12,15 @@ import redis
 from app.main import create_app
 from app.ops.cli import main
 from app.settings import Settings
-from tests.conftest import API_KEY, AUTH, FIXTURES, SHIPPED_LOOPS, SIGNING_SECRET, free_port
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    FIXTURES,
+    SHIPPED_LOOPS,
+    SIGNING_SECRET,
+    free_port,
+    write_files,
+)
 from tests.test_cli import seed_activated_user
 from tests.upstash_standin import serve
 
@@ -103,6 +111,49 @@ def test_errors_are_one_line_and_exit_1(run: Run, args: list[str], error: str) -
     assert code == 1
     assert len(err.splitlines()) == 1
     assert error in err
+
+
+def test_preview_of_a_template_that_does_not_exist_says_only_that(run: Run) -> None:
+    code, out, err = run("preview", "nosuch")
+    assert (code, out) == (1, "")
+    assert err.startswith("activation preview: no template 'nosuch' (known: activation_nudge, ")
+
+    code, out, err = run("preview", "activation_welcom")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "activation preview: no template 'activation_welcom': did you mean "
+        "'activation_welcome'? (known: activation_nudge, "
+    )
+
+
+def test_simulate_fails_when_an_email_breaks_on_the_sample_user(run: Run, tmp_path: Path) -> None:
+    """Data the checks at load cannot know of: the timeline is shown, and the exit is 1."""
+    folder = write_files(
+        tmp_path / "loops",
+        {
+            "plan.yaml": """
+                type: milestone
+                steps:
+                  - trigger: {type: action, action: plan_changed}
+                    action: {type: email, template: thanks}
+                """,
+            "templates/thanks.html": """
+                ---
+                subject: Thanks
+                ---
+                <p>{{ user.public_metadata.seats }}</p>
+                """,
+        },
+    )
+    code, out, err = run("simulate", "--loop", "plan", "--actions", "plan_changed@1m",
+                         loops_dir=str(folder))  # fmt: skip
+
+    assert code == 1
+    assert "     +1m  email failed: " in out
+    assert err.splitlines() == [
+        "activation simulate: 1 email(s) failed: template 'thanks': UndefinedError: "
+        "'dict object' has no attribute 'seats'"
+    ]
 
 
 def test_simulate_prints_the_timeline_of_an_activation(run: Run) -> None:

@@ -250,6 +250,31 @@ def test_the_banner_says_what_is_wrong_in_words() -> None:
     assert [li["data-problem"] for li in page.find("li")] == ["never_seen", "silent", "unwatched"]
 
 
+def test_a_watched_action_never_seen_gets_the_reported_name_it_likely_misspells() -> None:
+    """A loop file's typo: `project_created` is reported (watched by another loop, or by none),
+    `project_craeted`, which a loop waits for, never."""
+    never = {"action": "project_craeted", "loops": ["ten"], "last_seen_at": None,
+             "count_24h": 0, "count_7d": 0, "status": "never_seen"}  # fmt: skip
+    other = {"action": "invite_sent", "loops": ["team"], "last_seen_at": None,
+             "count_24h": 0, "count_7d": 0, "status": "never_seen"}  # fmt: skip
+    for reported in (
+        health(watched=[never, other, {**health()["watched"][0], "loops": ["more"]}]),
+        health(
+            watched=[never, other],
+            unwatched=[{"action": "project_created", "count_7d": 4, "did_you_mean": None}],
+        ),
+    ):
+        words = Page(render("action_health.html", health=reported)).words()
+        assert (
+            "project_craeted (loop ten) has never been seen — did you mean project_created ? "
+            "That one is reported." in words
+        )
+        assert "invite_sent (loop team) has never been seen." in words
+    # a name no loop reports is no answer: two never-seen names do not suggest each other
+    near = {**other, "action": "project_craetd"}
+    assert [p.did_you_mean for p in action_problems(health(watched=[never, near]))] == [None, None]
+
+
 def test_hostile_names_are_escaped() -> None:
     watched = [{"action": HOSTILE, "loops": [HOSTILE], "last_seen_at": None, "count_24h": 0,
                 "count_7d": 0, "status": "never_seen"}]  # fmt: skip

@@ -23,9 +23,17 @@ from app.main import ActivationApp, create_app
 from app.settings import Settings
 from app.web import auth, gate, head_limit
 from app.web.auth import Access
-from tests.conftest import API_KEY, AUTH, FakeClock, sign, store_of, uvicorn_thread
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    FakeClock,
+    concrete,
+    served_routes,
+    sign,
+    store_of,
+    uvicorn_thread,
+)
 from tests.test_intake import routed_only
-from tests.test_security import concrete, served_routes
 from tests.test_webhooks import created_event
 
 embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)

@@ -466,6 +466,54 @@ def test_the_embedded_store_is_refused(
     assert len(error.splitlines()) == 1
 
 
+def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither storage nor Clerk's key set, and no .env (but the shipped loops)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CLERK_SECRET_KEY", raising=False)
+    monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
+
+
+def refusal(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line a refused `activation import-clerk` writes."""
+    assert main(["import-clerk"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def test_every_missing_setting_is_named_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_settings(monkeypatch, tmp_path)
+    error = refusal(capsys)
+    assert error.startswith("activation import-clerk: 2 problems: (1) no shared storage: set ")
+    assert "; (2) CLERK_SECRET_KEY is not set: set it to the instance's secret key" in error
+
+
+def test_an_invalid_setting_hides_no_missing_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Half the Upstash settings and no key: both named in the one run."""
+    no_settings(monkeypatch, tmp_path)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "https://eu1-x.upstash.io")
+    error = refusal(capsys)
+    assert "UPSTASH_REDIS_REST_URL is set but UPSTASH_REDIS_REST_TOKEN is not" in error
+    assert "CLERK_SECRET_KEY is not set" in error
+    assert "no shared storage" not in error  # Upstash is chosen, only half of it given
+
+
+def test_a_setting_in_the_dotenv_file_counts_as_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_settings(monkeypatch, tmp_path)
+    (tmp_path / ".env").write_text(f"CLERK_SECRET_KEY={SECRET_KEY}\nREDIS_URL=\n")
+    error = refusal(capsys)
+    assert error.startswith("activation import-clerk: no shared storage: set REDIS_URL")
+    assert SECRET_KEY not in error
+
+
 @pytest.mark.parametrize(
     ("text", "epoch_ms"),
     [

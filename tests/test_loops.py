@@ -29,7 +29,7 @@ from app.engine.loop_files import (
     main,
     parse_duration,
 )
-from app.errors import ConfigError, LoopFileError
+from app.errors import ConfigError, LoopFileError, LoopFolderError
 
 LOOPS_DIR = Path(__file__).parent.parent / "loops"
 SHIPPED = sorted([*LOOPS_DIR.glob("*.yaml"), *LOOPS_DIR.glob("*.yml")])
@@ -684,17 +684,113 @@ def test_the_message_names_file_field_and_reason(
     monkeypatch.chdir(tmp_path)
     write(Path("loops"), patched({"steps.0.condition.timeout": "5 min"}))
 
-    with pytest.raises(LoopFileError) as info:
+    with pytest.raises(LoopFolderError) as info:
         load_loops(Path("loops"))
 
     assert str(info.value) == (
         "loops/welcome.yaml: steps[0].condition.timeout: '5 min' is not a duration like "
         "30s, 5m, 2h, 3d"
     )
-    assert info.value.path == Path("loops/welcome.yaml")
-    assert info.value.field == "steps[0].condition.timeout"
-    assert info.value.reason == "'5 min' is not a duration like 30s, 5m, 2h, 3d"
+    [problem] = info.value.problems
+    assert isinstance(problem, LoopFileError)
+    assert problem.path == Path("loops/welcome.yaml")
+    assert problem.field == "steps[0].condition.timeout"
+    assert problem.reason == "'5 min' is not a duration like 30s, 5m, 2h, 3d"
     assert isinstance(info.value, ConfigError)  # a bad loop file refuses startup like bad settings
+
+
+def problems(error: LoopFileError) -> list[tuple[str | None, str]]:
+    return [(error.field, error.reason), *error.more]
+
+
+GTEE = "members: unknown operator 'gtee': did you mean 'gte'?"
+
+
+@pytest.mark.parametrize(
+    ("changes", "typo", "where"),
+    [
+        pytest.param(
+            {
+                "steps.0.condition": {
+                    "type": "action",
+                    "action": "first_project_created",
+                    "timout": "5m",
+                    "where": {"members": {"gtee": 3}},
+                },
+                "steps.0.on_timeout": DELETE,
+            },
+            ("steps[0].condition.timout", "unknown key; did you mean 'timeout'?"),
+            "steps[0].condition.where",
+            id="condition",
+        ),
+        pytest.param(
+            {
+                **MILESTONE,
+                "steps.0.trigger": {
+                    "type": "action",
+                    "action": "project_created",
+                    "cuont": 10,
+                    "where": {"members": {"gtee": 3}},
+                },
+            },
+            ("steps[0].trigger.cuont", "unknown key; did you mean 'count'?"),
+            "steps[0].trigger.where",
+            id="trigger",
+        ),
+    ],
+)
+def test_an_unknown_key_hides_no_mistake_beside_it(
+    tmp_path: Path, changes: dict[str, Any], typo: tuple[str, str], where: str
+) -> None:
+    """`action` is both the union's tag and a key of these mappings: the unknown key beside it
+    is dropped all the same, and the mapping checked again."""
+    found = problems(refused(tmp_path, patched(changes)))
+
+    assert found[0] == typo
+    assert [field for field, _ in found] == [typo[0], where]
+    assert GTEE in found[1][1]
+
+
+def test_a_file_reports_its_schema_mistakes_and_its_missing_templates_at_once(
+    tmp_path: Path,
+) -> None:
+    action = {
+        "type": "email",
+        "template": "welcom",
+        "experiment": [{"template": "welcome"}, {"template": "welcome_b"}],
+    }
+    changes = {"steps.0.condition.timeout": "5 min", "steps.0.action": action}
+    found = problems(refused(tmp_path, patched(changes)))
+
+    missing = tmp_path / "templates"
+    assert found == [
+        ("steps[0].condition.timeout", f"'5 min' {NOT_A_DURATION}"),
+        ("steps[0].action.template", f"no template 'welcom': {missing / 'welcom.html'} is missing"),
+        (
+            "steps[0].action.experiment[1].template",
+            f"no template 'welcome_b': {missing / 'welcome_b.html'} is missing",
+        ),
+    ]
+
+
+def test_a_file_reports_every_mistake_the_schema_cannot_see(tmp_path: Path) -> None:
+    on_timeout_without_timeout = {"steps.0.condition.timeout": DELETE}
+    changes = {
+        **on_timeout_without_timeout,
+        "audience": {"private_metadata.plan": "pro", "phone": "1"},
+        "steps.1": {**TIPS_STEP, "trigger": {"type": "clerk", "event": "user.created"}},
+        "recovery": {"initial_delay": "2h"},
+    }
+    found = problems(refused(tmp_path, patched(changes)))
+
+    assert [field for field, _ in found] == [
+        "steps[0].on_timeout",
+        "steps[1].trigger",
+        "audience",
+        "audience",
+        "recovery.initial_delay",
+    ]
+    assert "'phone' is not a profile field" in found[3][1]
 
 
 # --- a folder of loops ---------------------------------------------------------------------------
@@ -705,7 +801,7 @@ def test_an_empty_folder_has_no_loops(tmp_path: Path) -> None:
 
 
 def test_a_missing_folder_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(LoopFileError) as info:
+    with pytest.raises(LoopFolderError) as info:
         load_loops(tmp_path / "nope")
     assert str(info.value) == f"{tmp_path / 'nope'}: no such folder of loop files"
 
@@ -719,17 +815,37 @@ def test_reads_yaml_and_yml_in_name_order_and_nothing_else(tmp_path: Path) -> No
 def test_one_id_in_two_files_is_refused(tmp_path: Path) -> None:
     write(tmp_path, patched({}), "welcome.yaml")
     write(tmp_path, patched({}), "welcome.yml")
-    with pytest.raises(LoopFileError) as info:
+    with pytest.raises(LoopFolderError) as info:
         load_loops(tmp_path)
     assert str(info.value) == (
         f"{tmp_path / 'welcome.yml'}: loop id 'welcome' is taken by {tmp_path / 'welcome.yaml'}"
     )
 
 
+def test_every_bad_file_in_a_folder_is_reported(tmp_path: Path) -> None:
+    write(tmp_path, patched({"steps.0.condition.timeout": "5 min", "opinon": "x"}), "a.yaml")
+    write(tmp_path, patched({}), "b.yaml")
+    write(tmp_path, "type: activation\n  opinion: x\n", "c.yaml")
+    write(tmp_path, patched({"steps.0.action.template": "gone"}), "c.yml")
+
+    with pytest.raises(LoopFolderError) as info:
+        load_loops(tmp_path)
+
+    lines = str(info.value).splitlines()
+    assert [line.removeprefix(f"{tmp_path}/") for line in lines] == [
+        "a.yaml: opinon: unknown key; did you mean 'opinion'?",
+        f"a.yaml: steps[0].condition.timeout: '5 min' {NOT_A_DURATION}",
+        "c.yaml: invalid YAML at line 2, column 10: mapping values are not allowed here",
+        f"c.yml: loop id 'c' is taken by {tmp_path / 'c.yaml'}",
+    ]
+    files = [p.path for p in info.value.problems if isinstance(p, LoopFileError)]
+    assert files == [tmp_path / "a.yaml", tmp_path / "c.yaml", tmp_path / "c.yml"]
+
+
 def test_one_bad_file_stops_the_whole_folder(tmp_path: Path) -> None:
     write(tmp_path, patched({}), "a.yaml")
     write(tmp_path, patched({"steps.0.action.template": "gone"}), "b.yaml")
-    with pytest.raises(LoopFileError, match=r"b\.yaml: steps\[0\]\.action\.template: no template"):
+    with pytest.raises(LoopFolderError, match=r"b\.yaml: steps\[0\]\.action\.template: no tem"):
         load_loops(tmp_path)
 
 

@@ -27,10 +27,12 @@ from tests.conftest import (
     UPSTASH_TOKEN,
     FakeClock,
     clerk_event,
+    concrete,
     free_port,
     post_webhook,
     resend_settings,
     running,
+    served_routes,
     sign,
     uvicorn_thread,
 )
@@ -69,28 +71,6 @@ async def known(client: httpx.AsyncClient, user_id: str = USER) -> bool:
 def worker_of(app: FastAPI) -> Worker:
     worker: Worker = app.state.runtime.worker
     return worker
-
-
-def served_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """(path, method) of every route the app serves, documented or not, however it is mounted."""
-    found: set[tuple[str, str]] = set()
-    for route in app.routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        for item in contexts() if contexts is not None else [route]:
-            methods = getattr(item, "methods", None)
-            methods = methods or getattr(getattr(item, "original_route", None), "methods", None)
-            found |= {(str(item.path), method) for method in methods or () if method != "HEAD"}
-    for path, operations in app.openapi()["paths"].items():
-        found |= {(path, method.upper()) for method in operations}
-    return found
-
-
-def concrete(path: str) -> str:
-    """A path with every `{parameter}` filled in."""
-    while "{" in path:
-        start, end = path.index("{"), path.index("}")
-        path = f"{path[:start]}{USER}{path[end + 1 :]}"
-    return path
 
 
 # --- the API key ----------------------------------------------------------------------------

@@ -25,7 +25,9 @@ def test_defaults_are_the_contract() -> None:
     assert settings.storage_kind is StorageKind.EMBEDDED
     assert settings.resend_api_url == "https://api.resend.com"
     assert settings.app_url == "http://localhost:3000"
-    assert settings.public_url == "http://localhost:8000"
+    assert settings.public_url is None  # links use the address served on: `links_url`
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.links_url == "http://127.0.0.1:8000"
     assert settings.loops_dir == Path("loops")
     assert settings.worker_in_process is True
     assert settings.key_prefix == "activation:"
@@ -120,12 +122,73 @@ def test_summary_names_hosts_but_never_secrets() -> None:
         email_from="Acme <hello@acme.dev>",
         clerk_webhook_signing_secret=SECRET,
         activation_api_key="api-secret",
+        public_url="https://loops.acme.dev",
     )
     level, _, text = describe_configuration(settings)
     assert level == logging.INFO
     assert "rediss://eu1-x.upstash.io:6379" in text
     for secret in ("redis-password", "re_secret_key", SECRET, "api-secret"):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "links_url"),
+    [
+        ("127.0.0.1", 53117, "http://127.0.0.1:53117"),
+        ("loops.internal", 9000, "http://loops.internal:9000"),
+        ("0.0.0.0", 53117, "http://localhost:53117"),  # every interface: none a link can name
+        ("::", 8000, "http://localhost:8000"),
+        ("::1", 8000, "http://[::1]:8000"),
+        ("[::1]", 8000, "http://[::1]:8000"),
+    ],
+)
+def test_without_public_url_links_use_the_address_served_on(
+    host: str, port: int, links_url: str
+) -> None:
+    assert build(host=host, port=port).links_url == links_url
+    assert build(host=host, port=port, public_url="https://loops.acme.dev/").links_url == (
+        "https://loops.acme.dev"
+    )
+
+
+def test_host_port_and_an_empty_public_url_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("PORT", "53117")
+    monkeypatch.setenv("PUBLIC_URL", "")  # `PUBLIC_URL=` in a .env: unset
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.host, settings.port, settings.public_url) == ("0.0.0.0", 53117, None)
+    assert settings.links_url == "http://localhost:53117"
+    monkeypatch.setenv("PORT", "0")
+    with pytest.raises(ValidationError, match="port"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_summary_says_where_links_point() -> None:
+    _, _, served = describe_configuration(build(port=53117))
+    assert "no PUBLIC_URL, so unsubscribe links start http://127.0.0.1:53117" in served
+    _, _, everywhere = describe_configuration(build(host="0.0.0.0", port=53117))
+    assert "links start http://localhost:53117: the web app serves on every interface" in everywhere
+    _, _, public = describe_configuration(build(public_url="https://loops.acme.dev"))
+    assert "unsubscribe links start https://loops.acme.dev (PUBLIC_URL)" in public
+
+
+def test_real_email_with_links_to_this_machine_is_a_warning() -> None:
+    settings = build(
+        redis_url="redis://127.0.0.1:6379", resend_api_key="re_x", email_from="a@acme.dev"
+    )
+    level, _, text = describe_configuration(settings)
+    assert level == logging.WARNING
+    assert "set PUBLIC_URL to the address your users reach" in text
+
+
+def test_every_unsafe_combination_is_named_at_once() -> None:
+    with pytest.raises(ValidationError) as raised:
+        build(upstash_redis_rest_url="https://x.upstash.io", resend_api_key="re_x")
+    message = str(raised.value)
+    assert "UPSTASH_REDIS_REST_TOKEN is not" in message
+    assert "EMAIL_FROM is required when RESEND_API_KEY is set" in message
 
 
 def test_host_of_drops_credentials_and_paths() -> None:

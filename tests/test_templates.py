@@ -1,5 +1,7 @@
-"""Email templates: front matter, load-time and check-time refusals, rendering, derived text."""
+"""Email templates: front matter, load-time and check-time refusals (every one found, the
+variants' and experiment arms' templates too), rendering, derived text."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,16 @@ from app.delivery.templates import (
     TemplateSet,
     html_to_text,
 )
-from app.errors import ActivationError, ConfigError, TemplateError, TemplateRenderError
+from app.errors import (
+    ActivationError,
+    ConfigError,
+    LoopFolderError,
+    TemplateError,
+    TemplateRenderError,
+)
+from app.runtime import build_runtime
+from app.settings import Settings
+from tests.conftest import write_files
 
 WHERE = "loops/activation.yaml: steps[0].action"
 WELCOME = """---
@@ -343,6 +354,113 @@ def test_check_finds_unknown_variables_in_subject_html_and_text(
         templates.check("t", {}, WHERE)
 
     assert f"{file}: unknown variable {variable}" in str(caught.value)
+
+
+def test_check_reports_every_problem_of_a_use(tmp_path: Path) -> None:
+    html = "---\nsubject: Hi {{ other }}\n---\n<p>{{ name }} {{ nme }}</p>\n"
+    templates = one(tmp_path, html)
+    personalization = {"user": "x", "name": "{{ usr.name }}"}
+
+    with pytest.raises(TemplateError) as caught:
+        templates.check("t", personalization, WHERE)
+
+    lines = str(caught.value).splitlines()
+    assert all(line.startswith(f"{WHERE}: ") for line in lines)
+    assert [line.removeprefix(f"{WHERE}: ").split(": ")[0] for line in lines] == [
+        "personalization key 'user' would hide the variable user",
+        "personalization.name",
+        f"{tmp_path / 't.html'}:2",
+        f"{tmp_path / 't.html'}:4",
+    ]
+    assert "unknown variable 'nme'" in lines[3]
+
+
+def test_every_problem_of_a_template_file_is_reported(tmp_path: Path) -> None:
+    html = (
+        "---\nsubject: Hi {{ user.nick }}\n---\n"
+        "{% include 'footer.html' %}\n<p>{{ ''.__class__ }}</p>\n"
+    )
+    path = write(tmp_path, "t", html, text="Hi\n{{ name }\n")
+
+    with pytest.raises(TemplateError) as caught:
+        TemplateSet.load(tmp_path)
+
+    assert [line.split(": ")[0] for line in str(caught.value).splitlines()] == [
+        f"{path}:2",  # the subject
+        f"{path}:4",  # the body, each problem
+        f"{path}:5",
+        f"{tmp_path / 't.txt'}:2",  # the text part
+    ]
+
+
+def test_read_keeps_the_good_templates_and_reports_each_bad_one(tmp_path: Path) -> None:
+    write(tmp_path, "welcome", WELCOME)
+    write(tmp_path, "broken", "---\nsubject: Hi\n---\n<p>{{ name | }}</p>\n")
+    write(tmp_path, "empty", "---\nsubject: Hi\n---\n\n")
+    (tmp_path / "orphan.txt").write_text("Hi\n")
+
+    templates, problems = TemplateSet.read(tmp_path)
+
+    assert templates.names == ("welcome",)
+    assert [str(problem).split(": ")[0] for problem in problems] == [
+        str(tmp_path / "orphan.txt"),
+        f"{tmp_path / 'broken.html'}:4",
+        str(tmp_path / "empty.html"),
+    ]
+    # a use of a template whose file did not load says nothing more: the file's problem is told
+    assert templates.use_problems("broken", {}, WHERE) == []
+    assert "no template 'gone'" in str(templates.use_problems("gone", {}, WHERE)[0])
+
+
+TEAM_LOOP = """
+    type: activation
+    steps:
+      - trigger: {type: database, table: users, event: insert}
+        condition: {type: action, action: first_project_created, timeout: 1d}
+        action:
+          type: email
+          template: welcome
+          personalization: {name: "{{ user.name }}"}
+          variants:
+            - when: {public_metadata.plan: pro}
+              template: welcome_pro
+        on_timeout:
+          type: email
+          template: nudge
+          personalization: {name: "{{ user.first_name }}"}
+          experiment:
+            - {template: nudge_a}
+            - {template: nudge_b}
+    """
+
+
+@pytest.mark.parametrize("transport", ["embedded"])
+def test_the_templates_of_variants_and_arms_are_checked_at_startup(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    body = "---\nsubject: Hi\n---\n<p>{}</p>\n"
+    folder = write_files(
+        tmp_path,
+        {
+            "team.yaml": TEAM_LOOP,
+            "templates/welcome.html": body.format("{{ name }}"),
+            "templates/welcome_pro.html": body.format("{{ nmae }}"),
+            "templates/nudge.html": body.format("{{ name }}"),
+            "templates/nudge_a.html": body.format("{{ name }}"),
+            "templates/nudge_b.html": body.format("{{ nam }}"),
+        },
+    )
+
+    with pytest.raises(LoopFolderError) as refused:
+        build_runtime(make_settings(loops_dir=folder))
+
+    known = "known: personalization keys (name) and user, loop, app_url, unsubscribe_url"
+    assert str(refused.value).splitlines() == [
+        f"{folder / 'team.yaml'}: steps[0].action.variants[0]: "
+        f"{folder / 'templates/welcome_pro.html'}:4: unknown variable 'nmae'; {known}",
+        f"{folder / 'team.yaml'}: steps[0].on_timeout.experiment[1]: "
+        f"{folder / 'templates/nudge_b.html'}:4: unknown variable 'nam'; {known}",
+    ]
 
 
 # --- send time: the sandbox and data-dependent failures -----------------------------------------

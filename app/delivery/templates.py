@@ -2,8 +2,10 @@
 
 A template is `<LOOPS_DIR>/templates/<name>.html`: YAML front matter holding the subject, then a
 Jinja2 HTML body; `<name>.txt` beside it, if present, is the plain-text part, else that part is
-derived from the rendered HTML. Everything knowable without a user fails in `TemplateSet.load`
-or `check`, so when the loops load, never at send time.
+derived from the rendered HTML. Everything knowable without a user fails in `TemplateSet.read`
+(each file) or in `value_problems` / `use_problems` (each loop's use of one: its own template,
+its variants' and its experiment's arms'), so when the loops load, never at send time; each
+reports every problem it finds, not the first only.
 
 Variables (the contract):
 - a template sees the action's personalization keys, `user` (fields: `USER_FIELDS`), `loop`
@@ -16,7 +18,7 @@ Variables (the contract):
 
 import keyword
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -113,22 +115,43 @@ class TemplateSet:
     """The templates of one loops directory, sharing one sandboxed Jinja environment."""
 
     def __init__(
-        self, templates_dir: Path, environment: SandboxedEnvironment, emails: Mapping[str, _Email]
+        self,
+        templates_dir: Path,
+        environment: SandboxedEnvironment,
+        emails: Mapping[str, _Email],
+        broken: Iterable[str] = (),
     ) -> None:
         self._dir = templates_dir
         self._env = environment
         self._emails = dict(emails)
+        self._broken = frozenset(broken)  # files that exist but did not load: reported already
         self._values: dict[str, jinja2.Template] = {}
 
     @classmethod
     def load(cls, templates_dir: Path) -> "TemplateSet":
-        """Parse every `*.html` (and `.txt`) in `templates_dir`; a missing folder holds none."""
-        if templates_dir.exists() and not templates_dir.is_dir():
-            raise TemplateError(f"{templates_dir}: not a directory")
+        """Parse every `*.html` (and `.txt`) in `templates_dir`, or raise a `TemplateError` with a
+        line for each problem found; a missing folder holds none."""
+        templates, problems = cls.read(templates_dir)
+        _refuse_all(problems)
+        return templates
+
+    @classmethod
+    def read(cls, templates_dir: Path) -> tuple["TemplateSet", list[TemplateError]]:
+        """The templates in `templates_dir` that load, and a `TemplateError` for each file that
+        does not (one bad file never hides another's mistakes)."""
         env = _environment()
+        if templates_dir.exists() and not templates_dir.is_dir():
+            return cls(templates_dir, env, {}), [TemplateError(f"{templates_dir}: not a directory")]
         paths = sorted(templates_dir.glob("*.html")) if templates_dir.is_dir() else []
-        _refuse_orphan_text(templates_dir)
-        return cls(templates_dir, env, {path.stem: _load_email(env, path) for path in paths})
+        emails: dict[str, _Email] = {}
+        problems = list(_orphan_texts(templates_dir))
+        for path in paths:
+            try:
+                emails[path.stem] = _load_email(env, path)
+            except TemplateError as exc:
+                problems.append(exc)
+        broken = {path.stem for path in paths} - emails.keys()
+        return cls(templates_dir, env, emails, broken), problems
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -141,18 +164,48 @@ class TemplateSet:
         return f"TemplateSet({str(self._dir)!r}, {len(self._emails)} templates)"
 
     def check(self, name: str, personalization: Mapping[str, str], where: str) -> None:
-        """Refuse a loop action whose template is missing or names a variable nothing provides."""
+        """Refuse a loop action whose template is missing or names a variable nothing provides:
+        a `TemplateError` with a line for each problem."""
+        _refuse_all(
+            [
+                *self.value_problems(personalization, where),
+                *self.use_problems(name, personalization, where),
+            ]
+        )
+
+    def value_problems(self, personalization: Mapping[str, str], where: str) -> list[TemplateError]:
+        """What is wrong with an action's personalization: its keys, and each value's variables."""
+        problems = []
+        for key, source in personalization.items():
+            try:
+                _refuse_bad_key(key, where)
+                self._check_value(key, source, where)
+            except TemplateError as exc:
+                problems.append(exc)
+        return problems
+
+    def use_problems(
+        self, name: str, personalization: Mapping[str, str], where: str
+    ) -> list[TemplateError]:
+        """What is wrong with sending template `name` with this personalization: a missing
+        template, or a variable that neither it nor the contract provides (nothing for a
+        template whose file did not load: that was reported with the file)."""
         email = self._emails.get(name)
         if email is None:
-            raise TemplateError(f"{where}: no template {name!r} (expected {self._dir / name}.html)")
-        for key, source in personalization.items():
-            _refuse_bad_key(key, where)
-            self._check_value(key, source, where)
+            if name in self._broken:
+                return []
+            expected = self._dir / f"{name}.html"
+            return [TemplateError(f"{where}: no template {name!r} (expected {expected})")]
         allowed = frozenset(CONTEXT_NAMES) | self._env.globals.keys() | personalization.keys()
         keys = ", ".join(sorted(personalization)) or "none"
         hint = f"known: personalization keys ({keys}) and {', '.join(CONTEXT_NAMES)}"
+        problems = []
         for part in email.parts:
-            _refuse(part, _unknown_variables(part.tree, allowed, hint), prefix=f"{where}: ")
+            try:
+                _refuse(part, _unknown_variables(part.tree, allowed, hint), prefix=f"{where}: ")
+            except TemplateError as exc:
+                problems.append(exc)
+        return problems
 
     def render(
         self, name: str, personalization: Mapping[str, str], context: RenderContext
@@ -220,25 +273,54 @@ def _read(path: Path) -> str:
         raise TemplateError(f"{path}: cannot read: {exc}") from exc
 
 
-def _refuse_orphan_text(templates_dir: Path) -> None:
+def _orphan_texts(templates_dir: Path) -> Iterator[TemplateError]:
     for path in sorted(templates_dir.glob("*.txt")):
         if not path.with_suffix(".html").is_file():
-            raise TemplateError(f"{path}: text part without {path.with_suffix('.html').name}")
+            yield TemplateError(f"{path}: text part without {path.with_suffix('.html').name}")
 
 
 def _load_email(env: SandboxedEnvironment, path: Path) -> _Email:
+    """One template file, or a `TemplateError` with a line for each problem found in it: the
+    subject, the HTML body and the text part are each checked, whatever the others hold."""
     front, body, body_line = _split_front_matter(path, _read(path))
+    problems: list[TemplateError] = []
+    subject = _gather(problems, lambda: _subject_part(env, path, front))
+    html = _gather(problems, lambda: _body_part(env, path, body, body_line))
+    text_path = path.with_suffix(".txt")
+    text = None
+    if text_path.is_file():
+        text = _gather(
+            problems,
+            lambda: _compile(env, _read(text_path), text_path.name, str(text_path), 1),
+        )
+    if problems or subject is None or html is None:
+        raise TemplateError("\n".join(str(problem) for problem in problems))
+    return _Email(subject=subject, html=html, text=text)
+
+
+def _gather(problems: list[TemplateError], make: Callable[[], _Part]) -> _Part | None:
+    """`make()`, or None with its `TemplateError` added to `problems`."""
+    try:
+        return make()
+    except TemplateError as exc:
+        problems.append(exc)
+        return None
+
+
+def _refuse_all(problems: Sequence[TemplateError]) -> None:
+    if problems:
+        raise TemplateError("\n".join(str(problem) for problem in problems))
+
+
+def _subject_part(env: SandboxedEnvironment, path: Path, front: str) -> _Part:
     subject = _subject(path, front)
+    return _compile(env, subject, f"{path.stem}.subject", str(path), _subject_line(front))
+
+
+def _body_part(env: SandboxedEnvironment, path: Path, body: str, body_line: int) -> _Part:
     if not body.strip():
         raise TemplateError(f"{path}: the HTML body after the front matter is empty")
-    text_path = path.with_suffix(".txt")
-    return _Email(
-        subject=_compile(env, subject, f"{path.stem}.subject", str(path), _subject_line(front)),
-        html=_compile(env, body, path.name, str(path), body_line),
-        text=_compile(env, _read(text_path), text_path.name, str(text_path), 1)
-        if text_path.is_file()
-        else None,
-    )
+    return _compile(env, body, path.name, str(path), body_line)
 
 
 def _split_front_matter(path: Path, source: str) -> tuple[str, str, int]:
@@ -298,10 +380,10 @@ def _compile(
 
 
 def _refuse(part: _Part, problems: Iterable[tuple[int, str]], prefix: str) -> None:
-    first = next(iter(problems), None)
-    if first is not None:
-        lineno, message = first
-        raise TemplateError(f"{prefix}{part.at(lineno)}: {message}")
+    """A `TemplateError` with a line for each problem found in one part, if any."""
+    lines = [f"{prefix}{part.at(lineno)}: {message}" for lineno, message in problems]
+    if lines:
+        raise TemplateError("\n".join(lines))
 
 
 def _refuse_bad_key(key: str, where: str) -> None:

@@ -20,12 +20,17 @@ from app.storage.keys import valid_user_id
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import ClockDep, StoreDep
+from app.web.errors import error_responses
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["unsubscribe"])
 
 TokenQuery = Annotated[str, Query(min_length=3, max_length=512)]
+TOKEN_ERRORS = error_responses(
+    {400: "a forged, altered or malformed token", 422: "no token, or one too short or long"},
+    page=True,
+)
 
 
 class UnsubscribeTokens:
@@ -65,7 +70,7 @@ def tokens_of(request: Request) -> "UnsubscribeTokens":
     return tokens
 
 
-@router.get("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@router.get("/unsubscribe", response_class=HTMLResponse, responses=TOKEN_ERRORS)
 @auth.policy(Access.PUBLIC)  # the signed token is the credential
 async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
     """A confirmation page: following the link alone unsubscribes nobody."""
@@ -78,7 +83,7 @@ async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
     )
 
 
-@router.post("/unsubscribe", response_class=HTMLResponse, responses={400: {"description": "bad"}})
+@router.post("/unsubscribe", response_class=HTMLResponse, responses=TOKEN_ERRORS)
 @auth.policy(Access.PUBLIC)  # the signed token is the credential
 async def unsubscribe(
     request: Request, store: StoreDep, clock: ClockDep, token: TokenQuery

@@ -22,8 +22,9 @@ shapes:
 - `Recovery(retries, backoff, initial_delay_ms, max_delay_ms)`: a failed email's retry policy;
   `delay_ms(retry)` is the wait before a retry, without jitter.
 
-Durations are `<integer><s|m|h|d|w>`, held in ms. A bad file raises one `LoopFileError`:
-`<file>: <field path>: <reason>`.
+Durations are `<integer><s|m|h|d|w>`, held in ms. A bad file raises one `LoopFileError` with
+a line `<file>: <field path>: <reason>` for each problem found in it; a folder, one
+`LoopFolderError` holding each bad file's.
 """
 
 import difflib
@@ -53,7 +54,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
 from app.engine.filters import Filter, filter_from_spec
-from app.errors import LoopFileError
+from app.errors import LoopFileError, LoopFolderError
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -612,16 +613,34 @@ class LoopSpec(_Spec):
 # --- loading ------------------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A problem found in a parsed file: where (field path) and why; the caller adds the file."""
+_Problem = tuple[str | None, str]  # (field path, or None for the whole file; reason)
 
-    def __init__(
-        self, field: str | None, reason: str, more: Sequence[tuple[str | None, str]] = ()
-    ) -> None:
+
+class _Invalid(Exception):
+    """A problem that stops a file's reading (unreadable, not YAML, not a mapping)."""
+
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.field = field
         self.reason = reason
-        self.more = list(more)  # the other problems found in the same pass
+
+
+class _Problems:
+    """Every problem found in one file, in the order found, each once."""
+
+    def __init__(self) -> None:
+        self._found: dict[_Problem, None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def add(self, field: str | None, reason: str) -> None:
+        self._found.setdefault((field, reason))
+
+    def error(self, path: Path) -> LoopFileError:
+        (field, reason), *more = self._found
+        if len(more) > MAX_REPORTED:
+            more = [*more[:MAX_REPORTED], (None, f"... and {len(more) - MAX_REPORTED} more")]
+        return LoopFileError(path, field, reason, more)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -641,18 +660,33 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_loops(loops_dir: Path) -> dict[str, Loop]:
-    """Every `*.yaml` / `*.yml` loop in `loops_dir` by id, in file-name order; none is fine."""
-    if not loops_dir.is_dir():
-        raise LoopFileError(loops_dir, None, "no such folder of loop files")
-    loops: dict[str, Loop] = {}
-    for path in _loop_files(loops_dir):
-        loop = load_loop(path, loops_dir / "templates")
-        if loop.id in loops:
-            raise LoopFileError(
-                path, None, f"loop id {loop.id!r} is taken by {loops[loop.id].source}"
-            )
-        loops[loop.id] = loop
+    """Every `*.yaml` / `*.yml` loop in `loops_dir` by id, in file-name order; none is fine. A
+    `LoopFolderError` holds a `LoopFileError` for each bad file, every problem of each."""
+    loops, problems = read_loops(loops_dir)
+    if problems:
+        raise LoopFolderError(problems)
     return loops
+
+
+def read_loops(loops_dir: Path) -> tuple[dict[str, Loop], list[LoopFileError]]:
+    """The loops in `loops_dir` that load, by id, and a `LoopFileError` for each file that does
+    not: one bad file never hides another's mistakes."""
+    if not loops_dir.is_dir():
+        return {}, [LoopFileError(loops_dir, None, "no such folder of loop files")]
+    loops: dict[str, Loop] = {}
+    problems: list[LoopFileError] = []
+    sources: dict[str, Path] = {}
+    for path in _loop_files(loops_dir):
+        if path.stem in sources:
+            reason = f"loop id {path.stem!r} is taken by {sources[path.stem]}"
+            problems.append(LoopFileError(path, None, reason))
+            continue
+        sources[path.stem] = path
+        try:
+            loops[path.stem] = load_loop(path, loops_dir / "templates")
+        except LoopFileError as exc:
+            problems.append(exc)
+    return loops, problems
 
 
 def _loop_files(loops_dir: Path) -> list[Path]:
@@ -664,38 +698,51 @@ def _loop_files(loops_dir: Path) -> list[Path]:
 
 
 def load_loop(path: Path, templates_dir: Path) -> Loop:
-    """One loop file, checked whole (templates included), or `LoopFileError`."""
-    try:
-        loop = _build(_check_loop_id(path.stem), _validate(_read_yaml(path)), path)
-        _check_templates(loop, templates_dir)
-    except _Invalid as problem:
-        raise LoopFileError(path, problem.field, problem.reason, problem.more) from None
+    """One loop file, checked whole (templates included), or a `LoopFileError` naming every
+    problem found in it: each schema error, and the templates it names that are missing."""
+    problems = _Problems()
+    _check_loop_id(path.stem, problems)
+    loop = _parse(path, templates_dir, problems)
+    if problems or loop is None:
+        raise problems.error(path)
     return loop
 
 
-def _check_loop_id(loop_id: str) -> str:
+def _parse(path: Path, templates_dir: Path, problems: _Problems) -> Loop | None:
+    try:
+        data = _read_yaml(path)
+        _check_mapping(data)
+    except _Invalid as invalid:
+        problems.add(None, invalid.reason)
+        return None
+    spec = _validate(data, problems)
+    loop = _build(path.stem, spec, path, problems) if spec is not None else None
+    _check_templates(data, templates_dir, problems)
+    return loop
+
+
+def _check_loop_id(loop_id: str, problems: _Problems) -> None:
     if not _LOOP_ID.fullmatch(loop_id):
         reason = f"loop id {loop_id!r} (the file name) must match {LOOP_ID_PATTERN.strip('^$')}"
-        raise _Invalid(None, reason)
-    return loop_id
+        problems.add(None, reason)
 
 
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise _Invalid(None, f"cannot read the file: {exc}") from None
+        raise _Invalid(f"cannot read the file: {exc}") from None
     try:
         # the reader checks the characters as the loader is built: inside the try
         loader = _StrictLoader(text)
     except yaml.YAMLError as exc:
-        raise _Invalid(None, f"invalid YAML: {exc}") from None
+        raise _Invalid(f"invalid YAML: {exc}") from None
     try:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        raise _Invalid(None, _describe_yaml_error(exc)) from None
+        raise _Invalid(_describe_yaml_error(exc)) from None
     except yaml.YAMLError as exc:
-        raise _Invalid(None, f"invalid YAML: {exc}") from None
+        raise _Invalid(f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
 
@@ -706,22 +753,24 @@ def _describe_yaml_error(exc: yaml.MarkedYAMLError) -> str:
     return f"invalid YAML{where}: {', '.join(filter(None, (exc.context, exc.problem)))}"
 
 
-def _validate(data: Any) -> LoopSpec:
+def _check_mapping(data: Any) -> None:
     if data is None:
-        raise _Invalid(None, "the file is empty; a loop needs type, opinion and steps")
+        raise _Invalid("the file is empty; a loop needs type, opinion and steps")
     if not isinstance(data, dict):
         found = type(data).__name__
-        raise _Invalid(
-            None, f"the top level must be a mapping of type, opinion, steps (not {found})"
-        )
-    problems: dict[str | None, str] = {}  # field -> reason, the first found for each
+        raise _Invalid(f"the top level must be a mapping of type, opinion, steps (not {found})")
+
+
+def _validate(data: dict[Any, Any], problems: _Problems) -> LoopSpec | None:
+    """The file's spec, or None with every schema error added to `problems`."""
+    found: dict[str | None, str] = {}  # field -> reason, the first found for each
     for _ in range(MAX_PASSES):
         try:
             spec = LoopSpec.model_validate(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
-                problems.setdefault(_field_path(error), _reason(error))
+                found.setdefault(_field_path(error), _reason(error))
             # An unknown or empty key stops its mapping's check: drop it and look again, so
             # one run reports the file's other mistakes too.
             skipped = [error for error in errors if error["type"] in _KEY_ERRORS]
@@ -729,13 +778,12 @@ def _validate(data: Any) -> LoopSpec:
                 break
             data = _without_keys(data, skipped)
         else:
-            if not problems:
+            if not found:
                 return spec
             break
-    (field, reason), *more = problems.items()
-    if len(more) > MAX_REPORTED:
-        more = [*more[:MAX_REPORTED], (None, f"... and {len(more) - MAX_REPORTED} more")]
-    raise _Invalid(field, reason, more)
+    for path, reason in found.items():
+        problems.add(path, reason)
+    return None
 
 
 def _child(node: Any, part: int | str) -> Any:
@@ -760,7 +808,10 @@ def _without_keys(data: Any, errors: Sequence[ErrorDetails]) -> Any:
     root: Any = _shallow(data)
     for error in errors:
         node = root
-        for part in error["loc"]:
+        loc = error["loc"]
+        for i, part in enumerate(loc):
+            if _is_union_tag(loc, i):
+                continue  # `action` is a tag and a key of an action condition: never follow it
             child = _child(node, part)
             if child is not node:
                 child = _shallow(child)
@@ -811,16 +862,17 @@ def _reason(error: ErrorDetails) -> str:
     return error["msg"]
 
 
-def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
+def _build(loop_id: str, spec: LoopSpec, source: Path, problems: _Problems) -> Loop:
+    """The loop a valid spec states; what the schema cannot see goes to `problems`."""
     loop_type = LoopType(spec.type)
-    steps = tuple(_step(index, step, loop_type) for index, step in enumerate(spec.steps))
-    audience = _profile_filter("audience", spec.audience) if spec.audience else None
+    steps = tuple(_step(i, step, loop_type, problems) for i, step in enumerate(spec.steps))
+    audience = _profile_filter("audience", spec.audience, problems) if spec.audience else None
     loop = Loop(
         loop_id,
         loop_type,
         spec.opinion or "",
         steps,
-        _recovery(spec.recovery),
+        _recovery(spec.recovery, problems),
         source,
         audience=audience,
         holdout_bp=parse_percent(spec.holdout) if spec.holdout is not None else 0,
@@ -829,33 +881,32 @@ def _build(loop_id: str, spec: LoopSpec, source: Path) -> Loop:
     experiments = [where for where, email in loop.emails() if email.experiment]
     if len(experiments) > 1:
         reason = f"one experiment per loop, so its figures mean one thing (found at {experiments})"
-        raise _Invalid(f"{experiments[1]}.experiment", reason)
+        problems.add(f"{experiments[1]}.experiment", reason)
     return loop
 
 
-def _profile_filter(where: str, spec: Mapping[str, Any]) -> Filter:
+def _profile_filter(where: str, spec: Mapping[str, Any], problems: _Problems) -> Filter:
     """A filter over the Clerk profile: only the fields a loop may look at."""
+    allowed = ", ".join([*PROFILE_FIELDS, *(f"{name}.*" for name in PROFILE_OBJECTS)])
     for path in spec:
         head, dot, _ = str(path).partition(".")
-        if (head in PROFILE_OBJECTS and dot) or (head in PROFILE_FIELDS and not dot):
-            continue
-        allowed = ", ".join([*PROFILE_FIELDS, *(f"{name}.*" for name in PROFILE_OBJECTS)])
-        raise _Invalid(where, f"{path!r} is not a profile field a loop can look at ({allowed})")
+        if not ((head in PROFILE_OBJECTS and dot) or (head in PROFILE_FIELDS and not dot)):
+            problems.add(where, f"{path!r} is not a profile field a loop can look at ({allowed})")
     return filter_from_spec(spec)
 
 
-def _step(index: int, spec: StepSpec, loop_type: LoopType) -> Step:
+def _step(index: int, spec: StepSpec, loop_type: LoopType, problems: _Problems) -> Step:
     condition = _condition(spec.condition)
     if spec.on_timeout is not None and (condition is None or condition.timeout_ms is None):
         reason = "only a condition with a timeout can time out: add condition.timeout"
-        raise _Invalid(f"steps[{index}].on_timeout", reason)
+        problems.add(f"steps[{index}].on_timeout", reason)
     return Step(
         index=index,
-        trigger=_trigger(index, spec.trigger, loop_type),
+        trigger=_trigger(index, spec.trigger, loop_type, problems),
         condition=condition,
-        action=_email(f"steps[{index}].action", spec.action),
+        action=_email(f"steps[{index}].action", spec.action, problems),
         on_timeout=(
-            _email(f"steps[{index}].on_timeout", spec.on_timeout)
+            _email(f"steps[{index}].on_timeout", spec.on_timeout, problems)
             if spec.on_timeout is not None
             else None
         ),
@@ -864,23 +915,27 @@ def _step(index: int, spec: StepSpec, loop_type: LoopType) -> Step:
 
 
 _ACTIVATION_TRIGGERS = "{type: database, table: users, event: insert} or {type: clerk, ...}"
+_MILESTONE_TRIGGER = "{type: action, action: ..., count: N}"
 
 
-def _trigger(index: int, spec: TriggerSpec | None, loop_type: LoopType) -> Trigger | None:
+def _trigger(
+    index: int, spec: TriggerSpec | None, loop_type: LoopType, problems: _Problems
+) -> Trigger | None:
     where = f"steps[{index}].trigger"
     if index > 0:
         if spec is not None:
-            raise _Invalid(where, "only the first step has a trigger; later steps follow it")
+            problems.add(where, "only the first step has a trigger; later steps follow it")
         return None
     if spec is None:
-        raise _Invalid(where, "the first step needs a trigger: what starts the loop")
+        problems.add(where, "the first step needs a trigger: what starts the loop")
+        return None
     if isinstance(spec, ActionTriggerSpec):
         if loop_type is LoopType.ACTIVATION:
-            raise _Invalid(where, f"an activation loop starts on {_ACTIVATION_TRIGGERS}")
+            problems.add(where, f"an activation loop starts on {_ACTIVATION_TRIGGERS}")
         trigger_where = filter_from_spec(spec.where) if spec.where is not None else None
         return ActionTrigger(spec.action, spec.count, trigger_where)
     if loop_type is LoopType.MILESTONE:
-        raise _Invalid(where, "a milestone loop starts on {type: action, action: ..., count: N}")
+        problems.add(where, f"a milestone loop starts on {_MILESTONE_TRIGGER}")
     return UserRegistered()
 
 
@@ -896,9 +951,9 @@ def _condition(spec: ConditionSpec | None) -> ActionCondition | None:
     return ActionCondition(actions, spec.count, timeout_ms, where)
 
 
-def _email(where: str, spec: EmailSpec) -> EmailAction:
+def _email(where: str, spec: EmailSpec, problems: _Problems) -> EmailAction:
     variants = tuple(
-        Variant(_profile_filter(f"{where}.variants[{i}].when", v.when), v.template)
+        Variant(_profile_filter(f"{where}.variants[{i}].when", v.when, problems), v.template)
         for i, v in enumerate(spec.variants or ())
     )
     arms = tuple(Arm(arm.template, arm.weight) for arm in spec.experiment or ())
@@ -906,12 +961,12 @@ def _email(where: str, spec: EmailSpec) -> EmailAction:
     return EmailAction(spec.template, personalization, variants, arms)
 
 
-def _recovery(spec: RecoverySpec) -> Recovery:
+def _recovery(spec: RecoverySpec, problems: _Problems) -> Recovery:
     initial_delay_ms = parse_duration(spec.initial_delay)
     max_delay_ms = parse_duration(spec.max_delay)
     if initial_delay_ms > max_delay_ms:
         reason = f"{spec.initial_delay!r} is longer than max_delay {spec.max_delay!r}"
-        raise _Invalid("recovery.initial_delay", reason)
+        problems.add("recovery.initial_delay", reason)
     recovery = Recovery(spec.retries, Backoff(spec.backoff), initial_delay_ms, max_delay_ms)
     span_ms = recovery.span_ms()
     if span_ms > MAX_RETRY_SPAN_MS:
@@ -921,16 +976,41 @@ def _recovery(spec: RecoverySpec) -> Recovery:
             f"{MAX_RETRY_SPAN_MS // 3_600_000} h of the first attempt (Resend forgets an "
             "idempotency key after 24 h: a later retry could send the email twice)"
         )
-        raise _Invalid("recovery", reason)
+        problems.add("recovery", reason)
     return recovery
 
 
-def _check_templates(loop: Loop, templates_dir: Path) -> None:
-    for where, email in loop.emails():
-        for template in email.templates():
-            path = templates_dir / f"{template}.html"
-            if not path.is_file():
-                raise _Invalid(f"{where}.template", f"no template {template!r}: {path} is missing")
+def _check_templates(data: Mapping[Any, Any], templates_dir: Path, problems: _Problems) -> None:
+    for where, template in _template_names(data):
+        path = templates_dir / f"{template}.html"
+        if not path.is_file():
+            problems.add(where, f"no template {template!r}: {path} is missing")
+
+
+def _template_names(data: Mapping[Any, Any]) -> Iterator[tuple[str, str]]:
+    """(field path, name) for each template the file names (variants' and arms' too), read from
+    its data as written: a missing template is reported beside the file's schema errors."""
+    for index, step in _items(data.get("steps")):
+        for kind in ("action", "on_timeout"):
+            email = step.get(kind)
+            if isinstance(email, dict):
+                yield from _email_templates(f"steps[{index}].{kind}", email)
+
+
+def _email_templates(where: str, email: Mapping[Any, Any]) -> Iterator[tuple[str, str]]:
+    named = [(f"{where}.template", email.get("template"))]
+    for key in ("variants", "experiment"):
+        for i, item in _items(email.get(key)):
+            named.append((f"{where}.{key}[{i}].template", item.get("template")))
+    for path, name in named:
+        if isinstance(name, str) and _TEMPLATE_NAME.fullmatch(name):
+            yield path, name  # a bad name is a schema error already
+
+
+def _items(node: Any) -> Iterator[tuple[int, Mapping[Any, Any]]]:
+    """The mappings in a list of the file's data, with their places; none for anything else."""
+    if isinstance(node, list):
+        yield from ((i, item) for i, item in enumerate(node) if isinstance(item, dict))
 
 
 # --- the JSON Schema ----------------------------------------------------------------------------

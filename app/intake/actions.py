@@ -41,7 +41,7 @@ from app.storage.records import NewAction
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import Services, services_of
-from app.web.errors import error_response, invalid_request_response
+from app.web.errors import error_json, error_response, error_responses, invalid_request_response
 from app.web.session_tokens import ClerkSession, session_of
 
 MAX_BATCH = 1000
@@ -139,11 +139,16 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     ACTIONS_PATH,
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses={
-        401: {"description": "missing or wrong API key, or a session token refused"},
-        403: {"description": "a session token reporting another user's or a refused action"},
-        429: {"description": "a user's browser past its rate limit (see Retry-After)"},
-    },
+    responses=error_responses(
+        {
+            400: "a body that cannot be parsed (not UTF-8, nested too deep)",
+            401: "missing or wrong API key, or a session token refused",
+            403: "a session token reporting another user's or a refused action",
+            413: f"body over {MAX_BODY_BYTES} bytes",
+            422: "invalid body: each failing field named",
+            429: "a user's browser past its rate limit (see Retry-After)",
+        }
+    ),
     openapi_extra={"security": [{"HTTPBearer": []}]},
 )
 @auth.policy(Access.API_KEY_OR_CLERK_SESSION, max_body_bytes=MAX_BODY_BYTES)
@@ -178,7 +183,7 @@ async def receive_actions(request: Request) -> Response:
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error"}
         return invalid_request_response([error])
     except (ValueError, ClientDisconnect):  # not UTF-8, too deep, or cut short: as FastAPI does
-        return JSONResponse({"detail": "There was an error parsing the body"}, status_code=400)
+        return error_json(400, NOT_PARSED)
     except PayloadTooLarge as exc:  # streamed past MAX_BODY_BYTES: `app.web.gate` stopped reading
         return error_response(request, exc)
     try:
@@ -189,6 +194,7 @@ async def receive_actions(request: Request) -> Response:
 
 
 HOT_ROUTES = {("POST", ACTIONS_PATH): receive_actions}  # served by app.web.gate
+NOT_PARSED = "There was an error parsing the body"  # FastAPI's words, when it routes the request
 
 ACTIONS_BODY: TypeAdapter[ActionIn | ActionBatch] = TypeAdapter(ActionsBody)
 MISSING_BODY = {"type": "missing", "loc": ("body",), "msg": "Field required"}

@@ -14,6 +14,7 @@ from svix.webhooks import Webhook
 
 from app.errors import PayloadTooLarge, WebhookRejected
 from app.signing import webhook_signature_holds
+from app.web.errors import error_responses
 
 MAX_BODY_BYTES = 1024 * 1024
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -29,16 +30,14 @@ class WebhookAck(BaseModel):
     status: str
 
 
-class WebhookError(BaseModel):
-    error: str
-
-
 # What a Svix-signed webhook endpoint answers besides 2xx (documented in OpenAPI).
-WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": WebhookError, "description": "bad signature, stale timestamp, bad body"},
-    413: {"model": WebhookError, "description": "body over 1 MiB"},
-    503: {"model": WebhookError, "description": "not configured, or storage unavailable"},
-}
+WEBHOOK_RESPONSES = error_responses(
+    {
+        400: "bad signature, stale timestamp, bad body",
+        413: "body over 1 MiB",
+        503: "not configured, or storage unavailable",
+    }
+)
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:

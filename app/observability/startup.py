@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 from app import __version__
 from app.observability.logs import RedactTokens, build_handler
-from app.settings import Settings, StorageKind
+from app.settings import Settings, StorageKind, listens_everywhere
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -31,8 +31,12 @@ def describe_configuration(settings: Settings) -> tuple[int, str, str]:
         describe_webhooks(settings),
         describe_resend_events(settings),
         describe_api(settings),
+        describe_links(settings),
     ]
-    unsafe = settings.storage_kind is StorageKind.EMBEDDED
+    # data lost at a restart, or real emails whose unsubscribe links name this machine
+    unsafe = settings.storage_kind is StorageKind.EMBEDDED or (
+        settings.resend_api_key is not None and settings.public_url is None
+    )
     return (logging.WARNING if unsafe else logging.INFO, "%s", " ".join(parts))
 
 
@@ -73,6 +77,23 @@ def describe_api(settings: Settings) -> str:
     if settings.activation_api_key is None:
         return "Actions API: no ACTIVATION_API_KEY, so /v1/* refuses every request (401)."
     return "Actions API: bearer key set for /v1/*."
+
+
+def describe_links(settings: Settings) -> str:
+    url = settings.links_url
+    if settings.public_url is not None:
+        return f"Links: unsubscribe links start {url} (PUBLIC_URL)."
+    if listens_everywhere(settings.host):
+        served = (
+            f": the web app serves on every interface (HOST {settings.host}), which a link "
+            "cannot name, so they name localhost, which opens on this machine only"
+        )
+    else:
+        served = ", the address the web app serves on (HOST, PORT)"
+    return (
+        f"Links: no PUBLIC_URL, so unsubscribe links start {url}{served}; set PUBLIC_URL to the "
+        "address your users reach."
+    )
 
 
 def host_of(url: str) -> str:

@@ -9,21 +9,19 @@ the current hour and the 24 before it, `count_7d` the current hour and the 168 b
 request's actions are counted as accepted, its duplicates (a client's retries) included.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
-from difflib import SequenceMatcher
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from rapidfuzz.distance import OSA
 
 from app.engine.funnel import DAY_MS
+from app.ops.spelling import did_you_mean
 from app.storage.sightings import HOUR_MS, HOURS_PER_DAY, Seen
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep
 from app.web.deps import services_of
-
-MAX_TYPO_EDITS = 2
+from app.web.errors import error_responses
 
 router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
 
@@ -53,7 +51,7 @@ class ActionHealth(BaseModel):
 @router.get(
     "/actions/health",
     response_model=ActionHealth,
-    responses={401: {"description": "missing or wrong API key"}},
+    responses=error_responses({401: "missing or wrong API key"}),
 )
 @auth.policy(Access.API_KEY)
 async def get_action_health(request: Request) -> ActionHealth:
@@ -96,24 +94,3 @@ def status_of(last_ms: int | None, count_24h: int, count_7d: int, now_ms: int) -
     if count_24h or (last_ms is not None and now_ms - last_ms < DAY_MS):
         return "ok"
     return "silent"
-
-
-def did_you_mean(name: str, watched: Iterable[str]) -> str | None:
-    """The watched name `name` likely misspells: at most `MAX_TYPO_EDITS` edits away (a letter
-    added, left out or changed, two side by side swapped; case ignored) and at most a third of
-    its length (a two-letter name matches only a change of case); the fewest edits first, then
-    the most alike (difflib's ratio), then by name. None when none is that close."""
-    limit = min(MAX_TYPO_EDITS, len(name) // 3)
-    scored = []
-    for candidate in watched:
-        distance = edits(name.casefold(), candidate.casefold(), limit)
-        if distance <= limit:
-            alike = SequenceMatcher(None, name, candidate).ratio()
-            scored.append((distance, -alike, candidate))
-    return min(scored)[2] if scored else None
-
-
-def edits(a: str, b: str, limit: int) -> int:
-    """The optimal-string-alignment distance (Damerau-Levenshtein, each part edited once), or
-    `limit + 1` when it is more than `limit` (rapidfuzz stops counting there)."""
-    return int(OSA.distance(a, b, score_cutoff=limit))

@@ -9,17 +9,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from app.clock import system_clock_ms
 from app.engine.evaluate import watched_actions
 from app.engine.loop_files import Loop
-from app.errors import ActivationError, StorageError
+from app.errors import ActivationError, ConfigError, StorageError
 from app.observability.startup import configure_logging, describe_configuration
 from app.ops import import_clerk, preview, send_test_webhook, simulate
 from app.runtime import Runtime, build_runtime, build_store, load_loop_files, load_settings
-from app.settings import Settings, StorageKind
+from app.settings import Settings, StorageKind, given_settings
 
 logger = logging.getLogger("app.ops.cli")  # also when run as `python -m app.ops.cli`
 
@@ -51,9 +51,10 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="activation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     serve = _command(commands, "serve", "serve the web app (same as the Procfile web line)")
-    # HOST and PORT as the Procfile's web line and platforms (Heroku, Render, Railway) set them
-    serve.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
-    serve.add_argument("--port", type=_port, default=os.environ.get("PORT") or "8000")
+    # else HOST and PORT, as the Procfile's web line and platforms (Heroku, Render, Railway) set
+    # them (read with the other settings)
+    serve.add_argument("--host", help="default: HOST, else 127.0.0.1")
+    serve.add_argument("--port", type=_port, help="default: PORT, else 8000")
     serve.set_defaults(handler=run_serve)
     worker = _command(commands, "worker", "run the delivery worker as its own process")
     worker.add_argument("--burst", action="store_true", help="run what is due now, then exit")
@@ -101,14 +102,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from app.web.gate import MAX_HEADER_BYTES
 
+    settings = served_settings(load_settings(), args.host, args.port)
+    # the app reads its settings as the process starts it: the address it serves on is then the
+    # one its links name (HOST and PORT, `Settings.links_url`)
+    os.environ.update(HOST=settings.host, PORT=str(settings.port))
     uvicorn.run(
         "app.main:app",
-        host=args.host,
-        port=args.port,
+        host=settings.host,
+        port=settings.port,
         http=_http_protocol(),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # h11's own bound on a request's head
     )
     return 0
+
+
+def served_settings(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """The settings with the address `serve` listens on: its flags, else HOST and PORT."""
+    served = {"host": host or settings.host, "port": port or settings.port}
+    return settings.model_copy(update=served)
 
 
 def _http_protocol() -> str:
@@ -135,24 +146,38 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 async def never_seen_warnings(settings: Settings, loops: dict[str, Loop]) -> list[str]:
-    """A line for each action a loop waits for that was never reported to the service (as
-    storage's sightings say, one HMGET; a process's last minutes may not be in them yet). A
-    warning, not a failure: a new loop's action may not be sent yet."""
+    """A line for each action a loop waits for that was never reported to the service, as the
+    sightings in storage say (one script; a process's last minutes may not be in them yet),
+    with the reported name it likely misspells. A warning, not a failure: a new loop's action
+    may not be sent yet."""
     watched = watched_actions(loops.values())
     store = build_store(settings)
     try:
         await store.open()
-        last_seen = await store.sightings.last_seen(list(watched))
+        seen = await store.sightings.read(system_clock_ms(), watched=list(watched))
     except StorageError as exc:
         return [f"warning: whether the actions loops wait for are reported was not checked: {exc}"]
     finally:
         await store.close()
+    reported = seen.names()
     return [
+        never_seen_warning(name, loop_ids, reported)
+        for name, loop_ids in sorted(watched.items())
+        if name not in reported
+    ]
+
+
+def never_seen_warning(name: str, loop_ids: list[str], reported: set[str]) -> str:
+    from app.ops.spelling import did_you_mean
+
+    warning = (
         f"warning: {waits(loop_ids)} for action {name!r}, never reported to this service "
         "(GET /v1/actions/health)"
-        for name, loop_ids in sorted(watched.items())
-        if last_seen[name] is None
-    ]
+    )
+    close = did_you_mean(name, sorted(reported))
+    if close is None:
+        return warning
+    return f"{warning}; did you mean {close!r}? The sightings in storage show it reported"
 
 
 def waits(loop_ids: list[str]) -> str:
@@ -165,18 +190,47 @@ def run_worker(args: argparse.Namespace) -> int:
     return asyncio.run(_worker(burst=args.burst))
 
 
-def shared_settings(command: str) -> Settings:
+# Any of these chooses shared storage (the settings refuse a half-configured one, naming the half).
+SHARED_STORAGE = frozenset({"redis_url", "upstash_redis_rest_url", "upstash_redis_rest_token"})
+
+
+def shared_settings(command: str, needs: Mapping[str, str] | None = None) -> Settings:
     """The settings, refused when storage is the embedded store: each process has its own, so
-    this command would only ever see an empty one, never the web app's."""
-    settings = load_settings()
-    if settings.storage_kind is StorageKind.EMBEDDED:
-        raise ActivationError(
-            f"no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL and "
-            f"UPSTASH_REDIS_REST_TOKEN. With neither, every process keeps its own in-memory store, "
-            f"so `activation {command}` would see an empty one, not the web app's (whose worker "
-            "runs in-process)"
-        )
+    this command would only ever see an empty one, never the web app's. `needs`: the other
+    settings the command cannot run without (field name: what to set it to). Everything missing
+    or invalid is named at once, in one message."""
+    problems, settings = [], None
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        problems.append(str(exc))
+    given = given_settings()
+    if not given & SHARED_STORAGE:
+        problems.append(no_shared_storage(command))
+    for name, hint in (needs or {}).items():
+        if name not in given:
+            problems.append(f"{name.upper()} is not set: set it to {hint}")
+    if problems or settings is None:
+        raise ConfigError(all_of(problems))
     return settings
+
+
+def no_shared_storage(command: str) -> str:
+    return (
+        "no shared storage: set REDIS_URL or UPSTASH_REDIS_REST_URL and "
+        "UPSTASH_REDIS_REST_TOKEN. With neither, every process keeps its own in-memory store, "
+        f"so `activation {command}` would see an empty one, not the web app's (whose worker "
+        "runs in-process)"
+    )
+
+
+def all_of(problems: Sequence[str]) -> str:
+    """One problem as it is; several counted, on one line."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems: " + "; ".join(
+        f"({n}) {problem}" for n, problem in enumerate(problems, 1)
+    )
 
 
 async def started(settings: Settings) -> Runtime:

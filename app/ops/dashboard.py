@@ -303,7 +303,7 @@ def logged_in(request: Request, settings: Settings, target: str, now_ms: int) ->
         httponly=True,
         samesite="strict",
         # behind a TLS-terminating proxy the request says http: PUBLIC_URL tells the truth
-        secure=request.url.scheme == "https" or settings.public_url.startswith("https://"),
+        secure=request.url.scheme == "https" or settings.links_url.startswith("https://"),
     )
     return response
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.engine.measure import Uplift
+from app.ops.spelling import did_you_mean
 
 MINUS = "\u2212"  # a true minus sign (U+2212), not a hyphen
 CHART_WIDTH = 360.0
@@ -193,23 +194,34 @@ def experiment_views(loops: Iterable[Mapping[str, Any]]) -> list[Experiment]:
     ]
 
 
-def watched_problem(watched: Mapping[str, Any]) -> ActionProblem:
+def watched_problem(watched: Mapping[str, Any], reported: Iterable[str] = ()) -> ActionProblem:
+    """A watched action's line; one never seen gets the `reported` name it likely misspells."""
+    kind, action = str(watched["status"]), str(watched["action"])
     return ActionProblem(
-        kind=str(watched["status"]),
-        action=str(watched["action"]),
+        kind=kind,
+        action=action,
         loops=tuple(str(loop_id) for loop_id in watched.get("loops", ())),
         last_seen=when(watched.get("last_seen_at")),
         count_7d=int(watched.get("count_7d", 0)),
+        did_you_mean=did_you_mean(action, reported) if kind == "never_seen" else None,
     )
 
 
+def reported_names(health: Mapping[str, Any]) -> list[str]:
+    """The actions the health shows reported: watched ones seen, and unwatched ones."""
+    seen = [item for item in health.get("watched", ()) if item.get("status") != "never_seen"]
+    return [str(item["action"]) for item in (*seen, *health.get("unwatched", ()))]
+
+
 def action_problems(health: Mapping[str, Any] | None) -> list[ActionProblem]:
-    """What is wrong with the actions: a watched one never seen or gone silent, and a reported
-    one no loop watches that looks like a typo of one that does. Empty when all is well."""
+    """What is wrong with the actions: a watched one never seen (with the reported name it may
+    misspell) or gone silent, and a reported one no loop watches that looks like a typo of one
+    that does. Empty when all is well."""
     if not health:
         return []
+    reported = reported_names(health)
     watched = [
-        watched_problem(item)
+        watched_problem(item, reported)
         for item in health.get("watched", ())
         if item.get("status") in PROBLEM_STATUSES
     ]

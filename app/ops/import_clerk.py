@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,13 +18,15 @@ from pydantic import ValidationError
 
 from app.clock import Clock, ServerClock
 from app.intake.clerk import ClerkUser
-from app.ops.clerk_users import PAGE_SIZE, ClerkUsers, clerk_users
+from app.ops.clerk_users import KEY_HINT, PAGE_SIZE, ClerkUsers, clerk_users
 from app.runtime import build_store
 from app.settings import Settings
 from app.storage.records import UserProfile, UserWrite
 from app.storage.store import Store
 
 CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
+# the CLI's settings for shared storage: the command's name, the other settings it needs
+SettingsOf = Callable[[str, Mapping[str, str]], Settings]
 EXAMPLE = (
     "activation import-clerk --dry-run        # what it would do; writes nothing\n"
     "  activation import-clerk                  # every user; no activation loop starts\n"
@@ -35,11 +37,10 @@ LINE_EVERY = 1_000  # users between progress lines when stderr is not a terminal
 BAR_WIDTH = 30
 
 
-def add_command(
-    commands: Any, command: CommandFactory, settings_of: Callable[[str], Settings]
-) -> None:
+def add_command(commands: Any, command: CommandFactory, settings_of: SettingsOf) -> None:
     """Register `activation import-clerk`; `command` is the CLI's own subparser factory and
-    `settings_of` its settings for shared storage (refusing the embedded store)."""
+    `settings_of` its settings for shared storage (refusing the embedded store, and naming
+    every other setting missing at once)."""
     summary = "import the users Clerk already has (idempotent; activation loops not entered)"
     parser = command(commands, "import-clerk", summary)
     parser.add_argument(
@@ -260,8 +261,8 @@ async def import_users(settings: Settings, options: ImportOptions, progress: Pro
             await store.close()
 
 
-def run_import_clerk(args: argparse.Namespace, *, settings_of: Callable[[str], Settings]) -> int:
-    settings = settings_of("import-clerk")
+def run_import_clerk(args: argparse.Namespace, *, settings_of: SettingsOf) -> int:
+    settings = settings_of("import-clerk", {"clerk_secret_key": KEY_HINT})
     options = ImportOptions(args.since, args.enter_loops, args.dry_run)
     tally = asyncio.run(import_users(settings, options, Progress(sys.stderr)))
     print(("dry run, nothing written: " if options.dry_run else "") + tally.summary())

@@ -8,11 +8,12 @@ from app.engine.funnel import last_days, loop_figures
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep
 from app.web.deps import ClockDep, StoreDep, services_of
+from app.web.errors import error_responses
 
 router = APIRouter(prefix="/v1", tags=["loops"], dependencies=[ApiKeyDep])
 
 
-@router.get("/loops")
+@router.get("/loops", responses=error_responses({401: "missing or wrong API key"}))
 @auth.policy(Access.API_KEY)
 async def get_loops(request: Request, store: StoreDep, clock: ClockDep) -> dict[str, Any]:
     """Per loop: entered, activated (step 0's condition met within `measure`), timed out,

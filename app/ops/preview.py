@@ -52,8 +52,8 @@ def picked_template(loop: Loop, order: EmailOrder, profile: UserProfile) -> str:
     """The template the loop's step would send this user: a variant or an experiment's arm."""
     step = loop.steps[order.step]
     email = step.action if order.kind == "action" else step.on_timeout
-    if email is None:
-        return order.template
+    if email is None or order.template not in email.templates():
+        return order.template  # no step sends it: rendered as it is
     return choose_template(email, profile.view(), arm_of(loop, profile.id))
 
 
@@ -122,9 +122,7 @@ def render_preview(
     order: EmailOrder,
     profile: UserProfile,
 ) -> RenderedEmail:
-    if order.template not in templates:
-        known = ", ".join(templates.names) or "none"
-        raise ActivationError(f"no template {order.template!r} (known: {known})")
+    require_template(templates, order.template)
     composer = build_composer(settings, loops, templates, preview_tokens(settings))
     if profile.email is None:
         profile = profile.model_copy(update={"email": SAMPLE_EMAIL})
@@ -134,9 +132,22 @@ def render_preview(
         raise ActivationError(str(exc)) from None
 
 
+def require_template(templates: TemplateSet, name: str) -> None:
+    """Refuse a template that does not exist, with the name it likely misspells."""
+    if name in templates:
+        return
+    from app.ops.spelling import did_you_mean
+
+    close = did_you_mean(name, templates.names)
+    hint = f": did you mean {close!r}?" if close else ""
+    known = ", ".join(templates.names) or "none"
+    raise ActivationError(f"no template {name!r}{hint} (known: {known})")
+
+
 def run_preview(args: argparse.Namespace) -> int:
     settings = load_settings()
     loops, templates = load_loop_files(settings)
+    require_template(templates, args.template)  # before anything is said about it
     order = email_use(loops, args.template, args.loop)
     if args.user is not None:
         profile = read_user_file(args.user)

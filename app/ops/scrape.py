@@ -13,6 +13,7 @@ from app.errors import StorageError
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import Services, services_of
+from app.web.errors import error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ router = APIRouter(tags=["metrics"])
     "/metrics",
     response_class=Response,
     dependencies=[Depends(_bearer)],
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"description": "bad token"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}},
+        **error_responses({401: "missing or wrong metrics token"}),
+    },
 )
 @auth.policy(Access.METRICS)
 async def scrape(request: Request) -> Response:

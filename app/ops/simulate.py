@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.clock import system_clock_ms
+from app.delivery.jobs import JobStatus
 from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.worker import Worker
@@ -113,6 +114,15 @@ class Sample:
     properties: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """What a simulation shows: the timeline's lines, and why each email that failed did (a
+    template that broke on the sample user's data)."""
+
+    lines: list[str]
+    failed: list[str]
+
+
 async def simulate(
     settings: Settings,
     loop_id: str,
@@ -120,8 +130,8 @@ async def simulate(
     plans: Sequence[Planned],
     advance_ms: int | None,
     sample: Sample | None = None,
-) -> list[str]:
-    """Run the loop for one sample user on a virtual clock; returns the timeline's lines."""
+) -> Simulation:
+    """Run the loop for one sample user on a virtual clock."""
     if not valid_user_id(user_id):
         raise ActivationError(f"--user-id: {user_id!r} is not a user id")
     settings = embedded(settings)
@@ -147,7 +157,12 @@ async def simulate(
         f"{offset(entry['at'] - start):>8}  {describe(entry, record, start)}"
         for entry in reversed(record.timeline)
     ]
-    return collapse(lines)
+    failed = [
+        job.last_error or f"template {job.template!r}"
+        for job in record.jobs.values()
+        if job.status is JobStatus.FAILED
+    ]
+    return Simulation(collapse(lines), failed)
 
 
 def collapse(lines: Sequence[str]) -> list[str]:
@@ -264,7 +279,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise ActivationError(message) from None
     settings = load_settings()
     sample = Sample(args.user_id, args.profile, json_object("--props", args.props) or None)
-    lines = asyncio.run(simulate(settings, args.loop, args.user_id, plans, advance_ms, sample))
+    run = asyncio.run(simulate(settings, args.loop, args.user_id, plans, advance_ms, sample))
     print(f"loop {args.loop}, user {args.user_id}, virtual clock (a dry run: nothing is sent)")
-    print("\n".join(lines))
+    print("\n".join(run.lines))
+    if run.failed:
+        raise ActivationError(f"{len(run.failed)} email(s) failed: {'; '.join(run.failed)}")
     return 0

@@ -14,6 +14,7 @@ from app.storage.records import UserRecord
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep
 from app.web.deps import StoreDep, services_of
+from app.web.errors import error_responses
 
 router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ApiKeyDep])
 
@@ -68,7 +69,9 @@ class UserState(BaseModel):
 @router.get(
     "/users/{user_id}",
     response_model=UserState,
-    responses={401: {"description": "missing or wrong API key"}, 404: {"description": "unknown"}},
+    responses=error_responses(
+        {401: "missing or wrong API key", 404: "unknown user", 422: "not a user id"}
+    ),
 )
 @auth.policy(Access.API_KEY)
 async def get_user_state(

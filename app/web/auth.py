@@ -31,12 +31,13 @@ from fastapi import Depends
 from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from app.settings import Settings
 from app.signing import secret_matches
 from app.storage.store import Store
 from app.web import sessions
+from app.web.errors import error_json
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 API_KEY_REFUSAL = "missing or wrong API key"
@@ -82,7 +83,7 @@ class Policy:
         if self.refuse is not None:
             return self.refuse(request, verdict)
         reason = METRICS_REFUSAL if self.access is Access.METRICS else API_KEY_REFUSAL
-        return JSONResponse({"error": reason}, status_code=401, headers=CHALLENGE)
+        return error_json(401, reason, CHALLENGE)
 
 
 def policy(

@@ -38,7 +38,7 @@ from app.errors import ActivationError, PayloadTooLarge
 from app.web import auth, cors, session_tokens
 from app.web.auth import Access, Policy, Verdict
 from app.web.deps import Services
-from app.web.errors import error_response
+from app.web.errors import error_json, error_response, internal_error_response
 from app.web.session_tokens import SessionTokens
 from app.web.sessions import COOKIE
 
@@ -51,6 +51,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 # Authorization is refused before anything parses it (a JWT's parse is CPU on the event loop).
 MAX_AUTHORIZATION_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 32 * 1024  # every header's name and value, together: more answers 431
+HEADERS_TOO_LARGE = f"request headers over {MAX_HEADER_BYTES} bytes"
 
 
 class Traffic:
@@ -177,14 +178,12 @@ def credentials(scope: Scope) -> Credentials:
 
 def headers_too_large() -> JSONResponse:
     """The 431 for headers over MAX_HEADER_BYTES; the connection is closed."""
-    body = {"error": f"request headers over {MAX_HEADER_BYTES} bytes"}
-    return JSONResponse(body, status_code=431, headers={"Connection": "close"})
+    return error_json(431, HEADERS_TOO_LARGE, {"Connection": "close"})
 
 
 def too_large(limit_bytes: int) -> JSONResponse:
     """The 413; the connection is closed, so an unread body is not read to find the next request."""
-    body = {"error": reason(limit_bytes)}
-    return JSONResponse(body, status_code=413, headers={"Connection": "close"})
+    return error_json(413, reason(limit_bytes), {"Connection": "close"})
 
 
 def reason(limit_bytes: int) -> str:
@@ -290,7 +289,11 @@ class Gate:
         if entry.hot is None:
             await body.call(self.app, scope, send)
             return
-        response = await entry.hot(Request(scope, body.receive))
+        try:
+            response = await entry.hot(Request(scope, body.receive))
+        except Exception:  # a bug: answered in the one error shape, then the server logs it
+            await internal_error_response()(scope, receive, send)
+            raise
         await response(scope, receive, send)
 
     def cors(self, send: Send, access: Access, origin: bytes) -> Send:
@@ -307,7 +310,7 @@ class Gate:
         """The answer to a caller the route's policy refuses, or None to let it in."""
         if policy is None:
             logger.error("%s %s refused: %s", scope["method"], get_route_path(scope), UNDECLARED)
-            return JSONResponse({"error": UNDECLARED}, status_code=403)
+            return error_json(403, UNDECLARED)
         if policy.access is Access.PUBLIC:
             return None
         if len(authorization) > MAX_AUTHORIZATION_BYTES:  # no key or token is: refused unread

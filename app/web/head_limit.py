@@ -10,17 +10,19 @@ Makefile's `run`, the Procfile's `web:`) serves with it; `app.web.gate` refuses 
 limit on any server.
 """
 
+import json
 import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.web.gate import MAX_HEADER_BYTES
+from app.web.errors import error_body
+from app.web.gate import HEADERS_TOO_LARGE, MAX_HEADER_BYTES
 
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = MAX_HEADER_BYTES  # the request line and headers as received, not yet ended
 PROTOCOL = "app.web.head_limit:HeadLimitedHttpTools"  # as uvicorn's `--http` takes it
-_BODY = b'{"error":"request headers over %d bytes"}' % MAX_HEAD_BYTES
+_BODY = json.dumps(error_body(HEADERS_TOO_LARGE), separators=(",", ":")).encode()
 REFUSAL = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import services_of
+from app.web.errors import ErrorBody, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class Readiness(BaseModel):
     failing: list[str]
 
 
+class NotReady(ErrorBody, Readiness):
+    """A 503: the one error body (`error` names the failing parts) with the report beside it."""
+
+
 @router.get("/health", response_model=Liveness)
 @auth.policy(Access.PUBLIC)
 async def health() -> Liveness:
@@ -44,7 +49,11 @@ async def health() -> Liveness:
     return Liveness(status="ok")
 
 
-@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    responses={503: {"model": NotReady, "description": "a part failing, named"}},
+)
 @auth.policy(Access.PUBLIC)
 async def ready(request: Request) -> JSONResponse:
     """Readiness: storage answers (and, once configured, loops are loaded and the worker lives).
@@ -57,7 +66,10 @@ async def ready(request: Request) -> JSONResponse:
     if not auth.holds_api_key_or_metrics_token(services_of(request).settings, token):
         report = {name: OK if result == OK else FAILED for name, result in report.items()}
     body = Readiness(status="unavailable" if failing else "ok", checks=report, failing=failing)
-    return JSONResponse(body.model_dump(), status_code=503 if failing else 200)
+    if not failing:
+        return JSONResponse(body.model_dump())
+    not_ready = error_body(f"not ready: {', '.join(failing)}") | body.model_dump()
+    return JSONResponse(not_ready, status_code=503)
 
 
 async def run_check(name: str, check: ReadinessCheck) -> str:
