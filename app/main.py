@@ -28,8 +28,8 @@ from app.intake import clerk as webhooks
 from app.observability.startup import configure_logging, describe_configuration
 from app.ops import action_health, dashboard, loop_figures, scrape
 from app.ops import user_state as progress
-from app.runtime import build_runtime, load_settings, startup_frozen
-from app.settings import Settings
+from app.runtime import build_runtime, startup_frozen
+from app.settings import Settings, load_settings
 from app.web import health
 from app.web.errors import (
     error_response,

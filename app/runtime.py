@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from svix.webhooks import Webhook
 
 from app.clock import Clock, ServerClock
 from app.delivery.compose import DEFAULT_SENDER, Composer
+from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import Mailer, OutboxMailer
 from app.delivery.resend import RateLimiter, ResendMailer
 from app.delivery.send import Delivery
@@ -27,13 +28,10 @@ from app.delivery.unsubscribe import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
-from app.engine.loop_files import Loop, read_loops
+from app.engine.loop_files import Loop
 from app.errors import (
-    ConfigError,
-    LoopFolderError,
     StorageError,
     StorageUnavailable,
-    TemplateError,
 )
 from app.observability.metrics import Metrics
 from app.settings import Settings
@@ -329,54 +327,6 @@ def startup_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {describe_validation(exc)}") from None
-
-
-def describe_validation(exc: ValidationError) -> str:
-    """Each error once: the variable's name, unless the message says it already (pydantic's
-    `Value error, ` prefix left out)."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]).upper()
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where and where not in message else message)
-    return "; ".join(parts)
-
-
-def load_loop_files(settings: Settings) -> tuple[dict[str, Loop], TemplateSet]:
-    """Loops and their templates, every use of a template checked (variants' and experiment
-    arms' too): every mistake in every file is reported at once, in a `LoopFolderError` that
-    stops startup."""
-    loops, problems = read_loops(settings.loops_dir)
-    templates, broken = TemplateSet.read(settings.loops_dir / "templates")
-    found: list[ConfigError] = [*problems, *broken]
-    for loop in loops.values():
-        found += template_problems(loop, templates)
-    if found:
-        raise LoopFolderError(found)
-    logger.info("loaded %d loop(s) from %s: %s", len(loops), settings.loops_dir, ", ".join(loops))
-    return loops, templates
-
-
-def template_problems(loop: Loop, templates: TemplateSet) -> Iterator[TemplateError]:
-    """What is wrong with each email of the loop: its personalization, and each template it
-    may send (its own, its variants', its experiment's arms'), at `<file>: <field path>`."""
-    for field, email in loop.emails():
-        where = f"{loop.source}: {field}"
-        yield from templates.value_problems(email.personalization, where)
-        uses = [
-            (email.template, where),
-            *((v.template, f"{where}.variants[{i}]") for i, v in enumerate(email.variants)),
-            *((a.template, f"{where}.experiment[{i}]") for i, a in enumerate(email.experiment)),
-        ]
-        for template, at in uses:
-            yield from templates.use_problems(template, email.personalization, at)
 
 
 def build_mailer(settings: Settings) -> Mailer:

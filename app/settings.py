@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -18,6 +18,8 @@ from pydantic_settings import (
     NoDecode,
     SettingsConfigDict,
 )
+
+from app.errors import ConfigError
 
 
 class StorageKind(StrEnum):
@@ -231,3 +233,21 @@ def _decode_signing_secret(secret: str) -> bytes:
             "by base64 (copy it from Clerk's dashboard: Webhooks > your endpoint > Signing Secret)"
         )
     return decoded
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {describe_validation(exc)}") from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """Each error once: the variable's name, unless the message says it already (pydantic's
+    `Value error, ` prefix left out)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where and where not in message else message)
+    return "; ".join(parts)

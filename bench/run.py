@@ -9,6 +9,8 @@ latency and rate beside the stand-in's own rate; the same intake and costs with 
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -24,7 +26,7 @@ import redis
 
 from app.storage.keys import Keys
 from app.storage.sightings import SIGHTINGS_FLUSH_S
-from bench import flows, load, procs, seed
+from bench import flows, load, procs, seed, startup
 from bench.cost import Monitor, command_calls
 from bench.load import LoadResult
 
@@ -361,7 +363,7 @@ def idle_workers(workdir: Path) -> Iterator[IdleWorkers]:
         urls = [stack.enter_context(procs.redis_server(workdir)) for _ in IdleWorkers.IDLE_S]
         for url, idle_s in zip(urls, IdleWorkers.IDLE_S, strict=True):
             env = flows.app_env(url, "idle:", worker=False) | {"WORKER_IDLE_S": str(idle_s)}
-            stack.enter_context(procs.python_process("app.ops.cli", env, "worker"))
+            stack.enter_context(procs.python_process("app.cli", env, "worker"))
         time.sleep(3)  # started and past their first poll: the window holds idle polls only
         yield IdleWorkers(urls)
 
@@ -534,6 +536,47 @@ def scale(
     print(f"  cost growth with data: {grown or 'none'}", flush=True)
 
 
+# issue 21's bars for the command line, in seconds
+STARTUP_CEILINGS = {
+    "activation --help": 0.3,
+    "activation check": 1.0,
+    "activation worker ready": 2.0,
+}
+SOAK_USERS = 600 if QUICK else 3000
+SOAK_SECONDS = 20 if QUICK else 60
+
+
+def cli_startup(report: Report, redis_url: str, workdir: Path) -> None:
+    """The command line's start, each as a whole process (`bench.startup`)."""
+    env = startup.clean_env()
+    times = {
+        "activation --help": startup.command_s("--help", env=env),
+        "activation check": startup.command_s("check", str(procs.ROOT / "loops"), env=env),
+        "activation worker ready": startup.worker_ready_s(redis_url, workdir),
+    }
+    for name, seconds in times.items():
+        figure = Figure(name, seconds, "s", notes=f"median of {startup.RUNS} runs")
+        report.at_most(figure, STARTUP_CEILINGS[name])
+
+
+def soak(report: Report) -> None:
+    """One run of the checker that hunts for doubles (`tests.soak`): the web process and two
+    workers under the nemesis; its counts beside the table, its violations a figure (target 0)."""
+    args = ["--users", str(SOAK_USERS), "--seconds", str(SOAK_SECONDS), "--json"]
+    result = subprocess.run([sys.executable, "-m", "tests.soak", *args], cwd=procs.ROOT,
+                            capture_output=True, text=True, timeout=1200, check=False)  # fmt: skip
+    outcome = json.loads(result.stdout)
+    violations = sum(outcome["violations"].values()) + len(outcome["exited"])
+    faults = sum(outcome["faults"].values())
+    notes = (f"{outcome['users']:,} users, {outcome['emails_delivered']:,} emails, {faults} faults "
+             f"in {SOAK_SECONDS} s")  # fmt: skip
+    report.at_most(Figure("soak: violations (doubles, missing, after a stop)", violations,
+                          "violations", notes=notes), 0)  # fmt: skip
+    report.notes["soak"] = {key: outcome[key] for key in (
+        "users", "stopped_users", "emails_delivered", "emails_by_kind", "faults", "violations",
+        "excused", "exited", "seconds")}  # fmt: skip
+
+
 def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="activation-bench-"))
@@ -551,6 +594,9 @@ def main() -> None:
         delivery(report, redis_url, resend_url, workdir)
         scale(report, redis_url, resend_url, workdir, empty, costs)
         monthly_bill(report, costs, idle.report(report))
+        cli_startup(report, redis_url, workdir)
+    print("soak (tests.soak: the web process, two workers, the nemesis)", flush=True)
+    soak(report)
     report.notes["took_s"] = round(time.monotonic() - started)
     report.notes["load generator"] = f"wrk -t1 -c{load.CONNECTIONS}, {MEASURE_S:g} s per run"
     print()

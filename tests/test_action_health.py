@@ -14,8 +14,8 @@ import redis
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.ops.cli import main
-from app.ops.spelling import did_you_mean
+from app.cli.main import main
+from app.engine.spelling import did_you_mean
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from app.storage.sightings import Seen, SightingsBuffer

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis
 
+from app.cli.main import main
 from app.observability.startup import describe_configuration
-from app.ops.cli import main
-from app.runtime import load_settings
+from app.settings import load_settings
 from tests.conftest import (
     API_KEY,
     AUTH,
@@ -47,7 +47,7 @@ def env_for(redis_url: str, key_prefix: str, **extra: str) -> dict[str, str]:
 def activation(
     *args: str, env: dict[str, str], timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "app.ops.cli", *args]
+    command = [sys.executable, "-m", "app.cli", *args]
     return subprocess.run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
     )
@@ -125,7 +125,7 @@ def test_worker_burst_sends_what_is_due_and_exits(redis_url: str, key_prefix: st
 
 
 def test_worker_stops_on_sigterm(redis_url: str, key_prefix: str) -> None:
-    command = [sys.executable, "-m", "app.ops.cli", "worker"]
+    command = [sys.executable, "-m", "app.cli", "worker"]
     process = subprocess.Popen(
         command, env=env_for(redis_url, key_prefix), cwd=REPO, stderr=subprocess.PIPE, text=True
     )
@@ -386,3 +386,33 @@ def test_check_reports_every_mistake_in_every_file_in_one_run(tmp_path: Path) ->
         f"{folder}/templates/team.html:4: unknown variable 'nmae'; known: personalization keys "
         "(name) and user, loop, app_url, unsubscribe_url"
     )
+
+
+# --- a command pays only for what it uses --------------------------------------------------------
+
+HEAVY = ("pydantic", "fastapi", "redis", "fakeredis", "svix", "resend", "clerk_backend_api",
+         "jinja2", "sqlglot", "httpx", "uvicorn")  # fmt: skip
+
+
+def imported_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """The top-level packages `activation ARGS` imports, as `-X importtime` reports them."""
+    command = [sys.executable, "-X", "importtime", "-m", "app.cli", *args]
+    result = subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    names = (line.rpartition("|")[2].strip() for line in result.stderr.splitlines())
+    return {name.split(".")[0] for name in names if name and not name.startswith("import")}
+
+
+def test_help_imports_none_of_the_app_s_libraries() -> None:
+    """`activation --help` (bench/ times it) builds its parser from names alone."""
+    assert not set(HEAVY) & imported_by("--help")
+
+
+def test_check_on_the_embedded_store_reads_no_storage_and_no_web(tmp_path: Path) -> None:
+    """`activation check` loads the loop folder and nothing of storage, the web app or the
+    senders (bench/ times it)."""
+    env = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
+    imported = imported_by("check", str(SHIPPED_LOOPS), env={**env, "LOOPS_DIR": "loops"})
+    assert {"pydantic", "jinja2", "sqlglot"} <= imported  # the loop folder, read
+    assert not {"fastapi", "redis", "fakeredis", "svix", "resend", "clerk_backend_api"} & imported

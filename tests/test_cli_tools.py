@@ -9,8 +9,8 @@ import httpx
 import pytest
 import redis
 
+from app.cli.main import main
 from app.main import create_app
-from app.ops.cli import main
 from app.settings import Settings
 from tests.conftest import (
     API_KEY,

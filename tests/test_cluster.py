@@ -119,7 +119,7 @@ def service_processes(env: dict[str, str], logs: Path) -> Iterator[list[str]]:
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
         for port in ports
     ]
-    commands.append([sys.executable, "-m", "app.ops.cli", "worker"])
+    commands.append([sys.executable, "-m", "app.cli", "worker"])
     processes = []
     with ExitStack() as files:
         try:

@@ -462,7 +462,7 @@ def worker_env(redis_url: str, key_prefix: str, resend: ResendStandin) -> dict[s
 def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.ops.cli", "worker"],
+            [sys.executable, "-m", "app.cli", "worker"],
             env=env,
             cwd=REPO,
             stdout=out,

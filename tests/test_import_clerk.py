@@ -15,9 +15,9 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from app.ops.clerk_users import MAX_WAIT_S, clerk_users
-from app.ops.cli import main
-from app.ops.import_clerk import Outcome, Progress, Tally, parse_since
+from app.cli.clerk_users import MAX_WAIT_S, clerk_users
+from app.cli.import_clerk import Outcome, Progress, Tally, parse_since
+from app.cli.main import main
 from app.settings import Settings
 from tests.clerk_standin import SECRET_KEY, ClerkStandin, clerk_user, run_standin
 from tests.conftest import (

@@ -36,6 +36,7 @@ LAYERS = (
     "runtime",
     "ops",
     "main",
+    "cli",
 )
 
 _BASE = frozenset({"errors", "clock", "settings", "signing"})
@@ -55,6 +56,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "runtime": _BASE | _STAGES | {"delivery"},
     "ops": _BASE | _STAGES | {"delivery", "intake", "runtime"},
     "main": _BASE | _STAGES | {"delivery", "intake", "runtime", "ops"},
+    "cli": _BASE | _STAGES | {"delivery", "intake", "runtime", "ops"},
 }
 
 

@@ -12,8 +12,8 @@ import pytest
 import redis
 from fastapi import FastAPI
 
+from app.cli.main import main
 from app.delivery.jobs import JobStatus
-from app.ops.cli import main
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

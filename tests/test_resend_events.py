@@ -15,9 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.cli.main import main
 from app.delivery.jobs import EmailJob
 from app.delivery.send import tags_of
-from app.ops.cli import main
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

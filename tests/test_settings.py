@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from app.clock import system_clock_ms
 from app.errors import ConfigError
 from app.observability.startup import describe_configuration, host_of
-from app.runtime import build_runtime, load_settings
-from app.settings import Settings, StorageKind
+from app.runtime import build_runtime
+from app.settings import Settings, StorageKind, load_settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

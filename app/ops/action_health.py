@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from app.engine.funnel import DAY_MS
-from app.ops.spelling import did_you_mean
+from app.engine.spelling import did_you_mean
 from app.storage.sightings import HOUR_MS, HOURS_PER_DAY, Seen
 from app.web import auth
 from app.web.auth import Access, ApiKeyDep

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.engine.measure import Uplift
-from app.ops.spelling import did_you_mean
+from app.engine.spelling import did_you_mean
 
 MINUS = "\u2212"  # a true minus sign (U+2212), not a hyphen
 CHART_WIDTH = 360.0

@@ -4,30 +4,23 @@ secret as Svix does, posted to a URL, and its answer printed."""
 import argparse
 import json
 import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 from svix.webhooks import Webhook
 
+from app.cli.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id
 from app.clock import system_clock_ms
 from app.errors import ActivationError
-from app.ops.samples import SAMPLE_EMAIL, clerk_user_created, new_user_id
-from app.runtime import load_settings
+from app.settings import load_settings
 from app.storage.keys import valid_user_id
 
-CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
-EXAMPLE = "activation send-test-webhook --url http://127.0.0.1:8000/webhooks/clerk"
 
-
-def add_command(commands: Any, command: CommandFactory) -> None:
-    """Register `activation send-test-webhook`; `command` is the CLI's own subparser factory."""
-    webhook = command(commands, "send-test-webhook", "post a signed Clerk user.created to a URL")
-    webhook.add_argument("--url", required=True, help="the webhook endpoint")
-    webhook.add_argument("--email", default=SAMPLE_EMAIL, help="the new user's email address")
-    webhook.add_argument("--user-id", help="the new user's id (default: a new random one)")
-    webhook.set_defaults(handler=run_send_test_webhook)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `activation send-test-webhook`."""
+    parser.add_argument("--url", required=True, help="the webhook endpoint")
+    parser.add_argument("--email", default=SAMPLE_EMAIL, help="the new user's email address")
+    parser.add_argument("--user-id", help="the new user's id (default: a new random one)")
 
 
 def signed_request(secret: str, body: str) -> dict[str, str]:
@@ -43,7 +36,7 @@ def signed_request(secret: str, body: str) -> dict[str, str]:
     }
 
 
-def run_send_test_webhook(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if settings.clerk_webhook_signing_secret is None:
         raise ActivationError("CLERK_WEBHOOK_SIGNING_SECRET is not set: nothing to sign with")

@@ -6,43 +6,32 @@ import argparse
 import asyncio
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import partial
-from typing import Any, TextIO
+from typing import TextIO
 
 from clerk_backend_api import models
 from pydantic import ValidationError
 
+from app.cli.clerk_users import KEY_HINT, PAGE_SIZE, ClerkUsers, clerk_users
+from app.cli.shared import shared_settings
 from app.clock import Clock, ServerClock
 from app.intake.clerk import ClerkUser
-from app.ops.clerk_users import KEY_HINT, PAGE_SIZE, ClerkUsers, clerk_users
 from app.runtime import build_store
 from app.settings import Settings
 from app.storage.records import UserProfile, UserWrite
 from app.storage.store import Store
 
-CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
 # the CLI's settings for shared storage: the command's name, the other settings it needs
-SettingsOf = Callable[[str, Mapping[str, str]], Settings]
-EXAMPLE = (
-    "activation import-clerk --dry-run        # what it would do; writes nothing\n"
-    "  activation import-clerk                  # every user; no activation loop starts\n"
-    "  activation import-clerk --since 2026-01-15 --enter-loops  # recent signups enter loops"
-)
 STORAGE_CONCURRENCY = 10  # a page's users are compared and stored this many at a time
 LINE_EVERY = 1_000  # users between progress lines when stderr is not a terminal
 BAR_WIDTH = 30
 
 
-def add_command(commands: Any, command: CommandFactory, settings_of: SettingsOf) -> None:
-    """Register `activation import-clerk`; `command` is the CLI's own subparser factory and
-    `settings_of` its settings for shared storage (refusing the embedded store, and naming
-    every other setting missing at once)."""
-    summary = "import the users Clerk already has (idempotent; activation loops not entered)"
-    parser = command(commands, "import-clerk", summary)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `activation import-clerk`."""
     parser.add_argument(
         "--since",
         type=parse_since,
@@ -56,7 +45,6 @@ def add_command(commands: Any, command: CommandFactory, settings_of: SettingsOf)
     parser.add_argument(
         "--dry-run", action="store_true", help="read Clerk, say what would change, write nothing"
     )
-    parser.set_defaults(handler=partial(run_import_clerk, settings_of=settings_of))
 
 
 def parse_since(text: str) -> int:
@@ -261,8 +249,8 @@ async def import_users(settings: Settings, options: ImportOptions, progress: Pro
             await store.close()
 
 
-def run_import_clerk(args: argparse.Namespace, *, settings_of: SettingsOf) -> int:
-    settings = settings_of("import-clerk", {"clerk_secret_key": KEY_HINT})
+def run(args: argparse.Namespace) -> int:
+    settings = shared_settings("import-clerk", {"clerk_secret_key": KEY_HINT})
     options = ImportOptions(args.since, args.enter_loops, args.dry_run)
     tally = asyncio.run(import_users(settings, options, Progress(sys.stderr)))
     print(("dry run, nothing written: " if options.dry_run else "") + tally.summary())

@@ -5,14 +5,14 @@ import argparse
 import asyncio
 import json
 import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from app.cli.samples import SAMPLE_EMAIL, sample_profile, with_profile
 from app.clock import system_clock_ms
 from app.delivery.jobs import RenderedEmail
+from app.delivery.loop_folder import load_loop_files
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe import UnsubscribeTokens
 from app.engine.assign import arm_of
@@ -20,32 +20,22 @@ from app.engine.evaluate import EmailOrder, choose_template
 from app.engine.loop_files import Loop
 from app.errors import ActivationError, TemplateRenderError
 from app.intake.clerk import ClerkUser
-from app.ops.samples import SAMPLE_EMAIL, sample_profile, with_profile
-from app.runtime import build_composer, build_store, load_loop_files, load_settings
-from app.settings import Settings
+from app.runtime import build_composer, build_store
+from app.settings import Settings, load_settings
 from app.storage.records import UserProfile
 
-CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
-EXAMPLE = (
-    "activation preview activation_welcome\n"
-    "  activation preview activation_nudge --user-id user_29w83sxmDNGwOuEthce5gg56FcC\n"
-    "  activation preview activation_welcome --user user.json --out preview.html"
-)
 
-
-def add_command(commands: Any, command: CommandFactory) -> None:
-    """Register `activation preview`; `command` is the CLI's own subparser factory."""
-    preview = command(commands, "preview", "render a template's subject, HTML and text")
-    preview.add_argument("template", help="a template name (loops/templates/<name>.html)")
-    who = preview.add_mutually_exclusive_group()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `activation preview`."""
+    parser.add_argument("template", help="a template name (loops/templates/<name>.html)")
+    who = parser.add_mutually_exclusive_group()
     who.add_argument("--user", type=Path, help="a JSON file: a Clerk user or a stored profile")
     who.add_argument("--user-id", help="a user from the configured storage")
-    preview.add_argument("--loop", help="the loop whose personalization to use")
-    preview.add_argument("--out", type=Path, help="write an HTML page to open in a browser")
-    preview.add_argument(
+    parser.add_argument("--loop", help="the loop whose personalization to use")
+    parser.add_argument("--out", type=Path, help="write an HTML page to open in a browser")
+    parser.add_argument(
         "--profile", help="Clerk profile fields laid over the user's, a JSON object"
     )
-    preview.set_defaults(handler=run_preview)
 
 
 def picked_template(loop: Loop, order: EmailOrder, profile: UserProfile) -> str:
@@ -136,7 +126,7 @@ def require_template(templates: TemplateSet, name: str) -> None:
     """Refuse a template that does not exist, with the name it likely misspells."""
     if name in templates:
         return
-    from app.ops.spelling import did_you_mean
+    from app.engine.spelling import did_you_mean
 
     close = did_you_mean(name, templates.names)
     hint = f": did you mean {close!r}?" if close else ""
@@ -144,7 +134,7 @@ def require_template(templates: TemplateSet, name: str) -> None:
     raise ActivationError(f"no template {name!r}{hint} (known: {known})")
 
 
-def run_preview(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     loops, templates = load_loop_files(settings)
     require_template(templates, args.template)  # before anything is said about it

@@ -5,12 +5,15 @@ import argparse
 import asyncio
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.cli.preview import preview_tokens
+from app.cli.samples import json_object, sample_profile, with_profile
 from app.clock import system_clock_ms
 from app.delivery.jobs import JobStatus
+from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.worker import Worker
@@ -18,35 +21,25 @@ from app.engine.evaluate import StepState, tracked_counts, watched_filters
 from app.engine.filters import Filter
 from app.engine.loop_files import Loop, parse_duration
 from app.errors import ActivationError
-from app.ops.preview import preview_tokens
-from app.ops.samples import json_object, sample_profile, with_profile
-from app.runtime import build_composer, build_store, build_worker, load_loop_files, load_settings
-from app.settings import Settings
+from app.runtime import build_composer, build_store, build_worker
+from app.settings import Settings, load_settings
 from app.storage.keys import valid_user_id
 from app.storage.records import NewAction, UserRecord
 from app.storage.store import Store
 
-CommandFactory = Callable[[Any, str, str], argparse.ArgumentParser]
-EXAMPLE = (
-    "activation simulate --loop activation --actions first_project_created@2m\n"
-    "  activation simulate --loop activation --advance 10m           # no action: the nudge\n"
-    "  activation simulate --loop milestone_ten_projects --actions project_created*10"
-)
 SIMULATION_CAP_MS = 30 * 24 * 3600 * 1000
 
 
-def add_command(commands: Any, command: CommandFactory) -> None:
-    """Register `activation simulate`; `command` is the CLI's own subparser factory."""
-    simulate = command(commands, "simulate", "dry-run a loop on a virtual clock; sends nothing")
-    simulate.add_argument("--loop", required=True, help="the loop id (its file stem)")
-    simulate.add_argument("--user-id", default="user_simulated", help="the simulated user's id")
-    simulate.add_argument("--actions", default="", help="name[*count][@offset], comma-separated")
-    simulate.add_argument("--advance", help="how long to run the clock (default: until done)")
-    simulate.add_argument("--props", help="the actions' properties, a JSON object")
-    simulate.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `activation simulate`."""
+    parser.add_argument("--loop", required=True, help="the loop id (its file stem)")
+    parser.add_argument("--user-id", default="user_simulated", help="the simulated user's id")
+    parser.add_argument("--actions", default="", help="name[*count][@offset], comma-separated")
+    parser.add_argument("--advance", help="how long to run the clock (default: until done)")
+    parser.add_argument("--props", help="the actions' properties, a JSON object")
+    parser.add_argument(
         "--profile", help="Clerk profile fields over the sample user's, a JSON object"
     )
-    simulate.set_defaults(handler=run_simulate)
 
 
 _PLANNED = re.compile(r"^(?P<name>[^@*\s]+)(?:\*(?P<times>\d+))?(?:@(?P<at>\S+))?$")
@@ -270,7 +263,7 @@ def describe_email(status: str, entry: dict[str, Any], record: UserRecord) -> st
     return text + (f": {job.last_error}" if job.last_error else "")
 
 
-def run_simulate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     plans = parse_actions(args.actions)
     try:
         advance_ms = parse_duration(args.advance) if args.advance else None
