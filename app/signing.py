@@ -47,6 +47,16 @@ def _serializer(secret: str | bytes, salt: str) -> URLSafeSerializer:
     return URLSafeSerializer(secret, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
 
 
+def _loads_exactly(serializer: URLSafeSerializer, token: str) -> object:
+    """The payload of a token that is exactly what signing it gives: base64 has more than one
+    spelling of the same bytes (the last character's spare bits), and an altered token must
+    never pass for the genuine one. BadData otherwise."""
+    payload: object = serializer.loads(token)
+    if serializer.dumps(payload) != token:
+        raise BadData("not the token's own spelling")
+    return payload
+
+
 # --- dashboard sessions -------------------------------------------------------------------------
 
 
@@ -60,10 +70,9 @@ def unsign_session(api_key: str, token: str) -> object | None:
     """The payload of a cookie signed under this API key; None when it is forged, altered or
     malformed. `token` must be ASCII (a lone surrogate cannot even be encoded to be checked)."""
     try:
-        payload: object = _serializer(api_key, SESSION_SALT).loads(token)
+        return _loads_exactly(_serializer(api_key, SESSION_SALT), token)
     except BadData:
         return None
-    return payload
 
 
 # --- unsubscribe tokens -------------------------------------------------------------------------
@@ -95,7 +104,7 @@ class UnsubscribeSigner:
     def unsign(self, token: str) -> str:
         """The user id a token names, or BadToken when it is forged, altered or malformed."""
         try:
-            user_id = self._serializer.loads(token)
+            user_id = _loads_exactly(self._serializer, token)
         except (BadData, UnicodeEncodeError):  # a lone surrogate cannot be encoded to be checked
             return self._unsign_v1(token)
         if not isinstance(user_id, str):
