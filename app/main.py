@@ -21,16 +21,11 @@ from starlette.types import ASGIApp
 
 from app import __version__
 from app.clock import Clock
-from app.delivery import unsubscribe
 from app.errors import ActivationError, ConfigError, RequestRefused, StorageError
-from app.intake import actions, resend_events
-from app.intake import clerk as webhooks
 from app.observability.startup import configure_logging, describe_configuration
-from app.ops import action_health, dashboard, loop_figures, scrape
-from app.ops import user_state as progress
 from app.runtime import build_runtime, startup_frozen
 from app.settings import Settings, load_settings
-from app.web import health
+from app.web import health, metrics
 from app.web.errors import (
     error_response,
     http_error_response,
@@ -38,6 +33,9 @@ from app.web.errors import (
     invalid_request_response,
 )
 from app.web.gate import Endpoint, Gate, RouteTable, Traffic, declare_framework_routes
+from app.web.pages import dashboard, unsubscribe
+from app.web.v1 import action_health, actions, loops, users
+from app.web.webhooks import clerk, resend
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +71,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.given_settings = settings
     app.state.given_clock = clock
     declare_framework_routes(app)
-    app.include_router(health.router)
-    app.include_router(webhooks.router)
-    app.include_router(actions.router)
-    app.include_router(progress.router)
-    app.include_router(loop_figures.router)
-    app.include_router(action_health.router)
-    app.include_router(unsubscribe.router)
-    app.include_router(dashboard.router)
-    app.include_router(resend_events.router)
-    app.include_router(scrape.router)
+    for module in (clerk, resend, actions, users, loops, action_health, dashboard, unsubscribe,
+                   health, metrics):  # fmt: skip
+        app.include_router(module.router)
     add_error_handlers(app)
-    app.hot_routes = webhooks.HOT_ROUTES | actions.HOT_ROUTES
+    app.hot_routes = clerk.HOT_ROUTES | actions.HOT_ROUTES
     return app
 
 

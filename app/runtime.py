@@ -24,7 +24,7 @@ from app.delivery.outbox import Mailer, OutboxMailer
 from app.delivery.resend import RateLimiter, ResendMailer
 from app.delivery.send import Delivery
 from app.delivery.templates import TemplateSet
-from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter

@@ -23,7 +23,6 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from app.errors import ConfigError
-from app.intake.browser import BROWSER_ACTIONS_PER_MINUTE
 from app.settings import Settings
 from app.web.gate import MAX_AUTHORIZATION_BYTES
 from app.web.session_tokens import (
@@ -32,6 +31,7 @@ from app.web.session_tokens import (
     JWKS_TIMEOUT_S,
     session_tokens,
 )
+from app.web.v1.browser_limits import BROWSER_ACTIONS_PER_MINUTE
 from tests.conftest import (
     API_KEY,
     AUTH,

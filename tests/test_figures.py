@@ -1,5 +1,5 @@
-"""The dashboard's experiment and action-health parts: `app.ops.figures` (points, sentences, the
-uplift chart's geometry, the action problems) and the two partials rendered with the dashboard's
+"""The dashboard's experiment and action-health parts: `app.web.pages.panels` (points, sentences,
+the uplift chart's geometry, the action problems) and the two partials rendered with the dashboard's
 Jinja2 settings, read back with the standard library's HTML parser."""
 
 from html.parser import HTMLParser
@@ -8,8 +8,8 @@ from typing import Any
 import jinja2
 import pytest
 
-from app.ops import figures
-from app.ops.figures import MINUS, action_problems, experiment_views, points, uplift_view
+from app.web.pages import panels as figures
+from app.web.pages.panels import MINUS, action_problems, experiment_views, points, uplift_view
 
 HOSTILE = '<script>alert("x")</script>'
 DAY_MS = 24 * 3600 * 1000
@@ -22,9 +22,9 @@ UNCLEAR = {"vs": "holdout", "estimate": 0.026, "low": -0.031, "high": 0.084}
 
 
 def environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environment:
-    """As `app.ops.dashboard.PAGE_ENV`, with the figures' functions as globals."""
+    """As `app.web.pages.dashboard.PAGE_ENV`, with the figures' functions as globals."""
     env = jinja2.Environment(
-        loader=loader or jinja2.PackageLoader("app.ops", "pages"),
+        loader=loader or jinja2.PackageLoader("app.web.pages", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -293,7 +293,8 @@ def test_the_parts_render_inside_a_page() -> None:
     page = jinja2.DictLoader(
         {"page.html": '{% include "action_health.html" %}{% include "experiments.html" %}'}
     )
-    env = environment(jinja2.ChoiceLoader([page, jinja2.PackageLoader("app.ops", "pages")]))
+    pages = jinja2.PackageLoader("app.web.pages", "templates")
+    env = environment(jinja2.ChoiceLoader([page, pages]))
     broken = health(unwatched=[{"action": "signup", "count_7d": 3, "did_you_mean": "sign_up"}])
     html = env.get_template("page.html").render(loops=LOOPS, health=broken)
     words = Page(html).words()

@@ -18,11 +18,11 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from app.intake import clerk
 from app.main import ActivationApp, create_app
 from app.settings import Settings
 from app.web import auth, gate, head_limit
 from app.web.auth import Access
+from app.web.webhooks import clerk
 from tests.conftest import (
     API_KEY,
     AUTH,

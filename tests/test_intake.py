@@ -14,10 +14,10 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from starlette.types import Receive, Scope, Send
 
-from app.intake import clerk
-from app.intake.signed import MAX_BODY_BYTES
 from app.main import ActivationApp, create_app, native_telemetry
 from app.settings import Settings
+from app.web.webhooks import clerk
+from app.web.webhooks.svix import MAX_BODY_BYTES
 from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
 from tests.test_health import unreachable_storage
 from tests.test_webhooks import created_event

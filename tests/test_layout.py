@@ -30,17 +30,15 @@ LAYERS = (
     "observability",
     "delivery.jobs",
     "storage",
-    "web",
     "delivery",
-    "intake",
+    "web",
     "runtime",
-    "ops",
     "main",
     "cli",
 )
 
 _BASE = frozenset({"errors", "clock", "settings", "signing"})
-_STAGES = frozenset({"engine", "observability", "storage", "web"})
+_STAGES = frozenset({"engine", "observability", "storage"})
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "clock": frozenset({"errors"}),
@@ -50,13 +48,11 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "observability": frozenset({"engine", "settings", "errors"}),
     "delivery.jobs": frozenset({"engine", "errors"}),
     "storage": frozenset({"engine", "delivery.jobs", "settings", "errors"}),
-    "web": _BASE | {"storage", "observability", "engine"},
     "delivery": _BASE | _STAGES,
-    "intake": _BASE | _STAGES | {"delivery.jobs"},
-    "runtime": _BASE | _STAGES | {"delivery"},
-    "ops": _BASE | _STAGES | {"delivery", "intake", "runtime"},
-    "main": _BASE | _STAGES | {"delivery", "intake", "runtime", "ops"},
-    "cli": _BASE | _STAGES | {"delivery", "intake", "runtime", "ops"},
+    "web": _BASE | _STAGES | {"delivery"},
+    "runtime": _BASE | _STAGES | {"delivery", "web"},
+    "main": _BASE | _STAGES | {"delivery", "web", "runtime"},
+    "cli": _BASE | _STAGES | {"delivery", "web", "runtime"},
 }
 
 

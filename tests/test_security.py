@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings

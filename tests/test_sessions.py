@@ -166,7 +166,7 @@ async def test_login_attempts_are_limited_per_client(
         assert (await operator.get("/dashboard")).status_code == 200
 
     messages = [
-        record.getMessage() for record in caplog.records if record.name == "app.ops.dashboard"
+        record.getMessage() for record in caplog.records if record.name == "app.web.pages.dashboard"
     ]
     assert any("203.0.113.7" in message and "10 failed" in message for message in messages)
     assert any("too many failed attempts" in message for message in messages)

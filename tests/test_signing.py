@@ -18,7 +18,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import SecretStr
 
 from app import signing
-from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.errors import BadToken, InvalidToken
 from app.settings import Settings
 from app.web import sessions

@@ -12,9 +12,9 @@ from fastapi import FastAPI
 
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.funnel import funnel_view, last_days, sent_field, tta_bucket, utc_day
-from app.ops.dashboard import LoopStats
 from app.settings import Settings
 from app.storage.records import as_fields
+from app.web.pages.dashboard import LoopStats
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
 from tests.test_flow import act, signup
 

@@ -4,7 +4,7 @@
 storage commands share (`shared`), and the sample data the tools preview and simulate with
 (`samples`).
 
-May import: `app.ops` (the pages' look, for `preview --out`), `app.runtime` (the commands build
-a process's parts as the web app does), `app.intake`, `app.delivery`, `app.web`, `app.storage`,
+May import: `app.runtime` (the commands build a process's parts as the web app does),
+`app.web` (the pages' look, for `preview --out`), `app.delivery`, `app.storage`,
 `app.observability`, `app.engine`, `app.signing`, `app.settings`, `app.clock`, `app.errors`.
 """

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from app.cli.clerk_users import KEY_HINT, PAGE_SIZE, ClerkUsers, clerk_users
 from app.cli.shared import shared_settings
 from app.clock import Clock, ServerClock
-from app.intake.clerk import ClerkUser
 from app.runtime import build_store
 from app.settings import Settings
 from app.storage.records import UserProfile, UserWrite
 from app.storage.store import Store
+from app.web.webhooks.clerk import ClerkUser
 
 # the CLI's settings for shared storage: the command's name, the other settings it needs
 STORAGE_CONCURRENCY = 10  # a page's users are compared and stored this many at a time

@@ -14,15 +14,15 @@ from app.clock import system_clock_ms
 from app.delivery.jobs import RenderedEmail
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.templates import TemplateSet
-from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.assign import arm_of
 from app.engine.evaluate import EmailOrder, choose_template
 from app.engine.loop_files import Loop
 from app.errors import ActivationError, TemplateRenderError
-from app.intake.clerk import ClerkUser
 from app.runtime import build_composer, build_store
 from app.settings import Settings, load_settings
 from app.storage.records import UserProfile
+from app.web.webhooks.clerk import ClerkUser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
 def write_preview_page(
     path: Path, template: str, email: RenderedEmail, profile: UserProfile
 ) -> None:
-    from app.ops.dashboard import PAGE_ENV  # the pages' templates and styling
+    from app.web.pages.dashboard import PAGE_ENV  # the pages' templates and styling
 
     page = PAGE_ENV.get_template("preview.html").render(
         title=f"Preview: {template}",

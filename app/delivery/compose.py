@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from app.delivery.jobs import RenderedEmail
 from app.delivery.templates import RenderContext, TemplateSet
-from app.delivery.unsubscribe import UnsubscribeTokens
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.evaluate import EmailOrder
 from app.engine.loop_files import Loop
 from app.storage.records import UserProfile

@@ -1,6 +1,6 @@
 """Loop counters kept as events happen (never a scan of users): what a worker's decisions add,
 what a sent email adds (on its day), time-to-activation buckets (keys.py: `stats`). The
-dashboard reads them (`app.ops.dashboard`).
+dashboard reads them (`app.web.pages.dashboard`).
 """
 
 from collections.abc import Iterable, Mapping

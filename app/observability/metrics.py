@@ -2,7 +2,7 @@
 
 A registry per app, not prometheus-client's global one, so tests and several apps in one process
 never share counts. Instrumented code calls one method per event; the schedule and dead-letter
-gauges are read from storage when Prometheus scrapes (`app.ops.scrape`, `GET /metrics`).
+gauges are read from storage when Prometheus scrapes (`app.web.metrics`, `GET /metrics`).
 """
 
 import logging

@@ -7,7 +7,7 @@ ALLOWED_ORIGINS when those are set.
 
 `app.web.gate` verifies the token before the body is read and leaves its `ClerkSession` in the
 request's scope (`session_of`); the route checks what that session may report
-(`app.intake.browser`).
+(`app.web.v1.browser_limits`).
 """
 
 import asyncio

@@ -23,8 +23,6 @@ from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_fi
 from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
 from app.errors import StorageError
-from app.ops import figures
-from app.ops.action_health import action_health
 from app.settings import Settings
 from app.signing import secret_matches
 from app.storage.records import StatsReply
@@ -32,6 +30,8 @@ from app.storage.store import Store
 from app.web import auth, sessions
 from app.web.auth import Access, Verdict
 from app.web.deps import ClockDep, SettingsDep, StoreDep, services_of
+from app.web.pages import panels
+from app.web.v1.action_health import action_health
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ HEADERS = {
 }
 
 PAGE_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("app.ops", "pages"),
+    loader=jinja2.PackageLoader("app.web.pages", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
 )
-PAGE_ENV.globals.update(figures.TEMPLATE_GLOBALS)
+PAGE_ENV.globals.update(panels.TEMPLATE_GLOBALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ def percent(part: int, whole: int) -> str:
 
 
 def when(at_ms: int | None) -> str:
-    return figures.when(at_ms, seconds=True)
+    return panels.when(at_ms, seconds=True)
 
 
 PAGE_ENV.globals.update(bars=bars, percent=percent, when=when)

@@ -19,7 +19,14 @@ from svix.webhooks import Webhook
 
 from app.clock import to_epoch_ms
 from app.errors import ActivationError, NotConfigured, WebhookRejected
-from app.intake.signed import (
+from app.storage.keys import USER_ID_PATTERN
+from app.storage.records import UserProfile
+from app.storage.store import Store
+from app.web import auth
+from app.web.auth import Access
+from app.web.deps import Services, services_of
+from app.web.errors import error_response
+from app.web.webhooks.svix import (
     MAX_BODY_BYTES,
     WEBHOOK_RESPONSES,
     DataT,
@@ -29,13 +36,6 @@ from app.intake.signed import (
     read_body,
     verify,
 )
-from app.storage.keys import USER_ID_PATTERN
-from app.storage.records import UserProfile
-from app.storage.store import Store
-from app.web import auth
-from app.web.auth import Access
-from app.web.deps import Services, services_of
-from app.web.errors import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""One-click unsubscribe (RFC 8058): signed per-user tokens and `GET`/`POST /unsubscribe`.
+"""One-click unsubscribe (RFC 8058): `GET`/`POST /unsubscribe`, its token from the link
+(`app.delivery.unsubscribe_links`).
 
 A token names one user, signed by `app.signing` (itsdangerous): it cannot be forged, altered or
 moved to another user without the secret. `GET` shows a confirmation page (mail scanners follow
@@ -13,10 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from app.errors import BadToken
-from app.settings import Settings
-from app.signing import UnsubscribeSigner, unsubscribe_key
-from app.storage.keys import valid_user_id
+from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.web import auth
 from app.web.auth import Access
 from app.web.deps import ClockDep, StoreDep
@@ -33,27 +31,6 @@ TOKEN_ERRORS = error_responses(
 )
 
 
-class UnsubscribeTokens:
-    """Issues and checks the signed tokens in unsubscribe links."""
-
-    def __init__(self, key: bytes) -> None:
-        self._signer = UnsubscribeSigner(key)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "UnsubscribeTokens":
-        return cls(unsubscribe_key(settings))
-
-    def issue(self, user_id: str) -> str:
-        return self._signer.sign(user_id)
-
-    def verify(self, token: str) -> str:
-        """The user id the token names, or BadToken."""
-        user_id = self._signer.unsign(token)
-        if not valid_user_id(user_id):
-            raise BadToken("invalid unsubscribe token")
-        return user_id
-
-
 def _page(title: str, body: str) -> HTMLResponse:
     document = (
         "<!doctype html><html lang=en><meta charset=utf-8>"
@@ -65,7 +42,7 @@ def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(document)
 
 
-def tokens_of(request: Request) -> "UnsubscribeTokens":
+def tokens_of(request: Request) -> UnsubscribeTokens:
     tokens: UnsubscribeTokens = request.app.state.runtime.tokens
     return tokens
 

@@ -1,6 +1,6 @@
 """`POST /v1/actions`: "user did X" from the app's server, one action or a batch, idempotent by id;
 or from a signed-in user's browser with a Clerk session token instead of the API key
-(`app.web.session_tokens`), for what `app.intake.browser` admits, with CORS for ALLOWED_ORIGINS
+(`app.web.session_tokens`), for what `browser_limits` admits, with CORS for ALLOWED_ORIGINS
 (`app.web.cors`; `OPTIONS /v1/actions` is the preflight).
 
 The route records the actions (one Lua script, one round trip), counts them in memory for their
@@ -35,7 +35,6 @@ from starlette.responses import JSONResponse, Response
 from app.clock import to_epoch_ms
 from app.engine.conditions import ACTION_NAME_PATTERN
 from app.errors import ActivationError, PayloadTooLarge
-from app.intake import browser
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import NewAction
 from app.web import auth
@@ -43,6 +42,7 @@ from app.web.auth import Access
 from app.web.deps import Services, services_of
 from app.web.errors import error_json, error_response, error_responses, invalid_request_response
 from app.web.session_tokens import ClerkSession, session_of
+from app.web.v1 import browser_limits
 
 MAX_BATCH = 1000
 MAX_PROPERTIES_BYTES = 4096
@@ -223,12 +223,13 @@ async def json_body(request: Request) -> Any:
 async def record(
     services: Services, body: ActionIn | ActionBatch, session: ClerkSession | None = None
 ) -> Accepted:
-    """Store the actions; a browser's (`session`) only once `browser.admit` let them all in."""
+    """Store the actions; a browser's (`session`) only once `browser_limits.admit` let them all
+    in."""
     now_ms = services.clock()
     items = body.actions if isinstance(body, ActionBatch) else [body]
     actions = [item.to_new_action(now_ms) for item in items]
     if session is not None:
-        await browser.admit(services, session, actions)
+        await browser_limits.admit(services, session, actions)
     accepted, duplicates = await services.store.actions.record(
         actions,
         now_ms=now_ms,

@@ -16,7 +16,13 @@ from svix.webhooks import Webhook
 
 from app.engine.job_ids import email_id
 from app.errors import NotConfigured
-from app.intake.signed import (
+from app.storage.keys import valid_user_id
+from app.storage.records import EmailEvent
+from app.storage.store import Store
+from app.web import auth
+from app.web.auth import Access
+from app.web.deps import ClockDep, MetricsDep, StoreDep, services_of
+from app.web.webhooks.svix import (
     MAX_BODY_BYTES,
     WEBHOOK_RESPONSES,
     WebhookAck,
@@ -24,12 +30,6 @@ from app.intake.signed import (
     read_body,
     verify,
 )
-from app.storage.keys import valid_user_id
-from app.storage.records import EmailEvent
-from app.storage.store import Store
-from app.web import auth
-from app.web.auth import Access
-from app.web.deps import ClockDep, MetricsDep, StoreDep, services_of
 
 logger = logging.getLogger(__name__)
 
