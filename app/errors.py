@@ -17,7 +17,7 @@ happens next.
     │   │                        the keys to check it cannot be fetched (`headers`)
     │   └── WebhookRejected      a webhook we must not accept (bad signature, stale, bad body): 400
     │       └── PayloadTooLarge  the body is over the limit: 413
-    ├── SendError                Resend did not take the email (translated in app.delivery.resend)
+    ├── SendError                Resend did not take the email (app.delivery.resend_api)
     │   ├── TransientSendError   worth retrying later; counts as one of the loop's retries
     │   │   └── NotSent          the request was not taken (rate limit, same key in flight):
     │   │                        tried again later without using up a retry

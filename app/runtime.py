@@ -18,11 +18,11 @@ from pydantic import SecretStr
 from svix.webhooks import Webhook
 
 from app.clock import Clock, ServerClock
+from app.delivery.attempts import Delivery
 from app.delivery.compose import DEFAULT_SENDER, Composer
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import Mailer, OutboxMailer
-from app.delivery.resend import RateLimiter, ResendMailer
-from app.delivery.send import Delivery
+from app.delivery.resend_api import RateLimiter, ResendMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
@@ -35,14 +35,14 @@ from app.errors import (
 )
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.storage.connections import connect
-from app.storage.keys import Keys
-from app.storage.sightings import (
+from app.storage.action_sightings import (
     FIRST_SIGHTING_FLUSH_S,
     SIGHTINGS_FLUSH_S,
     Seen,
     SightingsBuffer,
 )
+from app.storage.connections import connect
+from app.storage.keys import Keys
 from app.storage.store import Store
 from app.web.session_tokens import SessionTokens, session_tokens
 

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import redis
 
+from app.storage.action_sightings import SIGHTINGS_FLUSH_S
 from app.storage.keys import Keys
-from app.storage.sightings import SIGHTINGS_FLUSH_S
 from bench import flows, load, procs, seed, startup
 from bench.cost import Monitor, command_calls
 from bench.load import LoadResult

@@ -1,5 +1,5 @@
-"""GET /v1/actions/health and the sightings behind it (`app.storage.sightings`): counted in memory
-as actions are accepted, flushed by one script, merged across processes, read on all three
+"""GET /v1/actions/health and the sightings behind it (`app.storage.action_sightings`): counted in
+memory as actions are accepted, flushed by one script, merged across processes, read on all three
 transports; their cost, the last-seen gauge, and `activation check`'s warning."""
 
 import asyncio
@@ -18,7 +18,7 @@ from app.cli.main import main
 from app.engine.spelling import did_you_mean
 from app.runtime import Runtime, build_runtime
 from app.settings import Settings
-from app.storage.sightings import Seen, SightingsBuffer
+from app.storage.action_sightings import Seen, SightingsBuffer
 from tests.conftest import AUTH, FakeClock, RedisProcess, running
 from tests.redis_cluster import LocalCluster
 from tests.test_costs import Meter
@@ -269,7 +269,7 @@ def test_the_buffer_keeps_watched_names_and_a_bounded_number_of_others(
         "watched": {T0 // HOUR: 1},
     }
     assert buffer.overflow == 2
-    with caplog.at_level(logging.WARNING, logger="app.storage.sightings"):
+    with caplog.at_level(logging.WARNING, logger="app.storage.action_sightings"):
         taken = buffer.take()
     assert "2 report(s) of actions left out" in caplog.text
     assert (taken.names(), buffer.overflow, buffer.pending.names()) == (

@@ -21,7 +21,7 @@ async def test_one_action_is_accepted_and_counted(client: httpx.AsyncClient, app
 
     assert response.status_code == 202
     assert response.json() == {"accepted": 1, "duplicates": 0}
-    record = await store_of(app).reads.snapshot("user_1")
+    record = await store_of(app).queries.snapshot("user_1")
     assert record.actions["first_project_created"].count == 1
 
 
@@ -31,7 +31,7 @@ async def test_same_id_is_counted_once(client: httpx.AsyncClient, app: FastAPI) 
 
     assert answers[0] == {"accepted": 1, "duplicates": 0}
     assert answers[1:] == [{"accepted": 0, "duplicates": 1}] * 4
-    assert (await store_of(app).reads.snapshot("user_1")).actions["project_created"].count == 1
+    assert (await store_of(app).queries.snapshot("user_1")).actions["project_created"].count == 1
 
 
 async def test_batch_with_repeats_inside_and_across_users(
@@ -47,8 +47,8 @@ async def test_batch_with_repeats_inside_and_across_users(
 
     assert response.json() == {"accepted": 3, "duplicates": 1}
     store = store_of(app)
-    assert (await store.reads.snapshot("user_1")).actions["project_created"].count == 1
-    assert (await store.reads.snapshot("user_2")).actions["project_created"].count == 1
+    assert (await store.queries.snapshot("user_1")).actions["project_created"].count == 1
+    assert (await store.queries.snapshot("user_2")).actions["project_created"].count == 1
 
 
 @embedded_only
@@ -57,7 +57,7 @@ async def test_a_thousand_actions_in_one_batch(client: httpx.AsyncClient, app: F
     response = await post(client, {"actions": actions})
 
     assert response.json() == {"accepted": 1000, "duplicates": 0}
-    assert (await store_of(app).reads.snapshot("user_7")).actions["tick"].count == 20
+    assert (await store_of(app).queries.snapshot("user_7")).actions["tick"].count == 20
 
 
 @embedded_only
@@ -81,7 +81,7 @@ async def test_occurred_at_forms(
 ) -> None:
     body = {"user_id": "user_1", "action": "x", "occurred_at": occurred_at}
     assert (await post(client, body)).status_code == 202
-    stats = (await store_of(app).reads.snapshot("user_1")).actions["x"]
+    stats = (await store_of(app).queries.snapshot("user_1")).actions["x"]
     assert stats.first_at == (expected_ms or clock.now_ms)
 
 
@@ -89,7 +89,7 @@ async def test_occurred_at_forms(
 async def test_properties_are_kept_on_the_timeline(client: httpx.AsyncClient, app: FastAPI) -> None:
     body = {"user_id": "user_1", "action": "x", "properties": {"plan": "pro"}, "id": "i1"}
     await post(client, body)
-    timeline = (await store_of(app).reads.snapshot("user_1")).timeline
+    timeline = (await store_of(app).queries.snapshot("user_1")).timeline
     assert timeline[0]["properties"] == {"plan": "pro"}
     assert timeline[0]["id"] == "i1"
 
@@ -114,7 +114,7 @@ async def test_missing_or_wrong_key_is_401(
     response = await client.post("/v1/actions", json=body, headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert not (await store_of(app).reads.snapshot("user_1")).known
+    assert not (await store_of(app).queries.snapshot("user_1")).known
 
 
 @embedded_only
@@ -175,7 +175,7 @@ async def test_non_json_body_is_422(client: httpx.AsyncClient) -> None:
 @embedded_only
 async def test_naive_time_is_utc(client: httpx.AsyncClient, app: FastAPI) -> None:
     await post(client, {"user_id": "user_1", "action": "x", "occurred_at": "2026-11-20T10:00:00"})
-    stats = (await store_of(app).reads.snapshot("user_1")).actions["x"]
+    stats = (await store_of(app).queries.snapshot("user_1")).actions["x"]
     assert stats.first_at == int(datetime(2026, 11, 20, 10, tzinfo=UTC).timestamp() * 1000)
 
 

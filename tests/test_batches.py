@@ -19,10 +19,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
+from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher, BatchSender
 from app.delivery.jobs import EmailJob
-from app.delivery.resend import RateLimiter
-from app.delivery.send import Lease
+from app.delivery.resend_api import RateLimiter
 from app.delivery.worker import Worker
 from app.settings import Settings
 from app.storage.queue import Requeued
@@ -80,13 +80,13 @@ async def statuses(app: FastAPI, user_ids: list[str]) -> dict[str, str]:
     """Each user's welcome job's status as stored."""
     found = {}
     for uid in user_ids:
-        record = await store_of(app).reads.snapshot(uid)
+        record = await store_of(app).queries.snapshot(uid)
         found[uid] = record.jobs[welcome(uid)].status.value
     return found
 
 
 async def stored_job(app: FastAPI, user_id: str) -> EmailJob:
-    record = await store_of(app).reads.snapshot(user_id)
+    record = await store_of(app).queries.snapshot(user_id)
     return record.jobs[welcome(user_id)]
 
 

@@ -114,7 +114,7 @@ def browser_settings(make_settings: Callable[..., Settings]) -> Callable[..., Se
 
 
 async def stored_count(app: FastAPI, user_id: str = USER, action: str = ACTION["action"]) -> int:
-    record = await store_of(app).reads.snapshot(user_id)
+    record = await store_of(app).queries.snapshot(user_id)
     stats = record.actions.get(action)
     return stats.count if stats is not None else 0
 

@@ -263,7 +263,7 @@ async def test_served_on_another_port_the_unsubscribe_links_name_that_port(
                     await http.post("/v1/actions", json=action, headers=AUTH)
                 ).status_code == 202
             await worker_of(app).drain()
-            [email] = await store_of(app).reads.outbox()
+            [email] = await store_of(app).queries.outbox()
 
     link = "http://127.0.0.1:53117/unsubscribe?token="
     assert email["headers"]["List-Unsubscribe"].startswith(f"<{link}")

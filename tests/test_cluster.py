@@ -62,8 +62,8 @@ async def test_one_node_is_enough_to_find_the_cluster_and_its_shards(
         recorded = await http.post("/v1/actions", json={"actions": actions}, headers=AUTH)
         ran = await app.state.runtime.worker.drain()
         states = [await http.get(f"/v1/users/{uid}", headers=AUTH) for uid in users[:5]]
-        outbox = await store.reads.outbox(limit=1000)
-        stats = await store.reads.read_stats(["activation"], [])
+        outbox = await store.queries.outbox(limit=1000)
+        stats = await store.queries.read_stats(["activation"], [])
 
     assert tag_owners == set(redis_cluster.masters())  # one shard on every master
     assert {answer.status_code for answer in answers} == {200}

@@ -23,7 +23,7 @@ from app.storage.connections import (
     connect,
     reply_error_line,
 )
-from app.storage.wire import Address
+from app.storage.redis_client import Address
 from tests.conftest import UPSTASH_TOKEN, free_port
 
 
@@ -180,7 +180,7 @@ async def test_upstash_trailing_slash_is_stripped(upstash_standin: tuple[str, An
         await conn.close()
 
 
-# --- auto-pipelining over one connection (Redis TCP, app.storage.wire) ------------------------
+# --- auto-pipelining over one connection (Redis TCP, app.storage.redis_client) -------------------
 
 
 @pytest.fixture

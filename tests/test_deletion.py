@@ -56,7 +56,7 @@ async def test_a_deleted_users_emails_leave_the_outbox_and_its_page(
     assert deleted.json() == {"status": "deleted"}
 
     page = (await client.get("/outbox", headers=AUTH)).text
-    entries = await store_of(app).reads.outbox()
+    entries = await store_of(app).queries.outbox()
     assert GONE_ADDRESS not in page
     assert [entry["to"] for entry in entries] == ["kept.person@example.org"]
     assert await personal_keys(store_of(app), GONE) == []
@@ -67,7 +67,7 @@ async def test_nothing_arriving_after_the_deletion_brings_the_user_back(
 ) -> None:
     await welcome(client, app, GONE, GONE_ADDRESS)
     store = store_of(app)
-    [job] = (await store.reads.snapshot(GONE)).jobs.values()
+    [job] = (await store.queries.snapshot(GONE)).jobs.values()
     token = app.state.runtime.tokens.issue(GONE)
     assert "p" in await personal_keys(store, GONE)  # the profile, before
     assert (await post_webhook(client, event("deleted", GONE, GONE_ADDRESS))).status_code == 200
@@ -79,7 +79,7 @@ async def test_nothing_arriving_after_the_deletion_brings_the_user_back(
 
     assert click.status_code == 200
     assert await personal_keys(store, GONE) == []
-    assert not (await store.reads.snapshot(GONE)).known
+    assert not (await store.queries.snapshot(GONE)).known
 
 
 async def late_writes(store: Store, job: EmailJob) -> None:
@@ -117,5 +117,5 @@ async def test_a_deletion_leaves_other_users_outbox_entries_alone_however_their_
     await welcome(client, app, GONE, GONE_ADDRESS)
     await welcome(client, app, GONE + "x", "prefix.sharer@example.org")
     assert (await post_webhook(client, event("deleted", GONE, GONE_ADDRESS))).status_code == 200
-    entries = await store_of(app).reads.outbox()
+    entries = await store_of(app).queries.outbox()
     assert [entry["to"] for entry in entries] == ["prefix.sharer@example.org"]

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.delivery.attempts import Delivery, retry_delay_ms
 from app.delivery.jobs import RenderedEmail
 from app.delivery.outbox import OutboxMailer, mask
-from app.delivery.resend import RateLimiter
-from app.delivery.send import Delivery, retry_delay_ms
+from app.delivery.resend_api import RateLimiter
 from app.engine.loop_files import Backoff, Recovery
 from app.main import create_app
 from app.settings import Settings
@@ -465,7 +465,7 @@ async def test_a_sent_email_keeps_its_subject_not_its_body(
     await signup(client)
     await activate(client)
     await worker_of(app).drain()
-    [job] = (await store_of(app).reads.snapshot(USER)).jobs.values()
+    [job] = (await store_of(app).queries.snapshot(USER)).jobs.values()
 
     assert len(resend.inbox) == 1
     assert job.rendered is not None

@@ -21,8 +21,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
-from app.delivery.resend import RateLimiter, ResendMailer
-from app.delivery.send import Delivery
+from app.delivery.attempts import Delivery
+from app.delivery.resend_api import RateLimiter, ResendMailer
 from app.delivery.worker import Worker
 from app.errors import StorageUnavailable
 from app.main import create_app

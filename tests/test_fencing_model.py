@@ -36,10 +36,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher
 from app.delivery.jobs import JobStatus, RenderedEmail
 from app.delivery.outbox import BatchEmail, Refused
-from app.delivery.send import Lease
 from app.engine.job_ids import batch_of, is_batch, is_evaluation
 from app.errors import KeyReused, NotSent, TransientSendError
 from app.runtime import Runtime, build_runtime
@@ -383,7 +383,7 @@ class FencingModel(RuleBasedStateMachine):
             for job in self.run(self.runtime.store.queue.dead_jobs()):
                 self.run(self.runtime.store.queue.retry_dead(job, now_ms=self.clock.now_ms))
         for uid in USERS:
-            record = self.run(self.runtime.store.reads.snapshot(uid))
+            record = self.run(self.runtime.store.queries.snapshot(uid))
             job = record.jobs.get(welcome(uid))
             if job is None:
                 continue  # no first project: the nudge's to come, not this test's

@@ -203,7 +203,7 @@ async def test_a_refused_action_stores_nothing(settings: Settings, clock: FakeCl
         for headers in NO_KEY.values():
             response = await http.post(f"{ROOT}/v1/actions", json=ACTION, headers=headers)
             assert response.status_code == 401
-        record = await store_of(app).reads.snapshot(USER)
+        record = await store_of(app).queries.snapshot(USER)
     assert not record.known
     assert record.timeline == []
 
@@ -334,7 +334,7 @@ async def test_a_streamed_body_is_cut_off_at_the_limit_unbuffered(
                 assert response.json() == {"error": f"body over {limit} bytes"}
             else:
                 assert body.pulled_bytes == 0, (method, path)  # a route that reads no body
-        record = await store_of(app).reads.snapshot(USER)
+        record = await store_of(app).queries.snapshot(USER)
     assert not record.known
 
 
@@ -394,7 +394,7 @@ async def test_unmatched_paths_and_methods_reach_fastapi_unread(
             answers.append((await http.request(method, path, content=body)).status_code)
             assert body.pulled_bytes == 0
         slash = await http.post("/v1/actions/", json=ACTION)  # redirected, never recorded
-        record = await store_of(app).reads.snapshot(USER)
+        record = await store_of(app).queries.snapshot(USER)
     assert answers == [404, 405, 405]
     assert slash.status_code == 307
     assert not record.known

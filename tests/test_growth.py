@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from app.engine.assign import PLACES, arm_of, place
 from app.engine.evaluate import condition_met_at, tracked_counts, watched_filters
-from app.engine.funnel import loop_figures
+from app.engine.funnel import loop_summary
 from app.engine.loop_files import ActionCondition, load_loop, load_loops
 from app.errors import LoopFileError
 from app.settings import Settings
@@ -127,7 +127,7 @@ async def signup(
 
 
 async def sent_templates(app: FastAPI, user_id: str) -> list[str]:
-    record = await store_of(app).reads.snapshot(user_id)
+    record = await store_of(app).queries.snapshot(user_id)
     return sorted(job.template for job in record.jobs.values())
 
 
@@ -210,7 +210,7 @@ async def test_the_audience_is_checked_when_the_trigger_fires(
     await worker_of(app).drain()
     assert step(await state(client, outsider), "team", 0)["status"] == "excluded"
     assert "welcome" not in await sent_templates(app, outsider)
-    counters = (await store_of(app).reads.read_stats(["team"], [])).loops["team"]
+    counters = (await store_of(app).queries.read_stats(["team"], [])).loops["team"]
     assert counters.get("excluded") == 1
     assert "entered" not in counters
 
@@ -293,7 +293,7 @@ def test_the_uplift_interval_matches_a_hand_computed_example(growth_dir: Path) -
         "entered:treatment": 70, "activated:treatment": 56,
         "entered:holdout": 80, "activated:holdout": 48,
     }  # fmt: skip
-    found = loop_figures(loop, counters)
+    found = loop_summary(loop, counters)
     uplift = found["uplift"]
     assert math.isclose(uplift["estimate"], 0.2, abs_tol=1e-9)
     assert (round(uplift["low"], 4), round(uplift["high"], 4)) == (0.0524, 0.3339)

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.engine.job_ids import (
-    EmailReason,
+    EmailKind,
     JobId,
-    JobKind,
+    JobType,
     email_id,
     email_id_prefix,
     evaluation_id,
@@ -24,13 +24,13 @@ user_ids = st.from_regex(USER_ID_PATTERN, fullmatch=True)
 loop_ids = st.from_regex(r"[a-z][a-z0-9_-]{0,30}", fullmatch=True)
 
 
-@given(user_ids, loop_ids, st.integers(0, 50), st.sampled_from(EmailReason))
+@given(user_ids, loop_ids, st.integers(0, 50), st.sampled_from(EmailKind))
 def test_an_email_job_id_parses_back_to_its_parts(
-    user_id: str, loop_id: str, step: int, reason: EmailReason
+    user_id: str, loop_id: str, step: int, reason: EmailKind
 ) -> None:
     spelled = email_id(user_id, loop_id, step, reason)
     parsed = JobId.parse(spelled)
-    assert parsed == JobId(JobKind.EMAIL, user_id, loop_id, step, reason)
+    assert parsed == JobId(JobType.EMAIL, user_id, loop_id, step, reason)
     assert str(parsed) == spelled
     assert user_of(spelled) == user_id
     assert spelled.startswith(email_id_prefix(user_id))
@@ -40,7 +40,7 @@ def test_an_email_job_id_parses_back_to_its_parts(
 @given(user_ids)
 def test_an_evaluation_id_parses_back_to_its_user(user_id: str) -> None:
     spelled = evaluation_id(user_id)
-    assert JobId.parse(spelled) == JobId(JobKind.EVAL, user_id)
+    assert JobId.parse(spelled) == JobId(JobType.EVAL, user_id)
     assert str(JobId.parse(spelled)) == spelled
     assert (user_of(spelled), is_evaluation(spelled)) == (user_id, True)
 
@@ -50,7 +50,7 @@ def test_an_evaluation_id_parses_back_to_its_user(user_id: str) -> None:
     ["", "eval|", "eval|a|b", "email|u|loop|x|action", "email|u|loop|0|maybe", "job|u", "email|u"],
 )
 def test_what_is_not_a_job_id_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match=r"job id|EmailReason"):
+    with pytest.raises(ValueError, match=r"job id|EmailKind"):
         JobId.parse(text)
 
 

@@ -14,9 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 from app.clock import system_clock_ms
+from app.delivery.attempts import Delivery
 from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
 from app.delivery.outbox import OutboxMailer
-from app.delivery.send import Delivery
 from app.delivery.worker import begin_attempt
 from app.engine.evaluate import Decisions
 from app.runtime import build_runtime
@@ -73,7 +73,7 @@ async def queue_job(store: Store, now_ms: int, job_id: str = WELCOME) -> EmailJo
         due_at=now_ms,
         rendered=rendered,
     )
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     applied = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[job], wake_at_ms=now_ms
     )
@@ -87,7 +87,7 @@ async def claim(store: Store, now_ms: int) -> Claim:
 
 async def begin(store: Store, lease: Claim, now_ms: int) -> EmailJob | Applied:
     """What a worker's turn does with the due job: its attempt begun under the lease."""
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     job = begin_attempt(record.jobs[WELCOME], now_ms)
     applied = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[job], wake_at_ms=None,
@@ -109,7 +109,7 @@ def sent(job: EmailJob, at_ms: int) -> EmailJob:
 
 
 async def emails_sent(store: Store) -> int:
-    stats = await store.reads.read_stats(["welcome"], [])
+    stats = await store.queries.read_stats(["welcome"], [])
     return stats.loops["welcome"].get("emails_sent", 0)
 
 
@@ -137,7 +137,7 @@ async def test_a_worker_whose_lease_was_taken_over_can_neither_start_nor_settle(
     for late, action in ((queued, "retry"), (queued, "defer"), (failed, None)):
         answer = await settle(store, late, first, 1_300, action=action, wake_at_ms=9_000)
         assert answer is Settled.STALE
-    assert (await store.reads.get_job(WELCOME)) == theirs  # nothing the stale worker said
+    assert (await store.queries.get_job(WELCOME)) == theirs  # nothing the stale worker said
     assert await store.queue.dead_jobs() == []
 
     assert await settle(store, sent(theirs, 1_400), second, 1_400, wake_at_ms=None) is (
@@ -145,7 +145,7 @@ async def test_a_worker_whose_lease_was_taken_over_can_neither_start_nor_settle(
     )
     # the stale worker's own send came back later: the job stays as the newer worker left it
     assert await settle(store, sent(mine, 1_500), first, 1_500) is Settled.FINAL
-    stored = await store.reads.get_job(WELCOME)
+    stored = await store.queries.get_job(WELCOME)
     assert stored is not None
     assert (stored.sent_at, stored.attempts) == (1_400, 2)
     assert await emails_sent(store) == 1
@@ -169,7 +169,7 @@ async def test_a_send_from_a_lost_lease_lands_and_nothing_overwrites_it(store: S
     assert await settle(store, failed, second, 1_400, wake_at_ms=None) is Settled.FINAL
     assert await settle(store, sent(theirs, 1_500), second, 1_500) is Settled.FINAL
 
-    stored = await store.reads.get_job(WELCOME)
+    stored = await store.queries.get_job(WELCOME)
     assert stored is not None
     assert stored.status is JobStatus.SENT
     assert await store.queue.dead_jobs() == []
@@ -208,7 +208,7 @@ async def test_an_action_on_a_held_turn_never_lets_a_second_worker_claim_it(
     action = NewAction(USER, "first_project_created", 150, id="evt_1")
     assert await store.actions.record([action], now_ms=150, tracked=watched) == (1, 0)
     assert (await claim(store, 200)).job_ids == []  # not due: its holder still has it
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     applied = await store.queue.apply_decisions(
         USER, rev=record.rev, states={}, jobs=[], wake_at_ms=50_000, token=first.token
     )
@@ -236,10 +236,10 @@ async def test_a_frozen_worker_that_wakes_after_others_finished_writes_nothing(
     assert third.job_ids == [TURN]
     assert await begin(store, frozen, 1_600) is Applied.STALE
     assert await store.queue.renew_leases(frozen, [TURN], now_ms=1_600, lease_ms=LEASE) == []
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     late = record.jobs[WELCOME].model_copy(update={"status": JobStatus.FAILED})
     assert await settle(store, late, frozen, 1_600, wake_at_ms=None) is Settled.FINAL
-    assert (await store.reads.get_job(WELCOME)) == record.jobs[WELCOME]
+    assert (await store.queries.get_job(WELCOME)) == record.jobs[WELCOME]
     # and the third holder is still the holder
     assert await store.queue.renew_leases(third, [TURN], now_ms=1_700, lease_ms=LEASE) == [TURN]
 
@@ -249,7 +249,7 @@ async def test_an_evaluation_taken_over_is_not_applied(store: Store) -> None:
     first = await claim(store, 100)
     second = await claim(store, 1_200)
     assert first.job_ids == second.job_ids == [TURN]
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     apply = {"rev": record.rev, "states": {}, "jobs": [], "wake_at_ms": None}
     stale = await store.queue.apply_decisions(USER, token=first.token, **apply)
     fresh = await store.queue.apply_decisions(USER, token=second.token, **apply)
@@ -267,7 +267,7 @@ async def test_an_attempt_in_flight_is_not_begun_again_until_its_time_is_up(
     await queue_job(store, 100)
     lease = await claim(store, 100)
     assert isinstance(await begin(store, lease, 100), EmailJob)
-    record = await store.reads.snapshot(USER)
+    record = await store.queries.snapshot(USER)
     no_decisions = Decisions({}, [], None)
     during = plan(record, no_decisions, 100 + runtime.worker.config.lease_ms - 1)
     after = plan(record, no_decisions, 100 + runtime.worker.config.lease_ms)
@@ -338,7 +338,7 @@ async def wait_in_flight(resend: ResendStandin) -> None:
 
 
 async def job_status(app: FastAPI, job_id: str) -> EmailJob:
-    job = await store_of(app).reads.get_job(job_id)
+    job = await store_of(app).queries.get_job(job_id)
     assert job is not None
     return job
 

@@ -1,4 +1,4 @@
-"""`app.delivery.resend`: the real `resend` SDK, through `ResendMailer`, against the Resend
+"""`app.delivery.resend_api`: the real `resend` SDK, through `ResendMailer`, against the Resend
 stand-in served on a real port; and `RateLimiter` on a fake clock."""
 
 import asyncio
@@ -12,7 +12,7 @@ import pytest
 import resend
 
 from app.delivery.jobs import RenderedEmail
-from app.delivery.resend import RateLimiter, ResendMailer
+from app.delivery.resend_api import RateLimiter, ResendMailer
 from app.errors import ConfigError, KeyReused, PermanentSendError, TransientSendError
 from tests.resend_standin import ResendStandin, run_standin
 

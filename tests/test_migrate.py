@@ -166,7 +166,7 @@ async def test_v1_data_is_refused_until_migrated_then_every_user_carries_on(
     assert "email|user_v1_dead|activation|0|action" in resend.jobs
 
     # the counters go on from v1's
-    stats = (await store_of(app).reads.read_stats(["activation"], [])).loops["activation"]
+    stats = (await store_of(app).queries.read_stats(["activation"], [])).loops["activation"]
     assert (stats["entered"], stats["met"]) == (8, 4)
     assert stats["emails_sent"] == 2 + 6 + 1  # v1's two, the six above, the retried one
     assert stats["emails_failed"] == 1

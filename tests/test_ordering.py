@@ -181,7 +181,7 @@ class Play:
     async def check(self, user_id: str, arrived: Sequence[tuple[str, int]]) -> None:
         """The worker's decisions now are the engine's over the sorted history arrived so far."""
         evaluator = worker_of(self.app).evaluator
-        record = await store_of(self.app).reads.snapshot(user_id)
+        record = await store_of(self.app).queries.snapshot(user_id)
         reference = Snapshot(user_id, record.registered_at_ms, by_time(arrived), record.steps)
         expected = evaluate(evaluator.loops.values(), reference, self.clock.now_ms)
         assert await evaluator.run(user_id) == expected
@@ -205,7 +205,7 @@ class Play:
             await self.looks(watched, arrived, looks_ms)
         await self.looks(watched, arrived, [history.last_look_ms])
         assert (
-            await store.reads.snapshot(once)
+            await store.queries.snapshot(once)
         ).steps == {}  # its first look: on the whole history
         await self.check(once, arrived)
 
@@ -281,7 +281,7 @@ async def test_the_stored_times_are_always_the_earliest_whatever_the_counts_trac
         assert kept == truth[: len(kept)]
         if all(keep == largest for _, keep in arrivals[: len(arrived)]):
             assert len(kept) == min(len(arrived), largest)
-        stats = (await store.reads.snapshot(uid)).actions["x"]
+        stats = (await store.queries.snapshot(uid)).actions["x"]
         for count in range(1, len(arrived) + 1):
             reached = stats.time_count_reached(count)
             assert reached is not None
@@ -298,7 +298,7 @@ async def test_a_count_past_the_cap_is_the_latest_time_when_reached(
         await store.actions.record([NewAction("user_c", "x", at)], now_ms=100, tracked={"x": [5]})
 
     assert await stored_times(store, "user_c") == [5, 10, 20]
-    stats = (await store.reads.snapshot("user_c")).actions["x"]
+    stats = (await store.queries.snapshot("user_c")).actions["x"]
     assert stats.time_count_reached(5) == 50  # an upper bound: by time, the 5th is 40
     assert stats.time_count_reached(3) == 20
 
@@ -311,11 +311,11 @@ async def test_activity_stored_before_the_earliest_times_were_kept_still_reads(
     old = {"a:x": "2,100,300;;1=300,2=100", "rev": 2}
     user = store.keys.user("user_old")
     await store.conn.call("HSET", user, *(part for pair in old.items() for part in pair))
-    assert (await store.reads.snapshot("user_old")).actions["x"].reached_at == {1: 300, 2: 100}
+    assert (await store.queries.snapshot("user_old")).actions["x"].reached_at == {1: 300, 2: 100}
 
     await store.actions.record([NewAction("user_old", "x", 50)], now_ms=400, tracked={"x": [1, 3]})
 
-    stats = (await store.reads.snapshot("user_old")).actions["x"]
+    stats = (await store.queries.snapshot("user_old")).actions["x"]
     assert await stored_times(store, "user_old") == [50, 100]  # the earliest is always known
     assert (stats.count, stats.first_at, stats.last_at) == (3, 50, 300)
     assert stats.reached_at == {1: 50, 2: 100, 3: 300}

@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.cli.main import main
+from app.delivery.attempts import tags_of
 from app.delivery.jobs import EmailJob
-from app.delivery.send import tags_of
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

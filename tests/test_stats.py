@@ -30,7 +30,7 @@ def settings(make_settings: Callable[..., Settings], loops_dir: Path) -> Setting
 
 
 async def counters(app: FastAPI, loop_id: str = "welcome") -> dict[str, int]:
-    reply = await store_of(app).reads.read_stats([loop_id], [])
+    reply = await store_of(app).queries.read_stats([loop_id], [])
     return reply.loops[loop_id]
 
 
@@ -50,7 +50,7 @@ async def test_activation_counts_the_funnel_and_the_time_to_activation(
         "entered": 1, "met": 1, "tta:5m": 1, "sent": 1, "emails_sent": 1, "activated": 1,
     }  # fmt: skip
     today = utc_day(clock.now_ms)
-    reply = await store_of(app).reads.read_stats(["welcome"], [today])
+    reply = await store_of(app).queries.read_stats(["welcome"], [today])
     assert reply.days[today] == {"welcome:sent": 1}
 
 
@@ -120,7 +120,7 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
     for _ in range(2):
         assert await store.queue.settle(failed, now_ms=clock.now_ms, seq=0)
     today = utc_day(clock.now_ms)
-    reply = await store.reads.read_stats(["welcome"], [today])
+    reply = await store.queries.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1}
     assert reply.days[today] == {"welcome:failed": 1}
     assert (reply.dead_count, reply.dead_ids) == (1, [job.id])
@@ -129,7 +129,7 @@ async def test_a_failure_counts_once_per_entry_into_the_dead_set(
     sent = job.model_copy(update={"status": JobStatus.SENT, "sent_at": clock.now_ms})
     for _ in range(2):
         await store.queue.settle(sent, now_ms=clock.now_ms, seq=0)
-    reply = await store.reads.read_stats(["welcome"], [today])
+    reply = await store.queries.read_stats(["welcome"], [today])
     assert reply.loops["welcome"] == {"emails_failed": 1, "emails_sent": 1, "sent": 1}
     assert reply.days[today] == {"welcome:failed": 1, "welcome:sent": 1}
 
@@ -147,7 +147,7 @@ async def test_a_days_counts_join_the_totals_after_90_days(app: FastAPI, clock: 
     stored = await store.conn.call("HGETALL", store.keys.shard(0).stats("welcome"))
     later = utc_day(clock.now_ms - 91 * DAY)
     assert as_fields(stored) == {"sent:0:action": "1", f"sent:0:action@{later}": "1"}
-    reply = await store.reads.read_stats(["welcome"], [first_day, later])
+    reply = await store.queries.read_stats(["welcome"], [first_day, later])
     assert reply.loops["welcome"]["emails_sent"] == 2  # the day folded in still counts
     assert reply.days == {first_day: {}, later: {"welcome:sent": 1}}
 
@@ -201,4 +201,4 @@ async def test_a_days_first_send_alone_looks_for_days_to_fold(
 
     assert after - before == 1  # four sends of one loop on one day: one look
     today = utc_day(clock.now_ms)
-    assert (await store.reads.read_stats(["welcome"], [today])).days[today] == {"welcome:sent": 4}
+    assert (await store.queries.read_stats(["welcome"], [today])).days[today] == {"welcome:sent": 4}

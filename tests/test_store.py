@@ -64,7 +64,7 @@ async def test_delete_removes_every_personal_key(store: Store) -> None:
     left = await store.conn.call("HKEYS", store.keys.user("user_store_1"))
     assert sorted(left) == ["del", "seen"]  # the tombstone, and the deliveries it knows again
     assert await store.users.is_deleted("user_store_1")
-    assert not (await store.reads.snapshot("user_store_1")).known
+    assert not (await store.queries.snapshot("user_store_1")).known
     assert await store.users.delete("msg_del", "user_store_1", now_ms=9) is UserWrite.DUPLICATE
 
 
@@ -136,7 +136,7 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
     tracked = {"project_created": [2]}
     assert await store.actions.record(actions, now_ms=5_000, tracked=tracked) == (3, 1)
 
-    record = await store.reads.snapshot("user_a")
+    record = await store.queries.snapshot("user_a")
     projects = record.actions["project_created"]
     assert (projects.count, projects.first_at, projects.last_at) == (2, 1_000, 2_000)
     assert projects.reached_at == {1: 1_000, 2: 2_000}  # the earliest times, up to count 2
@@ -147,7 +147,7 @@ async def test_actions_count_once_per_id_and_record_tracked_counts(store: Store)
 
 async def test_actions_before_the_user_exists_are_kept(store: Store) -> None:
     await store.actions.record([NewAction("user_early", "x", 1)], now_ms=1, tracked={})
-    record = await store.reads.snapshot("user_early")
+    record = await store.queries.snapshot("user_early")
     assert record.profile is None
     assert record.actions["x"].count == 1
     assert record.known
@@ -159,7 +159,7 @@ async def test_actions_for_a_deleted_user_are_accepted_and_dropped(store: Store)
         1,
         0,
     )
-    assert not (await store.reads.snapshot("user_gone")).known
+    assert not (await store.queries.snapshot("user_gone")).known
 
 
 async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Store) -> None:
@@ -180,7 +180,7 @@ async def test_intake_schedules_an_evaluation_now_and_claim_leases_it(store: Sto
 async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> None:
     watched = {"x": [2]}
     await store.actions.record([NewAction("user_c", "x", 10)], now_ms=100, tracked=watched)
-    old = await store.reads.snapshot("user_c")
+    old = await store.queries.snapshot("user_c")
     await store.actions.record([NewAction("user_c", "x", 20)], now_ms=200, tracked=watched)
     state = StepState(status=StepStatus.WAITING, started_at=100)
 
@@ -188,13 +188,13 @@ async def test_apply_refuses_decisions_made_on_an_old_snapshot(store: Store) -> 
         "user_c", rev=old.rev, states={"l/0": state}, jobs=[], wake_at_ms=None
     )
     assert applied is Applied.CONFLICT
-    assert (await store.reads.snapshot("user_c")).steps == {}
+    assert (await store.queries.snapshot("user_c")).steps == {}
 
 
 async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(store: Store) -> None:
     await store.actions.record([NewAction("user_w", "x", 10)], now_ms=100, tracked={"x": [1]})
     lease = await store.queue.claim_due(now_ms=100, lease_ms=60_000, limit=10)
-    record = await store.reads.snapshot("user_w")
+    record = await store.queries.snapshot("user_w")
     state = StepState(status=StepStatus.WAITING, started_at=100, deadline_at=400)
 
     applied = await store.queue.apply_decisions(
@@ -206,7 +206,7 @@ async def test_apply_writes_states_settles_the_lease_and_schedules_the_wake(stor
         token=lease.token,
     )
     assert applied is Applied.APPLIED
-    assert (await store.reads.snapshot("user_w")).steps == {"l/0": state}
+    assert (await store.queries.snapshot("user_w")).steps == {"l/0": state}
     claim = await store.queue.claim_due(now_ms=200, lease_ms=60_000, limit=10)
     assert claim == Claim(job_ids=[], wake_at_ms=400)  # lease settled, next look at the deadline
 
@@ -254,7 +254,7 @@ async def test_a_batch_too_large_for_one_request_is_split_and_counted_whole(
     monkeypatch.setattr("app.storage.actions.MAX_SCRIPT_PAYLOAD_BYTES", 2_000)
     actions = [NewAction(f"user_big_{i % 3}", "x", 1, id=f"b{i}") for i in range(30)]
     assert await store.actions.record([*actions, actions[0]], now_ms=1, tracked={}) == (30, 1)
-    assert (await store.reads.snapshot("user_big_1")).actions["x"].count == 10
+    assert (await store.queries.snapshot("user_big_1")).actions["x"].count == 10
 
 
 @pytest.mark.parametrize("transport", ["upstash"], indirect=True)
@@ -309,10 +309,10 @@ async def test_recent_action_ids_are_the_newest_and_bounded(store: Store) -> Non
 async def test_an_actions_properties_are_logged_and_the_log_is_bounded(store: Store) -> None:
     plain = NewAction("user_log", "x", 1)
     await store.actions.record([plain], now_ms=1, tracked={})
-    assert (await store.reads.snapshot("user_log")).log == []  # its count says it all
+    assert (await store.queries.snapshot("user_log")).log == []  # its count says it all
     for i in range(LOG_LENGTH + 5):
         action = NewAction("user_log", "x", 10 + i, properties={"n": i})
         await store.actions.record([action], now_ms=100, tracked={})
-    log = (await store.reads.snapshot("user_log")).log
+    log = (await store.queries.snapshot("user_log")).log
     assert len(log) == LOG_LENGTH
     assert log[0]["properties"] == {"n": LOG_LENGTH + 4}  # the newest first

@@ -1,5 +1,6 @@
-"""app.storage.wire under the faults a connection meets: a scripted server closes, hangs, cuts a
-reply, answers what nobody asked, dribbles, restarts; callers are cancelled; too many come at once.
+"""app.storage.redis_client under the faults a connection meets: a scripted server closes, hangs,
+cuts a reply, answers what nobody asked, dribbles, restarts; callers are cancelled; too many come
+at once.
 
 Every case is bounded in time (`scripted`), so a regression fails instead of hanging, and runs
 on asyncio's loop and again on uvloop's (`test_under_uvloop`), whose transports uvicorn uses."""
@@ -15,7 +16,7 @@ import uvloop
 
 from app.errors import StorageError, StorageUnavailable
 from app.storage.connections import classify_reply_error
-from app.storage.wire import Address, Wire
+from app.storage.redis_client import Address, Wire
 from tests.scripted_redis import (
     Script,
     ScriptedRedis,

@@ -143,7 +143,7 @@ async def simulate(
         watching = (tracked_counts(only.values()), watched_filters(only.values()))
         run = Run(worker, store, clock, user_id, *watching, sample.properties)
         await run_clock(run, plans, start, until)
-        record = await store.reads.snapshot(user_id)
+        record = await store.queries.snapshot(user_id)
     finally:
         await store.close()
     lines = [

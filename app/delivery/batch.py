@@ -34,9 +34,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from app.delivery.jobs import KEY_KEPT_MS, EmailJob, JobStatus
-from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
-from app.delivery.send import (
+from app.delivery.attempts import (
     DEFER,
     IDEMPOTENCY_WINDOW_MS,
     RETRY,
@@ -47,6 +45,8 @@ from app.delivery.send import (
     retry_delay_ms,
     tags_of,
 )
+from app.delivery.jobs import KEY_KEPT_MS, EmailJob, JobStatus
+from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
 from app.engine.job_ids import evaluation_id, is_evaluation, new_batch_id
 from app.engine.loop_files import Loop, Recovery
 from app.errors import KeyReused, NotSent, PermanentSendError, TransientSendError

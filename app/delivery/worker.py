@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
+from app.delivery.attempts import Delivery, Lease
 from app.delivery.batch import Batcher, BatchSender, freed
 from app.delivery.compose import Composer
 from app.delivery.jobs import EmailJob, JobStatus
-from app.delivery.send import Delivery, Lease
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import late_activations, step_counters
 from app.engine.job_ids import batch_of, evaluation_id, is_batch, is_evaluation, user_of
@@ -88,7 +88,7 @@ class Evaluator:
         the turn over, the user was deleted, or kept changing)."""
         lease = lease or Lease(job_id=evaluation_id(user_id), lease_ms=self.lease_ms)
         for _ in range(MAX_CONFLICTS):
-            record = await self.store.reads.snapshot(user_id)
+            record = await self.store.queries.snapshot(user_id)
             batched = await self._batched(record)
             now = self.clock()
             decisions = evaluate(self.loops.values(), to_snapshot(record), now)

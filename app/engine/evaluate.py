@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from app.engine.assign import arm_of
 from app.engine.filters import Filter
-from app.engine.job_ids import EmailReason, email_id
+from app.engine.job_ids import EmailKind, email_id
 from app.engine.loop_files import (
     HOLDOUT,
     ActionCondition,
@@ -214,7 +214,7 @@ class _LoopRun:
         job_id = None
         held_out = email is not None and self.arm == HOLDOUT
         if email is not None and not held_out and not self.snapshot.suppressed:
-            reason = EmailReason.ACTION if fired else EmailReason.TIMEOUT
+            reason = EmailKind.ACTION if fired else EmailKind.TIMEOUT
             job_id = self._order(step, reason, email)
         update = {
             "status": status,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
-from app.engine.job_ids import EmailReason, JobId
+from app.engine.job_ids import EmailKind, JobId
 from app.engine.loop_files import HOLDOUT, Loop
 from app.engine.measure import Rate, uplift
 
@@ -96,8 +96,8 @@ def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
     view = {name: value for name, value in stored.items() if not name.startswith("sent:")}
     derived = {
         "met": sum(value for name, value in stored.items() if name.startswith("tta:")),
-        "sent": stored.get(sent_field(0, EmailReason.ACTION), 0),
-        "nudged": stored.get(sent_field(0, EmailReason.TIMEOUT), 0),
+        "sent": stored.get(sent_field(0, EmailKind.ACTION), 0),
+        "nudged": stored.get(sent_field(0, EmailKind.TIMEOUT), 0),
         "emails_sent": sum(value for name, value in stored.items() if name.startswith("sent:")),
     }
     return view | {name: value for name, value in derived.items() if value}
@@ -179,7 +179,7 @@ def dead_loop(job_id: str) -> str:
         return ""
 
 
-def loop_figures(loop: Loop, counters: Mapping[str, int]) -> dict[str, Any]:
+def loop_summary(loop: Loop, counters: Mapping[str, int]) -> dict[str, Any]:
     """One loop's figures as `GET /v1/loops` answers them, from its counters (`funnel_view`).
 
     `activated`: step 0's condition met within the loop's `measure` of its start (before or

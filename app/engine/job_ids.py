@@ -1,7 +1,7 @@
 """Job ids: the one place that spells and parses them.
 
     eval|<user_id>                              look at one user's loops
-    email|<user_id>|<loop_id>|<step>|<reason>   send one email (reason: action | timeout)
+    email|<user_id>|<loop_id>|<step>|<kind>     send one email (kind: action | timeout)
     batch|<batch_id>                            send (again) a recorded batch of emails
 
 An id is deterministic, so the same decision queues one job, and an email job's id is Resend's
@@ -16,12 +16,15 @@ from enum import StrEnum
 SEPARATOR = "|"
 
 
-class JobKind(StrEnum):
+class JobType(StrEnum):
     EVAL = "eval"
     EMAIL = "email"
 
 
-class EmailReason(StrEnum):
+class EmailKind(StrEnum):
+    """Which of a step's emails: the one its condition met sends, or its timeout's (the
+    `EmailJob.kind` of the job, the last part of its id)."""
+
     ACTION = "action"  # the step's condition was met: its action
     TIMEOUT = "timeout"  # its deadline passed first: its on_timeout
 
@@ -30,35 +33,35 @@ class EmailReason(StrEnum):
 class JobId:
     """A job id, parsed; `str()` spells it again."""
 
-    kind: JobKind
+    type: JobType
     user_id: str
     loop_id: str | None = None
     step: int | None = None
-    reason: EmailReason | None = None
+    kind: EmailKind | None = None
 
     def __str__(self) -> str:
-        if self.kind is JobKind.EVAL:
+        if self.type is JobType.EVAL:
             return evaluation_id(self.user_id)
         assert self.loop_id is not None
         assert self.step is not None
-        assert self.reason is not None
-        return email_id(self.user_id, self.loop_id, self.step, self.reason)
+        assert self.kind is not None
+        return email_id(self.user_id, self.loop_id, self.step, self.kind)
 
     def short(self) -> str:
         """An email job id without `email|<user_id>|`: how the user's own hash names it."""
-        return SEPARATOR.join((str(self.loop_id), str(self.step), str(self.reason)))
+        return SEPARATOR.join((str(self.loop_id), str(self.step), str(self.kind)))
 
     @classmethod
     def parse(cls, job_id: str) -> "JobId":
         """The parts of a job id; ValueError when it is not one."""
-        kind, _, rest = job_id.partition(SEPARATOR)
-        if kind == JobKind.EVAL and rest and SEPARATOR not in rest:
-            return cls(JobKind.EVAL, rest)
+        type_, _, rest = job_id.partition(SEPARATOR)
+        if type_ == JobType.EVAL and rest and SEPARATOR not in rest:
+            return cls(JobType.EVAL, rest)
         parts = rest.split(SEPARATOR)
-        if kind != JobKind.EMAIL or len(parts) != 4 or not parts[2].isdigit():
+        if type_ != JobType.EMAIL or len(parts) != 4 or not parts[2].isdigit():
             raise ValueError(f"not a job id: {job_id!r}")
-        user_id, loop_id, step, reason = parts
-        return cls(JobKind.EMAIL, user_id, loop_id, int(step), EmailReason(reason))
+        user_id, loop_id, step, kind = parts
+        return cls(JobType.EMAIL, user_id, loop_id, int(step), EmailKind(kind))
 
 
 def evaluation_id(user_id: str) -> str:
@@ -66,8 +69,8 @@ def evaluation_id(user_id: str) -> str:
     return f"eval{SEPARATOR}{user_id}"
 
 
-def email_id(user_id: str, loop_id: str, step: int, reason: str) -> str:
-    return SEPARATOR.join(("email", user_id, loop_id, str(step), reason))
+def email_id(user_id: str, loop_id: str, step: int, kind: str) -> str:
+    return SEPARATOR.join(("email", user_id, loop_id, str(step), kind))
 
 
 def email_id_prefix(user_id: str) -> str:

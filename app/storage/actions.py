@@ -8,8 +8,8 @@ from app.engine.job_ids import evaluation_id
 from app.storage.connections import Connection
 from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys, oldest_minute, recent_entry
 from app.storage.records import NewAction, timeline_entry
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import RECORD_ACTIONS, ScriptRunner
-from app.storage.wire import CommandArg
 
 # Upstash refuses a request over 1 MB (its smallest plan's limit); stay well under it.
 MAX_SCRIPT_PAYLOAD_BYTES = 512 * 1024

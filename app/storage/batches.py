@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from app.delivery.jobs import EmailJob
 from app.engine.job_ids import batch_member, user_of
 from app.storage import keys as k
-from app.storage.reads import read_job
+from app.storage.queries import read_job
 from app.storage.records import Claim
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import BATCH_CHECK, BATCH_END, BATCH_RECORD, ScriptRunner
-from app.storage.wire import CommandArg
 
 # How each member of a batch ended, once the batch did: sent (with Resend's id), refused alone
 # (with Resend's reason), failed with the whole request (with its error, nothing accepted), or

@@ -2,7 +2,7 @@
 
 - `UpstashConnection`: Upstash's REST API through the `upstash-redis` async client.
 - `RedisConnection`: any Redis over TCP (Upstash's `rediss://` endpoint too), through
-  `app.storage.wire`: one connection, concurrent commands pipelined, parsed by hiredis.
+  `app.storage.redis_client`: one connection, concurrent commands pipelined, parsed by hiredis.
 - `EmbeddedConnection`: an in-process fakeredis, for trying the service out; nothing is persisted.
 
 Each translates its client's exceptions into `errors.py` types where they enter, and answers every
@@ -23,7 +23,7 @@ from upstash_redis.errors import UpstashError
 
 from app.errors import NoScript, StorageError, StorageUnavailable
 from app.settings import Settings, StorageKind
-from app.storage.wire import Address, CommandArg, Wire
+from app.storage.redis_client import Address, CommandArg, Wire
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def transient_reply(code: str, message: str) -> bool:
 
 class RedisConnection:
     """Redis over TCP (or TLS, or a unix socket): one connection, concurrent commands pipelined
-    (`app.storage.wire`), every reply within `timeout_s`. On a node of a Redis Cluster it is
+    (`app.storage.redis_client`), every reply within `timeout_s`. On a node of a Redis Cluster it is
     only used to find that out (`storage.layout`): a `ClusterConnection` takes over."""
 
     kind = StorageKind.REDIS

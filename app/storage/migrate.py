@@ -32,8 +32,8 @@ from app.storage.connections import ClusterConnection, Connection
 from app.storage.keys import IDS_LIMIT, LOG_LENGTH, SCHEMA_VERSION, SEEN_LIMIT, Keys, ShardKeys
 from app.storage.queue import scored
 from app.storage.records import UserProfile, encode_job, encode_step
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import MIGRATE_STATS, MIGRATE_USER, ScriptRunner
-from app.storage.wire import CommandArg
 
 logger = logging.getLogger(__name__)
 

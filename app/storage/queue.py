@@ -12,8 +12,9 @@ from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
 from app.engine.job_ids import batch_member, evaluation_id, is_evaluation, user_of
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH
-from app.storage.reads import read_job
+from app.storage.queries import read_job
 from app.storage.records import Applied, Claim, Held, Settled, encode_job, encode_step
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import (
     APPLY,
     CLAIM,
@@ -23,7 +24,6 @@ from app.storage.scripts import (
     ScriptRunner,
     as_enum,
 )
-from app.storage.wire import CommandArg
 
 KEEP = "keep"  # settle: more of the turn's emails to settle, the lease stays
 

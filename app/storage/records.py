@@ -274,7 +274,7 @@ def encode_step(state: StepState) -> str:
     so its kind names it; `h` says the email was held back (the user is in the holdout)."""
     start = state.started_at
     offsets = [_offset(at, start) for at in (state.deadline_at, state.met_at, state.decided_at)]
-    kind = JobId.parse(state.email_job).reason if state.email_job else ""
+    kind = JobId.parse(state.email_job).kind if state.email_job else ""
     parts = [state.status.value, str(start), *offsets, HELD_OUT if state.held_out else kind or ""]
     return ",".join([*parts, state.arm] if state.arm else parts)
 
@@ -327,7 +327,7 @@ def decode_job(user_id: str, field_name: str, value: str) -> EmailJob:
     job_id = JobId.parse(k.job_id_of(user_id, field_name))
     data = json.loads(value)
     named: dict[str, object] = {"id": str(job_id), "user_id": user_id}
-    named |= {"loop_id": job_id.loop_id, "step": job_id.step, "kind": job_id.reason}
+    named |= {"loop_id": job_id.loop_id, "step": job_id.step, "kind": job_id.kind}
     return EmailJob.model_validate({"due_at": data.get("queued_at"), **data, **named})
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from app.errors import NoScript, StorageError
 from app.storage.connections import Connection
 from app.storage.keys import Keys
-from app.storage.wire import CommandArg
+from app.storage.redis_client import CommandArg
 
 logger = logging.getLogger(__name__)
 

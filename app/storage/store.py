@@ -2,24 +2,24 @@
 
 `store.users` (profiles, deletions, unsubscribes, suppressions), `store.actions` (what users did),
 `store.queue` (the schedule, leases, attempts, dead letters), `store.batches` (batches of emails
-recorded before their request), `store.reads` (snapshots, counters,
+recorded before their request), `store.queries` (snapshots, counters,
 the outbox), `store.logins` (dashboard sessions and login failures), `store.rates` (browsers'
 rate limits) and `store.sightings` (the actions reported, for their health). Each call is one
 round trip; only this package talks to Redis.
 """
 
 from app.errors import SchemaRefused
+from app.storage.action_sightings import Sightings
 from app.storage.actions import Actions
 from app.storage.batches import Batches
+from app.storage.cluster_shards import open_layout
 from app.storage.connections import Connection
 from app.storage.keys import Keys
-from app.storage.layout import open_layout
 from app.storage.logins import Logins
 from app.storage.migrate import Migrated, Migration, RefusingConnection, ensure_schema
+from app.storage.queries import Queries
 from app.storage.queue import Queue
 from app.storage.rates import Rates
-from app.storage.reads import Reads
-from app.storage.sightings import Sightings
 from app.storage.users import Users
 
 ACTION_DEDUPE_TTL_S = 7 * 24 * 3600
@@ -50,7 +50,7 @@ class Store:
         self.actions = Actions(conn, keys, action_dedupe_ttl_s=self.action_dedupe_ttl_s)
         self.queue = Queue(conn, keys)
         self.batches = Batches(conn, keys)
-        self.reads = Reads(conn, keys)
+        self.queries = Queries(conn, keys)
         self.logins = Logins(conn, keys)
         self.rates = Rates(conn, keys)
         self.sightings = Sightings(conn, keys)
@@ -87,10 +87,10 @@ class Store:
         return migrated
 
     async def ping(self) -> None:
-        await self.reads.ping()
+        await self.queries.ping()
 
     async def server_time_ms(self) -> int:
-        return await self.reads.server_time_ms()
+        return await self.queries.server_time_ms()
 
     async def close(self) -> None:
         conn = self._opened[0] if self._opened is not None else self.conn

@@ -19,6 +19,7 @@ from app.storage.records import (
     parse_user,
     timeline_entry,
 )
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import (
     DELETE_USER,
     EMAIL_EVENT,
@@ -28,7 +29,6 @@ from app.storage.scripts import (
     ScriptRunner,
     as_enum,
 )
-from app.storage.wire import CommandArg
 
 
 class Users(ScriptRunner):

@@ -18,7 +18,7 @@ the body. A route without a declared policy is refused to everyone (and a test f
     OPERATOR  the API key as a bearer token, or a dashboard session cookie that was not revoked;
               refused with the route's own page (the login form)
 
-With no secret configured for a policy, nobody gets in. `ApiKeyDep` only documents the bearer
+With no secret configured for a policy, nobody gets in. `OPENAPI_BEARER` only documents the bearer
 scheme in OpenAPI: the gate has already decided.
 """
 
@@ -47,7 +47,7 @@ POLICY_ATTRIBUTE = "__activation_policy__"
 
 # Documentation only (OpenAPI's security scheme): `app.web.gate` checks the key before any route
 # runs.
-ApiKeyDep = Depends(
+OPENAPI_BEARER = Depends(
     HTTPBearer(auto_error=False, description="Authorization: Bearer $ACTIVATION_API_KEY")
 )
 

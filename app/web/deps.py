@@ -18,7 +18,7 @@ from app.engine.filters import Filter
 from app.engine.loop_files import Loop
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.storage.sightings import Seen, SightingsBuffer
+from app.storage.action_sightings import Seen, SightingsBuffer
 from app.storage.store import Store
 from app.web.session_tokens import SessionTokens
 

@@ -1,7 +1,7 @@
 """`GET /metrics`: the Prometheus scrape (behind METRICS_TOKEN, else the API key), with the
 gauges read from storage when Prometheus asks: three commands, the schedule's and the dead
 letters' ZCARD and one HMGET of when each watched action was last reported (shard 0's `seen`,
-`app.storage.sightings`; this process's sightings not yet flushed are added)."""
+`app.storage.action_sightings`; this process's sightings not yet flushed are added)."""
 
 import logging
 
@@ -49,8 +49,8 @@ async def refresh_gauges(services: Services) -> None:
     counted once)."""
     metrics, store = services.metrics, services.store
     try:
-        metrics.schedule_jobs.set(await store.reads.schedule_size())
-        metrics.dead_letter_jobs.set(await store.reads.dead_letter_count())
+        metrics.schedule_jobs.set(await store.queries.schedule_size())
+        metrics.dead_letter_jobs.set(await store.queries.dead_letter_count())
         metrics.watched_actions_seen(await services.watched_last_seen())
     except StorageError as exc:
         metrics.storage_error(exc)

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.delivery.jobs import EmailJob
-from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_figures
+from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_summary
 from app.engine.job_ids import JobId
 from app.engine.loop_files import Loop
 from app.errors import StorageError
@@ -175,7 +175,7 @@ async def dead_by_loop(store: Store, dead_ids: Iterable[str]) -> dict[str, list[
             ids.append(job_id)
     jobs: dict[str, list[EmailJob]] = {}
     for loop_id, ids in chosen.items():
-        found = [await store.reads.get_job(job_id) for job_id in ids]
+        found = [await store.queries.get_job(job_id) for job_id in ids]
         jobs[loop_id] = [job for job in found if job is not None]
     return jobs
 
@@ -199,13 +199,13 @@ async def dashboard(
 ) -> HTMLResponse:
     """Each loop's funnel, activation rate, time to activation, sends per day, dead letters."""
     loops: dict[str, Loop] = services_of(request).loops
-    reply = await store.reads.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
+    reply = await store.queries.read_stats(list(loops), last_days(clock(), DAYS_SHOWN))
     dead = await dead_by_loop(store, reply.dead_ids)
     return page(
         "dashboard.html",
         title="Activation loops",
         loops=[loop_stats(loop, reply, dead) for loop in loops.values()],
-        figures=[loop_figures(loop, reply.loops.get(loop.id, {})) for loop in loops.values()],
+        figures=[loop_summary(loop, reply.loops.get(loop.id, {})) for loop in loops.values()],
         health=await health_of(request),
         dead_total=reply.dead_count,
         storage=settings.storage_kind.value,
@@ -229,7 +229,7 @@ async def health_of(request: Request) -> dict[str, Any] | None:
 @auth.policy(Access.OPERATOR, refuse=refusal)
 async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
     """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
-    entries = await store.reads.outbox(limit=OUTBOX_SHOWN)
+    entries = await store.queries.outbox(limit=OUTBOX_SHOWN)
     return page(
         "outbox.html",
         title="Outbox",
@@ -242,7 +242,7 @@ def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
     """An outbox entry as the page shows it: the job id's parts named."""
     try:
         job = JobId.parse(str(entry.get("job", "")))
-        loop_id, step, kind = str(job.loop_id), str(job.step), str(job.reason)
+        loop_id, step, kind = str(job.loop_id), str(job.step), str(job.kind)
     except ValueError:
         loop_id, step, kind = "?", "?", "?"
     return {**entry, "loop": loop_id, "step": step, "kind": kind, "sent": when(entry.get("at"))}

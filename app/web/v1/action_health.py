@@ -1,6 +1,6 @@
 """`GET /v1/actions/health`: are the actions loops wait for reported, and which reported actions
 does no loop watch (a typo in the app or in a loop file)? Read from the sightings
-(`app.storage.sightings`: storage's, plus this process's not yet flushed).
+(`app.storage.action_sightings`: storage's, plus this process's not yet flushed).
 
 A watched action is `never_seen` (never reported to this service), `ok` (reported in the last
 24 h) or `silent` (reported before, none in the last 24 h, however long ago: one last seen a
@@ -17,13 +17,13 @@ from pydantic import BaseModel
 
 from app.engine.funnel import DAY_MS
 from app.engine.spelling import did_you_mean
-from app.storage.sightings import HOUR_MS, HOURS_PER_DAY, Seen
+from app.storage.action_sightings import HOUR_MS, HOURS_PER_DAY, Seen
 from app.web import auth
-from app.web.auth import Access, ApiKeyDep
+from app.web.auth import OPENAPI_BEARER, Access
 from app.web.deps import services_of
 from app.web.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[ApiKeyDep])
+router = APIRouter(prefix="/v1", tags=["actions"], dependencies=[OPENAPI_BEARER])
 
 Status = Literal["ok", "never_seen", "silent"]
 

@@ -4,8 +4,8 @@ or from a signed-in user's browser with a Clerk session token instead of the API
 (`app.web.cors`; `OPTIONS /v1/actions` is the preflight).
 
 The route records the actions (one Lua script, one round trip), counts them in memory for their
-health (`app.storage.sightings`: no command of its own) and wakes the worker; loops are looked at
-by the worker, never inside the request.
+health (`app.storage.action_sightings`: no command of its own) and wakes the worker; loops are
+looked at by the worker, never inside the request.
 
 It is a hot route (`app.web.gate`): `receive_actions` reads and validates the body as
 FastAPI would for `post_actions`, the route FastAPI documents (and serves when hot routes are

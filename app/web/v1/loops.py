@@ -4,13 +4,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.engine.funnel import last_days, loop_figures
+from app.engine.funnel import last_days, loop_summary
 from app.web import auth
-from app.web.auth import Access, ApiKeyDep
+from app.web.auth import OPENAPI_BEARER, Access
 from app.web.deps import ClockDep, StoreDep, services_of
 from app.web.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["loops"], dependencies=[ApiKeyDep])
+router = APIRouter(prefix="/v1", tags=["loops"], dependencies=[OPENAPI_BEARER])
 
 
 @router.get("/loops", responses=error_responses({401: "missing or wrong API key"}))
@@ -20,5 +20,5 @@ async def get_loops(request: Request, store: StoreDep, clock: ClockDep) -> dict[
     waiting, the activation rate; per arm for a holdout (`treatment`, `holdout`) or an
     experiment (its templates); for a holdout, the uplift with its 95 % interval."""
     loops = services_of(request).loops
-    reply = await store.reads.read_stats(list(loops), last_days(clock(), 1), dead_limit=0)
-    return {"loops": [loop_figures(loop, reply.loops.get(loop.id, {})) for loop in loops.values()]}
+    reply = await store.queries.read_stats(list(loops), last_days(clock(), 1), dead_limit=0)
+    return {"loops": [loop_summary(loop, reply.loops.get(loop.id, {})) for loop in loops.values()]}

@@ -12,11 +12,11 @@ from app.engine.loop_files import Loop, is_filtered
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
 from app.web import auth
-from app.web.auth import Access, ApiKeyDep
+from app.web.auth import OPENAPI_BEARER, Access
 from app.web.deps import StoreDep, services_of
 from app.web.errors import error_responses
 
-router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ApiKeyDep])
+router = APIRouter(prefix="/v1", tags=["users"], dependencies=[OPENAPI_BEARER])
 
 
 class StepProgress(BaseModel):
@@ -78,7 +78,7 @@ async def get_user_state(
     request: Request, store: StoreDep, user_id: str = Path(pattern=USER_ID_PATTERN)
 ) -> UserState:
     """Profile, action counts, every loop's progress per step, emails, and a timeline."""
-    record = await store.reads.snapshot(user_id)
+    record = await store.queries.snapshot(user_id)
     if not record.known:
         raise HTTPException(404, "unknown user")
     return describe(record, services_of(request).loops)

@@ -177,7 +177,7 @@ class Delivery:
         try:
             waited_s = await self.mailer.pace(self.max_wait_s)
             # the user may have unsubscribed, complained or gone while this waited
-            if waited_s > 0 and (stopped := await self.store.reads.stop_reason(job)) is not None:
+            if waited_s > 0 and (stopped := await self.store.queries.stop_reason(job)) is not None:
                 return self.stopped(job, stopped)
             provider_id = await self.mailer.send(
                 job.rendered, job.id, tags=tags_of(job), max_wait_s=self.max_wait_s, paced=True

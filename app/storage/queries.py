@@ -22,7 +22,7 @@ async def read_job(conn: Connection, keys: Keys, job_id: str) -> EmailJob | None
     return None if raw is None else decode_job(uid, name, str(raw))
 
 
-class Reads(ScriptRunner):
+class Queries(ScriptRunner):
     """Reads across the aggregates, each one round trip."""
 
     async def ping(self) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from app.engine.funnel import DAY_MS, utc_day
 from app.storage.records import as_fields
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import SIGHTINGS, SIGHTINGS_READ, ScriptRunner, int_or_none
-from app.storage.wire import CommandArg
 
 logger = logging.getLogger(__name__)
 
