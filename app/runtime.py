@@ -28,7 +28,7 @@ from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.delivery.worker import Evaluator, Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.errors import (
     StorageError,
     StorageUnavailable,

@@ -15,7 +15,7 @@ from app.delivery.attempts import Delivery, retry_delay_ms
 from app.delivery.jobs import RenderedEmail
 from app.delivery.outbox import OutboxMailer, mask
 from app.delivery.resend_api import RateLimiter
-from app.engine.loop_files import Backoff, Recovery
+from app.engine.loops import Backoff, Recovery
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AUTH, SENDER, FakeClock, load_fixture, sign, store_of, worker_of

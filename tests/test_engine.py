@@ -15,7 +15,8 @@ from app.engine.evaluate import (
     tracked_counts,
 )
 from app.engine.job_ids import email_id
-from app.engine.loop_files import Loop, load_loop
+from app.engine.loop_loading import load_loop
+from app.engine.loops import Loop
 
 MIN = 60_000
 DAY = 24 * 60 * MIN

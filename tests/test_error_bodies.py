@@ -273,7 +273,7 @@ async def test_a_storage_error_is_a_500_in_one_shape(
         async def wrong_type(*args: Any, **kwargs: Any) -> Any:
             raise StorageError("WRONGTYPE Operation against a key holding the wrong kind of value")
 
-        monkeypatch.setattr(store_of(app).reads, "snapshot", wrong_type)
+        monkeypatch.setattr(store_of(app).queries, "snapshot", wrong_type)
         response = await http.get(f"/v1/users/{USER}", headers=AUTH)
     assert (response.status_code, one_shape(response)) == (500, {"error": "storage error"})
 

@@ -18,13 +18,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 
 from app.engine.conditions import ACTION_NAME_PATTERN, QueryCondition, translate_query
-from app.engine.loop_files import (
-    MAX_DURATION_MS,
-    UNIT_MS,
-    Loop,
-    load_loop,
-    parse_duration,
-)
+from app.engine.loop_loading import load_loop
+from app.engine.loops import MAX_DURATION_MS, UNIT_MS, Loop, parse_duration
 from app.errors import LoopFileError, QueryError
 from app.main import create_app
 from app.settings import Settings

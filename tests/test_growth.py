@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from app.engine.assign import PLACES, arm_of, place
 from app.engine.evaluate import condition_met_at, tracked_counts, watched_filters
 from app.engine.funnel import loop_summary
-from app.engine.loop_files import ActionCondition, load_loop, load_loops
+from app.engine.loop_loading import load_loop, load_loops
+from app.engine.loops import ActionCondition
 from app.errors import LoopFileError
 from app.settings import Settings
 from app.storage.records import NewAction
@@ -377,7 +378,7 @@ async def test_a_filtered_condition_decides_as_the_filter_over_the_sorted_histor
     filters = watched_filters([app.state.runtime.loops["team"]])
     for action in actions:  # one report at a time, in the shuffled order
         await loop.actions.record([action], now_ms=base + DAY, tracked=tracked, filters=filters)
-    record = await loop.reads.snapshot(user)
+    record = await loop.queries.snapshot(user)
 
     matching = sorted(
         a.occurred_at_ms for a in actions if condition.where is not None

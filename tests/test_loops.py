@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from app.engine.loop_files import (
+from app.engine.loop_loading import load_loop, load_loops
+from app.engine.loop_schema import loop_json_schema, loop_json_schema_text, main
+from app.engine.loops import (
     DURATION_PATTERN,
     ActionCondition,
     ActionTrigger,
@@ -22,11 +24,6 @@ from app.engine.loop_files import (
     LoopType,
     Recovery,
     UserRegistered,
-    load_loop,
-    load_loops,
-    loop_json_schema,
-    loop_json_schema_text,
-    main,
     parse_duration,
 )
 from app.errors import ConfigError, LoopFileError, LoopFolderError
@@ -872,13 +869,13 @@ def test_the_committed_schema_is_fresh() -> None:
     committed = (LOOPS_DIR / "loop.schema.json").read_text(encoding="utf-8")
     assert committed == loop_json_schema_text(), (
         "loops/loop.schema.json is stale: run "
-        "`python -m app.engine.loop_files schema > loops/loop.schema.json`"
+        "`python -m app.engine.loop_schema schema > loops/loop.schema.json`"
     )
 
 
 def test_the_schema_command_prints_the_schema() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.engine.loop_files", "schema"],
+        [sys.executable, "-m", "app.engine.loop_schema", "schema"],
         cwd=LOOPS_DIR.parent,
         capture_output=True,
         text=True,
@@ -889,7 +886,7 @@ def test_the_schema_command_prints_the_schema() -> None:
 
 def test_the_schema_command_explains_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "usage: python -m app.engine.loop_files schema" in capsys.readouterr().err
+    assert "usage: python -m app.engine.loop_schema schema" in capsys.readouterr().err
 
 
 def test_the_schema_describes_the_file_for_editors() -> None:

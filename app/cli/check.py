@@ -9,7 +9,7 @@ from pathlib import Path
 from app.clock import system_clock_ms
 from app.delivery.loop_folder import load_loop_files
 from app.engine.evaluate import watched_actions
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.errors import StorageError
 from app.settings import Settings, StorageKind, load_settings
 

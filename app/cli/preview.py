@@ -17,7 +17,7 @@ from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.assign import arm_of
 from app.engine.evaluate import EmailOrder, choose_template
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.errors import ActivationError, TemplateRenderError
 from app.runtime import build_composer, build_store
 from app.settings import Settings, load_settings

@@ -19,7 +19,7 @@ from app.delivery.templates import TemplateSet
 from app.delivery.worker import Worker
 from app.engine.evaluate import StepState, tracked_counts, watched_filters
 from app.engine.filters import Filter
-from app.engine.loop_files import Loop, parse_duration
+from app.engine.loops import Loop, parse_duration
 from app.errors import ActivationError
 from app.runtime import build_composer, build_store, build_worker
 from app.settings import Settings, load_settings

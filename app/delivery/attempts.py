@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from app.clock import Clock
 from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
-from app.engine.loop_files import Loop, Recovery
+from app.engine.loops import Loop, Recovery
 from app.errors import NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.queue import KEEP

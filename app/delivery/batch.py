@@ -48,7 +48,7 @@ from app.delivery.attempts import (
 from app.delivery.jobs import KEY_KEPT_MS, EmailJob, JobStatus
 from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
 from app.engine.job_ids import evaluation_id, is_evaluation, new_batch_id
-from app.engine.loop_files import Loop, Recovery
+from app.engine.loops import Loop, Recovery
 from app.errors import KeyReused, NotSent, PermanentSendError, TransientSendError
 from app.storage.batches import FAILED, OK, REFUSED, SENT, UNKNOWN, BatchRecord, Outcome
 from app.storage.queue import KEEP

@@ -13,7 +13,7 @@ from app.delivery.jobs import RenderedEmail
 from app.delivery.templates import RenderContext, TemplateSet
 from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.evaluate import EmailOrder
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.storage.records import UserProfile
 
 # Resend's own sandbox sender: what the outbox shows when EMAIL_FROM is unset.

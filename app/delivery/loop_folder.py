@@ -6,7 +6,8 @@ import logging
 from collections.abc import Iterator
 
 from app.delivery.templates import TemplateSet
-from app.engine.loop_files import Loop, read_loops
+from app.engine.loop_loading import read_loops
+from app.engine.loops import Loop
 from app.errors import ConfigError, LoopFolderError, TemplateError
 from app.settings import Settings
 

@@ -28,7 +28,7 @@ from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import late_activations, step_counters
 from app.engine.job_ids import batch_of, evaluation_id, is_batch, is_evaluation, user_of
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.errors import StorageError, StorageUnavailable, TemplateRenderError
 from app.observability.metrics import Metrics
 from app.storage.records import Applied, Claim, UserRecord

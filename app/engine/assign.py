@@ -10,7 +10,7 @@ file edited later does not move users already in it.
 
 import hashlib
 
-from app.engine.loop_files import HOLDOUT, TREATMENT, Loop
+from app.engine.loops import HOLDOUT, TREATMENT, Loop
 
 PLACES = 10_000
 

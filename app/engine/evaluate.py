@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from app.engine.assign import arm_of
 from app.engine.filters import Filter
 from app.engine.job_ids import EmailKind, email_id
-from app.engine.loop_files import (
+from app.engine.loops import (
     HOLDOUT,
     ActionCondition,
     ActionTrigger,
@@ -271,7 +271,7 @@ class Wait:
 
     @property
     def counted(self) -> str:
-        """The name its count is kept under (`loop_files.counted_name`)."""
+        """The name its count is kept under (`loops.counted_name`)."""
         return counted_name(self.action, self.where)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
 from app.engine.job_ids import EmailKind, JobId
-from app.engine.loop_files import HOLDOUT, Loop
+from app.engine.loops import HOLDOUT, Loop
 from app.engine.measure import Rate, uplift
 
 DAY_MS = 24 * 3600 * 1000

@@ -38,7 +38,7 @@ class Actions(ScriptRunner):
 
         `tracked`: the counts loops wait for, by counted name; `filters`: per action, the
         filters loops count it by (`evaluate.watched_filters`): an action whose properties match
-        one is also counted under that filter's name (`loop_files.counted_name`), as it arrives.
+        one is also counted under that filter's name (`loops.counted_name`), as it arrives.
 
         One round trip, unless the batch is larger than one request may be (Upstash refuses
         requests over 1 MB): then one per `MAX_SCRIPT_PAYLOAD_BYTES` of it. On a cluster, one

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.delivery.jobs import EmailJob, JobStatus
 from app.engine.evaluate import ActionStats, StepState, StepStatus
 from app.engine.job_ids import JobId, email_id, email_id_prefix
-from app.engine.loop_files import is_filtered
+from app.engine.loops import is_filtered
 from app.storage import keys as k
 
 
@@ -52,7 +52,7 @@ class UserProfile(BaseModel):
         return self.model_dump_json(exclude_defaults=True)
 
     def view(self) -> dict[str, Any]:
-        """What audiences and variants may look at (`loop_files.PROFILE_FIELDS`, the metadata)."""
+        """What audiences and variants may look at (`loops.PROFILE_FIELDS`, the metadata)."""
         return {
             "email": self.email,
             "first_name": self.first_name,

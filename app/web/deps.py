@@ -15,7 +15,7 @@ from svix.webhooks import Webhook
 
 from app.clock import Clock
 from app.engine.filters import Filter
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.action_sightings import Seen, SightingsBuffer

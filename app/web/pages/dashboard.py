@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app.delivery.jobs import EmailJob
 from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_summary
 from app.engine.job_ids import JobId
-from app.engine.loop_files import Loop
+from app.engine.loops import Loop
 from app.errors import StorageError
 from app.settings import Settings
 from app.signing import secret_matches

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from app.delivery.jobs import EmailJob
 from app.engine.evaluate import StepState, step_field
-from app.engine.loop_files import Loop, is_filtered
+from app.engine.loops import Loop, is_filtered
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
 from app.web import auth

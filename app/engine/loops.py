@@ -1,0 +1,260 @@
+"""The loop, as the rest of the service uses it: frozen shapes built from a loop file
+(`loop_loading`) whose format is `loop_spec`:
+
+- `Loop(id, type, opinion, steps, recovery, source)`: `id` is the file stem, `type` a `LoopType`,
+  `steps` a non-empty tuple run in order for each user, `source` the file it came from.
+- `Step(index, trigger, condition, action, on_timeout, delay_ms)`: only `steps[0]` has a trigger;
+  a later step starts when the previous step acted. A step starts `delay_ms` after that moment
+  (0 = at once), then waits for its condition (none = act right away) for at most the condition's
+  `timeout_ms` (None = forever), counted from the start; `on_timeout` is sent if time runs out.
+- Triggers: `UserRegistered()` (`{type: database, table: users, event: insert}` and its alias
+  `{type: clerk, event: user.created}`), or `ActionTrigger(action, count)`: the user's count of
+  `action` reached `count`. Activation loops start on the first, milestone loops on the second.
+- `ActionCondition(actions, count, timeout_ms)`: holds once ANY ONE of `actions` has been done at
+  least `count` times, each action counted on its own (never summed); actions done before the step
+  started count too. `action: x` gives one action, `any_of: [a, b]` several, and a `type: query`
+  SQL condition is translated to the same shape (see `app.engine.conditions`).
+- `EmailAction(template, personalization)`: `template` names `<LOOPS_DIR>/templates/<name>.html`
+  (checked to exist); `personalization` maps template variable names to Jinja strings.
+- `Recovery(retries, backoff, initial_delay_ms, max_delay_ms)`: a failed email's retry policy;
+  `delay_ms(retry)` is the wait before a retry, without jitter.
+
+Durations are `<integer><s|m|h|d|w>`, held in ms (`parse_duration`).
+"""
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+
+from app.engine.filters import Filter
+
+LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DURATION_PATTERN = r"^[0-9]*[1-9][0-9]*[smhdw]$"
+DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
+UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+# Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
+MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
+DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
+MAX_HOLDOUT_PERCENT = 50
+HOLDOUT = "holdout"
+TREATMENT = "treatment"
+# What an audience or a variant may look at in the Clerk profile (dotted below the metadata).
+PROFILE_FIELDS = ("email", "first_name", "last_name", "name", "username")
+PROFILE_OBJECTS = ("public_metadata", "unsafe_metadata")
+LOOP_FILE_SUFFIXES = (".yaml", ".yml")
+
+_LOOP_ID = re.compile(LOOP_ID_PATTERN)
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
+_VARIABLE_NAME = re.compile(VARIABLE_NAME_PATTERN)
+
+
+def parse_duration(text: str) -> int:
+    """`30s`, `5m`, `2h`, `3d`, `1w` in milliseconds; ValueError for anything else."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like {DURATION_EXAMPLES}")
+    duration_ms = int(match[1]) * UNIT_MS[match[2]]
+    if duration_ms == 0:
+        raise ValueError(f"{text!r} is zero: a duration must be longer, like {DURATION_EXAMPLES}")
+    if duration_ms > MAX_DURATION_MS:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return duration_ms
+
+
+PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,2})?%$"
+_PERCENT = re.compile(PERCENT_PATTERN)
+
+
+def parse_percent(text: str) -> int:
+    """`10%`, `2.5%` (0-50 %) in basis points; ValueError for anything else."""
+    if not isinstance(text, str) or not _PERCENT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a share like 10% or 2.5%")
+    basis_points = round(float(text[:-1]) * 100)
+    if basis_points > MAX_HOLDOUT_PERCENT * 100:
+        raise ValueError(f"{text} is over {MAX_HOLDOUT_PERCENT}%: most users must get the emails")
+    return basis_points
+
+
+# --- the normalised loop ------------------------------------------------------------------------
+
+
+class LoopType(StrEnum):
+    ACTIVATION = "activation"
+    MILESTONE = "milestone"
+
+
+class Backoff(StrEnum):
+    EXPONENTIAL = "exponential"
+    LINEAR = "linear"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRegistered:
+    """The user signed up: a verified Clerk `user.created` (a user row inserted)."""
+
+
+FILTERED = "#"  # never in an action name (ACTION_NAME_PATTERN)
+
+
+def counted_name(action: str, where: Filter | None) -> str:
+    """The name a user's count is kept under: the action's own, or, for the actions whose
+    properties match a filter, `<action>#<filter digest>` (counted apart as they arrive)."""
+    return action if where is None else f"{action}{FILTERED}{where.digest}"
+
+
+def is_filtered(counted: str) -> bool:
+    """Whether a counted name is a filter's count (`counted_name`), not an action's own."""
+    return FILTERED in counted
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTrigger:
+    """Fires once, when the user's count of `action` (those matching `where`) reaches `count`."""
+
+    action: str
+    count: int
+    where: Filter | None = None
+
+    @property
+    def counted(self) -> str:
+        return counted_name(self.action, self.where)
+
+
+Trigger = UserRegistered | ActionTrigger
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCondition:
+    """Holds once any one of `actions` was done `count` times (only those whose properties match
+    `where` count); `timeout_ms` None = no deadline."""
+
+    actions: tuple[str, ...]
+    count: int
+    timeout_ms: int | None
+    where: Filter | None = None
+
+    @property
+    def counted(self) -> tuple[str, ...]:
+        """The names the counts are kept under (`counted_name`)."""
+        return tuple(counted_name(action, self.where) for action in self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A template for the users whose profile matches `when`."""
+
+    when: Filter
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One arm of an experiment: a template, given to `weight` parts of the loop's entrants."""
+
+    template: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmailAction:
+    """An email through Resend: a template and its personalization (variable -> Jinja string).
+
+    `variants`: the first whose `when` matches the user's profile picks the template instead;
+    `experiment`: the user's arm of the loop's experiment picks it (`app.engine.assign`)."""
+
+    template: str
+    personalization: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    variants: tuple[Variant, ...] = ()
+    experiment: tuple[Arm, ...] = ()
+
+    def templates(self) -> Iterator[str]:
+        """Every template this email may use."""
+        yield self.template
+        yield from (variant.template for variant in self.variants)
+        yield from (arm.template for arm in self.experiment)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a loop; `index` is its place in `Loop.steps` (and in the file's `steps`)."""
+
+    index: int
+    trigger: Trigger | None
+    condition: ActionCondition | None
+    action: EmailAction
+    on_timeout: EmailAction | None
+    delay_ms: int
+
+
+# Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
+# and rate-limit deferrals, which move attempts later without counting as retries.
+MAX_RETRY_SPAN_MS = 12 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How a failed email is retried: `retries` more attempts, waits growing by `backoff`."""
+
+    retries: int
+    backoff: Backoff
+    initial_delay_ms: int
+    max_delay_ms: int
+
+    def span_ms(self) -> int:
+        """The longest time from the first attempt to the start of the last retry (jitter +20 %)."""
+        return sum(self.delay_ms(retry) for retry in range(1, self.retries + 1)) * 6 // 5
+
+    def delay_ms(self, retry: int) -> int:
+        """The wait before retry number `retry` (1 = the first retry), at most `max_delay_ms`."""
+        factor = 1
+        if self.backoff is Backoff.EXPONENTIAL:
+            factor = 1 << max(retry - 1, 0)
+        elif self.backoff is Backoff.LINEAR:
+            factor = max(retry, 1)
+        return min(self.initial_delay_ms * factor, self.max_delay_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """One loop file, checked and normalised; `id` is the file stem."""
+
+    id: str
+    type: LoopType
+    opinion: str
+    steps: tuple[Step, ...]
+    recovery: Recovery
+    source: Path
+    audience: Filter | None = None
+    holdout_bp: int = 0  # the holdout's share in basis points (10 % = 1,000)
+    measure_ms: int = DEFAULT_MEASURE_MS
+
+    @property
+    def experiment(self) -> tuple[Arm, ...]:
+        """The arms of the loop's experiment (at most one email has one), or ()."""
+        for _, email in self.emails():
+            if email.experiment:
+                return email.experiment
+        return ()
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms the loop's figures are split by: `holdout` and `treatment` (or the
+        experiment's templates); () for a loop without a holdout or an experiment."""
+        treated = tuple(arm.template for arm in self.experiment) or (TREATMENT,)
+        if self.holdout_bp:
+            return (HOLDOUT, *treated)
+        return treated if self.experiment else ()
+
+    def emails(self) -> Iterator[tuple[str, EmailAction]]:
+        """Every email the loop can send, with its field path (`steps[0].on_timeout`)."""
+        for step in self.steps:
+            yield f"steps[{step.index}].action", step.action
+            if step.on_timeout is not None:
+                yield f"steps[{step.index}].on_timeout", step.on_timeout
