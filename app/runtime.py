@@ -24,8 +24,9 @@ from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import Mailer, OutboxMailer
 from app.delivery.resend_api import RateLimiter, ResendMailer
 from app.delivery.templates import TemplateSet
+from app.delivery.turns import Evaluator
 from app.delivery.unsubscribe_links import UnsubscribeTokens
-from app.delivery.worker import Evaluator, Worker, WorkerConfig
+from app.delivery.worker import Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
 from app.engine.loops import Loop

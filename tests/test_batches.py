@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from app.clock import system_clock_ms
 from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher, BatchSender
-from app.delivery.jobs import EmailJob
 from app.delivery.resend_api import RateLimiter
 from app.delivery.worker import Worker
+from app.engine.email_jobs import EmailJob
 from app.settings import Settings
 from app.storage.queue import Requeued
 from app.storage.records import Claim, EmailEvent

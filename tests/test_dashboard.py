@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.worker import Worker
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.main import create_app
 from app.settings import Settings
 from app.storage.store import Store

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState, StepStatus
 from app.storage.records import EmailEvent, NewAction, UserProfile
 from app.storage.store import Store

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 
 from app.delivery.attempts import Delivery, retry_delay_ms
-from app.delivery.jobs import RenderedEmail
 from app.delivery.outbox import OutboxMailer, mask
 from app.delivery.resend_api import RateLimiter
+from app.engine.email_jobs import RenderedEmail
 from app.engine.loops import Backoff, Recovery
 from app.main import create_app
 from app.settings import Settings

@@ -38,8 +38,8 @@ from hypothesis.stateful import (
 
 from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher
-from app.delivery.jobs import JobStatus, RenderedEmail
 from app.delivery.outbox import BatchEmail, Refused
+from app.engine.email_jobs import JobStatus, RenderedEmail
 from app.engine.job_ids import batch_of, is_batch, is_evaluation
 from app.errors import KeyReused, NotSent, TransientSendError
 from app.runtime import Runtime, build_runtime

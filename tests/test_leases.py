@@ -15,9 +15,9 @@ from fastapi import FastAPI
 
 from app.clock import system_clock_ms
 from app.delivery.attempts import Delivery
-from app.delivery.jobs import EmailJob, JobStatus, RenderedEmail
 from app.delivery.outbox import OutboxMailer
-from app.delivery.worker import begin_attempt
+from app.delivery.turns import begin_attempt
+from app.engine.email_jobs import EmailJob, JobStatus, RenderedEmail
 from app.engine.evaluate import Decisions
 from app.runtime import build_runtime
 from app.settings import Settings

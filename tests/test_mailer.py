@@ -11,8 +11,8 @@ import httpx
 import pytest
 import resend
 
-from app.delivery.jobs import RenderedEmail
 from app.delivery.resend_api import RateLimiter, ResendMailer
+from app.engine.email_jobs import RenderedEmail
 from app.errors import ConfigError, KeyReused, PermanentSendError, TransientSendError
 from tests.resend_standin import ResendStandin, run_standin
 

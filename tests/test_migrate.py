@@ -13,7 +13,7 @@ import redis
 from fastapi import FastAPI
 
 from app.cli.main import main
-from app.delivery.jobs import JobStatus
+from app.engine.email_jobs import JobStatus
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from app.cli.main import main
 from app.delivery.attempts import tags_of
-from app.delivery.jobs import EmailJob
+from app.engine.email_jobs import EmailJob
 from app.settings import Settings
 from tests.conftest import (
     AUTH,

@@ -10,7 +10,7 @@ import pytest
 import redis
 from fastapi import FastAPI
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.funnel import funnel_view, last_days, sent_field, tta_bucket, utc_day
 from app.settings import Settings
 from app.storage.records import as_fields

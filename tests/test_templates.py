@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.delivery.templates import (
-    USER_FIELDS,
-    RenderContext,
-    TemplateSet,
-    html_to_text,
-)
+from app.delivery.html_text import html_to_text
+from app.delivery.templates import USER_FIELDS, RenderContext, TemplateSet
 from app.errors import (
     ActivationError,
     ConfigError,

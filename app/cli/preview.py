@@ -11,11 +11,11 @@ from pydantic import ValidationError
 
 from app.cli.samples import SAMPLE_EMAIL, sample_profile, with_profile
 from app.clock import system_clock_ms
-from app.delivery.jobs import RenderedEmail
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.templates import TemplateSet
 from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.assign import arm_of
+from app.engine.email_jobs import RenderedEmail
 from app.engine.evaluate import EmailOrder, choose_template
 from app.engine.loops import Loop
 from app.errors import ActivationError, TemplateRenderError

@@ -12,11 +12,11 @@ from typing import Any
 from app.cli.preview import preview_tokens
 from app.cli.samples import json_object, sample_profile, with_profile
 from app.clock import system_clock_ms
-from app.delivery.jobs import JobStatus
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.worker import Worker
+from app.engine.email_jobs import JobStatus
 from app.engine.evaluate import StepState, tracked_counts, watched_filters
 from app.engine.filters import Filter
 from app.engine.loops import Loop, parse_duration

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.clock import Clock
-from app.delivery.jobs import EmailJob, JobStatus
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.loops import Loop, Recovery
 from app.errors import NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics

@@ -45,8 +45,8 @@ from app.delivery.attempts import (
     retry_delay_ms,
     tags_of,
 )
-from app.delivery.jobs import KEY_KEPT_MS, EmailJob, JobStatus
 from app.delivery.outbox import MAX_BATCH, BatchEmail, BatchMailer, Refused
+from app.engine.email_jobs import KEY_KEPT_MS, EmailJob, JobStatus
 from app.engine.job_ids import evaluation_id, is_evaluation, new_batch_id
 from app.engine.loops import Loop, Recovery
 from app.errors import KeyReused, NotSent, PermanentSendError, TransientSendError

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from app.delivery.jobs import RenderedEmail
 from app.delivery.templates import RenderContext, TemplateSet
 from app.delivery.unsubscribe_links import UnsubscribeTokens
+from app.engine.email_jobs import RenderedEmail
 from app.engine.evaluate import EmailOrder
 from app.engine.loops import Loop
 from app.storage.records import UserProfile

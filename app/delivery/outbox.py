@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from app.delivery.jobs import RenderedEmail
+from app.engine.email_jobs import RenderedEmail
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ import resend
 from resend.exceptions import ResendError
 from resend.http_client_async import AsyncHTTPClient
 
-from app.delivery.jobs import RenderedEmail
 from app.delivery.outbox import MAX_BATCH, BatchEmail, Refused
+from app.engine.email_jobs import RenderedEmail
 from app.errors import (
     ActivationError,
     ConfigError,

@@ -17,27 +17,20 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from app.clock import Clock
-from app.delivery.attempts import Delivery, Lease
-from app.delivery.batch import Batcher, BatchSender, freed
-from app.delivery.compose import Composer
-from app.delivery.jobs import EmailJob, JobStatus
-from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
-from app.engine.funnel import late_activations, step_counters
-from app.engine.job_ids import batch_of, evaluation_id, is_batch, is_evaluation, user_of
-from app.engine.loops import Loop
-from app.errors import StorageError, StorageUnavailable, TemplateRenderError
+from app.delivery.attempts import Lease
+from app.delivery.batch import Batcher, BatchSender
+from app.delivery.turns import Evaluator
+from app.engine.job_ids import batch_of, is_batch, is_evaluation, user_of
+from app.errors import StorageError, StorageUnavailable
 from app.observability.metrics import Metrics
-from app.storage.records import Applied, Claim, UserRecord
+from app.storage.records import Claim
 from app.storage.store import Store
 
 logger = logging.getLogger(__name__)
-
-MAX_CONFLICTS = 5
-NO_ADDRESS = "the user has no primary email address"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,224 +40,6 @@ class WorkerConfig:
     batch: int = 100  # turns claimed at once: their emails fill one batch request
     max_backoff_s: float = 30.0
     concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
-
-
-@dataclass(slots=True)
-class Turn:
-    """What one look at a user writes and does: step states, jobs (new ones, and those whose
-    attempt begins now), the jobs to send (or record as ended), and when to look again."""
-
-    states: dict[str, StepState]
-    late: dict[str, StepState]  # step 0 states whose condition was met after they timed out
-    writes: list[EmailJob]
-    deliver: list[EmailJob]
-    wake_at_ms: int | None
-
-
-class Evaluator:
-    """A user's turn: runs the engine on the user, applies the decisions (retrying on a
-    concurrent change), then sends the emails due, in the same lane."""
-
-    def __init__(
-        self,
-        store: Store,
-        loops: Mapping[str, Loop],
-        composer: Composer,
-        clock: Clock,
-        metrics: Metrics | None = None,
-        delivery: Delivery | None = None,
-        lease_ms: int = 60_000,
-    ) -> None:
-        self.store = store
-        self.loops = loops
-        self.composer = composer
-        self.clock = clock
-        self.metrics = metrics or Metrics()
-        self.delivery = delivery
-        self.lease_ms = lease_ms
-
-    async def run(self, user_id: str, lease: Lease | None = None) -> Decisions | None:
-        """Evaluate and send under `lease`; None when nothing was applied (another worker took
-        the turn over, the user was deleted, or kept changing)."""
-        lease = lease or Lease(job_id=evaluation_id(user_id), lease_ms=self.lease_ms)
-        for _ in range(MAX_CONFLICTS):
-            record = await self.store.queries.snapshot(user_id)
-            batched = await self._batched(record)
-            now = self.clock()
-            decisions = evaluate(self.loops.values(), to_snapshot(record), now)
-            turn = self.plan(record, decisions, now, lease=lease, batched=batched)
-            applied = await self._apply(record, decisions, turn, lease)
-            if applied is Applied.APPLIED:
-                log_decisions(user_id, decisions)
-                self.metrics.transitions(decisions)
-                if turn.deliver and self.delivery is not None:
-                    await self.delivery.deliver(turn.deliver, lease, turn.wake_at_ms)
-                return decisions
-            if applied is not Applied.CONFLICT:
-                logger.info("user %s not evaluated: %s", user_id, applied.value)
-                return None
-        logger.warning(
-            "user %s changed %d times while evaluated; lease left", user_id, MAX_CONFLICTS
-        )
-        return None
-
-    async def _batched(self, record: UserRecord) -> set[tuple[str, int]]:
-        """The user's jobs (id, attempt) in a recorded batch: the batch's to send, not a turn's.
-        One read per batch, and only for a user with jobs placed in one."""
-        batch_ids = {job.batch for job in record.jobs.values() if job.batch and not job.terminal}
-        if not batch_ids:
-            return set()
-        shard = self.store.keys.shard_of(record.user_id)
-        return await self.store.batches.members(shard, sorted(batch_ids))
-
-    def plan(
-        self,
-        record: UserRecord,
-        decisions: Decisions,
-        now: int,
-        *,
-        lease: Lease | None = None,
-        batched: set[tuple[str, int]] | None = None,
-    ) -> Turn:
-        """The turn's writes: the decisions' states and new jobs; every queued job due now and
-        not in flight begun (or dropped, when the user stopped loop email); the next look at
-        the soonest of the engine's wake, a queued job's due time, an attempt in flight's end.
-        Jobs in a batch: see `turn_jobs`; with the lease's batcher, attempts begin in batches."""
-        late = late_activations(self.loops.values(), record.steps, record.actions)
-        stopped = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
-        wakes = [] if decisions.wake_at is None else [decisions.wake_at]
-        turn = Turn({**late, **decisions.transitions}, late, [], [], None)
-        new = [self._new_job(record, order, now) for order in decisions.emails]
-        for job in turn_jobs(record, new, lease, batched or set()):
-            if job.id not in record.jobs and job.terminal:
-                turn.writes.append(job)
-                turn.deliver.append(job)  # recorded as it ended (dead letters, counters)
-            elif job.terminal:
-                continue
-            elif stopped:
-                turn.writes.append(dropped(job, stop_reason(record), now))
-            elif job.started_at is not None and job.started_at + self.lease_ms > now:
-                wakes.append(job.started_at + self.lease_ms)  # another lane's attempt in flight
-            elif job.due_at > now:
-                wakes.append(job.due_at)
-                if job.id not in record.jobs:
-                    turn.writes.append(job)
-            else:
-                begun = self._begin(record, job, now, lease.batcher if lease else None)
-                turn.writes.append(begun)
-                turn.deliver.append(begun)
-        turn.wake_at_ms = min(wakes) if wakes else None
-        return turn
-
-    def _begin(
-        self, record: UserRecord, job: EmailJob, now: int, batcher: Batcher | None
-    ) -> EmailJob:
-        """The job with an attempt begun now (rendered again if it never was: a dead letter
-        retried after its template was fixed), in one of `batcher`'s batches unless an earlier
-        attempt may have reached Resend alone (its own id is then the key that deduplicates)."""
-        if job.rendered is None:
-            job = self._rendered(record, job, now)
-            if job.terminal:
-                return job
-        if batcher is None or job.first_attempt_at is not None:
-            return begin_attempt(job, now)
-        return begin_attempt(job, now, batcher.place(job.id))
-
-    async def _apply(
-        self, record: UserRecord, decisions: Decisions, turn: Turn, lease: Lease
-    ) -> Applied:
-        transitions = decisions.transitions
-        return await self.store.queue.apply_decisions(
-            record.user_id,
-            rev=record.rev,
-            states=turn.states,
-            jobs=turn.writes,
-            wake_at_ms=turn.wake_at_ms,
-            counters=step_counters(self.loops.values(), record.steps, transitions, turn.late),
-            token=lease.token,
-            begun=bool(turn.deliver),
-        )
-
-    def _new_job(self, record: UserRecord, order: EmailOrder, now: int) -> EmailJob:
-        """The job for an email decision, rendered now (or failed, or dropped: no address)."""
-        return self._rendered(record, new_job(record.user_id, order, now), now)
-
-    def _rendered(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
-        profile = record.profile
-        if profile is None or profile.email is None:
-            return dropped(job, NO_ADDRESS, now)
-        parts = (job.id, job.loop_id, job.step, job.kind, job.template, job.personalization)
-        order = EmailOrder(*parts, job.due_at)
-        try:
-            rendered = self.composer.compose(order, profile)
-        except TemplateRenderError as exc:
-            update = {"status": JobStatus.FAILED, "last_error": str(exc), "ended_at": now}
-            return job.model_copy(update=update)
-        return job.model_copy(update={"rendered": rendered})
-
-
-def turn_jobs(
-    record: UserRecord, new: list[EmailJob], lease: Lease | None, batched: set[tuple[str, int]]
-) -> list[EmailJob]:
-    """The user's jobs a turn looks at: those stored and the new ones, but a job in a recorded
-    batch (`batched`), the batch's to send; one placed in a batch never recorded never reached
-    Resend and, under a claim (no other worker can record it now), is freed."""
-    jobs = []
-    for job in [*record.jobs.values(), *(j for j in new if j.id not in record.jobs)]:
-        if job.batch is not None and not job.terminal:
-            if (job.id, job.seq) in batched or lease is None or lease.claim is None:
-                continue  # its batch's to send (or, holding no claim, maybe another's)
-            job = freed(job)
-        jobs.append(job)
-    return jobs
-
-
-def begin_attempt(job: EmailJob, now: int, batch: str | None = None) -> EmailJob:
-    """The job with an attempt begun now: counted, numbered (only this attempt's worker settles
-    it), and, the first that may reach Resend, the start of Resend's 24 h window; in `batch`,
-    when it goes in one."""
-    update: dict[str, object] = {"attempts": job.attempts + 1, "started_at": now, "batch": batch}
-    update |= {"seq": job.seq + 1, "first_attempt_at": job.first_attempt_at or now}
-    return job.model_copy(update=update)
-
-
-def stop_reason(record: UserRecord) -> str:
-    """Why no loop email may go to the user (they unsubscribed, or a bounce suppressed them)."""
-    return "unsubscribed" if record.unsubscribed_at_ms is not None else "suppressed"
-
-
-def dropped(job: EmailJob, reason: str, now: int) -> EmailJob:
-    return job.model_copy(
-        update={"status": JobStatus.DROPPED, "last_error": reason, "ended_at": now}
-    )
-
-
-def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
-    return EmailJob(
-        id=order.job_id,
-        user_id=user_id,
-        loop_id=order.loop_id,
-        step=order.step,
-        kind=order.kind,
-        template=order.template,
-        personalization=dict(order.personalization),
-        queued_at=now,
-        due_at=order.due_at,
-    )
-
-
-def to_snapshot(record: UserRecord) -> Snapshot:
-    registered = None if record.deleted else record.registered_at_ms
-    suppressed = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
-    profile = record.profile.view() if record.profile is not None else {}
-    return Snapshot(
-        record.user_id, registered, record.actions, record.steps, suppressed, profile=profile
-    )
-
-
-def log_decisions(user_id: str, decisions: Decisions) -> None:
-    for name, state in decisions.transitions.items():
-        logger.info("user %s step %s: %s", user_id, name, state.status.value)
 
 
 class Backoff:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.delivery.jobs import EmailJob
+from app.engine.email_jobs import EmailJob
 from app.engine.job_ids import batch_member, user_of
 from app.storage import keys as k
 from app.storage.queries import read_job

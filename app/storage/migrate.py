@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.job_ids import evaluation_id, is_batch, is_evaluation, user_of
 from app.errors import SchemaRefused, StorageUnavailable

@@ -5,7 +5,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.delivery.jobs import EmailJob
+from app.engine.email_jobs import EmailJob
 from app.engine.funnel import funnel_view, parse_counters, split_days
 from app.engine.job_ids import user_of
 from app.storage import keys as k

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
 from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
 from app.engine.job_ids import batch_member, evaluation_id, is_evaluation, user_of

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import ActionStats, StepState, StepStatus
 from app.engine.job_ids import JobId, email_id, email_id_prefix
 from app.engine.loops import is_filtered

@@ -3,7 +3,7 @@ suppressions, each one script on the user's hash."""
 
 from collections.abc import Iterable
 
-from app.delivery.jobs import EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.job_ids import email_id_prefix, evaluation_id
 from app.storage import keys as k
 from app.storage.connections import Connection

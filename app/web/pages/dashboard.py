@@ -18,7 +18,7 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app.delivery.jobs import EmailJob
+from app.engine.email_jobs import EmailJob
 from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_summary
 from app.engine.job_ids import JobId
 from app.engine.loops import Loop

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from app.delivery.jobs import EmailJob
+from app.engine.email_jobs import EmailJob
 from app.engine.evaluate import StepState, step_field
 from app.engine.loops import Loop, is_filtered
 from app.storage.keys import USER_ID_PATTERN
