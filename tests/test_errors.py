@@ -56,7 +56,7 @@ def test_every_exception_class_lives_in_app_errors() -> None:
 def test_the_scan_finds_exception_classes() -> None:
     """The scan above must see what it looks for, or it would pass on anything."""
     assert set(exception_classes(APP / "errors.py")) == set(defined_in_errors())
-    assert "_TransportFailure" in exception_classes(APP / "delivery" / "resend.py")
+    assert "_TransportFailure" in exception_classes(APP / "delivery" / "resend_api.py")
 
 
 def defined_in_errors() -> dict[str, type[BaseException]]:
