@@ -1,4 +1,5 @@
-"""The one source of time: an injected callable returning epoch milliseconds.
+"""The one source of time: an injected callable returning epoch milliseconds; and the one home of
+time's units and conversions (epoch ms from a datetime or seconds, a moment's UTC day).
 
 In a running service that callable is a `ServerClock`: Redis's own clock (TIME), read when the
 process starts and every few minutes, and advanced in between by this machine's monotonic clock.
@@ -11,10 +12,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
 
 RESYNC_S = 600.0  # a monotonic clock drifts by parts per million: minutes apart is plenty
 RETRY_S = 15.0  # after a failed sync
@@ -30,6 +37,23 @@ def to_epoch_ms(value: int | float | None) -> int | None:
     if value is None:
         return None
     return int(value * 1000) if value < _SECONDS_UPPER_BOUND else int(value)
+
+
+def datetime_ms(moment: datetime) -> int:
+    """A moment as epoch ms; a naive one is UTC."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return int(aware.timestamp() * 1000)
+
+
+def utc_day(at_ms: int) -> str:
+    """The UTC day a moment falls on, `yyyy-mm-dd`."""
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def last_days(now_ms: int, days: int) -> list[str]:
+    """The last `days` UTC days, oldest first, today included."""
+    today = datetime.fromtimestamp(now_ms / 1000, UTC)
+    return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
 
 
 def system_clock_ms() -> int:

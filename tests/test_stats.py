@@ -10,8 +10,9 @@ import pytest
 import redis
 from fastapi import FastAPI
 
+from app.clock import last_days, utc_day
 from app.engine.email_jobs import EmailJob, JobStatus
-from app.engine.funnel import funnel_view, last_days, sent_field, tta_bucket, utc_day
+from app.engine.funnel import funnel_view, sent_field, tta_bucket
 from app.settings import Settings
 from app.storage.records import as_fields
 from app.web.pages.dashboard import LoopStats

@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import TextIO
 
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from app.cli.clerk_users import KEY_HINT, PAGE_SIZE, ClerkUsers, clerk_users
 from app.cli.shared import shared_settings
-from app.clock import Clock, ServerClock
+from app.clock import Clock, ServerClock, datetime_ms
 from app.runtime import build_store
 from app.settings import Settings
 from app.storage.records import UserProfile, UserWrite
@@ -55,9 +55,7 @@ def parse_since(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 time"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return datetime_ms(moment)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.clock import Clock
+from app.clock import HOUR_MS, Clock
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.loops import Loop, Recovery
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Resend keeps an idempotency key for 24 h (`jobs.KEY_KEPT_MS`); no attempt goes out later than
 # this after the first that may have been accepted, an hour's margin for clocks and slow sends.
-IDEMPOTENCY_WINDOW_MS = 23 * 3600 * 1000
+IDEMPOTENCY_WINDOW_MS = 23 * HOUR_MS
 # A deferred attempt (429 without retry-after, a concurrent request) comes back after this at least.
 MIN_DEFER_MS = 1000
 # What the metrics call a job queued again (the job's status stays `queued`)

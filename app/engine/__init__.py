@@ -9,5 +9,6 @@ decisions feed (`funnel`) and what they measure (`measure`: rates and the uplift
 Nothing here talks to Redis, HTTP or email: storage, web and delivery build on the engine, never
 the reverse.
 
-May import: `app.errors`.
+May import: `app.clock` (time's units and conversions; never the time itself: `now` is given),
+`app.errors`.
 """

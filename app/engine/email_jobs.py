@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.clock import DAY_MS
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"  # waiting for its due time or a retry
@@ -21,7 +23,7 @@ TERMINAL_STATUSES = frozenset({JobStatus.SENT, JobStatus.FAILED, JobStatus.DROPP
 
 # Resend keeps an idempotency key 24 h from the request that used it first: until then a job that
 # may have been accepted under a key is sent again under that key only, never another.
-KEY_KEPT_MS = 24 * 3600 * 1000
+KEY_KEPT_MS = DAY_MS
 
 
 class RenderedEmail(BaseModel):

@@ -5,15 +5,14 @@ dashboard reads them (`app.web.pages.dashboard`).
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.clock import DAY_MS, utc_day
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
 from app.engine.job_ids import EmailKind, JobId
 from app.engine.loops import HOLDOUT, Loop
 from app.engine.measure import Rate, uplift
 
-DAY_MS = 24 * 3600 * 1000
 # Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).
 TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
     ("1m", "< 1 min", 60_000),
@@ -48,16 +47,6 @@ def tta_bucket(elapsed_ms: int) -> str:
         if upper_ms is None or elapsed_ms < upper_ms:
             return f"tta:{suffix}"
     raise AssertionError("the last bucket is unbounded")
-
-
-def utc_day(at_ms: int) -> str:
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d")
-
-
-def last_days(now_ms: int, days: int) -> list[str]:
-    """The last `days` UTC days, oldest first, today included."""
-    today = datetime.fromtimestamp(now_ms / 1000, UTC)
-    return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
 
 
 KEPT_DAYS = 90  # emails counted per day for this long, then only in their totals

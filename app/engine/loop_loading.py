@@ -15,6 +15,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from app.clock import HOUR_MS
 from app.engine.conditions import translate_query
 from app.engine.filters import Filter, filter_from_spec
 from app.engine.loop_spec import (
@@ -414,8 +415,8 @@ def _recovery(spec: RecoverySpec, problems: _Problems) -> Recovery:
     if span_ms > MAX_RETRY_SPAN_MS:
         reason = (
             f"{spec.retries} retries ({spec.backoff}, {spec.initial_delay} up to {spec.max_delay}) "
-            f"span {span_ms / 3_600_000:.1f} h with jitter; the last retry must start within "
-            f"{MAX_RETRY_SPAN_MS // 3_600_000} h of the first attempt (Resend forgets an "
+            f"span {span_ms / HOUR_MS:.1f} h with jitter; the last retry must start within "
+            f"{MAX_RETRY_SPAN_MS // HOUR_MS} h of the first attempt (Resend forgets an "
             "idempotency key after 24 h: a later retry could send the email twice)"
         )
         problems.add("recovery", reason)

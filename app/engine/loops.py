@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
+from app.clock import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
 from app.engine.filters import Filter
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -36,7 +37,7 @@ TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN = r"^[0-9]*[1-9][0-9]*[smhdw]$"
 DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
-UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
 # Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
 MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
 DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
@@ -195,7 +196,7 @@ class Step:
 
 # Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
 # and rate-limit deferrals, which move attempts later without counting as retries.
-MAX_RETRY_SPAN_MS = 12 * 3600 * 1000
+MAX_RETRY_SPAN_MS = 12 * HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)

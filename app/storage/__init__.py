@@ -7,5 +7,5 @@ the move from an older schema (`migrate`) and `Store`, the facade that holds the
 package talks to Redis.
 
 May import: `app.engine` (the snapshots it reads, the decisions it applies, the email-job records
-it keeps), `app.settings`, `app.errors`.
+it keeps), `app.clock` (time's units and a moment's UTC day), `app.settings`, `app.errors`.
 """

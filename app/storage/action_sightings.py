@@ -14,14 +14,13 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from app.engine.funnel import DAY_MS, utc_day
+from app.clock import DAY_MS, HOUR_MS, utc_day
 from app.storage.records import as_fields
 from app.storage.redis_client import CommandArg
 from app.storage.scripts import SIGHTINGS, SIGHTINGS_READ, ScriptRunner, int_or_none
 
 logger = logging.getLogger(__name__)
 
-HOUR_MS = 3_600_000
 HOURS_PER_DAY = 24
 SIGHTINGS_FLUSH_S = 1800.0
 FIRST_SIGHTING_FLUSH_S = 1.0  # a name new to storage waits at most this long (one flush a second)

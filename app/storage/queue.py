@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
+from app.clock import utc_day
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
-from app.engine.funnel import Counter, kept_days_from, sent_field, utc_day
+from app.engine.funnel import Counter, kept_days_from, sent_field
 from app.engine.job_ids import batch_member, evaluation_id, is_evaluation, user_of
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH

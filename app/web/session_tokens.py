@@ -22,7 +22,7 @@ import httpx
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
-from app.clock import Clock
+from app.clock import HOUR_MS, Clock
 from app.errors import ConfigError, InvalidToken, NotAToken, SessionRefused
 from app.settings import Settings
 from app.signing import jwk_signing_keys, rsa_public_key, token_claims, token_key_id
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 LEEWAY_S = 5  # Clerk's clock and ours differ a little; its tokens live for 60 s
 JWKS_REFRESH_MIN_MS = 30_000  # a `kid` the keys lack fetches the JWKS at most this often
-JWKS_MAX_AGE_MS = 3_600_000  # a key Clerk dropped from its JWKS is dropped here within this
+JWKS_MAX_AGE_MS = HOUR_MS  # a key Clerk dropped from its JWKS is dropped here within this
 JWKS_TIMEOUT_S = 5.0  # for the whole answer: a server trickling bytes is cut off there
 MAX_JWKS_BYTES = 64 * 1024  # Clerk's JWKS holds a key or two, under 1 KiB each
 SCOPE_KEY = "activation.clerk_session"

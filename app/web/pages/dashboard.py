@@ -18,8 +18,9 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app.clock import last_days
 from app.engine.email_jobs import EmailJob
-from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, last_days, loop_summary
+from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, loop_summary
 from app.engine.job_ids import JobId
 from app.engine.loops import Loop
 from app.errors import StorageError

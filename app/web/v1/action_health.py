@@ -15,9 +15,9 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.engine.funnel import DAY_MS
+from app.clock import DAY_MS, HOUR_MS
 from app.engine.spelling import did_you_mean
-from app.storage.action_sightings import HOUR_MS, HOURS_PER_DAY, Seen
+from app.storage.action_sightings import HOURS_PER_DAY, Seen
 from app.web import auth
 from app.web.auth import OPENAPI_BEARER, Access
 from app.web.deps import services_of

@@ -14,7 +14,7 @@ the same 422. A test sends both a range of good and bad bodies and compares the 
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import Message
 from typing import Annotated, Any, Literal
 
@@ -32,7 +32,7 @@ from pydantic import (
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from app.clock import to_epoch_ms
+from app.clock import datetime_ms, to_epoch_ms
 from app.engine.conditions import ACTION_NAME_PATTERN
 from app.errors import ActivationError, PayloadTooLarge
 from app.storage.keys import USER_ID_PATTERN
@@ -130,8 +130,7 @@ def occurred_ms(value: datetime | int | None, now_ms: int) -> int:
     if value is None:
         return now_ms
     if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return int(aware.timestamp() * 1000)
+        return datetime_ms(value)
     return to_epoch_ms(value) or now_ms
 
 

@@ -4,7 +4,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.engine.funnel import last_days, loop_summary
+from app.clock import last_days
+from app.engine.funnel import loop_summary
 from app.web import auth
 from app.web.auth import OPENAPI_BEARER, Access
 from app.web.deps import ClockDep, StoreDep, services_of
