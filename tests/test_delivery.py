@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from app.delivery.attempts import Delivery, retry_delay_ms
 from app.delivery.outbox import OutboxMailer, mask
 from app.delivery.resend_api import RateLimiter
+from app.engine.backoff import Growth
 from app.engine.email_jobs import RenderedEmail
-from app.engine.loops import Backoff, Recovery
+from app.engine.loops import Recovery
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AUTH, SENDER, FakeClock, load_fixture, sign, store_of, worker_of
@@ -431,18 +432,18 @@ async def test_a_token_cannot_be_moved_to_another_user(
 @pytest.mark.parametrize(
     ("backoff", "retry", "retry_after_s", "jitter", "expected_ms"),
     [
-        (Backoff.EXPONENTIAL, 1, None, 0.5, 10_000),
-        (Backoff.EXPONENTIAL, 3, None, 0.5, 40_000),
-        (Backoff.EXPONENTIAL, 30, None, 0.5, 3_600_000),  # capped at max_delay
-        (Backoff.LINEAR, 3, None, 0.5, 30_000),
-        (Backoff.FIXED, 3, None, 0.5, 10_000),
-        (Backoff.EXPONENTIAL, 1, None, 0.0, 8_000),  # jitter: -20 %
-        (Backoff.EXPONENTIAL, 1, None, 1.0, 12_000),  # jitter: +20 %
-        (Backoff.EXPONENTIAL, 1, 90.0, 0.5, 90_000),  # never sooner than retry-after
+        (Growth.EXPONENTIAL, 1, None, 0.5, 10_000),
+        (Growth.EXPONENTIAL, 3, None, 0.5, 40_000),
+        (Growth.EXPONENTIAL, 30, None, 0.5, 3_600_000),  # capped at max_delay
+        (Growth.LINEAR, 3, None, 0.5, 30_000),
+        (Growth.FIXED, 3, None, 0.5, 10_000),
+        (Growth.EXPONENTIAL, 1, None, 0.0, 8_000),  # jitter: -20 %
+        (Growth.EXPONENTIAL, 1, None, 1.0, 12_000),  # jitter: +20 %
+        (Growth.EXPONENTIAL, 1, 90.0, 0.5, 90_000),  # never sooner than retry-after
     ],
 )
 def test_retry_delay(
-    backoff: Backoff, retry: int, retry_after_s: float | None, jitter: float, expected_ms: int
+    backoff: Growth, retry: int, retry_after_s: float | None, jitter: float, expected_ms: int
 ) -> None:
     recovery = Recovery(3, backoff, 10_000, 3_600_000)
     assert retry_delay_ms(recovery, retry, retry_after_s, lambda: jitter) == expected_ms

@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
+from app.engine.backoff import Growth
 from app.engine.loop_loading import load_loop, load_loops
 from app.engine.loop_schema import loop_json_schema, loop_json_schema_text, main
 from app.engine.loops import (
     DURATION_PATTERN,
     ActionCondition,
     ActionTrigger,
-    Backoff,
     EmailAction,
     Loop,
     LoopType,
@@ -169,7 +169,7 @@ def test_the_contract_example_normalises(tmp_path: Path) -> None:
     assert step.action == EmailAction("welcome", {"name": "{{user.name}}"})
     assert step.on_timeout == EmailAction("nudge", {})
     assert step.delay_ms == 0
-    assert loop.recovery == Recovery(3, Backoff.EXPONENTIAL, 10_000, 3_600_000)
+    assert loop.recovery == Recovery(3, Growth.EXPONENTIAL, 10_000, 3_600_000)
     assert loop.source == tmp_path / "welcome.yaml"
 
 
@@ -287,13 +287,13 @@ def test_emails_lists_every_email_with_its_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("recovery", "expected"),
     [
-        pytest.param({}, Recovery(3, Backoff.EXPONENTIAL, 10_000, 3_600_000), id="defaults"),
+        pytest.param({}, Recovery(3, Growth.EXPONENTIAL, 10_000, 3_600_000), id="defaults"),
         pytest.param(
-            {"retries": 0, "backoff": "fixed"}, Recovery(0, Backoff.FIXED, 10_000, 3_600_000)
+            {"retries": 0, "backoff": "fixed"}, Recovery(0, Growth.FIXED, 10_000, 3_600_000)
         ),
         pytest.param(
             {"retries": 5, "backoff": "linear", "initial_delay": "30s", "max_delay": "2h"},
-            Recovery(5, Backoff.LINEAR, 30_000, 7_200_000),
+            Recovery(5, Growth.LINEAR, 30_000, 7_200_000),
         ),
     ],
 )
@@ -302,18 +302,18 @@ def test_recovery(tmp_path: Path, recovery: dict[str, Any], expected: Recovery) 
 
 
 def test_recovery_is_optional(tmp_path: Path) -> None:
-    assert loaded(tmp_path, {}).recovery == Recovery(3, Backoff.EXPONENTIAL, 10_000, 3_600_000)
+    assert loaded(tmp_path, {}).recovery == Recovery(3, Growth.EXPONENTIAL, 10_000, 3_600_000)
 
 
 @pytest.mark.parametrize(
     ("backoff", "delays_ms"),
     [
-        (Backoff.EXPONENTIAL, [10_000, 20_000, 40_000, 60_000, 60_000]),
-        (Backoff.LINEAR, [10_000, 20_000, 30_000, 40_000, 50_000]),
-        (Backoff.FIXED, [10_000, 10_000, 10_000, 10_000, 10_000]),
+        (Growth.EXPONENTIAL, [10_000, 20_000, 40_000, 60_000, 60_000]),
+        (Growth.LINEAR, [10_000, 20_000, 30_000, 40_000, 50_000]),
+        (Growth.FIXED, [10_000, 10_000, 10_000, 10_000, 10_000]),
     ],
 )
-def test_recovery_delays_grow_by_backoff_up_to_max(backoff: Backoff, delays_ms: list[int]) -> None:
+def test_recovery_delays_grow_by_backoff_up_to_max(backoff: Growth, delays_ms: list[int]) -> None:
     recovery = Recovery(5, backoff, initial_delay_ms=10_000, max_delay_ms=60_000)
     assert [recovery.delay_ms(retry) for retry in range(1, 6)] == delays_ms
 

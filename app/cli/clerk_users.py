@@ -18,6 +18,7 @@ from clerk_backend_api.utils import BackoffStrategy, RetryConfig
 from pydantic import ValidationError
 
 from app.delivery.resend_api import RateLimiter, parse_retry_after
+from app.engine.backoff import Backoff
 from app.errors import ActivationError, ConfigError
 from app.settings import Settings
 from app.storage.keys import valid_user_id
@@ -28,8 +29,8 @@ PAGE_SIZE = 100  # the largest page Clerk serves
 PAGES_PER_S = 8.0
 RETRIES = 10  # requests made again in one import (after a 429, a 5xx, a lost connection)
 MAX_WAIT_S = 60.0  # the longest wait for one retry, whatever `Retry-After` asks
-BACKOFF_S = 1.0  # the first wait when Clerk gives no `Retry-After`, doubled at each retry
 REQUEST_TIMEOUT_MS = 30_000
+BACKOFF = Backoff(1000, int(MAX_WAIT_S * 1000))  # when Clerk gives no `Retry-After`: 1 s doubling
 # The SDK's own retries are off: they wait as long as a 5xx's Retry-After says, without a word.
 NO_SDK_RETRIES = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), False)
 KEY_HINT = "the instance's secret key, sk_live_... or sk_test_... (Clerk dashboard: API keys)"
@@ -121,8 +122,8 @@ class ClerkUsers:
             tries += 1
 
     def wait_s(self, asked_s: float | None, tries: int) -> float:
-        """As `Retry-After` asks, else BACKOFF_S doubled at each try; never over max_wait_s."""
-        wanted = asked_s if asked_s is not None else BACKOFF_S * 2**tries
+        """As `Retry-After` asks, else `BACKOFF`'s wait; never over max_wait_s."""
+        wanted = asked_s if asked_s is not None else BACKOFF.base_ms(tries + 1) / 1000
         return min(max(wanted, 0.1), self.max_wait_s)
 
     async def wait_out(self, problem: str, asked_s: float | None, tries: int, what: str) -> None:

@@ -49,14 +49,12 @@ def retry_delay_ms(
     recovery: Recovery,
     retry: int,
     retry_after_s: float | None,
-    jitter: Callable[[], float] = random.random,
+    draw: Callable[[], float] = random.random,
 ) -> int:
-    """The wait before retry `retry` (1 = first): the policy's, ±20 % jitter, never under
-    Resend's `retry-after`."""
-    base_ms = recovery.delay_ms(retry)
-    jittered_ms = int(base_ms * (0.8 + 0.4 * jitter()))
+    """The wait before retry `retry` (1 = first): the loop's policy (`Recovery.policy`, ±20 %),
+    never under Resend's `retry-after`."""
     floor_ms = int((retry_after_s or 0) * 1000)
-    return max(jittered_ms, floor_ms, 1)
+    return recovery.policy.wait_ms(retry, at_least_ms=floor_ms, draw=draw)
 
 
 def defer_ms(retry_after_s: float | None) -> int:

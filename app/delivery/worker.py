@@ -15,7 +15,6 @@ backed off (capped exponential, with jitter), and `failing_since_ms`/`last_error
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from app.clock import Clock
 from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher, BatchSender
 from app.delivery.turns import Evaluator
+from app.engine.backoff import Backoff
 from app.engine.job_ids import batch_of, is_batch, is_evaluation, user_of
 from app.errors import StorageError, StorageUnavailable
 from app.observability.metrics import Metrics
@@ -40,23 +40,6 @@ class WorkerConfig:
     batch: int = 100  # turns claimed at once: their emails fill one batch request
     max_backoff_s: float = 30.0
     concurrency: int = 10  # jobs of one claim run at once; their Redis calls share writes
-
-
-class Backoff:
-    """Capped exponential waits with jitter (half to all of the step): 0.5 s, 1 s, 2 s, ..."""
-
-    def __init__(self, first_s: float, cap_s: float) -> None:
-        self.first_s = first_s
-        self.cap_s = cap_s
-        self.step_s = first_s
-
-    def next_s(self) -> float:
-        wait_s = self.step_s * (0.5 + random.random() / 2)
-        self.step_s = min(self.step_s * 2, self.cap_s)
-        return wait_s
-
-    def reset(self) -> None:
-        self.step_s = self.first_s
 
 
 class LeaseKeeper:
@@ -232,17 +215,19 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run jobs until `stop()`: whatever fails, it logs, backs off and goes on."""
-        backoff = Backoff(0.5, self.config.max_backoff_s)
+        backoff = Backoff(500, int(self.config.max_backoff_s * 1000), jitter=(0.5, 1.0))
+        failures = 0
         while not self._stopping:
             self._wake.clear()  # a wake() from here on cuts the next sleep short
             try:
                 claim = await self.run_once()
             except Exception as exc:
-                wait_s = backoff.next_s()
+                failures += 1
+                wait_s = backoff.wait_ms(failures) / 1000
                 self._failing(exc, wait_s)
                 await self._sleep(wait_s)
                 continue
-            backoff.reset()
+            failures = 0
             self._recovered()
             if not claim.job_ids:
                 await self._sleep(self._idle_seconds(claim.wake_at_ms))

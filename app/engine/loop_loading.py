@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from app.clock import HOUR_MS
+from app.engine.backoff import Growth
 from app.engine.conditions import translate_query
 from app.engine.filters import Filter, filter_from_spec
 from app.engine.loop_spec import (
@@ -39,7 +40,6 @@ from app.engine.loops import (
     ActionCondition,
     ActionTrigger,
     Arm,
-    Backoff,
     EmailAction,
     Loop,
     LoopType,
@@ -410,7 +410,7 @@ def _recovery(spec: RecoverySpec, problems: _Problems) -> Recovery:
     if initial_delay_ms > max_delay_ms:
         reason = f"{spec.initial_delay!r} is longer than max_delay {spec.max_delay!r}"
         problems.add("recovery.initial_delay", reason)
-    recovery = Recovery(spec.retries, Backoff(spec.backoff), initial_delay_ms, max_delay_ms)
+    recovery = Recovery(spec.retries, Growth(spec.backoff), initial_delay_ms, max_delay_ms)
     span_ms = recovery.span_ms()
     if span_ms > MAX_RETRY_SPAN_MS:
         reason = (

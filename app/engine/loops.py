@@ -30,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from app.clock import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
+from app.engine.backoff import Backoff, Growth
 from app.engine.filters import Filter
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -88,12 +89,6 @@ def parse_percent(text: str) -> int:
 class LoopType(StrEnum):
     ACTIVATION = "activation"
     MILESTONE = "milestone"
-
-
-class Backoff(StrEnum):
-    EXPONENTIAL = "exponential"
-    LINEAR = "linear"
-    FIXED = "fixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,29 +192,30 @@ class Step:
 # Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
 # and rate-limit deferrals, which move attempts later without counting as retries.
 MAX_RETRY_SPAN_MS = 12 * HOUR_MS
+RETRY_JITTER = (0.8, 1.2)  # ±20 %: retries of a batch of emails spread out
 
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """How a failed email is retried: `retries` more attempts, waits growing by `backoff`."""
+    """How a failed email is retried: `retries` more attempts, waits growing by `backoff` from
+    `initial_delay_ms` up to `max_delay_ms`, each ±20 % (`policy`)."""
 
     retries: int
-    backoff: Backoff
+    backoff: Growth
     initial_delay_ms: int
     max_delay_ms: int
 
+    @property
+    def policy(self) -> Backoff:
+        return Backoff(self.initial_delay_ms, self.max_delay_ms, self.backoff, RETRY_JITTER)
+
     def span_ms(self) -> int:
         """The longest time from the first attempt to the start of the last retry (jitter +20 %)."""
-        return sum(self.delay_ms(retry) for retry in range(1, self.retries + 1)) * 6 // 5
+        return self.policy.longest_span_ms(self.retries)
 
     def delay_ms(self, retry: int) -> int:
         """The wait before retry number `retry` (1 = the first retry), at most `max_delay_ms`."""
-        factor = 1
-        if self.backoff is Backoff.EXPONENTIAL:
-            factor = 1 << max(retry - 1, 0)
-        elif self.backoff is Backoff.LINEAR:
-            factor = max(retry, 1)
-        return min(self.initial_delay_ms * factor, self.max_delay_ms)
+        return self.policy.base_ms(retry)
 
 
 @dataclass(frozen=True, slots=True)
