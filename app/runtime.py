@@ -22,7 +22,8 @@ from app.delivery.attempts import Delivery
 from app.delivery.compose import DEFAULT_SENDER, Composer
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import Mailer, OutboxMailer
-from app.delivery.resend_api import RateLimiter, ResendMailer
+from app.delivery.pacing import RateLimiter
+from app.delivery.resend_api import ResendMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.turns import Evaluator
 from app.delivery.unsubscribe_links import UnsubscribeTokens

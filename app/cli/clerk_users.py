@@ -17,7 +17,7 @@ from clerk_backend_api import Clerk, models, utils
 from clerk_backend_api.utils import BackoffStrategy, RetryConfig
 from pydantic import ValidationError
 
-from app.delivery.resend_api import RateLimiter, parse_retry_after
+from app.delivery.pacing import RateLimiter, parse_retry_after
 from app.engine.backoff import Backoff
 from app.errors import ActivationError, ConfigError
 from app.settings import Settings

@@ -26,6 +26,7 @@ from app.engine.loops import Loop
 from app.errors import StorageError
 from app.settings import Settings
 from app.signing import secret_matches
+from app.storage.rates import Window
 from app.storage.records import StatsReply
 from app.storage.store import Store
 from app.web import auth, sessions
@@ -260,17 +261,17 @@ async def login(
         return refusal(request, Verdict.UNCONFIGURED)
     client = client_address(request)
     window_ms = sessions.LOGIN_WINDOW_S * 1000
-    failures, left_ms = await store.logins.login_failures(client, window_ms=window_ms)
-    if failures >= sessions.LOGIN_FAILURES_ALLOWED:  # the key is not even looked at
+    failures = await store.rates.login_failures(client, window_ms=window_ms)
+    if failures.count >= sessions.LOGIN_FAILURES_ALLOWED:  # the key is not even looked at
         logger.info("dashboard login from %s refused: too many failed attempts", client)
-        return too_many_attempts(request, left_ms)
+        return too_many_attempts(request, failures)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given, target = form.get("key", [""])[0], form.get("next", ["/dashboard"])[0]
     if not secret_matches(settings.activation_api_key, given.encode()):
-        failures, left_ms = await store.logins.count_login_failure(client, window_ms=window_ms)
+        failures = await store.rates.count_login_failure(client, window_ms=window_ms)
         logger.warning(
             "dashboard login from %s refused: wrong key (%d failed in this window, %d allowed)",
-            client, failures, sessions.LOGIN_FAILURES_ALLOWED,
+            client, failures.count, sessions.LOGIN_FAILURES_ALLOWED,
         )  # fmt: skip
         return refusal(request, Verdict.REFUSED, "That is not the API key.")
     return logged_in(request, settings, target, clock())
@@ -283,8 +284,8 @@ def client_address(request: Request) -> str:
     return "".join(c for c in host[:64] if c.isprintable() and not c.isspace()) or "unknown"
 
 
-def too_many_attempts(request: Request, left_ms: int) -> HTMLResponse:
-    retry_after_s = max(math.ceil(left_ms / 1000), 1)
+def too_many_attempts(request: Request, failures: Window) -> HTMLResponse:
+    retry_after_s = failures.retry_after_s
     minutes = math.ceil(retry_after_s / 60)
     error = f"Too many failed attempts. Try again in {minutes} minute(s)."
     response = refusal(request, Verdict.REFUSED, error, status_code=429)

@@ -5,10 +5,10 @@ shares it: one script per request). Checked before anything is stored; the serve
 (the API key) pay for none of it.
 """
 
-import math
 from collections.abc import Collection, Sequence
 
 from app.errors import SessionRefused
+from app.storage.rates import Window
 from app.storage.records import NewAction
 from app.web.deps import Services
 from app.web.session_tokens import ClerkSession
@@ -30,7 +30,7 @@ async def admit(services: Services, session: ClerkSession, actions: Sequence[New
         session.user_id, len(actions), limit=BROWSER_ACTIONS_PER_MINUTE, window_ms=WINDOW_MS
     )
     if not taken.taken:
-        raise too_many(taken.window_left_ms)
+        raise too_many(taken)
 
 
 def forbidden(session: ClerkSession, action: NewAction, allowed: Collection[str]) -> str | None:
@@ -42,8 +42,8 @@ def forbidden(session: ClerkSession, action: NewAction, allowed: Collection[str]
     return None
 
 
-def too_many(window_left_ms: int) -> SessionRefused:
-    retry_after_s = max(math.ceil(window_left_ms / 1000), 1)
+def too_many(window: Window) -> SessionRefused:
+    retry_after_s = window.retry_after_s
     message = (
         f"at most {BROWSER_ACTIONS_PER_MINUTE} actions a minute from a user's browser: "
         f"try again in {retry_after_s} s"
