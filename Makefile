@@ -13,7 +13,7 @@ PORT ?= 8000
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lock lockcheck lint typecheck pytest bench clean chromium
+.PHONY: run test lock lockcheck lint typecheck pytest docs bench clean chromium
 
 $(UV):
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 run: $(STAMP)
 	$(BIN)/activation serve --host $(HOST) --port $(PORT)
 
-test: lockcheck $(STAMP) lint typecheck pytest
+test: lockcheck $(STAMP) lint typecheck pytest docs
 
 # the newest versions pyproject.toml allows, written to uv.lock
 lock: $(UV)
@@ -46,6 +46,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP) chromium
 	$(BIN)/pytest
 
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link or anchor, a page
+# left out of the nav or a missing snippet fails it. Its examples run in pytest (tests/test_docs.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # Not part of `make test`: about 6 minutes, local redis-server and wrk (apt-get install wrk).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
@@ -60,7 +65,7 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache site
 
 # The dashboard's browser test needs Debian's chromium: installed here when absent, as root under
 # CI=true only; elsewhere the test skips and says why.
