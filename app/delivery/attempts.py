@@ -11,14 +11,13 @@ again later without using up a retry.
 Permanent errors and exhausted retries go to the dead-letter set with the last error.
 """
 
-import json
 import logging
 import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from app.clock import HOUR_MS, Clock
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
@@ -27,11 +26,17 @@ from app.engine.loops import Loop, Recovery
 from app.errors import NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.queue import KEEP
-from app.storage.records import Claim, Held, Settled
+from app.storage.records import Claim, Held, Settled, outbox_entry
 from app.storage.store import Store
 
-if TYPE_CHECKING:
-    from app.delivery.batch import Batcher
+
+class BatchPlacer(Protocol):
+    """Where a claim's turns hand the attempts they begin in batches (`batch.Batcher`)."""
+
+    def place(self, job_id: str) -> str: ...
+
+    def add(self, jobs: Sequence[EmailJob], lease: "Lease", wake_at_ms: int | None) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ class Lease:
     claim: Claim | None = None
     job_id: str = ""
     lease_ms: int = 60_000
-    batcher: "Batcher | None" = None
+    batcher: BatchPlacer | None = None
 
     @property
     def token(self) -> str:
@@ -197,16 +202,10 @@ class Delivery:
         """The job sent (`provider_id`: Resend's id, when its answer said it)."""
         update = {"status": JobStatus.SENT, "sent_at": self.clock(), "provider_id": provider_id}
         sent = job.model_copy(update=update | {"last_error": None, "started_at": None})
-        outbox_entry = self._outbox_entry(sent) if self.outbox else ""
+        entry = outbox_entry(sent) if self.outbox and sent.rendered is not None else ""
         if sent.rendered is not None:
             sent = sent.model_copy(update={"rendered": sent.rendered.summary()})
-        return Settling(sent, job.seq, "sent", outbox_entry, metric=JobStatus.SENT)
-
-    def _outbox_entry(self, job: EmailJob) -> str:
-        rendered = job.rendered
-        assert rendered is not None
-        entry = {"job": job.id, "at": job.sent_at, **rendered.model_dump()}
-        return json.dumps(entry, separators=(",", ":"))
+        return Settling(sent, job.seq, "sent", entry, metric=JobStatus.SENT)
 
     def _deferred(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
         """The attempt never reached Resend: queue the job again, the attempt not counted."""

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.clock import Clock
-from app.delivery.attempts import Delivery, Lease
-from app.delivery.batch import Batcher, freed
+from app.delivery.attempts import BatchPlacer, Delivery, Lease
+from app.delivery.batch import freed
 from app.delivery.compose import Composer
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
@@ -136,7 +136,7 @@ class Evaluator:
         return turn
 
     def _begin(
-        self, record: UserRecord, job: EmailJob, now: int, batcher: Batcher | None
+        self, record: UserRecord, job: EmailJob, now: int, batcher: BatchPlacer | None
     ) -> EmailJob:
         """The job with an attempt begun now (rendered again if it never was: a dead letter
         retried after its template was fixed), in one of `batcher`'s batches unless an earlier

@@ -13,6 +13,12 @@ from app.engine.job_ids import EmailKind, JobId
 from app.engine.loops import HOLDOUT, Loop
 from app.engine.measure import Rate, uplift
 
+# The stored counters (a loop's `stats` hash, storage.keys): whole names, then the two families.
+ENTERED, TIMED_OUT, AFTER_NUDGE = "entered", "timed_out", "activated_after_nudge"
+EMAILS_FAILED = "emails_failed"
+TTA, SENT = "tta:", "sent:"  # `tta:<bucket>`, `sent:<step>:<kind>`
+STORED_COUNTERS = (ENTERED, TIMED_OUT, AFTER_NUDGE, EMAILS_FAILED)
+
 # Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).
 TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
     ("1m", "< 1 min", 60_000),
@@ -45,7 +51,7 @@ def tta_bucket(elapsed_ms: int) -> str:
     """The histogram field for a time to activation: `tta:1m` ... `tta:more`."""
     for suffix, _, upper_ms in TTA_BUCKETS:
         if upper_ms is None or elapsed_ms < upper_ms:
-            return f"tta:{suffix}"
+            return f"{TTA}{suffix}"
     raise AssertionError("the last bucket is unbounded")
 
 
@@ -54,7 +60,7 @@ KEPT_DAYS = 90  # emails counted per day for this long, then only in their total
 
 def sent_field(step: int, reason: str) -> str:
     """The stored counter of a loop's emails sent for one step and reason."""
-    return f"sent:{step}:{reason}"
+    return f"{SENT}{step}:{reason}"
 
 
 def kept_days_from(now_ms: int) -> str:
@@ -71,7 +77,7 @@ def split_days(stored: Mapping[str, int]) -> tuple[dict[str, int], dict[str, dic
         counter, _, day = name.partition("@")
         totals[counter] = totals.get(counter, 0) + value
         if day:
-            event = "failed" if counter == "emails_failed" else "sent"
+            event = "failed" if counter == EMAILS_FAILED else "sent"
             per_day = days.setdefault(day, {})
             per_day[event] = per_day.get(event, 0) + value
     return totals, days
@@ -82,12 +88,12 @@ def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
     the sum of the time-to-activation buckets, `sent` and `nudged` step 0's emails
     (`sent:0:action`, `sent:0:timeout`), `emails_sent` all of them. Counters never bumped are
     left out."""
-    view = {name: value for name, value in stored.items() if not name.startswith("sent:")}
+    view = {name: value for name, value in stored.items() if not name.startswith(SENT)}
     derived = {
-        "met": sum(value for name, value in stored.items() if name.startswith("tta:")),
+        "met": sum(value for name, value in stored.items() if name.startswith(TTA)),
         "sent": stored.get(sent_field(0, EmailKind.ACTION), 0),
         "nudged": stored.get(sent_field(0, EmailKind.TIMEOUT), 0),
-        "emails_sent": sum(value for name, value in stored.items() if name.startswith("sent:")),
+        "emails_sent": sum(value for name, value in stored.items() if name.startswith(SENT)),
     }
     return view | {name: value for name, value in derived.items() if value}
 
@@ -123,7 +129,7 @@ def step_counters(
         name = step_field(loop.id, 0)
         fields: list[str] = []
         if name in late:
-            fields.append("activated_after_nudge")
+            fields.append(AFTER_NUDGE)
             fields += _activated(loop, late[name])
         new = transitions.get(name)
         if new is not None:
@@ -135,7 +141,7 @@ def step_counters(
 def _transition_fields(loop: Loop, before: StepState | None, after: StepState) -> list[str]:
     if after.status is StepStatus.EXCLUDED:
         return ["excluded"]
-    fields = ["entered"] if before is None else []
+    fields = [ENTERED] if before is None else []
     if before is None and after.arm is not None:
         fields.append(f"entered:{after.arm}")
     if after.status is StepStatus.FIRED:
@@ -143,7 +149,7 @@ def _transition_fields(loop: Loop, before: StepState | None, after: StepState) -
         fields.append(tta_bucket(max(met_at - after.started_at, 0)))  # counts `met` too
         fields += _activated(loop, after)
     elif after.status is StepStatus.TIMED_OUT:
-        fields.append("timed_out")
+        fields.append(TIMED_OUT)
     return fields
 
 

@@ -163,13 +163,7 @@ class Sightings(ScriptRunner):
         shard = self.keys.shard(0)
         days = sorted({hour // HOURS_PER_DAY for hours in batch.hours.values() for hour in hours})
         index = {day: i for i, day in enumerate(days, 1)}
-        args: list[CommandArg] = [max_names, SEEN_DAY_TTL_S]
-        for name, at_ms in batch.last_ms.items():
-            hours = batch.hours.get(name, {}).items()
-            counts = ",".join(
-                f"{index[h // HOURS_PER_DAY]}@{h % HOURS_PER_DAY:02d}={n}" for h, n in hours
-            )
-            args += [name, at_ms, "1" if name in watched else "", counts]
+        args = sightings_args(batch, index, watched=watched, max_names=max_names)
         keys = [shard.seen, *(shard.seen_day(utc_day(day * DAY_MS)) for day in days)]
         kept, dropped = await self.run(SIGHTINGS, keys, args)
         return int(kept), int(dropped)
@@ -182,7 +176,8 @@ class Sightings(ScriptRunner):
         today = now_ms // DAY_MS
         days = range(today - DAYS_READ + 1, today + 1)
         keys = [shard.seen, *(shard.seen_day(utc_day(day * DAY_MS)) for day in days)]
-        kept, *hashes = await self.run(SIGHTINGS_READ, keys, [now_ms - SEEN_KEPT_MS, *watched])
+        args = sightings_read_args(forget_before_ms=now_ms - SEEN_KEPT_MS, watched=watched)
+        kept, *hashes = await self.run(SIGHTINGS_READ, keys, args)
         seen = Seen({name: int(at_ms) for name, at_ms in as_fields(kept).items()})
         for day, flat in zip(days, hashes, strict=True):
             for name_hour, count in as_fields(flat).items():
@@ -196,3 +191,26 @@ class Sightings(ScriptRunner):
             return {}
         reply = await self.conn.call("HMGET", self.keys.shard(0).seen, *names)
         return {name: int_or_none(at_ms) for name, at_ms in zip(names, reply, strict=True)}
+
+
+# --- the scripts' arguments, each in the order its header gives ---------------------------------
+
+
+def sightings_args(
+    batch: Seen, day_index: dict[int, int], *, watched: Collection[str], max_names: int
+) -> list[CommandArg]:
+    """sightings.lua's ARGV: `day_index` each day's (days since the epoch) place among the
+    day hashes in KEYS (1: KEYS[2])."""
+    args: list[CommandArg] = [max_names, SEEN_DAY_TTL_S]
+    for name, at_ms in batch.last_ms.items():
+        hours = batch.hours.get(name, {}).items()
+        counts = ",".join(
+            f"{day_index[h // HOURS_PER_DAY]}@{h % HOURS_PER_DAY:02d}={n}" for h, n in hours
+        )
+        args += [name, at_ms, "1" if name in watched else "", counts]
+    return args
+
+
+def sightings_read_args(*, forget_before_ms: int, watched: Iterable[str]) -> list[CommandArg]:
+    """sightings_read.lua's ARGV."""
+    return [forget_before_ms, *watched]

@@ -66,9 +66,9 @@ class Actions(ScriptRunner):
         shard_keys = self.keys.shard(shard)
         since = oldest_minute(now_ms, self.action_dedupe_ttl_s)
         for keys, args in self._action_chunks(actions, watch, now_ms):
-            header: list[CommandArg] = [now_ms, since, IDS_LIMIT, LOG_LENGTH]
+            script_args = record_actions_args(now_ms=now_ms, since_minute=since, actions=args)
             added, repeated = await self.run(
-                RECORD_ACTIONS, [*keys, shard_keys.schedule], [*header, *args]
+                RECORD_ACTIONS, [*keys, shard_keys.schedule], script_args
             )
             accepted, duplicates = accepted + int(added), duplicates + int(repeated)
         return accepted, duplicates
@@ -81,7 +81,7 @@ class Actions(ScriptRunner):
         size = 0
         for action in actions:
             action_keys = [self.keys.user(action.user_id)]
-            action_args = self._action_args(action, watch, now_ms)
+            action_args = action_args_of(action, watch, now_ms)
             action_size = sum(len(str(part)) for part in (*action_keys, *action_args))
             if keys and size + action_size > MAX_SCRIPT_PAYLOAD_BYTES:
                 yield keys, args
@@ -90,18 +90,30 @@ class Actions(ScriptRunner):
         if keys:
             yield keys, args
 
-    def _action_args(self, action: NewAction, watch: "_Watch", now_ms: int) -> list[CommandArg]:
-        keep, counts = watch.counts(action.action)
-        return [
-            recent_entry(action.id, now_ms) if action.id else "",
-            action.action,
-            action.occurred_at_ms,
-            keep,
-            counts,
-            log_line(action),
-            evaluation_id(action.user_id),
-            watch.filtered(action),
-        ]
+
+# --- the script's arguments, in the order its header gives ---------------------------------------
+
+
+def record_actions_args(
+    *, now_ms: int, since_minute: int, actions: Sequence[CommandArg]
+) -> list[CommandArg]:
+    """record_actions.lua's ARGV: `actions` the 8 per action of `action_args_of`, flat."""
+    return [now_ms, since_minute, IDS_LIMIT, LOG_LENGTH, *actions]
+
+
+def action_args_of(action: NewAction, watch: "_Watch", now_ms: int) -> list[CommandArg]:
+    """One action's 8 arguments of record_actions.lua."""
+    keep, counts = watch.counts(action.action)
+    return [
+        recent_entry(action.id, now_ms) if action.id else "",
+        action.action,
+        action.occurred_at_ms,
+        keep,
+        counts,
+        log_line(action),
+        evaluation_id(action.user_id),
+        watch.filtered(action),
+    ]
 
 
 class _Watch:

@@ -95,9 +95,9 @@ class Batches(ScriptRunner):
         does."""
         shard = self.keys.shard(claim.shard)
         keys = [shard.schedule, shard.batches, *(self.keys.user(job.user_id) for job in jobs)]
-        args: list[CommandArg] = [batch_id, batch_member(batch_id), now_ms, lease_ms, claim.token]
-        for job in jobs:
-            args += [job.id, job.seq, k.job_field(job.id)]
+        args = batch_record_args(
+            batch_id, now_ms=now_ms, lease_ms=lease_ms, token=claim.token, jobs=jobs
+        )
         recorded = {str(job_id) for job_id in await self.run(BATCH_RECORD, keys, args) or ()}
         if not recorded:
             return None
@@ -112,9 +112,7 @@ class Batches(ScriptRunner):
         shard = self.keys.shard(batch.shard)
         keys = [shard.batches]
         keys += [self.keys.user(user_of(job_id)) for job_id, _ in batch.members]
-        args: list[CommandArg] = [batch.id, token]
-        for job_id, seq in batch.members:
-            args += [seq, k.job_field(job_id)]
+        args = batch_check_args(batch.id, token=token, members=batch.members)
         verdicts = await self.run(BATCH_CHECK, keys, args)
         if not isinstance(verdicts, list):
             return None
@@ -168,5 +166,34 @@ class Batches(ScriptRunner):
     async def _write(self, batch: BatchRecord, token: str, kept: str, next_ms: int | str) -> bool:
         shard = self.keys.shard(batch.shard)
         keys = [shard.schedule, shard.batches]
-        args: list[CommandArg] = [batch.id, batch.member, token, kept, next_ms]
+        args = batch_end_args(batch.id, token=token, kept=kept, next_ms=next_ms)
         return bool(await self.run(BATCH_END, keys, args))
+
+
+# --- the scripts' arguments, each in the order its header gives ---------------------------------
+
+
+def batch_record_args(
+    batch_id: str, *, now_ms: int, lease_ms: int, token: str, jobs: Sequence[EmailJob]
+) -> list[CommandArg]:
+    """batch_record.lua's ARGV: the candidates `jobs`, each with the attempt it sends."""
+    args: list[CommandArg] = [batch_id, batch_member(batch_id), now_ms, lease_ms, token]
+    for job in jobs:
+        args += [job.id, job.seq, k.job_field(job.id)]
+    return args
+
+
+def batch_check_args(
+    batch_id: str, *, token: str, members: Sequence[tuple[str, int]]
+) -> list[CommandArg]:
+    """batch_check.lua's ARGV: `members` (email job id, seq) as the caller read the record."""
+    args: list[CommandArg] = [batch_id, token]
+    for job_id, seq in members:
+        args += [seq, k.job_field(job_id)]
+    return args
+
+
+def batch_end_args(batch_id: str, *, token: str, kept: str, next_ms: int | str) -> list[CommandArg]:
+    """batch_end.lua's ARGV: `kept` the record as kept (JSON) or "" to remove it; `next_ms`
+    `KEEP_LEASE`, or the lease released with the batch's next turn (epoch ms, "" for none)."""
+    return [batch_id, batch_member(batch_id), token, kept, next_ms]

@@ -3,11 +3,12 @@
 
 `P` is `KEY_PREFIX` (default `activation:`). Everything about one user is one hash, `P{<uid>}`:
 a user's write is one HMGET and one HSET, and the worker reads a user with one HGETALL. What users
-share is one set of keys per shard: on one Redis (and on Upstash) one shard, `P:schedule` ...; on
-a Redis Cluster (`storage.layout`) every script must touch one hash slot, so there is one shard
-per master, each under a hash tag `{<tag>}`, and a user's hash moves under their shard's tag:
-`P{<uid>}` becomes `P{<tag>}:u:<uid>` and `P:schedule` becomes `P{<tag>}:schedule` (the shard is
-a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON), chosen once.
+share is one set of keys per shard: on one Redis (and on Upstash) one shard, `P:schedule` ...;
+on a Redis Cluster (`storage.cluster_shards`) every script must touch one hash slot, so there is
+one shard per master, each under a hash tag `{<tag>}`, and a user's hash moves under their
+shard's tag: `P{<uid>}` becomes `P{<tag>}:u:<uid>` and `P:schedule` becomes `P{<tag>}:schedule`
+(the shard is a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON),
+chosen once.
 
 | key                          | type   | TTL                  | written by                      |
 |------------------------------|--------|----------------------|---------------------------------|
@@ -23,10 +24,10 @@ a stable hash of the user id, `Keys.shard_of`). `P:layout` keeps the tags (JSON)
 | `P:seen`                     | hash   | none (pruned, 30 d)  | sightings.lua                   |
 | `P:seen:<yyyy-mm-dd>`        | hash   | 8 d, from creation   | sightings.lua                   |
 | `P:schema`                   | string | none                 | `Store.open` (once), migrate    |
-| `P:layout`                   | string | none                 | storage.layout (once)           |
+| `P:layout`                   | string | none                 | cluster_shards (once)           |
 | `P:session_revoked:<sid>`    | string | the session's rest   | dashboard logout                |
-| `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | login_failures.lua              |
-| `P:browser_rate:<uid>`       | string | its window (1 min)   | rate.lua                        |
+| `P:login_failures:<ip>`      | string | LOGIN_WINDOW_S (15m) | fixed_window.lua                |
+| `P:browser_rate:<uid>`       | string | its window (1 min)   | fixed_window.lua                |
 
 The user hash `P{<uid>}` (field names are short: Redis keeps them once per user):
 - `p` the profile (UserProfile JSON, defaults left out); `v` the epoch ms of the Clerk data it
@@ -100,14 +101,14 @@ What the shard keys hold:
   `emails_failed`. An email is counted on its UTC day, `<counter>@<yyyy-mm-dd>` (one HINCRBY);
   the first count of a day folds the days older than `funnel.KEPT_DAYS` into `<counter>`.
 - `seen` and `seen:<yyyy-mm-dd>` (shard 0's only: one slot for all of them, whatever the user):
-  the actions reported to the service, for `GET /v1/actions/health` (`storage.sightings`). Each
-  process counts the actions it accepts in memory and adds them at most every
-  `SIGHTINGS_FLUSH_S` (and when it stops) with one script, `sightings.lua`: `seen` maps an
-  action's name to when it was last reported (epoch ms, the larger time kept), and holds at
-  most `MAX_SEEN_NAMES` names loops do not watch (a client sending made-up names cannot grow
-  it); `sightings_read.lua` removes the names not reported for `SEEN_KEPT_MS` (30 d) but those
-  loops watch. `seen:<day>` counts each action per UTC hour, field `<action>@<hh>`; it expires
-  8 days after the flush that made it (the health reads the last 8 days).
+  the actions reported to the service, for `GET /v1/actions/health`
+  (`storage.action_sightings`). Each process counts the actions it accepts in memory and adds
+  them at most every `SIGHTINGS_FLUSH_S` (and when it stops) with one script, `sightings.lua`:
+  `seen` maps an action's name to when it was last reported (epoch ms, the larger time kept), and
+  holds at most `MAX_SEEN_NAMES` names loops do not watch (a client sending made-up names
+  cannot grow it); `sightings_read.lua` removes the names not reported for `SEEN_KEPT_MS` (30 d)
+  but those loops watch. `seen:<day>` counts each action per UTC hour, field `<action>@<hh>`;
+  it expires 8 days after the flush that made it (the health reads the last 8 days).
 - `daily:<yyyy-mm-dd>`: v1's emails per day (`<loop_id>:sent`, `:failed`); read until they
   expire, 90 days after they were written.
 - `schema`: `2`, this schema; a store holding the v1 schema (one key per aggregate) is moved by
@@ -115,7 +116,7 @@ What the shard keys hold:
 - `session_revoked:<sid>`: a dashboard session logged out; kept until the session would have
   expired. `login_failures:<ip>`: failed dashboard logins from one address in the current window.
 - `browser_rate:<uid>`: the actions a user's browser reported with a Clerk session token in the
-  current window (a fixed window that starts with the first, `intake.browser`); the server's
+  current window (a fixed window that starts with the first, `web.v1.browser_limits`); the server's
   (the API key's) are not counted.
 - `layout`: on a cluster, `{"shards": [<tag>, ...]}`: the shards' hash tags, in shard order.
 """
@@ -126,6 +127,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from app.engine.funnel import SENT, STORED_COUNTERS, TTA
 from app.engine.job_ids import SEPARATOR, email_id_prefix
 
 SCHEMA_VERSION = "2"
@@ -178,6 +180,17 @@ PROFILE, VERSION, REGISTERED, DELETED = "p", "v", "reg", "del"
 UNSUBSCRIBED, SUPPRESSED, SUPPRESSION = "unsub", "sup", "sup_why"
 REV, SEEN, IDS, LOG, LEASE = "rev", "seen", "ids", "log", "lease"
 ACTION, STEP, JOB = "a:", "s:", "j:"
+USER_FIELDS = (PROFILE, VERSION, REGISTERED, DELETED, UNSUBSCRIBED, SUPPRESSED, SUPPRESSION, REV,
+               SEEN, IDS, LOG, LEASE)  # fmt: skip
+USER_FIELD_PREFIXES = (ACTION, STEP, JOB)
+
+# A recorded batch's JSON (`batches`, above; `storage.batches.BatchRecord`).
+BATCH_FIELDS = ("members", "first", "attempts", "body", "error", "outcome", "lease")
+
+# A loop's `stats` hash: the funnel's counters, and schema 1's (moved by migrate_stats.lua).
+STATS_FIELDS = STORED_COUNTERS
+STATS_FIELD_PREFIXES = (TTA, SENT)
+V1_STATS_FIELDS = ("met", "sent", "nudged", "emails_sent")
 
 
 def action_field(action: str) -> str:
@@ -253,7 +266,8 @@ class ShardKeys:
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Builds every key from the configured prefix and the storage's shards: none on one Redis
-    (or Upstash), one hash tag per shard on a cluster (`shard_tags`, see `storage.layout`)."""
+    (or Upstash), one hash tag per shard on a cluster (`shard_tags`, see
+    `storage.cluster_shards`)."""
 
     prefix: str = "activation:"
     shard_tags: tuple[str, ...] = ()

@@ -223,8 +223,7 @@ class Migration(ScriptRunner):
             logger.warning("user %s not migrated: %s", uid, exc)
             return None
         keys = [self.keys.user(uid), *(names.key(uid, name) for name in present)]
-        args: list[CommandArg] = [item for pair in fields.items() for item in pair]
-        await self.run(MIGRATE_USER, keys, args)
+        await self.run(MIGRATE_USER, keys, migrate_user_args(fields))
         return sum(1 for name in fields if name.startswith(k.JOB))
 
     async def _read(self, key: str) -> Any:
@@ -269,8 +268,21 @@ class Migration(ScriptRunner):
     async def _counters(self, shard: ShardKeys) -> int:
         moved = 0
         async for key in self._scan([f"{_glob(shard.scope)}stats:*"]):
-            moved += int(await self.run(MIGRATE_STATS, [key], []))
+            moved += int(await self.run(MIGRATE_STATS, [key], migrate_stats_args()))
         return moved
+
+
+# --- the scripts' arguments -------------------------------------------------------------------
+
+
+def migrate_user_args(fields: Mapping[str, str]) -> list[CommandArg]:
+    """migrate_user.lua's ARGV: the v2 hash's field/value pairs, flat."""
+    return [item for pair in fields.items() for item in pair]
+
+
+def migrate_stats_args() -> list[CommandArg]:
+    """migrate_stats.lua takes no ARGV: its one key says everything."""
+    return []
 
 
 # --- v1 fields to v2 fields ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from app.storage import keys as k
 from app.storage.connections import Connection
 from app.storage.keys import Keys, ShardKeys
 from app.storage.records import StatsReply, UserRecord, as_fields, decode_job, parse_user
+from app.storage.redis_client import CommandArg
 from app.storage.scripts import STATS, ScriptRunner
 
 
@@ -56,7 +57,7 @@ class Queries(ScriptRunner):
         keys = [shard.dead]
         keys += [shard.stats(loop_id) for loop_id in loop_ids]
         keys += [shard.daily(day) for day in days]
-        count, dead_ids, *hashes = await self.run(STATS, keys, [dead_limit])
+        count, dead_ids, *hashes = await self.run(STATS, keys, stats_args(dead_limit=dead_limit))
         parsed = [parse_counters(flat) for flat in hashes]
         per_day = {day: dict(legacy) for day, legacy in zip(days, parsed[len(loop_ids) :],
                                                               strict=True)}  # fmt: skip
@@ -131,3 +132,8 @@ def add_counters(parts: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, 
             for field, value in counters.items():
                 sums[field] = sums.get(field, 0) + value
     return total
+
+
+def stats_args(*, dead_limit: int) -> list[CommandArg]:
+    """stats.lua's ARGV."""
+    return [dead_limit]

@@ -58,11 +58,14 @@ class Queue(ScriptRunner):
             fields += [k.step_field(name), encode_step(state)]
         for job in jobs:
             fields += [k.job_field(job.id), encode_job(job)]
-        args: list[CommandArg] = [rev, evaluation_id(user_id), token, wake_at_ms or ""]
-        args += ["1" if begun else "0", len(fields) // 2, *fields, len(counters)]
-        for counter in counters:
-            stats_key = stats_keys.index(shard.stats(counter.loop_id)) + 1
-            args += [stats_key, counter.field, counter.by]
+        increments = [
+            (stats_keys.index(shard.stats(counter.loop_id)) + 1, counter.field, counter.by)
+            for counter in counters
+        ]
+        args = apply_args(
+            rev=rev, turn=evaluation_id(user_id), token=token, wake_at_ms=wake_at_ms, begun=begun,
+            fields=fields, increments=increments,
+        )  # fmt: skip
         return as_enum(Applied, APPLY, await self.run(APPLY, keys, args))
 
     async def next_due_ms(self, shard: int = 0) -> int | None:
@@ -85,9 +88,8 @@ class Queue(ScriptRunner):
         candidates = [str(member) for member in found or ()]
         claim_keys = [keys.schedule, keys.fence, keys.batches]
         claim_keys += [self.lease_key(member, shard) for member in candidates]
-        wake_at, token, *job_ids = await self.run(
-            CLAIM, claim_keys, [now_ms, lease_ms, *candidates]
-        )
+        args = claim_args(now_ms=now_ms, lease_ms=lease_ms, candidates=candidates)
+        wake_at, token, *job_ids = await self.run(CLAIM, claim_keys, args)
         return Claim(
             job_ids=[str(job) for job in job_ids],
             wake_at_ms=_ms_or_none(wake_at),
@@ -105,7 +107,7 @@ class Queue(ScriptRunner):
         keys = self.keys.shard(claim.shard)
         renew_keys = [keys.schedule, keys.batches]
         renew_keys += [self.lease_key(job_id, claim.shard) for job_id in job_ids]
-        args: list[CommandArg] = [now_ms + lease_ms, claim.token, *job_ids]
+        args = renew_args(until_ms=now_ms + lease_ms, token=claim.token, members=job_ids)
         return [str(job_id) for job_id in await self.run(RENEW, renew_keys, args)]
 
     def lease_key(self, member: str, shard: int) -> str:
@@ -160,8 +162,7 @@ class Queue(ScriptRunner):
         uid = job.user_id
         shard = self.keys.of_user(uid)
         keys = [shard.dead, shard.schedule, self.keys.user(uid), shard.batches]
-        args: list[CommandArg] = [job.id, k.job_field(job.id), encode_job(again), now_ms]
-        args += [evaluation_id(uid), rejoin or "", batch_member(rejoin) if rejoin else "", job.seq]
+        args = retry_dead_args(again, now_ms=now_ms, rejoin=rejoin, seq=job.seq)
         return _REQUEUED[int(await self.run(RETRY_DEAD, keys, args))]
 
 
@@ -175,6 +176,48 @@ class Requeued(StrEnum):
 
 
 _REQUEUED = {1: Requeued.QUEUED, 0: Requeued.NOT_DEAD, -1: Requeued.KEY_IN_USE}
+
+
+# --- the scripts' arguments, each in the order its header gives ---------------------------------
+
+
+def apply_args(
+    *,
+    rev: str,
+    turn: str,
+    token: str,
+    wake_at_ms: int | None,
+    begun: bool,
+    fields: Sequence[CommandArg],
+    increments: Sequence[tuple[int, str, int]],
+) -> list[CommandArg]:
+    """apply.lua's ARGV: `fields` the user hash's (field, value) pairs flat, `increments`
+    (the stats hash's place after the first two KEYS, its field, by how much)."""
+    args: list[CommandArg] = [rev, turn, token, wake_at_ms or "", "1" if begun else "0"]
+    args += [len(fields) // 2, *fields, len(increments)]
+    for place, field, by in increments:
+        args += [place, field, by]
+    return args
+
+
+def claim_args(*, now_ms: int, lease_ms: int, candidates: Sequence[str]) -> list[CommandArg]:
+    """claim.lua's ARGV."""
+    return [now_ms, lease_ms, *candidates]
+
+
+def renew_args(*, until_ms: int, token: str, members: Sequence[str]) -> list[CommandArg]:
+    """renew.lua's ARGV."""
+    return [until_ms, token, *members]
+
+
+def retry_dead_args(
+    again: EmailJob, *, now_ms: int, rejoin: str | None, seq: int
+) -> list[CommandArg]:
+    """retry_dead.lua's ARGV: `again` the job queued again, `rejoin` the batch it goes in
+    again (None: none), `seq` the attempt it was dead after."""
+    return [again.id, k.job_field(again.id), encode_job(again), now_ms,
+            evaluation_id(again.user_id), rejoin or "", batch_member(rejoin) if rejoin else "",
+            seq]  # fmt: skip
 
 
 def settle_args(

@@ -204,9 +204,17 @@ class StoredUser:
     registered_at_ms: int | None
 
 
+def outbox_entry(job: EmailJob) -> str:
+    """An email "sent" to the outbox (no Resend key), as `P:outbox` keeps it: JSON, the job id
+    first (`outbox_prefix` finds a user's), then when and what went."""
+    assert job.rendered is not None
+    entry = {"job": job.id, "at": job.sent_at, **job.rendered.model_dump()}
+    return json.dumps(entry, separators=(",", ":"))
+
+
 def outbox_prefix(user_id: str) -> str:
-    """How the user's outbox entries begin, as `json.dumps` writes them (`delivery` puts the job
-    id first), so `user.deleted` finds them without decoding every entry."""
+    """How the user's outbox entries begin (`outbox_entry`), so `user.deleted` finds them
+    without decoding every entry."""
     return '{"job":' + json.dumps(email_id_prefix(user_id))[:-1]
 
 
@@ -313,11 +321,12 @@ _SPENT = frozenset({"personalization", "started_at", "seq", "batch"})
 
 
 def encode_job(job: EmailJob) -> str:
-    """A job as stored in its `j:` field: JSON without what the field name says, the defaults,
-    or a due time equal to when it was queued; a sent job keeps no personalization (its rendered
-    summary says what went out)."""
+    """A job as stored in its `j:` field: JSON without what the field name says, a field that
+    holds nothing (null), or a due time equal to when it was queued; every other field written,
+    its default too (`status`, `seq`, `attempts`: the scripts read them and never guess). A sent
+    job keeps no personalization (its rendered summary says what went out)."""
     leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
-    data = job.model_dump(mode="json", exclude=set(leave_out), exclude_defaults=True)
+    data = job.model_dump(mode="json", exclude=set(leave_out), exclude_none=True)
     if data.get("due_at") == job.queued_at:
         del data["due_at"]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)

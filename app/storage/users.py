@@ -2,6 +2,7 @@
 suppressions, each one script on the user's hash."""
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.job_ids import email_id_prefix, evaluation_id
@@ -31,6 +32,15 @@ from app.storage.scripts import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class SeenDelivery:
+    """A webhook delivery as `seen` keeps it: its entry, the oldest minute kept, the most kept."""
+
+    entry: str
+    since_minute: int
+    limit: int
+
+
 class Users(ScriptRunner):
     """The users aggregate: one hash per user, each delivery applied once."""
 
@@ -38,10 +48,10 @@ class Users(ScriptRunner):
         super().__init__(conn, keys)
         self.webhook_dedupe_ttl_s = webhook_dedupe_ttl_s
 
-    def _seen(self, delivery_id: str, now_ms: int) -> list[CommandArg]:
+    def _seen(self, delivery_id: str, now_ms: int) -> SeenDelivery:
         """A delivery's `seen` entry, the oldest minute kept, and how many are kept."""
         since = oldest_minute(now_ms, self.webhook_dedupe_ttl_s)
-        return [recent_entry(delivery_id, now_ms), since, SEEN_LIMIT]
+        return SeenDelivery(recent_entry(delivery_id, now_ms), since, SEEN_LIMIT)
 
     async def record(
         self, delivery_id: str, profile: UserProfile, *, created: bool, version_ms: int, now_ms: int
@@ -50,19 +60,21 @@ class Users(ScriptRunner):
         uid = profile.id
         shard = self.keys.of_user(uid)
         keys = [self.keys.user(uid), shard.schedule]
-        kind = "created" if created else "updated"
         # a signup is in `reg`; an update has no field of its own: its line says when
         line = "" if created else timeline_entry(now_ms, "user.updated", delivery=delivery_id)
-        args: list[CommandArg] = [profile.stored(), version_ms, kind, now_ms]
-        args += [*self._seen(delivery_id, now_ms), evaluation_id(uid), line, LOG_LENGTH]
+        args = record_user_args(
+            profile=profile.stored(), version_ms=version_ms, created=created, now_ms=now_ms,
+            seen=self._seen(delivery_id, now_ms), turn=evaluation_id(uid), log_line=line,
+        )  # fmt: skip
         return as_enum(UserWrite, RECORD_USER, await self.run(RECORD_USER, keys, args))
 
     async def delete(self, delivery_id: str, user_id: str, *, now_ms: int) -> UserWrite:
         """Remove the user's personal data and leave a tombstone, once per delivery."""
         shard = self.keys.of_user(user_id)
         keys = [self.keys.user(user_id), shard.schedule, shard.suppressed, shard.outbox, shard.dead]
-        args: list[CommandArg] = [now_ms, *self._seen(delivery_id, now_ms), evaluation_id(user_id)]
-        args += [user_id, outbox_prefix(user_id), email_id_prefix(user_id)]
+        args = delete_user_args(
+            now_ms=now_ms, seen=self._seen(delivery_id, now_ms), user_id=user_id
+        )
         return as_enum(UserWrite, DELETE_USER, await self.run(DELETE_USER, keys, args))
 
     async def get(self, user_id: str) -> StoredUser | None:
@@ -86,7 +98,7 @@ class Users(ScriptRunner):
         the user is deleted or not stored (then nothing is written)."""
         fields = as_fields(await self.conn.call("HGETALL", self.keys.user(user_id)))
         record = parse_user(user_id, fields)
-        args: list[CommandArg] = [now_ms, *dropped_jobs(record.jobs.values(), now_ms)]
+        args = unsubscribe_args(now_ms=now_ms, dropped=dropped_jobs(record.jobs.values(), now_ms))
         dropped_count = int(await self.run(UNSUBSCRIBE, [self.keys.user(user_id)], args))
         return None if dropped_count < 0 else dropped_count
 
@@ -95,15 +107,17 @@ class Users(ScriptRunner):
         or complaint; returns the script's one-word outcome (see email_event.lua)."""
         uid = event.user_id
         keys = [self.keys.user(uid), self.keys.of_user(uid).suppressed]
-        args: list[CommandArg] = [now_ms, *self._seen(event.delivery_id, now_ms)]
-        args += [event.timeline_entry(now_ms), LOG_LENGTH, event.suppression or "", uid]
+        args = email_event_args(
+            now_ms=now_ms, seen=self._seen(event.delivery_id, now_ms),
+            log_line=event.timeline_entry(now_ms), suppression=event.suppression, user_id=uid,
+        )  # fmt: skip
         return str(await self.run(EMAIL_EVENT, keys, args))
 
     async def unsuppress(self, user_id: str, *, now_ms: int) -> bool:
         """Lift the user's suppression; False when they were not suppressed."""
         keys = [self.keys.user(user_id), self.keys.of_user(user_id).suppressed]
-        line = timeline_entry(now_ms, "unsuppressed")
-        return bool(await self.run(UNSUPPRESS, keys, [user_id, line, LOG_LENGTH]))
+        args = unsuppress_args(user_id=user_id, log_line=timeline_entry(now_ms, "unsuppressed"))
+        return bool(await self.run(UNSUPPRESS, keys, args))
 
     async def suppressed(self, limit: int = 1000) -> list[tuple[str, int]]:
         """(user id, suppressed at ms) pairs, oldest first: an operator's listing, one read per
@@ -125,3 +139,40 @@ def dropped_jobs(jobs: Iterable[EmailJob], now_ms: int) -> list[CommandArg]:
             update = {"status": JobStatus.DROPPED, "last_error": "unsubscribed", "ended_at": now_ms}
             pairs += [k.job_field(job.id), encode_job(job.model_copy(update=update))]
     return pairs
+
+
+# --- the scripts' arguments, each in the order its header gives ---------------------------------
+
+
+def record_user_args(
+    *, profile: str, version_ms: int, created: bool, now_ms: int, seen: SeenDelivery, turn: str,
+    log_line: str,
+) -> list[CommandArg]:  # fmt: skip
+    """record_user.lua's ARGV."""
+    kind = "created" if created else "updated"
+    return [profile, version_ms, kind, now_ms, seen.entry, seen.since_minute, seen.limit, turn,
+            log_line, LOG_LENGTH]  # fmt: skip
+
+
+def delete_user_args(*, now_ms: int, seen: SeenDelivery, user_id: str) -> list[CommandArg]:
+    """delete_user.lua's ARGV."""
+    return [now_ms, seen.entry, seen.since_minute, seen.limit, evaluation_id(user_id), user_id,
+            outbox_prefix(user_id), email_id_prefix(user_id)]  # fmt: skip
+
+
+def unsubscribe_args(*, now_ms: int, dropped: list[CommandArg]) -> list[CommandArg]:
+    """unsubscribe.lua's ARGV: now, then (field, the job as dropped) pairs."""
+    return [now_ms, *dropped]
+
+
+def email_event_args(
+    *, now_ms: int, seen: SeenDelivery, log_line: str, suppression: str | None, user_id: str
+) -> list[CommandArg]:
+    """email_event.lua's ARGV."""
+    return [now_ms, seen.entry, seen.since_minute, seen.limit, log_line, LOG_LENGTH,
+            suppression or "", user_id]  # fmt: skip
+
+
+def unsuppress_args(*, user_id: str, log_line: str) -> list[CommandArg]:
+    """unsuppress.lua's ARGV."""
+    return [user_id, log_line, LOG_LENGTH]

@@ -88,6 +88,17 @@ local function release(schedule, member, next, asked)
   end
 end
 
+-- A stored job's status and attempt number (`records.encode_job` writes both with every job; a
+-- job written before it did, by the first versions of schema 2, left a queued status and a 0
+-- out: it reads as that).
+local function job_status(job)
+  return job.status or 'queued'
+end
+
+local function job_seq(job)
+  return tonumber(job.seq or 0)
+end
+
 -- Whether an email job still waits to go out in batch `batch` as attempt `seq`: stored, queued,
 -- that attempt of it, in that batch, its user neither deleted, unsubscribed nor suppressed.
 -- `user` is the HMGET of {'del', 'unsub', 'sup', <the job's field>}. Returns true, or why not:
@@ -97,7 +108,7 @@ local function waits_in(user, seq, batch)
   if user[2] then return 'unsubscribed' end
   if user[3] then return 'suppressed' end
   local job = cjson.decode(user[4])
-  if (job.status or 'queued') ~= 'queued' or tonumber(job.seq or 0) ~= tonumber(seq)
+  if job_status(job) ~= 'queued' or job_seq(job) ~= tonumber(seq)
       or job.batch ~= batch then
     return 'moved'
   end

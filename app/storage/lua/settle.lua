@@ -45,7 +45,7 @@ local function fenced()
   return (holds(stored and cjson.decode(stored).lease, token))
 end
 local stored = cjson.decode(user[1])
-local status = stored.status or 'queued'  -- a job's defaults are left out of its JSON
+local status = job_status(stored)
 local outcome, action, fields = 'settled', ARGV[3], {}
 if status == 'sent' then
   outcome = 'final'
@@ -58,7 +58,7 @@ elseif action == 'sent' then
     redis.call('LPUSH', KEYS[4], ARGV[5])
     redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
   end
-elseif tonumber(stored.seq or 0) ~= tonumber(ARGV[10]) or not fenced() then
+elseif job_seq(stored) ~= tonumber(ARGV[10]) or not fenced() then
   return 'stale'
 elseif status ~= 'queued' and status ~= action then
   outcome = 'final'  -- a job queued already ended (no template, no address) is settled once

@@ -15,7 +15,7 @@ local dropped = 0
 for i = 2, #ARGV, 2 do
   -- a job may have been sent since it was read; only a job still queued is dropped
   local job = user[4 + i / 2]
-  if job and (cjson.decode(job).status or 'queued') == 'queued' then  -- defaults left out
+  if job and job_status(cjson.decode(job)) == 'queued' then
     add(fields, ARGV[i], ARGV[i + 1])
     dropped = dropped + 1
   end
