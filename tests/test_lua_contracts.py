@@ -3,6 +3,7 @@ JSON field a script names is one `app.storage.keys` defines, no script spells a 
 in KEYS), and each script's arguments are built by its one named builder (`<script>_args`)."""
 
 import ast
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from app.engine.job_ids import batch_member, evaluation_id
 from app.storage import keys as k
 from app.storage import scripts
 from app.storage.batches import BatchRecord
+from app.storage.records import encode_job
 
 STORAGE = Path(scripts.__file__).parent
 LUA_FILES = sorted((STORAGE / "lua").glob("*.lua"))
@@ -79,22 +81,19 @@ def calls(code: str, name: str) -> Iterator[list[str]]:
         yield args
 
 
-def field_uses(code: str) -> Iterator[tuple[str, str]]:
-    """(field name, where) for every literal a script uses as a hash field or field prefix."""
+def command_fields(code: str) -> Iterator[tuple[str, str]]:
+    """The literal fields of the hash commands (`redis.call('HMGET', key, 'rev', ...)`)."""
     for args in calls(code, "redis.call"):
-        command = literal(args[0])
-        rest = args[2:]
-        if command in HASH_READS:
-            named = rest
-        elif command == "HSET":
-            named = rest[::2]
-        elif command == "HINCRBY":
-            named = rest[:1]
-        else:
-            continue
-        for arg in named:
-            if (name := literal(arg)) is not None:
-                yield name, f"{command} field"
+        command, rest = literal(args[0]), args[2:]
+        named = {"HSET": rest[::2], "HINCRBY": rest[:1]}.get(str(command), rest)
+        if command in HASH_READS or command in ("HSET", "HINCRBY"):
+            for arg in named:
+                if (name := literal(arg)) is not None:
+                    yield name, f"{command} field"
+
+
+def table_fields(code: str) -> Iterator[tuple[str, str]]:
+    """The fields a script lists to read (`wanted`) or write (`fields`, `add(fields, ...)`)."""
     for args in calls(code, "add"):
         if (name := literal(args[1])) is not None:
             yield name, "add(fields, ...)"
@@ -104,14 +103,24 @@ def field_uses(code: str) -> Iterator[tuple[str, str]]:
             if (name := literal(arg)) is not None:
                 yield name, f"{match.group(1)} table"
     for match in re.finditer(r"wanted\[[^\]]*\] = ([^\n]*)", code):
-        for name in re.findall(r"'([^']*)'", match.group(1)):
-            if name:
-                yield name, "wanted[...]"
+        names = re.findall(r"'([^']*)'", match.group(1))
+        yield from ((name, "wanted[...]") for name in names if name)
+
+
+def prefix_fields(code: str) -> Iterator[tuple[str, str]]:
+    """The field prefixes a script builds or tests names with (`'a:' .. name`)."""
     for match in re.finditer(r"'([^']*:)' \.\.", code):
         yield match.group(1), "a field's prefix"
     for match in re.finditer(r"string\.sub\([^)]*, 1, \d+\) == '([^']*)'", code):
         if match.group(1) not in MEMBER_PREFIXES:  # a schedule member's, not a field's
             yield match.group(1), "a field's prefix"
+
+
+def field_uses(code: str) -> Iterator[tuple[str, str]]:
+    """(field name, where) for every literal a script uses as a hash field or field prefix."""
+    yield from command_fields(code)
+    yield from table_fields(code)
+    yield from prefix_fields(code)
 
 
 def stats_uses(code: str) -> Iterator[str]:
@@ -169,9 +178,9 @@ def test_no_script_spells_a_key(path: Path) -> None:
         if len(args) < 2 or literal(args[0]) in {"TIME"}:
             continue
         key = args[1]
-        if not (re.fullmatch(r"KEYS\[[^\]]+\]", key) or re.fullmatch(r"[a-z_]\w*", key)):
-            if not key.startswith("unpack(KEYS"):
-                spelled.append(key)
+        taken = re.fullmatch(r"KEYS\[[^\]]+\]|[a-z_]\w*|unpack\(KEYS.*\)", key)
+        if not taken:
+            spelled.append(key)
     assert not spelled, f"{path.name} builds keys instead of taking them in KEYS: {spelled}"
     assert "activation:" not in code
 
@@ -180,9 +189,20 @@ def test_a_batch_record_writes_only_the_fields_keys_py_names() -> None:
     record = BatchRecord("b1", 0, (("email|u|l|0|action", 1),), first=1, attempts=2,
                          body=("email|u|l|0|action",), error="x",
                          outcome={"email|u|l|0|action": ("sent", "re_1")})  # fmt: skip
-    written = set(__import__("json").loads(record.encode()))
+    written = set(json.loads(record.encode()))
     assert written <= set(k.BATCH_FIELDS)
     assert set(k.BATCH_FIELDS) - written == {"lease"}  # the lease is the scripts' own
+
+
+def test_a_stored_job_writes_every_field_a_script_reads_that_has_a_default() -> None:
+    """settle.lua, unsubscribe.lua and `waits_in` read a job's status and seq: encode_job
+    writes them even at their defaults, so no script guesses (a null, like `batch`, is none)."""
+    job = EmailJob(id="email|u|l|0|action", user_id="u", loop_id="l", step=0, kind="action",
+                   template="welcome", queued_at=1, due_at=1)  # fmt: skip
+    read = set(re.findall(r"\bjob\.(\w+)", "".join(code_of(path) for path in LUA_FILES)))
+    defaulted = {name for name in read if EmailJob.model_fields[name].default is not None}
+    assert defaulted == {"status", "seq"}
+    assert defaulted <= set(json.loads(encode_job(job)))
 
 
 def test_the_checker_sees_a_drifted_field() -> None:
@@ -226,9 +246,8 @@ def test_every_script_has_one_named_builder() -> None:
     defined = builders()
     for name in SCRIPTS:
         builder = f"{name.lower()}_args"
-        assert defined.get(builder, []) and len(defined[builder]) == 1, (
-            f"{name} needs exactly one `{builder}` in app/storage: found {defined.get(builder)}"
-        )
+        found = defined.get(builder, [])
+        assert len(found) == 1, f"{name} needs exactly one `{builder}` in app/storage: {found}"
 
 
 def script_runs() -> Iterator[tuple[str, str, ast.expr, ast.FunctionDef | ast.AsyncFunctionDef]]:
