@@ -1,7 +1,8 @@
 """The service's configuration: one pydantic-settings class, read from the environment and `.env`.
 
-Built once by the entry points (`create_app`, the worker) and passed down; nothing else reads
-`os.environ`. Unsafe combinations are refused at startup with a message naming the variable.
+Built once by the entry points (`create_app`, the command line's `load_settings`) and passed
+down; nothing else reads `os.environ` (`activation serve` only writes HOST and PORT into it, for
+the app it starts). Unsafe combinations are refused at startup with a message naming the variable.
 """
 
 import base64
