@@ -15,7 +15,7 @@ from bench.load import API_KEY, SIGNING_SECRET, action, signed_lines
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 TWO_DAYS_MS = 2 * 24 * 3600 * 1000
-RESEND_KEY = "re_standin_test_key"  # tests.resend_standin.API_KEY
+RESEND_KEY = "re_standin_test_key"  # tests.standins.resend.API_KEY
 
 
 def app_env(redis_url: str, prefix: str, *, worker: bool, resend_url: str = "") -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The tests' Resend stand-in in a process of its own (so it does not share the bench's GIL),
-plus `GET /_inbox`: each accepted email's job (`tests.resend_standin.job_of`; the Idempotency-Key
+plus `GET /_inbox`: each accepted email's job (`tests.standins.resend.job_of`; the Idempotency-Key
 for an email without the service's tags) and `received_at_ms`, and `GET /_batches`: the size of
 each accepted batch request.
 
@@ -16,7 +16,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tests.resend_standin import API_KEY, create_standin, job_of
+from tests.standins.resend import API_KEY, create_standin, job_of
 
 SERVICE_TAGS = {"user", "loop", "step", "kind"}
 

@@ -30,15 +30,14 @@ from svix.webhooks import Webhook
 from app.clock import Clock
 from app.main import create_app
 from app.settings import Settings
-from tests.redis_cluster import redis_cluster  # noqa: F401  (the fixture, for every test)
+from tests.standins.redis_cluster import redis_cluster  # noqa: F401  (the fixture, for every test)
+from tests.support.constants import FIXTURES, SHIPPED_LOOPS, USER
 
 if TYPE_CHECKING:
     from app.delivery.worker import Worker
     from app.storage.store import Store
-    from tests.resend_standin import ResendStandin
+    from tests.standins.resend import ResendStandin
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHIPPED_LOOPS = Path(__file__).parent.parent / "loops"
 API_KEY = "test-activation-api-key"
 SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 UPSTASH_TOKEN = "test-upstash-token"
@@ -49,9 +48,7 @@ def load_fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
 
 
-def clerk_event(
-    kind: str, user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any
-) -> dict[str, Any]:
+def clerk_event(kind: str, user_id: str = USER, **data: Any) -> dict[str, Any]:
     """Clerk's documented `user.<kind>` payload (a fresh copy), for `user_id`, `data` merged in."""
     event: dict[str, Any] = copy.deepcopy(load_fixture(f"clerk_user_{kind}.json"))
     event["data"]["id"] = user_id
@@ -165,7 +162,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def upstash_standin(redis_url: str) -> Iterator[tuple[str, FastAPI]]:
     """The Upstash REST stand-in, served on a real port, forwarding to the test Redis."""
-    from tests.upstash_standin import create_standin, serve
+    from tests.standins.upstash import create_standin, serve
 
     standin = create_standin(redis_url, UPSTASH_TOKEN)
     with serve(standin) as url:
@@ -274,7 +271,7 @@ def store_of(app: FastAPI) -> "Store":
 def uvicorn_thread(app: Any, **config: Any) -> Iterator[str]:
     """Real uvicorn serving `app` on a free 127.0.0.1 port in a thread (its options overridable,
     e.g. `root_path`, `log_config`); yields the base URL, stops the server on exit."""
-    from tests.upstash_standin import stop, wait_started
+    from tests.standins.upstash import stop, wait_started
 
     options = {"host": "127.0.0.1", "port": 0, "log_level": "warning", "lifespan": "on", **config}
     server = uvicorn.Server(uvicorn.Config(app, **options))
@@ -351,7 +348,7 @@ def served_routes(app: FastAPI) -> set[tuple[str, str]]:
     return found
 
 
-def concrete(path: str, value: str = "user_29w83sxmDNGwOuEthce5gg56FcC") -> str:
+def concrete(path: str, value: str = USER) -> str:
     """A path with every `{parameter}` filled in (with a user id, unless told another value)."""
     while "{" in path:
         start, end = path.index("{"), path.index("}")
@@ -414,8 +411,8 @@ SENDER = "Acme <hello@acme.dev>"
 
 @pytest.fixture(scope="session")
 def resend_server() -> Iterator["ResendStandin"]:
-    """The Resend stand-in (tests/resend_standin.py), served on a real port for the session."""
-    from tests.resend_standin import run_standin
+    """The Resend stand-in (tests/standins/resend.py), served on a real port for the session."""
+    from tests.standins.resend import run_standin
 
     with run_standin() as standin:
         yield standin

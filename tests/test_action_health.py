@@ -20,14 +20,12 @@ from app.runtime import Runtime, build_runtime
 from app.settings import Settings
 from app.storage.action_sightings import Seen, SightingsBuffer
 from tests.conftest import AUTH, FakeClock, RedisProcess, running
-from tests.redis_cluster import LocalCluster
-from tests.test_costs import Meter
+from tests.standins.redis_cluster import LocalCluster
+from tests.support.constants import DAY, HOUR, MIN
+from tests.support.storage import Meter
 
 T0 = 1_800_000_000_000 + 30 * 60_000  # 2027-01-15T08:30:00Z
 DAY_FIELD = "2027-01-15"
-MIN = 60_000
-HOUR = 60 * MIN
-DAY = 24 * HOUR
 
 on_redis = pytest.mark.parametrize("transport", ["redis"], indirect=True)
 shared = pytest.mark.parametrize("transport", ["redis", "upstash"], indirect=True)

@@ -8,8 +8,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import AUTH, FakeClock, running, store_of
-
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+from tests.support.marks import embedded_only
 
 
 async def post(client: httpx.AsyncClient, body: Any, **headers: str) -> httpx.Response:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from app.clock import system_clock_ms
 from app.delivery.attempts import Lease
 from app.delivery.batch import Batcher, BatchSender
-from app.delivery.resend_api import RateLimiter
+from app.delivery.pacing import RateLimiter
 from app.delivery.worker import Worker
 from app.engine.email_jobs import EmailJob
 from app.settings import Settings
@@ -37,13 +37,13 @@ from tests.conftest import (
     store_of,
     worker_of,
 )
-from tests.resend_standin import ResendStandin, job_of, run_standin
-from tests.test_faults import fake_time_rate_limiter, wait_until, worker_env, worker_process
+from tests.standins.resend import ResendStandin, job_of, run_standin
+from tests.support.constants import MIN, SEC
+from tests.support.processes import worker_env, worker_process
+from tests.support.timing import fake_time_rate_limiter, wait_until
 
 QUEUED = Requeued.QUEUED
 
-SEC = 1000
-MIN = 60 * SEC
 LEASE_MS = 60 * SEC  # the default WORKER_LEASE_S
 
 redis_only = pytest.mark.parametrize("transport", ["redis"], indirect=True)

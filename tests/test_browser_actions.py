@@ -41,16 +41,14 @@ from tests.conftest import (
     store_of,
     uvicorn_thread,
 )
-from tests.test_gate import Body
-from tests.test_intake import hot_and_routed
+from tests.support.constants import OTHER, USER
+from tests.support.gate import Body, hot_and_routed
+from tests.support.marks import embedded_only
 
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 every_transport = pytest.mark.parametrize(
     "transport", ["embedded", "redis", "upstash"], indirect=True
 )
 
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-OTHER = "user_2other0000000000000000000"
 ORIGIN = "https://app.example.com"
 ELSEWHERE = "https://evil.example.net"
 ALLOWED = frozenset({"first_project_created", "project_created"})
@@ -611,7 +609,7 @@ async def test_the_rate_window_opens_with_the_first_action_and_expires(
 
         async def take(count: int) -> tuple[bool, int]:
             taken = await rates.take_browser_actions(USER, count, limit=3, window_ms=300)
-            return taken.taken, taken.window_left_ms
+            return taken.taken, taken.left_ms
 
         first = await take(2)
         refused = await take(2)  # 4 > 3: nothing counted

@@ -28,29 +28,8 @@ from tests.conftest import (
     worker_of,
     write_files,
 )
-
-REPO = Path(__file__).parent.parent
-
-
-def env_for(redis_url: str, key_prefix: str, **extra: str) -> dict[str, str]:
-    keep = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
-    return {
-        **keep,
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": key_prefix,
-        "LOOPS_DIR": str(SHIPPED_LOOPS),
-        "ACTIVATION_API_KEY": "cli-test-key",
-        **extra,
-    }
-
-
-def activation(
-    *args: str, env: dict[str, str], timeout_s: float = 60
-) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "app.cli", *args]
-    return subprocess.run(
-        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+from tests.support.constants import REPO
+from tests.support.processes import activation, env_for, seed_activated_user
 
 
 def test_check_accepts_the_shipped_loops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -83,26 +62,6 @@ def test_every_command_has_help_with_an_example(
         main([command, "--help"])
     assert exited.value.code == 0
     assert "example:" in capsys.readouterr().out
-
-
-def seed_activated_user(redis_url: str, key_prefix: str) -> None:
-    """A registered user whose first project was recorded: the worker has a welcome to send."""
-    from tests.conftest import load_fixture
-
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    profile = load_fixture("clerk_user_created.json")["data"]
-    uid = profile["id"]
-    user = {
-        "id": uid, "email": "example@example.org", "first_name": "Example",
-        "last_name": "Example",
-    }  # fmt: skip
-    now = int(time.time() * 1000)
-    client.hset(f"{key_prefix}{{{uid}}}", mapping={
-        "p": json.dumps(user), "v": 1, "reg": now, "rev": 1,
-        "a:first_project_created": f"1,{now},{now};0",  # reached 1 at its first time
-    })  # fmt: skip
-    client.zadd(f"{key_prefix}schedule", {f"eval|{uid}": now})
-    client.close()
 
 
 def outbox(redis_url: str, key_prefix: str) -> list[dict[str, Any]]:

@@ -21,8 +21,8 @@ from tests.conftest import (
     free_port,
     write_files,
 )
-from tests.test_cli import seed_activated_user
-from tests.upstash_standin import serve
+from tests.standins.upstash import serve
+from tests.support.processes import seed_activated_user
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -15,9 +15,7 @@ import app.clock
 from app.clock import ServerClock
 from app.settings import Settings
 from tests.conftest import AUTH, clerk_event, post_webhook, running, store_of, worker_of
-
-MIN = 60_000
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+from tests.support.constants import MIN, USER
 
 
 class SkewedTime:

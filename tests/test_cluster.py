@@ -18,7 +18,6 @@ import pytest
 from app.clock import system_clock_ms
 from app.settings import Settings
 from app.storage.connections import ClusterConnection
-from app.storage.store import Store
 from tests.conftest import (
     API_KEY,
     AUTH,
@@ -28,17 +27,13 @@ from tests.conftest import (
     post_webhook,
     running,
     sign,
+    store_of,
 )
-from tests.redis_cluster import LocalCluster
-from tests.test_faults import worker_env
+from tests.standins.redis_cluster import LocalCluster
+from tests.support.constants import REPO
+from tests.support.processes import worker_env
 
 on_redis = pytest.mark.parametrize("transport", ["redis"], indirect=True)
-REPO = Path(__file__).parent.parent
-
-
-def store_of(app: Any) -> Store:
-    store: Store = app.state.runtime.store
-    return store
 
 
 def signup(user_id: str) -> bytes:

@@ -4,7 +4,6 @@ step of a signup's life, on a real Redis, through the service's own HTTP API and
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,31 +20,14 @@ from tests.conftest import (
     running,
     worker_of,
 )
-from tests.resend_standin import ResendStandin
-from tests.test_growth import LOOPS, write_loops
+from tests.standins.resend import ResendStandin
+from tests.support.constants import DAY
+from tests.support.growth import LOOPS, write_loops
+from tests.support.storage import Meter
 
 pytestmark = pytest.mark.parametrize("transport", ["redis"], indirect=True)
 
 USERS = 10
-DAY = 24 * 3600 * 1000
-
-
-class Meter:
-    """Commands Redis ran between two reads of INFO commandstats (INFO itself left out)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def calls(self) -> dict[str, int]:
-        stats: dict[str, Any] = self.client.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
-
-    async def of(self, work: Callable[[], Any]) -> dict[str, int]:
-        before = self.calls()
-        await work()
-        after = self.calls()
-        delta = {name: after[name] - before.get(name, 0) for name in after if name != "info"}
-        return {name: count for name, count in delta.items() if count}
 
 
 def per_user(delta: dict[str, int], shared: dict[str, int], users: int = USERS) -> dict[str, float]:

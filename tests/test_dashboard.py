@@ -11,17 +11,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.delivery.worker import Worker
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.main import create_app
 from app.settings import Settings
 from app.storage.store import Store
 from app.web import sessions
-from tests.browser import browser, chromium_binary
-from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, running, sign
-from tests.upstash_standin import serve
+from tests.conftest import API_KEY, AUTH, FakeClock, load_fixture, running, sign, worker_of
+from tests.standins.upstash import serve
+from tests.support.browser import browser, chromium_binary
+from tests.support.constants import MIN
 
-MIN = 60_000
 ACTIVE, LATE, BUILDER = "user_active", "user_late", "user_builder"
 OUTPUT = Path(__file__).parent.parent / "test-output"
 
@@ -30,11 +29,6 @@ OUTPUT = Path(__file__).parent.parent / "test-output"
 def transport() -> str:
     # the browser test serves a second app on the same storage: a real Redis
     return "redis"
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.runtime.worker
-    return worker
 
 
 async def signup(client: httpx.AsyncClient, user_id: str, first_name: str) -> None:

@@ -13,18 +13,16 @@ from fastapi import FastAPI
 
 from app.delivery.attempts import Delivery, retry_delay_ms
 from app.delivery.outbox import OutboxMailer, mask
-from app.delivery.resend_api import RateLimiter
+from app.delivery.pacing import RateLimiter
 from app.engine.backoff import Growth
 from app.engine.email_jobs import RenderedEmail
 from app.engine.loops import Recovery
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import AUTH, SENDER, FakeClock, load_fixture, sign, store_of, worker_of
-from tests.resend_standin import ResendStandin
-
-SEC = 1000
-MIN = 60 * SEC
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+from tests.standins.resend import ResendStandin
+from tests.support.constants import MIN, SEC, USER
+from tests.support.timing import no_sleep
 
 
 @pytest.fixture
@@ -46,10 +44,6 @@ async def app(
         mailer = application.state.runtime.worker.evaluator.delivery.mailer
         mailer.rate_limiter = RateLimiter(0, clock=lambda: clock.now_ms / 1000, sleep=no_sleep)
         yield application
-
-
-async def no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 async def signup(client: httpx.AsyncClient, user_id: str = USER) -> None:

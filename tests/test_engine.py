@@ -17,9 +17,8 @@ from app.engine.evaluate import (
 from app.engine.job_ids import email_id
 from app.engine.loop_loading import load_loop
 from app.engine.loops import Loop
+from tests.support.constants import DAY, MIN
 
-MIN = 60_000
-DAY = 24 * 60 * MIN
 T0 = 1_700_000_000_000  # registration time
 
 WELCOME = """

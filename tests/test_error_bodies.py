@@ -26,10 +26,9 @@ from tests.conftest import (
     sign,
     store_of,
 )
+from tests.support.constants import USER
+from tests.support.marks import embedded_only
 
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 ACTION = {"user_id": USER, "action": "first_project_created"}
 # the operator's pages answer a refused browser with a page (the login form), not JSON
 PAGES = frozenset({"/dashboard", "/outbox", "/dashboard/login", "/dashboard/logout"})

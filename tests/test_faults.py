@@ -4,14 +4,11 @@ counted in the local Resend stand-in's inbox."""
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from fastapi import FastAPI
 
 from app.clock import system_clock_ms
 from app.delivery.attempts import Delivery
-from app.delivery.resend_api import RateLimiter, ResendMailer
+from app.delivery.resend_api import ResendMailer
 from app.delivery.worker import Worker
 from app.errors import StorageUnavailable
 from app.main import create_app
@@ -30,9 +27,6 @@ from app.runtime import build_runtime
 from app.settings import Settings
 from tests.conftest import (
     AUTH,
-    SENDER,
-    SHIPPED_LOOPS,
-    UPSTASH_TOKEN,
     FakeClock,
     RedisProcess,
     clerk_event,
@@ -44,30 +38,18 @@ from tests.conftest import (
     store_of,
     worker_of,
 )
-from tests.resend_standin import ResendStandin, run_standin
+from tests.standins.resend import ResendStandin, run_standin
+from tests.support.constants import MIN, USER
+from tests.support.processes import worker_env, worker_process
+from tests.support.storage import storage_on
+from tests.support.timing import fake_time_rate_limiter, wait_until
 
-SEC = 1000
-MIN = 60 * SEC
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-REPO = Path(__file__).parent.parent
 TERMINAL = ("sent", "failed", "dropped")
 
 redis_transports = pytest.mark.parametrize("transport", ["redis", "upstash"], indirect=True)
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
-
-
-async def no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def fake_time_rate_limiter(worker: Worker, clock: FakeClock) -> None:
-    """The mailer's 429 hold-off runs on the fake clock, so no test sleeps for real."""
-    delivery = worker.evaluator.delivery
-    assert isinstance(delivery, Delivery)
-    assert isinstance(delivery.mailer, ResendMailer)
-    delivery.mailer.rate_limiter = RateLimiter(0, clock=lambda: clock.now_ms / 1000, sleep=no_sleep)
 
 
 @pytest.fixture
@@ -298,18 +280,6 @@ async def test_user_deleted_before_the_others_stores_nothing_and_sends_nothing(
 # --- 3. storage outage -----------------------------------------------------------------------
 
 
-@contextmanager
-def storage_on(transport: str, redis: RedisProcess) -> Iterator[dict[str, Any]]:
-    """Settings that reach `redis`: directly, or through an Upstash stand-in in front of it."""
-    if transport == "redis":
-        yield {"redis_url": redis.url}
-        return
-    from tests.upstash_standin import create_standin, serve
-
-    with serve(create_standin(redis.url, UPSTASH_TOKEN)) as url:
-        yield {"upstash_redis_rest_url": url, "upstash_redis_rest_token": UPSTASH_TOKEN}
-
-
 @redis_transports
 async def test_storage_outage_answers_503_and_redelivery_after_it_completes_everything(
     make_settings: Callable[..., Settings],
@@ -436,51 +406,6 @@ async def test_permanent_provider_error_goes_to_the_dead_letters_without_retry(
 
 
 # --- 5. a worker process killed mid-send -----------------------------------------------------
-
-
-def worker_env(redis_url: str, key_prefix: str, resend: ResendStandin) -> dict[str, str]:
-    keep = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME")}
-    return {
-        **keep,
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": key_prefix,
-        "LOOPS_DIR": str(SHIPPED_LOOPS),
-        "RESEND_API_KEY": resend.api_key,
-        "RESEND_API_URL": resend.url,
-        "EMAIL_FROM": SENDER,
-        "RESEND_RATE_LIMIT_PER_S": "0",
-        # the shortest lease a send can fit in (see Settings): the first worker renews it
-        # until it is killed, then the second takes the job over when it runs out
-        "RESEND_TIMEOUT_S": "2",
-        "STORAGE_TIMEOUT_S": "1",
-        "WORKER_LEASE_S": "8",
-        "WORKER_IDLE_S": "1",
-    }
-
-
-@contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=out,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @dataclass

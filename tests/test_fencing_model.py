@@ -47,9 +47,9 @@ from app.settings import Settings
 from app.storage.records import Claim, EmailEvent, NewAction, UserProfile
 from app.storage.scripts import Script, ScriptRunner
 from tests.conftest import FakeClock
+from tests.support.constants import SEC
 
 T = TypeVar("T")
-SEC = 1000
 LEASE_MS = 20 * SEC
 USERS = ("user_m0", "user_m1", "user_m2")
 WORKERS = 3

@@ -10,9 +10,9 @@ import pytest
 
 from app.web.pages import panels as figures
 from app.web.pages.panels import MINUS, action_problems, experiment_views, points, uplift_view
+from tests.support.constants import DAY
 
 HOSTILE = '<script>alert("x")</script>'
-DAY_MS = 24 * 3600 * 1000
 NOW_MS = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 VOID = {"br", "hr", "img", "input", "meta", "link"}
 
@@ -229,7 +229,7 @@ def test_the_banner_says_what_is_wrong_in_words() -> None:
         {"action": "project_created", "loops": ["activation"], "last_seen_at": None,
          "count_24h": 0, "count_7d": 0, "status": "never_seen"},
         {"action": "invite_sent", "loops": ["expansion", "team"],
-         "last_seen_at": NOW_MS - 2 * DAY_MS, "count_24h": 0, "count_7d": 9, "status": "silent"},
+         "last_seen_at": NOW_MS - 2 * DAY, "count_24h": 0, "count_7d": 9, "status": "silent"},
     ]  # fmt: skip
     unwatched = [
         {"action": "first_projet_created", "count_7d": 31, "did_you_mean": "first_project_created"}

@@ -5,7 +5,6 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -13,46 +12,14 @@ from fastapi import FastAPI
 
 from app.settings import Settings
 from tests.conftest import AUTH, FakeClock, load_fixture, sign, worker_of
-
-MIN = 60_000
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+from tests.support.constants import MIN, USER
+from tests.support.flow import act, emails, signup, state, step
 
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings], loops_dir: Path) -> Settings:
     """The tests' small loops folder; the app and client fixtures are conftest's."""
     return make_settings(loops_dir=loops_dir)
-
-
-async def signup(client: httpx.AsyncClient, user_id: str = USER, msg_id: str | None = None) -> None:
-    event = load_fixture("clerk_user_created.json")
-    event["data"]["id"] = user_id
-    body = json.dumps(event).encode()
-    response = await client.post("/webhooks/clerk", content=body, headers=sign(body, msg_id=msg_id))
-    assert response.status_code == 200, response.text
-
-
-async def act(client: httpx.AsyncClient, action: str, user_id: str = USER, **extra: Any) -> None:
-    body = {"user_id": user_id, "action": action, **extra}
-    response = await client.post("/v1/actions", json=body, headers=AUTH)
-    assert response.status_code == 202, response.text
-
-
-async def state(client: httpx.AsyncClient, user_id: str = USER) -> dict[str, Any]:
-    response = await client.get(f"/v1/users/{user_id}", headers=AUTH)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def step(body: dict[str, Any], loop_id: str, index: int) -> dict[str, Any]:
-    loop = next(loop for loop in body["loops"] if loop["loop"] == loop_id)
-    found: dict[str, Any] = loop["steps"][index]
-    return found
-
-
-def emails(body: dict[str, Any]) -> list[tuple[str, int, str, str]]:
-    return [(e["loop"], e["step"], e["kind"], e["status"]) for e in body["emails"]]
 
 
 async def test_signup_waits_then_first_action_queues_the_welcome(

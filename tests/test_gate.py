@@ -33,12 +33,11 @@ from tests.conftest import (
     store_of,
     uvicorn_thread,
 )
-from tests.test_intake import routed_only
-from tests.test_webhooks import created_event
+from tests.support.constants import USER
+from tests.support.flow import created_event
+from tests.support.gate import CHUNK, Body, routed_only
+from tests.support.marks import embedded_only
 
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 ROOT = "/activation"
 ACTION = {"user_id": USER, "action": "first_project_created", "id": "evt_gate"}
 NO_KEY: dict[str, dict[str, str]] = {
@@ -46,7 +45,6 @@ NO_KEY: dict[str, dict[str, str]] = {
     "wrong": {"Authorization": "Bearer not-the-key"},
     "the key in another scheme": {"Authorization": f"Token {API_KEY}"},
 }
-CHUNK = b"x" * 16 * 1024
 
 
 # --- every route declares its policy ------------------------------------------------------------
@@ -271,20 +269,6 @@ async def test_uvicorn_serving_as_activation_serve_cuts_off_a_head_past_32_kib(
 
 
 # --- body limits --------------------------------------------------------------------------------
-
-
-class Body:
-    """A request body sent in chunks, counting what the app pulled of it."""
-
-    def __init__(self, total_bytes: int) -> None:
-        self.total_bytes = total_bytes
-        self.pulled_bytes = 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while self.pulled_bytes < self.total_bytes:
-            chunk = CHUNK[: self.total_bytes - self.pulled_bytes]
-            self.pulled_bytes += len(chunk)
-            yield chunk
 
 
 def every_route(app: FastAPI) -> list[tuple[str, str, int]]:

@@ -29,62 +29,9 @@ from app.errors import LoopFileError
 from app.settings import Settings
 from app.storage.records import NewAction
 from tests.conftest import AUTH, FakeClock, load_fixture, post_webhook, store_of, worker_of
-from tests.test_flow import act, state, step
-
-MIN = 60_000
-DAY = 24 * 60 * MIN
-
-LOOPS = {
-    "team": """
-        type: activation
-        audience:
-          email: {ends_with: "@acme.dev"}
-        holdout: 20%
-        steps:
-          - trigger: {type: database, table: users, event: insert}
-            condition:
-              type: action
-              action: project_created
-              where:
-                members: {gte: 3}
-                template: saas
-              timeout: 1d
-            action:
-              type: email
-              template: welcome
-              variants:
-                - when: {public_metadata.plan: pro}
-                  template: welcome_pro
-    """,
-    "upgrade": """
-        type: milestone
-        steps:
-          - trigger: {type: action, action: plan_changed, where: {plan: {in: [pro, team]}}}
-            action: {type: email, template: upgraded}
-    """,
-    "sql": """
-        type: activation
-        steps:
-          - trigger: {type: clerk, event: user.created}
-            condition:
-              type: query
-              query: >-
-                SELECT * FROM user_actions WHERE user_id = $1
-                AND action_type = 'invite_sent' AND (properties->>'count')::int >= 2
-              timeout: 2d
-            action: {type: email, template: welcome}
-    """,
-}
-TEMPLATES = ("welcome", "welcome_pro", "upgraded", "welcome_a", "welcome_b")
-
-
-def write_loops(folder: Path, loops: dict[str, str]) -> Path:
-    (folder / "templates").mkdir(exist_ok=True)
-    for name in TEMPLATES:
-        (folder / "templates" / f"{name}.html").write_text(f"---\nsubject: {name}\n---\n{name}\n")
-    for loop_id, text in loops.items():
-        (folder / f"{loop_id}.yaml").write_text(dedent(text))
-    return folder
+from tests.support.constants import DAY, MIN
+from tests.support.flow import act, state, step
+from tests.support.growth import LOOPS, write_loops
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
 """GET /health and GET /health/ready, with storage up and down."""
 
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import AUTH, UPSTASH_TOKEN, FakeClock, free_port, running
+from tests.conftest import AUTH, FakeClock, running
+from tests.support.storage import unreachable_storage
 
 
 async def test_liveness(client: httpx.AsyncClient) -> None:
@@ -24,14 +24,6 @@ async def test_ready_when_storage_answers(client: httpx.AsyncClient) -> None:
         "checks": {"storage": "ok", "loops": "ok", "worker": "ok"},
         "failing": [],
     }
-
-
-def unreachable_storage(transport: str) -> dict[str, Any]:
-    port = free_port()
-    if transport == "upstash":
-        url = f"http://127.0.0.1:{port}"
-        return {"upstash_redis_rest_url": url, "upstash_redis_rest_token": UPSTASH_TOKEN}
-    return {"redis_url": f"redis://127.0.0.1:{port}/0"}
 
 
 @pytest.mark.parametrize("transport", ["redis", "upstash"], indirect=True)

@@ -1,5 +1,5 @@
 """`activation import-clerk`: Clerk's existing users, read through the real `clerk-backend-api` SDK
-from the Clerk stand-in (`tests/clerk_standin.py`) and recorded on the Redis and Upstash
+from the Clerk stand-in (`tests/standins/clerk.py`) and recorded on the Redis and Upstash
 transports, as an operator runs the command."""
 
 import asyncio
@@ -19,7 +19,6 @@ from app.cli.clerk_users import MAX_WAIT_S, clerk_users
 from app.cli.import_clerk import Outcome, Progress, Tally, parse_since
 from app.cli.main import main
 from app.settings import Settings
-from tests.clerk_standin import SECRET_KEY, ClerkStandin, clerk_user, run_standin
 from tests.conftest import (
     AUTH,
     SHIPPED_LOOPS,
@@ -29,6 +28,8 @@ from tests.conftest import (
     running,
     worker_of,
 )
+from tests.standins.clerk import SECRET_KEY, ClerkStandin, clerk_user, run_standin
+from tests.support.constants import MIN
 
 # The SDK reads every query parameter of `users.list`, its own deprecated `last_active_at_since`
 # too, and pydantic warns of that read: the SDK's business, not a use of ours.
@@ -37,7 +38,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 BASE_MS = 1_760_000_000_000  # when the first stand-in user signed up
-MIN = 60_000
 
 
 @pytest.fixture(params=["redis", "upstash"])

@@ -4,55 +4,20 @@ the routed endpoint does, and still documented in OpenAPI."""
 import asyncio
 import gc
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from opentelemetry import trace
-from starlette.types import Receive, Scope, Send
 
 from app.main import ActivationApp, create_app, native_telemetry
 from app.settings import Settings
 from app.web.webhooks import clerk
 from app.web.webhooks.svix import MAX_BODY_BYTES
 from tests.conftest import API_KEY, AUTH, FakeClock, running, sign
-from tests.test_health import unreachable_storage
-from tests.test_webhooks import created_event
-
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-
-
-class ScopeSpy:
-    """Wraps an app and keeps each request's scope, which the router marks when it routes."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.scopes.append(scope)
-        await self.app(scope, receive, send)
-
-
-def routed_only(app: ActivationApp) -> ActivationApp:
-    """The same app with the hot routes left to FastAPI's router."""
-    app.hot_routes = {}
-    return app
-
-
-@asynccontextmanager
-async def serving(
-    app: FastAPI, root_path: str = ""
-) -> AsyncIterator[tuple[httpx.AsyncClient, ScopeSpy]]:
-    spy = ScopeSpy(app)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=spy, root_path=root_path)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http, spy
+from tests.support.flow import created_event
+from tests.support.gate import answer, hot_and_routed, routed_only, serving
+from tests.support.marks import embedded_only
+from tests.support.storage import unreachable_storage
 
 
 def signed(event: dict[str, Any] | bytes, **headers: str) -> dict[str, Any]:
@@ -76,15 +41,6 @@ def webhook_requests() -> list[dict[str, Any]]:
     ]
 
 
-def answer(response: httpx.Response) -> tuple[int, Any, str | None, str | None]:
-    return (
-        response.status_code,
-        response.json(),
-        response.headers.get("content-type"),
-        response.headers.get("retry-after"),
-    )
-
-
 @embedded_only
 async def test_a_webhook_is_served_without_reaching_the_router(
     settings: Settings, clock: FakeClock
@@ -98,30 +54,6 @@ async def test_a_webhook_is_served_without_reaching_the_router(
     assert routed.status_code == 200
     assert "endpoint" in spy.scopes[1]  # what the router leaves on a scope it routed...
     assert "endpoint" not in spy.scopes[0]  # ...and the hot route never got there
-
-
-async def hot_and_routed(
-    settings: Settings, clock: FakeClock, path: str, requests: list[dict[str, Any]]
-) -> dict[str, list[Any]]:
-    """The answers to the same requests from an app serving `path` hot, and from one routing it
-    (checked on the scopes); a request the client cannot even send answers its error's name."""
-    answers: dict[str, list[Any]] = {}
-    for name, app in [
-        ("hot", create_app(settings, clock=clock)),
-        ("routed", routed_only(create_app(settings, clock=clock))),
-    ]:
-        async with serving(app) as (http, spy):
-            answers[name] = []
-            for request in requests:
-                try:
-                    answers[name].append(answer(await http.post(path, **request)))
-                except httpx.HTTPError as exc:  # e.g. a body shorter than its content-length
-                    answers[name].append(type(exc).__name__)
-        routed_count = sum("endpoint" in scope for scope in spy.scopes)
-        # a body declared over the route's limit is refused by app.web.gate before any routing
-        declared_too_large = sum(isinstance(a, tuple) and a[0] == 413 for a in answers[name])
-        assert routed_count == (len(requests) - declared_too_large if name == "routed" else 0)
-    return answers
 
 
 @embedded_only

@@ -35,12 +35,10 @@ from tests.conftest import (
     store_of,
     worker_of,
 )
-from tests.resend_standin import ResendStandin
-from tests.test_faults import fake_time_rate_limiter, wait_until
+from tests.standins.resend import ResendStandin
+from tests.support.constants import HOUR, MIN, SEC
+from tests.support.timing import fake_time_rate_limiter, wait_until
 
-SEC = 1000
-MIN = 60 * SEC
-HOUR = 60 * MIN
 USER = "user_lease"
 WELCOME = f"email|{USER}|welcome|0|action"
 

@@ -21,8 +21,8 @@ from tests.conftest import (
     running,
     worker_of,
 )
-from tests.resend_standin import ResendStandin
-from tests.upstash_standin import create_standin, serve
+from tests.standins.resend import ResendStandin
+from tests.standins.upstash import create_standin, serve
 
 USER = "user_local_upstash"
 

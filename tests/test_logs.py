@@ -10,7 +10,7 @@ import pytest
 from app.observability.logs import JsonFormatter, MaskAddresses, build_handler, mask_addresses
 from app.observability.startup import LOG_FORMAT
 from app.settings import Settings
-from tests.test_cli import activation, env_for, seed_activated_user
+from tests.support.processes import activation, env_for, seed_activated_user
 
 
 @pytest.fixture

@@ -10,13 +10,19 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.delivery.worker import Worker
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from tests.conftest import API_KEY, AUTH, FakeClock, RedisProcess, load_fixture, running, sign
-
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-MIN = 60_000
+from tests.conftest import (
+    API_KEY,
+    AUTH,
+    FakeClock,
+    RedisProcess,
+    load_fixture,
+    running,
+    sign,
+    worker_of,
+)
+from tests.support.constants import USER
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -46,11 +52,6 @@ async def signup(client: httpx.AsyncClient) -> httpx.Response:
 async def act(client: httpx.AsyncClient, **extra: Any) -> None:
     body = {"user_id": USER, "action": "first_project_created", **extra}
     assert (await client.post("/v1/actions", json=body, headers=AUTH)).status_code == 202
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.runtime.worker
-    return worker
 
 
 async def test_counts_follow_a_signup_an_action_and_a_send(

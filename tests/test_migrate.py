@@ -27,12 +27,11 @@ from tests.conftest import (
     store_of,
     worker_of,
 )
-from tests.resend_standin import ResendStandin
+from tests.standins.resend import ResendStandin
+from tests.support.constants import DAY, MIN
 
 pytestmark = pytest.mark.parametrize("transport", ["redis"], indirect=True)
 
-MIN = 60_000
-DAY = 24 * 60 * MIN
 V1 = json.loads((FIXTURES / "v1_store.json").read_text())
 
 

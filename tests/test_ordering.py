@@ -22,11 +22,8 @@ from app.storage.keys import Keys
 from app.storage.records import NewAction, UserProfile
 from app.storage.store import Store
 from tests.conftest import FakeClock, running, store_of, worker_of
-from tests.test_flow import act, emails, signup, state, step
-
-SECOND = 1_000
-MIN = 60 * SECOND
-DAY = 24 * 60 * MIN
+from tests.support.constants import DAY, MIN, SEC
+from tests.support.flow import act, emails, signup, state, step
 
 PROPERTY = hypothesis.settings(
     deadline=None,
@@ -54,12 +51,12 @@ async def test_an_early_action_reported_late_sends_the_welcome_not_the_nudge(
     clock.advance(10 * MIN)  # the worker is late: the 5-minute deadline passed unlooked at
 
     await act(client, "first_project_created", occurred_at=signed_up_at + 7 * MIN, id="late")
-    await act(client, "first_project_created", occurred_at=signed_up_at + SECOND, id="early")
+    await act(client, "first_project_created", occurred_at=signed_up_at + SEC, id="early")
     await worker_of(app).drain()
 
     body = await state(client)
     assert step(body, "welcome", 0)["status"] == "fired"
-    assert step(body, "welcome", 0)["condition_met_at"] == signed_up_at + SECOND
+    assert step(body, "welcome", 0)["condition_met_at"] == signed_up_at + SEC
     assert emails(body) == [("welcome", 0, "action", "sent")]
 
 
@@ -140,14 +137,14 @@ class History:
     last_look_ms: int  # after everything arrived
 
 
-seconds = st.integers(0, 8 * 60).map(lambda s: s * SECOND)
+seconds = st.integers(0, 8 * 60).map(lambda s: s * SEC)
 looks = st.lists(seconds, max_size=2)
 
 
 @st.composite
 def histories(draw: st.DrawFn) -> History:
     # before signup, around the deadlines (5, 8 and 1 + 10 minutes) and well after them
-    offsets = st.integers(-10 * 60, 25 * 60).map(lambda s: s * SECOND)
+    offsets = st.integers(-10 * 60, 25 * 60).map(lambda s: s * SEC)
     action = st.tuples(st.sampled_from(["made", "invited"]), offsets)
     actions = draw(st.lists(action, max_size=12))
     count = len(actions)
@@ -156,7 +153,7 @@ def histories(draw: st.DrawFn) -> History:
         order=draw(st.permutations(range(count))),
         waits_ms=draw(st.lists(seconds, min_size=count, max_size=count)),
         looks_ms=draw(st.lists(looks, min_size=count + 1, max_size=count + 1)),
-        last_look_ms=draw(st.integers(0, 30 * 60).map(lambda s: s * SECOND)),
+        last_look_ms=draw(st.integers(0, 30 * 60).map(lambda s: s * SEC)),
     )
 
 

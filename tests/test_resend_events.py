@@ -30,15 +30,13 @@ from tests.conftest import (
     store_of,
     worker_of,
 )
-from tests.resend_standin import ResendStandin
-from tests.test_cli import env_for
+from tests.standins.resend import ResendStandin
+from tests.support.constants import DAY, USER
+from tests.support.marks import embedded_only
+from tests.support.processes import env_for
 
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 RESEND_SECRET = "whsec_" + base64.b64encode(b"resend-webhook-test-secret-0123").decode()
-DAY = 24 * 3600 * 1000
 EVENTS = load_fixture("resend_webhook_events.json")
-
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from fastapi import FastAPI
 
 from app.delivery.unsubscribe_links import UnsubscribeTokens
-from app.delivery.worker import Worker
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import (
@@ -35,16 +34,16 @@ from tests.conftest import (
     served_routes,
     sign,
     uvicorn_thread,
+    worker_of,
 )
-from tests.resend_standin import ResendStandin
+from tests.standins.resend import ResendStandin
+from tests.support.constants import OTHER, USER
+from tests.support.marks import embedded_only
 
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-OTHER = "user_2other0000000000000000000"
 ADDRESS = "ada.lovelace-private@analytical-engine.example"
 BODY_TEXT = "the hardest step is behind you"  # from loops/templates/activation_welcome.html
 RESEND_WEBHOOK_SECRET = "whsec_QmVzdFJlc2VuZFdlYmhvb2tTZWNyZXQxMjM0NTY="
 METRICS_TOKEN = "metrics-token-secret-0123456789"
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -66,11 +65,6 @@ async def known(client: httpx.AsyncClient, user_id: str = USER) -> bool:
     response = await client.get(f"/v1/users/{user_id}", headers=AUTH)
     assert response.status_code in (200, 404)
     return response.status_code == 200
-
-
-def worker_of(app: FastAPI) -> Worker:
-    worker: Worker = app.state.runtime.worker
-    return worker
 
 
 # --- the API key ----------------------------------------------------------------------------

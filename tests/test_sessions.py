@@ -15,8 +15,8 @@ from app.main import create_app
 from app.settings import Settings
 from app.web import sessions
 from tests.conftest import API_KEY, AUTH, FakeClock
+from tests.support.marks import embedded_only
 
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 NOW_MS = 1_764_000_000_000
 PAGES = ("/dashboard", "/outbox")
 

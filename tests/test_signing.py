@@ -23,12 +23,11 @@ from app.errors import BadToken, InvalidToken
 from app.settings import Settings
 from app.web import sessions
 from tests.conftest import API_KEY, AUTH, clerk_event, post_webhook
+from tests.support.constants import OTHER, USER
+from tests.support.marks import embedded_only
 
 APP = Path(signing.__file__).parent
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
-OTHER = "user_2other0000000000000000000"
 KEY = b"unsubscribe-secret-of-this-deployment"
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
 
 # Pinned, not imported: changing any of these voids every link or cookie already out there.
 UNSUBSCRIBE_SALT = "activation-loops unsubscribe v2"

@@ -17,11 +17,8 @@ from app.settings import Settings
 from app.storage.records import as_fields
 from app.web.pages.dashboard import LoopStats
 from tests.conftest import AUTH, FakeClock, store_of, worker_of
-from tests.test_flow import act, signup
-
-MIN = 60_000
-DAY = 24 * 60 * MIN
-USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
+from tests.support.constants import DAY, MIN, USER
+from tests.support.flow import act, signup
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests.conftest import (
     redis_binary,
     running,
 )
-from tests.test_faults import storage_on
+from tests.support.storage import storage_on
 
 SCRIPT = "script: 88c923858e73954cede057e8a25f614a3552b177, on @user_script:1."
 TRANSIENT = [

@@ -13,6 +13,7 @@ from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys
 from app.storage.records import Applied, Claim, NewAction, UserProfile, UserWrite
 from app.storage.scripts import CLAIM, RECORD_ACTIONS, RECORD_USER
 from app.storage.store import Store
+from tests.support.constants import MIN
 
 PROFILE = UserProfile(id="user_store_1", email="ada@example.org", first_name="Ada")
 
@@ -278,8 +279,6 @@ async def test_upstash_gets_every_script_with_per_key_locking(
 
 # --- what a user's hash remembers, and for how long ----------------------------------------------
 
-MINUTE = 60_000
-
 
 async def test_a_delivery_is_known_again_for_its_ttl_then_forgotten(store: Store) -> None:
     ttl_ms = store.users.webhook_dedupe_ttl_s * 1000
@@ -290,8 +289,8 @@ async def test_a_delivery_is_known_again_for_its_ttl_then_forgotten(store: Store
         return await store.users.record("msg_1", user, created=True, version_ms=1, now_ms=now_ms)
 
     assert await deliver(at) is UserWrite.CREATED
-    assert await deliver(at + ttl_ms - MINUTE) is UserWrite.DUPLICATE
-    assert await deliver(at + ttl_ms + MINUTE) is UserWrite.UPDATED  # forgotten: applied again
+    assert await deliver(at + ttl_ms - MIN) is UserWrite.DUPLICATE
+    assert await deliver(at + ttl_ms + MIN) is UserWrite.UPDATED  # forgotten: applied again
 
 
 async def test_recent_action_ids_are_the_newest_and_bounded(store: Store) -> None:

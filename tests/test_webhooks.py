@@ -21,20 +21,17 @@ from tests.conftest import (
     sign,
     store_of,
 )
-
-embedded_only = pytest.mark.parametrize("transport", ["embedded"], indirect=True)
-OTHER = "user_2other0000000000000000000"
-
-
-def created_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any) -> dict[str, Any]:
-    return clerk_event("created", user_id, **data)
+from tests.support.constants import OTHER, USER
+from tests.support.flow import created_event
+from tests.support.marks import embedded_only
+from tests.support.storage import unreachable_storage
 
 
-def updated_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC", **data: Any) -> dict[str, Any]:
+def updated_event(user_id: str = USER, **data: Any) -> dict[str, Any]:
     return clerk_event("updated", user_id, **data)
 
 
-def deleted_event(user_id: str = "user_29w83sxmDNGwOuEthce5gg56FcC") -> dict[str, Any]:
+def deleted_event(user_id: str = USER) -> dict[str, Any]:
     return clerk_event("deleted", user_id)
 
 
@@ -53,7 +50,7 @@ async def test_user_created_stores_the_profile(client: httpx.AsyncClient, app: F
 
     assert response.status_code == 200
     assert response.json() == {"status": "created"}
-    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get(USER)
     assert stored is not None
     assert stored.profile.email == "example@example.org"
     assert stored.profile.first_name == "Example"
@@ -112,7 +109,7 @@ async def test_user_updated_replaces_the_profile(client: httpx.AsyncClient, app:
     response = await post_signed(client, updated_event(first_name="Renamed"))
 
     assert response.json() == {"status": "updated"}
-    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get(USER)
     assert stored is not None
     assert stored.profile.first_name == "Renamed"
     assert stored.profile.last_name is None
@@ -127,7 +124,7 @@ async def test_user_updated_before_created_creates_and_older_created_does_not_ov
 
     assert updated.json() == {"status": "created"}
     assert created.json() == {"status": "stale"}
-    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get(USER)
     assert stored is not None
     assert stored.profile.first_name == "Newer"
     # the late user.created still counts as the registration
@@ -139,7 +136,7 @@ async def test_user_updated_alone_is_not_a_registration(
 ) -> None:
     await post_signed(client, updated_event())
 
-    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get(USER)
     assert stored is not None
     assert stored.registered_at_ms is None
 
@@ -156,8 +153,8 @@ async def test_user_deleted_removes_data_and_late_events_do_not_revive(
     assert late_created.json() == {"status": "deleted"}
     assert late_updated.json() == {"status": "deleted"}
     store = store_of(app)
-    assert await store.users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
-    assert await store.users.is_deleted("user_29w83sxmDNGwOuEthce5gg56FcC")
+    assert await store.users.get(USER) is None
+    assert await store.users.is_deleted(USER)
 
 
 async def test_user_deleted_before_created_leaves_a_tombstone(
@@ -168,7 +165,7 @@ async def test_user_deleted_before_created_leaves_a_tombstone(
 
     assert deleted.json() == {"status": "tombstoned"}
     assert created.json() == {"status": "deleted"}
-    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get(USER) is None
 
 
 async def test_other_event_types_are_acknowledged_and_ignored(client: httpx.AsyncClient) -> None:
@@ -213,7 +210,7 @@ async def test_payload_variants(
     response = await post_signed(client, created_event(**data))
 
     assert response.status_code == 200
-    stored = await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC")
+    stored = await store_of(app).users.get(USER)
     assert stored is not None
     for field, value in expected.items():
         assert getattr(stored.profile, field) == value
@@ -242,7 +239,7 @@ async def assert_refused(
 ) -> None:
     assert response.status_code == status, response.text
     assert reason_part in response.json()["error"]
-    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get(USER) is None
 
 
 def signed_parts(event: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
@@ -488,8 +485,6 @@ async def test_timestamps_are_judged_on_the_services_clock_not_this_machines(
 async def test_storage_down_answers_503_quickly(
     make_settings: Any, clock: Any, transport: str
 ) -> None:
-    from tests.test_health import unreachable_storage
-
     async with running(make_settings(**unreachable_storage(transport)), clock) as (_, http):
         started = time.monotonic()
         response = await post_signed(http, created_event())
@@ -517,7 +512,7 @@ async def test_upstash_fault_answers_503_then_redelivery_stores(
 
     assert failed.status_code == 503
     assert retried.json() == {"status": "created"}
-    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is not None
+    assert await store_of(app).users.get(USER) is not None
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)
@@ -566,7 +561,7 @@ async def test_a_sender_hanging_up_mid_body_is_refused_quietly(
     await app(scope, receive, send)
     assert sent[0]["status"] == 400
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
-    assert await store_of(app).users.get("user_29w83sxmDNGwOuEthce5gg56FcC") is None
+    assert await store_of(app).users.get(USER) is None
 
 
 async def test_a_refused_webhook_says_why_in_the_log_and_names_the_secret(

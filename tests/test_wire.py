@@ -17,7 +17,7 @@ import uvloop
 from app.errors import StorageError, StorageUnavailable
 from app.storage.connections import classify_reply_error
 from app.storage.redis_client import Address, Wire
-from tests.scripted_redis import (
+from tests.standins.scripted_redis import (
     Script,
     ScriptedRedis,
     answer,

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from tests.soak.harness import REPO
 from tests.soak.session import Options, run, summary
+from tests.support.constants import REPO
 
 
 def parser() -> argparse.ArgumentParser:

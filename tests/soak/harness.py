@@ -23,9 +23,8 @@ import httpx
 import yaml
 
 from tests.conftest import API_KEY, SENDER, SIGNING_SECRET, RedisProcess, free_port
-from tests.resend_standin import ResendStandin, run_standin
+from tests.standins.resend import ResendStandin, run_standin
 
-REPO = Path(__file__).resolve().parents[2]
 RESEND_WEBHOOK_SECRET = "whsec_c29hay1yZXNlbmQtd2ViaG9vay1zZWNyZXQtMDEyMzQ1"
 KEY_PREFIX = "soak:"
 RESEND_TIMEOUT_S = 2.0

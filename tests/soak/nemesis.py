@@ -13,9 +13,9 @@ import random
 import time
 from collections import Counter
 
-from tests.resend_standin import Chaos
 from tests.soak.harness import Harness, Service
 from tests.soak.history import now_ms
+from tests.standins.resend import Chaos
 
 # The chances a fault of the schedule is each kind, after the first round.
 WEIGHTS = {"freeze": 0.4, "kill_worker": 0.4, "kill_web": 0.2}

@@ -17,11 +17,12 @@ import uvloop
 
 from tests.conftest import AUTH
 from tests.soak.checker import EXAMPLES, Timing, Verdict, check
-from tests.soak.harness import MAX_RETRY_DELAY_S, REPO, SHORTEST_LEASE_S, Harness, Setup
+from tests.soak.harness import MAX_RETRY_DELAY_S, SHORTEST_LEASE_S, Harness, Setup
 from tests.soak.history import History, now_ms
 from tests.soak.ledger import Ledger
 from tests.soak.nemesis import Nemesis
 from tests.soak.workload import REQUEST_TIMEOUT_S, Connections, Mix, Workload
+from tests.support.constants import REPO
 
 QUIET_S = 3.0  # the settle ends once no email was accepted for this long (and its minimum passed)
 GIVE_UP_S = 20.0  # how long after the run a request is still retried (a web restart fits)

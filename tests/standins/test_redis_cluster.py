@@ -1,4 +1,5 @@
-"""The local Redis Cluster of tests/redis_cluster.py: it is up, spread, and survives a failover.
+"""The local Redis Cluster (tests/standins/redis_cluster.py): it is up, spread, and survives a
+failover.
 
 The cluster is shared by the whole session, so every key here carries a prefix of its own and is
 deleted after; a failover is undone before the test ends, so the layout stays as documented.
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.redis_cluster import SLOTS, LocalCluster
+from tests.standins.redis_cluster import SLOTS, LocalCluster
 
 
 @pytest.fixture

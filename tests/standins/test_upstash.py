@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from upstash_redis.asyncio import Redis
 from upstash_redis.errors import UpstashError
 
-from tests.upstash_standin import create_standin, reset, serve
+from tests.standins.upstash import create_standin, reset, serve
 
 TOKEN = "standin-test-token"
 NESTED_SCRIPT = "return {KEYS[1], ARGV[1], 42, false, {ARGV[1], 7}}"

@@ -1,4 +1,4 @@
-"""The Resend stand-in's `POST /emails/batch` (tests/resend_standin.py): sent with the real
+"""The Resend stand-in's `POST /emails/batch` (tests/standins/resend.py): sent with the real
 `resend` SDK (`resend.Batch.send_async`), and with httpx for what the SDK would never send."""
 
 import asyncio
@@ -11,8 +11,8 @@ import resend as resend_sdk
 from resend.exceptions import ResendError
 from resend.http_client_httpx import HTTPXClient
 
-from tests.resend_standin import Chaos, ResendStandin
-from tests.test_mailer import eventually
+from tests.standins.resend import Chaos, ResendStandin
+from tests.support.timing import eventually
 
 SENDER = "Acme <hello@acme.dev>"
 ATTACHMENT = {"filename": "hello.txt", "content": "aGVsbG8="}

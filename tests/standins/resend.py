@@ -2,7 +2,7 @@
 Resend's OpenAPI schema.
 
 This module owns `create_standin(api_key)` (the Starlette app), `reset(app)`, and `ResendStandin` /
-`run_standin(api_key)`, which serve it on a real port (with `tests.upstash_standin.serve`) and
+`run_standin(api_key)`, which serve it on a real port (with `tests.standins.upstash.serve`) and
 hand tests its URL, inbox, counters, fault script and chaos mode.
 
 Behaviour, as Resend's API answers (https://resend.com/docs/api-reference/errors):
@@ -97,7 +97,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeAlias
 
 from starlette.applications import Starlette
@@ -109,9 +108,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.upstash_standin import serve
+from tests.standins.upstash import serve
+from tests.support.constants import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 API_KEY = "re_standin_test_key"
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 
