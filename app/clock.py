@@ -10,6 +10,7 @@ Tests and the simulator inject clocks of their own.
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,14 @@ SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+
+# Durations as loop files and settings write them: `<integer><s|m|h|d|w>`.
+DURATION_PATTERN = r"^[0-9]*[1-9][0-9]*[smhdw]$"
+DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
+UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
+# Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
+MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
+_DURATION = re.compile(r"([0-9]+)([smhdw])")
 
 RESYNC_S = 600.0  # a monotonic clock drifts by parts per million: minutes apart is plenty
 RETRY_S = 15.0  # after a failed sync
@@ -54,6 +63,37 @@ def last_days(now_ms: int, days: int) -> list[str]:
     """The last `days` UTC days, oldest first, today included."""
     today = datetime.fromtimestamp(now_ms / 1000, UTC)
     return [(today - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(days - 1, -1, -1)]
+
+
+def parse_duration(text: str) -> int:
+    """`30s`, `5m`, `2h`, `3d`, `1w` in milliseconds; ValueError for anything else."""
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like {DURATION_EXAMPLES}")
+    duration_ms = int(match[1]) * UNIT_MS[match[2]]
+    if duration_ms == 0:
+        raise ValueError(f"{text!r} is zero: a duration must be longer, like {DURATION_EXAMPLES}")
+    if duration_ms > MAX_DURATION_MS:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return duration_ms
+
+
+_TIME_WINDOW = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
+TIME_WINDOW_PATTERN = r"^[0-9]{1,2}:[0-9]{2}-[0-9]{1,2}:[0-9]{2}$"
+
+
+def parse_time_window(text: str) -> tuple[int, int]:
+    """A daily window of local time, `"21:00-08:00"`, as its start and end in minutes after
+    midnight (past midnight when the end comes first); ValueError naming what is wrong."""
+    match = _TIME_WINDOW.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a window of local time like 21:00-08:00")
+    start_h, start_m, end_h, end_m = (int(part) for part in match.groups())
+    if start_h > 23 or end_h > 23 or start_m > 59 or end_m > 59:
+        raise ValueError(f"{text!r} names a time that is not on a clock (00:00 to 23:59)")
+    if (start_h, start_m) == (end_h, end_m):
+        raise ValueError(f"{text!r} starts when it ends")
+    return start_h * 60 + start_m, end_h * 60 + end_m
 
 
 def system_clock_ms() -> int:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from zoneinfo import ZoneInfo
 
 from pydantic import SecretStr
 from svix.webhooks import Webhook
@@ -30,6 +31,7 @@ from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.delivery.worker import Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
+from app.engine.holds import CapRule, FrequencyCap, Holds, QuietHours
 from app.engine.loops import Loop
 from app.errors import (
     StorageError,
@@ -365,6 +367,13 @@ def build_store(settings: Settings) -> Store:
     )
 
 
+def holds_of(settings: Settings) -> Holds:
+    """FREQUENCY_CAP, QUIET_HOURS and DEFAULT_TIMEZONE as the worker's turns keep them."""
+    cap = FrequencyCap(tuple(CapRule(emails, window) for emails, window in settings.cap_rules))
+    quiet = QuietHours.parse(settings.quiet_hours) if settings.quiet_hours else None
+    return Holds(cap, quiet, ZoneInfo(settings.default_timezone))
+
+
 def build_worker(
     settings: Settings,
     store: Store,
@@ -385,5 +394,7 @@ def build_worker(
     delivery = Delivery(
         store, loops, mailer, clock, metrics, max_wait_s=settings.worker_lease_s / 4
     )
-    evaluator = Evaluator(store, loops, composer, clock, metrics, delivery, config.lease_ms)
+    evaluator = Evaluator(
+        store, loops, composer, clock, metrics, delivery, config.lease_ms, holds_of(settings)
+    )
     return Worker(store, evaluator, clock, config=config, metrics=metrics, busy=busy)

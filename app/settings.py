@@ -7,9 +7,11 @@ the app it starts). Unsafe combinations are refused at startup with a message na
 
 import base64
 import binascii
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -20,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from app.clock import parse_duration, parse_time_window
 from app.errors import ConfigError
 
 
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
     clerk_api_url: str = "https://api.clerk.com/v1"
     clerk_jwt_key: str | None = None  # the instance's PEM public key (not a secret)
     clerk_jwks_url: str | None = None
+    # growth: the most loop emails per user across loops, when none go out, the users' zone
+    frequency_cap: str = "off"
+    quiet_hours: str | None = None
+    default_timezone: str = "UTC"
     browser_actions: Annotated[frozenset[str], NoDecode] = frozenset()
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
@@ -139,6 +146,30 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("frequency_cap")
+    @classmethod
+    def _cap_is_rules(cls, value: str) -> str:
+        parse_cap_rules(value)
+        return value
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _quiet_hours_is_a_window(cls, value: object) -> object:
+        if value == "" or (isinstance(value, str) and value.strip().lower() == OFF):
+            return None
+        if isinstance(value, str):
+            parse_time_window(value)
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _timezone_is_known(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone like Europe/Berlin") from None
+        return value
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix_has_no_hash_tag(cls, value: str) -> str:
@@ -184,12 +215,35 @@ class Settings(BaseSettings):
         return self.public_url or served_url(self.host, self.port)
 
     @property
+    def cap_rules(self) -> tuple[tuple[int, int], ...]:
+        """FREQUENCY_CAP as (emails, window ms) pairs; () for `off`."""
+        return parse_cap_rules(self.frequency_cap)
+
+    @property
     def storage_kind(self) -> StorageKind:
         if self.upstash_redis_rest_url:
             return StorageKind.UPSTASH
         if self.redis_url is not None:
             return StorageKind.REDIS
         return StorageKind.EMBEDDED
+
+
+OFF = "off"
+_CAP_RULE = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+[smhdw])\s*")
+
+
+def parse_cap_rules(text: str) -> tuple[tuple[int, int], ...]:
+    """FREQUENCY_CAP, `"2/1d,4/7d"` (emails per window, each rule held at once) or `off`, as
+    (emails, window ms) pairs; ValueError naming the part that is wrong."""
+    if text.strip().lower() == OFF:
+        return ()
+    rules = []
+    for part in text.split(","):
+        match = _CAP_RULE.fullmatch(part)
+        if match is None or int(match[1]) < 1:
+            raise ValueError(f"{part.strip()!r} is not a cap like 2/1d (emails per window) or off")
+        rules.append((int(match[1]), parse_duration(match[2])))
+    return tuple(rules)
 
 
 def given_settings() -> frozenset[str]:

@@ -41,7 +41,7 @@ _STAGES = frozenset({"engine", "observability", "storage"})
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "clock": frozenset({"errors"}),
-    "settings": frozenset({"errors"}),
+    "settings": frozenset({"errors", "clock"}),
     "signing": frozenset({"errors", "settings"}),
     "engine": frozenset({"errors", "clock"}),
     "observability": frozenset({"engine", "settings", "errors"}),

@@ -374,7 +374,8 @@ def test_a_loop_cannot_be_changed_after_loading(tmp_path: Path) -> None:
         (
             {"colour": "blue"},
             "colour",
-            "unknown key; allowed here: type, opinion, audience, holdout, measure, steps, recovery",
+            "unknown key; allowed here: type, opinion, audience, holdout, measure, priority, cap, "
+            "quiet_hours, steps, recovery",
         ),
         ({"steps.0.condtion": {}}, "steps[0].condtion", "unknown key; did you mean 'condition'?"),
         (

@@ -6,15 +6,17 @@ claim's batches (`batch.Batcher`).
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.clock import Clock
 from app.delivery.attempts import BatchPlacer, Delivery, Lease
 from app.delivery.batch import freed
 from app.delivery.compose import Composer
+from app.delivery.holding import admit, dropped_reason, held, hold_counters
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
-from app.engine.funnel import late_activations, step_counters
+from app.engine.funnel import Counter, late_activations, step_counters
+from app.engine.holds import Holds
 from app.engine.job_ids import evaluation_id
 from app.engine.loops import Loop
 from app.errors import TemplateRenderError
@@ -38,6 +40,7 @@ class Turn:
     writes: list[EmailJob]
     deliver: list[EmailJob]
     wake_at_ms: int | None
+    holds: list[Counter] = field(default_factory=list)  # `held:<why>` counts of emails held
 
 
 class Evaluator:
@@ -53,6 +56,7 @@ class Evaluator:
         metrics: Metrics | None = None,
         delivery: Delivery | None = None,
         lease_ms: int = 60_000,
+        holds: Holds | None = None,
     ) -> None:
         self.store = store
         self.loops = loops
@@ -61,6 +65,7 @@ class Evaluator:
         self.metrics = metrics or Metrics()
         self.delivery = delivery
         self.lease_ms = lease_ms
+        self.holds = holds or Holds()
 
     async def run(self, user_id: str, lease: Lease | None = None) -> Decisions | None:
         """Evaluate and send under `lease`; None when nothing was applied (another worker took
@@ -106,14 +111,16 @@ class Evaluator:
         batched: set[tuple[str, int]] | None = None,
     ) -> Turn:
         """The turn's writes: the decisions' states and new jobs; every queued job due now and
-        not in flight begun (or dropped, when the user stopped loop email); the next look at
-        the soonest of the engine's wake, a queued job's due time, an attempt in flight's end.
-        Jobs in a batch: see `turn_jobs`; with the lease's batcher, attempts begin in batches."""
+        not in flight begun (or dropped, when the user stopped loop email), unless the
+        frequency cap or quiet hours hold it (`holding`); the next look at the soonest of the
+        engine's wake, a queued job's due time, an attempt in flight's end. Jobs in a batch:
+        see `turn_jobs`; with the lease's batcher, attempts begin in batches."""
         late = late_activations(self.loops.values(), record.steps, record.actions)
         stopped = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
         wakes = [] if decisions.wake_at is None else [decisions.wake_at]
         turn = Turn({**late, **decisions.transitions}, late, [], [], None)
         new = [self._new_job(record, order, now) for order in decisions.emails]
+        ready = []
         for job in turn_jobs(record, new, lease, batched or set()):
             if job.id not in record.jobs and job.terminal:
                 turn.writes.append(job)
@@ -129,11 +136,33 @@ class Evaluator:
                 if job.id not in record.jobs:
                     turn.writes.append(job)
             else:
+                ready.append(job)
+        self._start(record, ready, turn, now, lease, wakes)
+        turn.wake_at_ms = min(wakes) if wakes else None
+        return turn
+
+    def _start(
+        self,
+        record: UserRecord,
+        ready: list[EmailJob],
+        turn: Turn,
+        now: int,
+        lease: Lease | None,
+        wakes: list[int],
+    ) -> None:
+        """Begin the attempts of the jobs due now that may go; hold or drop the others."""
+        for job, verdict in admit(record, ready, self.loops, self.holds, now):
+            if verdict is None:
                 begun = self._begin(record, job, now, lease.batcher if lease else None)
                 turn.writes.append(begun)
                 turn.deliver.append(begun)
-        turn.wake_at_ms = min(wakes) if wakes else None
-        return turn
+            elif verdict.dropped:
+                turn.writes.append(dropped(job, dropped_reason(verdict), now))
+            else:
+                waiting = held(job, verdict, now)
+                turn.writes.append(waiting)
+                turn.holds += hold_counters(job, waiting)
+                wakes.append(verdict.until_ms)
 
     def _begin(
         self, record: UserRecord, job: EmailJob, now: int, batcher: BatchPlacer | None
@@ -159,7 +188,10 @@ class Evaluator:
             states=turn.states,
             jobs=turn.writes,
             wake_at_ms=turn.wake_at_ms,
-            counters=step_counters(self.loops.values(), record.steps, transitions, turn.late),
+            counters=[
+                *step_counters(self.loops.values(), record.steps, transitions, turn.late),
+                *turn.holds,
+            ],
             token=lease.token,
             begun=bool(turn.deliver),
         )
@@ -203,6 +235,7 @@ def begin_attempt(job: EmailJob, now: int, batch: str | None = None) -> EmailJob
     it), and, the first that may reach Resend, the start of Resend's 24 h window; in `batch`,
     when it goes in one."""
     update: dict[str, object] = {"attempts": job.attempts + 1, "started_at": now, "batch": batch}
+    update |= {"held": None, "held_at": None}
     update |= {"seq": job.seq + 1, "first_attempt_at": job.first_attempt_at or now}
     return job.model_copy(update=update)
 

@@ -70,6 +70,9 @@ class EmailJob(BaseModel):
     started_at: int | None = None  # the attempt in flight began (None: none in flight)
     seq: int = 0  # the number of the last attempt begun: only its worker settles it
     batch: str | None = None  # the batch its attempts go in (`delivery.batch`), if they do
+    # waiting for the frequency cap or quiet hours (`engine.holds`) until its `due_at`, since
+    held: str | None = None
+    held_at: int | None = None
 
     @property
     def terminal(self) -> bool:

@@ -16,7 +16,7 @@ from app.engine.measure import Rate, uplift
 # The stored counters (a loop's `stats` hash, storage.keys): whole names, then the two families.
 ENTERED, TIMED_OUT, AFTER_NUDGE = "entered", "timed_out", "activated_after_nudge"
 EMAILS_FAILED = "emails_failed"
-TTA, SENT = "tta:", "sent:"  # `tta:<bucket>`, `sent:<step>:<kind>`
+TTA, SENT, HELD = "tta:", "sent:", "held:"  # `tta:<bucket>`, `sent:<step>:<kind>`, `held:<why>`
 STORED_COUNTERS = (ENTERED, TIMED_OUT, AFTER_NUDGE, EMAILS_FAILED)
 
 # Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).

@@ -19,6 +19,7 @@ from app.clock import HOUR_MS
 from app.engine.backoff import Growth
 from app.engine.conditions import translate_query
 from app.engine.filters import Filter, filter_from_spec
+from app.engine.holds import OFF, QuietHours
 from app.engine.loop_spec import (
     ActionTriggerSpec,
     ConditionSpec,
@@ -320,12 +321,22 @@ def _build(loop_id: str, spec: LoopSpec, source: Path, problems: _Problems) -> L
         audience=audience,
         holdout_bp=parse_percent(spec.holdout) if spec.holdout is not None else 0,
         measure_ms=parse_duration(spec.measure),
+        priority=spec.priority,
+        capped=spec.cap,
+        quiet_hours=_quiet_hours(spec.quiet_hours),
     )
     experiments = [where for where, email in loop.emails() if email.experiment]
     if len(experiments) > 1:
         reason = f"one experiment per loop, so its figures mean one thing (found at {experiments})"
         problems.add(f"{experiments[1]}.experiment", reason)
     return loop
+
+
+def _quiet_hours(text: str | None) -> QuietHours | bool:
+    """A loop's `quiet_hours`: absent, the service's (True); `off`, none (False); or its own."""
+    if text is None:
+        return True
+    return False if text.strip().lower() == OFF else QuietHours.parse(text)
 
 
 def _profile_filter(where: str, spec: Mapping[str, Any], problems: _Problems) -> Filter:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
 from app.engine.filters import filter_from_spec
+from app.engine.holds import OFF, QUIET_HOURS_PATTERN, QuietHours
 from app.engine.loops import (
     _TEMPLATE_NAME,
     _VARIABLE_NAME,
@@ -315,6 +316,20 @@ def _check_percent(value: Any) -> Any:
     return value
 
 
+def _check_quiet_hours(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() != OFF:
+        QuietHours.parse(value)
+    return value
+
+
+QuietHoursText = Annotated[
+    str,
+    BeforeValidator(_check_quiet_hours),
+    WithJsonSchema(
+        {"type": "string", "pattern": QUIET_HOURS_PATTERN, "examples": ["22:00-07:00", "off"]}
+    ),
+]
+
 Percent = Annotated[
     str,
     BeforeValidator(_check_percent),
@@ -348,6 +363,19 @@ class LoopSpec(_Spec):
     )
     measure: Duration = Field(
         "7d", description="The activation window of the loop's figures (from step 0's start)."
+    )
+    priority: int = Field(
+        0,
+        ge=-1000,
+        le=1000,
+        description="When the frequency cap lets only some emails through, higher goes first.",
+    )
+    cap: bool = Field(
+        True, description="false: this loop's emails neither count against nor wait for the cap."
+    )
+    quiet_hours: QuietHoursText | None = Field(
+        None,
+        description="Local times when this loop sends no email (overrides QUIET_HOURS); off: none.",
     )
     steps: list[StepSpec] = Field(min_length=1, description="Run in order for each user.")
     recovery: RecoverySpec = Field(

@@ -29,18 +29,19 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from app.clock import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS
+from app.clock import DURATION_EXAMPLES as DURATION_EXAMPLES  # a loop file's durations
+from app.clock import DURATION_PATTERN as DURATION_PATTERN
+from app.clock import HOUR_MS
+from app.clock import MAX_DURATION_MS as MAX_DURATION_MS
+from app.clock import UNIT_MS as UNIT_MS
+from app.clock import parse_duration as parse_duration
 from app.engine.backoff import Backoff, Growth
 from app.engine.filters import Filter
+from app.engine.holds import QuietHours
 
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-DURATION_PATTERN = r"^[0-9]*[1-9][0-9]*[smhdw]$"
-DURATION_EXAMPLES = "30s, 5m, 2h, 3d"
-UNIT_MS = {"s": SECOND_MS, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
-# Far past any sensible wait, and still exact in a Lua double when added to an epoch-ms time.
-MAX_DURATION_MS = 100 * 365 * UNIT_MS["d"]
 DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
 MAX_HOLDOUT_PERCENT = 50
 HOLDOUT = "holdout"
@@ -51,22 +52,8 @@ PROFILE_OBJECTS = ("public_metadata", "unsafe_metadata")
 LOOP_FILE_SUFFIXES = (".yaml", ".yml")
 
 _LOOP_ID = re.compile(LOOP_ID_PATTERN)
-_DURATION = re.compile(r"([0-9]+)([smhdw])")
 _TEMPLATE_NAME = re.compile(TEMPLATE_NAME_PATTERN)
 _VARIABLE_NAME = re.compile(VARIABLE_NAME_PATTERN)
-
-
-def parse_duration(text: str) -> int:
-    """`30s`, `5m`, `2h`, `3d`, `1w` in milliseconds; ValueError for anything else."""
-    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like {DURATION_EXAMPLES}")
-    duration_ms = int(match[1]) * UNIT_MS[match[2]]
-    if duration_ms == 0:
-        raise ValueError(f"{text!r} is zero: a duration must be longer, like {DURATION_EXAMPLES}")
-    if duration_ms > MAX_DURATION_MS:
-        raise ValueError(f"{text!r} is longer than 100 years")
-    return duration_ms
 
 
 PERCENT_PATTERN = r"^[0-9]{1,2}(\.[0-9]{1,2})?%$"
@@ -231,6 +218,16 @@ class Loop:
     audience: Filter | None = None
     holdout_bp: int = 0  # the holdout's share in basis points (10 % = 1,000)
     measure_ms: int = DEFAULT_MEASURE_MS
+    priority: int = 0  # when the frequency cap lets only some emails through, higher goes first
+    capped: bool = True  # its emails count against, and wait for, FREQUENCY_CAP
+    # the quiet hours its emails keep: True the service's (QUIET_HOURS), False none, or its own
+    quiet_hours: QuietHours | bool = True
+
+    def quiet(self, service: QuietHours | None) -> QuietHours | None:
+        """The quiet hours this loop's emails keep, given the service's."""
+        if isinstance(self.quiet_hours, QuietHours):
+            return self.quiet_hours
+        return service if self.quiet_hours else None
 
     @property
     def experiment(self) -> tuple[Arm, ...]:

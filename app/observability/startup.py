@@ -32,12 +32,25 @@ def describe_configuration(settings: Settings) -> tuple[int, str, str]:
         describe_resend_events(settings),
         describe_api(settings),
         describe_links(settings),
+        *describe_holds(settings),
     ]
     # data lost at a restart, or real emails whose unsubscribe links name this machine
     unsafe = settings.storage_kind is StorageKind.EMBEDDED or (
         settings.resend_api_key is not None and settings.public_url is None
     )
     return (logging.WARNING if unsafe else logging.INFO, "%s", " ".join(parts))
+
+
+def describe_holds(settings: Settings) -> list[str]:
+    """The frequency cap and quiet hours, when either is set (nothing otherwise)."""
+    if not settings.cap_rules and settings.quiet_hours is None:
+        return []
+    cap = "no frequency cap"
+    if settings.cap_rules:  # "2/1d, 4/7d" -> "2 per 1d and 4 per 7d"
+        parts = (part.strip().replace("/", " per ") for part in settings.frequency_cap.split(","))
+        cap = f"at most {' and '.join(parts)} loop emails per user"
+    quiet = f"quiet hours {settings.quiet_hours}" if settings.quiet_hours else "no quiet hours"
+    return [f"Pacing: {cap}; {quiet} (users' time zone, else {settings.default_timezone})."]
 
 
 def describe_storage(settings: Settings) -> str:

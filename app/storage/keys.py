@@ -62,7 +62,9 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   Its attempt: `attempts` started that may have reached Resend, `first_attempt_at` when the
   first of them started (Resend keeps an idempotency key 24 h from then), `started_at` when the
   attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt),
-  `batch` the batch its attempts go in (`delivery.batch`), when they go in one.
+  `batch` the batch its attempts go in (`delivery.batch`), when they go in one; `held`
+  (`cap` or `quiet_hours`) and `held_at` while its first attempt waits for the frequency cap or
+  quiet hours, its `due_at` then when it may go.
 - `log`: JSON lines, newest first, at most `LOG_LENGTH`: what nothing else records (an action's
   properties, Resend's delivery events, an operator lifting a suppression). The timeline of
   `GET /v1/users` is built from it and from the fields above (`records.timeline_of`).
@@ -100,6 +102,8 @@ What the shard keys hold:
   0's `action` is the funnel's `sent`, its `timeout` the `nudged`; their sum `emails_sent`);
   `emails_failed`. An email is counted on its UTC day, `<counter>@<yyyy-mm-dd>` (one HINCRBY);
   the first count of a day folds the days older than `funnel.KEPT_DAYS` into `<counter>`.
+  `held:cap`, `held:quiet_hours`: emails that waited for the frequency cap or quiet hours (each
+  email once per reason).
 - `seen` and `seen:<yyyy-mm-dd>` (shard 0's only: one slot for all of them, whatever the user):
   the actions reported to the service, for `GET /v1/actions/health`
   (`storage.action_sightings`). Each process counts the actions it accepts in memory and adds
@@ -127,7 +131,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from app.engine.funnel import SENT, STORED_COUNTERS, TTA
+from app.engine.funnel import HELD, SENT, STORED_COUNTERS, TTA
 from app.engine.job_ids import SEPARATOR, email_id_prefix
 
 SCHEMA_VERSION = "2"
@@ -189,7 +193,7 @@ BATCH_FIELDS = ("members", "first", "attempts", "body", "error", "outcome", "lea
 
 # A loop's `stats` hash: the funnel's counters, and schema 1's (moved by migrate_stats.lua).
 STATS_FIELDS = STORED_COUNTERS
-STATS_FIELD_PREFIXES = (TTA, SENT)
+STATS_FIELD_PREFIXES = (TTA, SENT, HELD)
 V1_STATS_FIELDS = ("met", "sent", "nudged", "emails_sent")
 
 

@@ -390,6 +390,9 @@ def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
         if job.terminal and ended is not None:
             yield {"at": ended, "event": f"email.{job.status.value}", "email": job.id,
                    "attempts": job.attempts, "error": job.last_error}  # fmt: skip
+        elif not job.terminal and job.held is not None and job.held_at is not None:
+            yield {"at": job.held_at, "event": "email.held", "email": job.id,
+                   "reason": job.held, "until": job.due_at}  # fmt: skip
     if record.unsubscribed_at_ms is not None:
         yield {"at": record.unsubscribed_at_ms, "event": "unsubscribed"}
     if record.suppressed_at_ms is not None:

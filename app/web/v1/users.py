@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from app.engine.email_jobs import EmailJob
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState, step_field
 from app.engine.loops import Loop, is_filtered
 from app.storage.keys import USER_ID_PATTERN
@@ -50,6 +50,9 @@ class EmailView(BaseModel):
     last_error: str | None
     sent_at: int | None
     subject: str | None
+    # while its first attempt waits for the frequency cap or quiet hours: which, and until when
+    held: str | None = None  # "cap" | "quiet_hours"
+    until: int | None = None
 
 
 class UserState(BaseModel):
@@ -141,4 +144,12 @@ def email_view(job: EmailJob) -> EmailView:
         last_error=job.last_error,
         sent_at=job.sent_at,
         subject=job.rendered.subject if job.rendered else None,
+        **held_view(job),
     )
+
+
+def held_view(job: EmailJob) -> dict[str, Any]:
+    """`held` and `until` while a queued job waits for the cap or quiet hours."""
+    if job.status is not JobStatus.QUEUED or job.held is None:
+        return {}
+    return {"held": job.held, "until": job.due_at}
