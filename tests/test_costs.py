@@ -52,16 +52,24 @@ BATCH = {"evalsha": 3, "hset": 2, "zadd": 1, "hget": 2, "hdel": 1, "zrem": 1}
 CLAIM_AND_BATCH = {name: CLAIM.get(name, 0) + BATCH.get(name, 0) for name in {*CLAIM, *BATCH}}
 
 
+# the frequency cap and quiet hours read only what a turn reads anyway: not one command more
+# (the clock below is 08:00 UTC, outside these quiet hours, and no user reaches the cap)
+PACING = {"frequency_cap": "100/1d,200/7d", "quiet_hours": "20:00-21:00"}
+
+
+@pytest.mark.parametrize("pacing", [{}, PACING], ids=["plain", "cap-and-quiet-hours"])
 async def test_a_signups_life_costs_what_the_readme_says(
     make_settings: Callable[..., Settings],
     redis_client: redis.Redis,
     resend: ResendStandin,
+    pacing: dict[str, str],
 ) -> None:
     """Each row of the README's cost table, per user, over a batch of ten."""
     meter = Meter(redis_client)
     clock = FakeClock(1_800_000_000_000)
     users = [f"user_cost{i:02d}" for i in range(USERS)]
-    async with running(make_settings(**resend_settings(resend)), clock) as (app, http):
+    settings = make_settings(**resend_settings(resend), **pacing)
+    async with running(settings, clock) as (app, http):
         await warm_up(app, http)
 
         async def signups() -> None:
