@@ -115,7 +115,8 @@ class Evaluator:
         frequency cap or quiet hours hold it (`holding`); the next look at the soonest of the
         engine's wake, a queued job's due time, an attempt in flight's end. Jobs in a batch:
         see `turn_jobs`; with the lease's batcher, attempts begin in batches."""
-        late = late_activations(self.loops.values(), record.steps, record.actions)
+        registered = None if record.deleted else record.registered_at_ms
+        late = late_activations(self.loops.values(), record.steps, record.actions, registered)
         stopped = record.unsubscribed_at_ms is not None or record.suppressed_at_ms is not None
         wakes = [] if decisions.wake_at is None else [decisions.wake_at]
         turn = Turn({**late, **decisions.transitions}, late, [], [], None)

@@ -11,6 +11,15 @@ fires (step 0) or when the previous step acted (later steps), plus its `delay`. 
 
 "Met at" is when the user's count of the action reached the condition's count (the earliest of the
 `any_of` actions); a step already decided is final, whatever arrives later.
+
+`within` (a window of that length from the signup, `registered_at`) on an action trigger or
+condition: only actions that happened (by `occurred_at`) inside it count, those stamped before the
+signup too, so the count is reached within the window iff its n-th earliest time is no later than
+the window's end, whatever order the reports came in. Without a known signup nothing counts yet.
+When the window ends first, the step can no longer fire: a windowed trigger's step is `closed` for
+good (step 0 never started; nothing is sent); a windowed condition without a timeout times out at
+the window's end (nothing to send: `on_timeout` needs a timeout), and one with a timeout waits for
+it and times out as any other. The engine wakes at the window's end to decide it on time.
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,7 +40,9 @@ from app.engine.loops import (
     EmailAction,
     Loop,
     Step,
+    Trigger,
     counted_name,
+    window_end,
 )
 
 
@@ -40,6 +51,7 @@ class StepStatus(StrEnum):
     FIRED = "fired"
     TIMED_OUT = "timed_out"
     EXCLUDED = "excluded"  # step 0 only: the user was not in the loop's audience when it began
+    CLOSED = "closed"  # step 0 only: its trigger's `within` window ended, the count not reached
 
 
 class StepState(BaseModel):
@@ -159,7 +171,7 @@ class _LoopRun:
     def _start(self, step: Step, previous_acted_at: int | None) -> StepState | None:
         began = self._began_at(step, previous_acted_at)
         if began is None:
-            return None
+            return self._closed(step.trigger) if step.index == 0 else None
         started_at = began + step.delay_ms
         condition = step.condition
         timeout_ms = condition.timeout_ms if condition is not None else None
@@ -182,8 +194,24 @@ class _LoopRun:
             return previous_acted_at
         trigger = step.trigger
         if isinstance(trigger, ActionTrigger):
-            return self._stats(trigger.counted).time_count_reached(trigger.count)
+            reached = self._stats(trigger.counted).time_count_reached(trigger.count)
+            return in_window(reached, trigger.within_ms, self.snapshot.registered_at)
         return self.snapshot.registered_at
+
+    def _closed(self, trigger: Trigger | None) -> StepState | None:
+        """Step 0 whose trigger's `within` window ended before the count was reached: closed for
+        good, as of the signup (its window's start); None (with a wake at the window's end)
+        while the window is open, or without one."""
+        signup = self.snapshot.registered_at
+        if not isinstance(trigger, ActionTrigger) or trigger.within_ms is None or signup is None:
+            return None
+        ends_at = signup + trigger.within_ms
+        if self.now < ends_at:
+            self.wakes.append(ends_at)
+            return None
+        return StepState(
+            status=StepStatus.CLOSED, started_at=signup, deadline_at=ends_at, decided_at=self.now
+        )
 
     def _advance(self, step: Step, state: StepState) -> StepState:
         if state.final:
@@ -194,14 +222,21 @@ class _LoopRun:
         met_at = self._met_at(step.condition) if step.condition else state.started_at
         if met_at is not None and (state.deadline_at is None or met_at <= state.deadline_at):
             return self._decide(step, state, StepStatus.FIRED, met_at)
-        if state.deadline_at is not None and self.now >= state.deadline_at:
+        closes_at = self._closes_at(step.condition, state)
+        if closes_at is not None and self.now >= closes_at:
             return self._decide(step, state, StepStatus.TIMED_OUT, None)
-        if state.deadline_at is not None:
-            self.wakes.append(state.deadline_at)
+        if closes_at is not None:
+            self.wakes.append(closes_at)
         return state
 
     def _met_at(self, condition: ActionCondition) -> int | None:
-        return condition_met_at(condition, self.snapshot.actions)
+        return condition_met_at(condition, self.snapshot.actions, self.snapshot.registered_at)
+
+    def _closes_at(self, condition: ActionCondition | None, state: StepState) -> int | None:
+        """When a waiting step times out: its deadline, else its condition's window's end."""
+        if state.deadline_at is not None or condition is None:
+            return state.deadline_at
+        return window_end(condition.within_ms, self.snapshot.registered_at)
 
     def _stats(self, action: str) -> ActionStats:
         return self.snapshot.actions.get(action, ActionStats())
@@ -249,15 +284,29 @@ def choose_template(email: EmailAction, profile: Mapping[str, Any], arm: str | N
     return email.template
 
 
-def condition_met_at(condition: ActionCondition, actions: Mapping[str, ActionStats]) -> int | None:
-    """When the condition first held (the earliest of its actions to reach the count), or None."""
+def condition_met_at(
+    condition: ActionCondition,
+    actions: Mapping[str, ActionStats],
+    registered_at: int | None = None,
+) -> int | None:
+    """When the condition first held (the earliest of its actions to reach the count), or None;
+    with `within`, only if that was within its window after the signup (`registered_at`)."""
     empty = ActionStats()
     times = [
         actions.get(action, empty).time_count_reached(condition.count)
         for action in condition.counted
     ]
     reached = [at for at in times if at is not None]
-    return min(reached) if reached else None
+    return in_window(min(reached) if reached else None, condition.within_ms, registered_at)
+
+
+def in_window(at: int | None, within_ms: int | None, registered_at: int | None) -> int | None:
+    """`at` if it counts: there is no window, or `at` is no later than the window's end
+    (`within_ms` after the signup, `registered_at`: unknown, the window has not begun)."""
+    if at is None or within_ms is None:
+        return at
+    ends_at = window_end(within_ms, registered_at)
+    return at if ends_at is not None and at <= ends_at else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,9 +99,13 @@ def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
 
 
 def late_activations(
-    loops: Iterable[Loop], steps: Mapping[str, StepState], actions: Mapping[str, ActionStats]
+    loops: Iterable[Loop],
+    steps: Mapping[str, StepState],
+    actions: Mapping[str, ActionStats],
+    registered_at: int | None,
 ) -> dict[str, StepState]:
-    """Step 0 states that timed out and whose condition has been met since: `met_at` recorded.
+    """Step 0 states that timed out and whose condition has been met since: `met_at` recorded
+    (a condition with `within` only within its window after the signup, `registered_at`).
 
     Written with the worker's next decisions, so each is counted once (`activated_after_nudge`).
     """
@@ -111,8 +115,8 @@ def late_activations(
         state = steps.get(name)
         if state is None or condition is None or state.status is not StepStatus.TIMED_OUT:
             continue
-        met_at = condition_met_at(condition, actions) if state.met_at is None else None
-        if met_at is not None:
+        met_at = condition_met_at(condition, actions, registered_at)
+        if met_at is not None and state.met_at is None:  # counted once: met_at is then kept
             late[name] = state.model_copy(update={"met_at": met_at})
     return late
 
@@ -141,6 +145,8 @@ def step_counters(
 def _transition_fields(loop: Loop, before: StepState | None, after: StepState) -> list[str]:
     if after.status is StepStatus.EXCLUDED:
         return ["excluded"]
+    if after.status is StepStatus.CLOSED:
+        return []  # its trigger never fired: the user never entered
     fields = [ENTERED] if before is None else []
     if before is None and after.arm is not None:
         fields.append(f"entered:{after.arm}")

@@ -35,6 +35,7 @@ from app.engine.loops import (
     _TEMPLATE_NAME,
     LOOP_FILE_SUFFIXES,
     LOOP_ID_PATTERN,
+    MAX_RANKED_TIMES,
     MAX_RETRY_SPAN_MS,
     PROFILE_FIELDS,
     PROFILE_OBJECTS,
@@ -350,7 +351,7 @@ def _profile_filter(where: str, spec: Mapping[str, Any], problems: _Problems) ->
 
 
 def _step(index: int, spec: StepSpec, loop_type: LoopType, problems: _Problems) -> Step:
-    condition = _condition(spec.condition)
+    condition = _condition(spec.condition, f"steps[{index}].condition", problems)
     if spec.on_timeout is not None and (condition is None or condition.timeout_ms is None):
         reason = "only a condition with a timeout can time out: add condition.timeout"
         problems.add(f"steps[{index}].on_timeout", reason)
@@ -387,13 +388,16 @@ def _trigger(
         if loop_type is LoopType.ACTIVATION:
             problems.add(where, f"an activation loop starts on {_ACTIVATION_TRIGGERS}")
         trigger_where = filter_from_spec(spec.where) if spec.where is not None else None
-        return ActionTrigger(spec.action, spec.count, trigger_where)
+        within_ms = _within(where, spec.within, spec.count, problems)
+        return ActionTrigger(spec.action, spec.count, trigger_where, within_ms)
     if loop_type is LoopType.MILESTONE:
         problems.add(where, f"a milestone loop starts on {_MILESTONE_TRIGGER}")
     return UserRegistered()
 
 
-def _condition(spec: ConditionSpec | None) -> ActionCondition | None:
+def _condition(
+    spec: ConditionSpec | None, path: str, problems: _Problems
+) -> ActionCondition | None:
     if spec is None:
         return None
     timeout_ms = parse_duration(spec.timeout) if spec.timeout is not None else None
@@ -402,7 +406,22 @@ def _condition(spec: ConditionSpec | None) -> ActionCondition | None:
         return ActionCondition(query.actions, query.count, timeout_ms, query.where)
     actions = (spec.action,) if spec.action is not None else tuple(spec.any_of or ())
     where = filter_from_spec(spec.where) if spec.where is not None else None
-    return ActionCondition(actions, spec.count, timeout_ms, where)
+    within_ms = _within(path, spec.within, spec.count, problems)
+    return ActionCondition(actions, spec.count, timeout_ms, where, within_ms)
+
+
+def _within(path: str, within: str | None, count: int, problems: _Problems) -> int | None:
+    """A `within` window in ms. It decides by the time the count was reached, exact only for a
+    count the stored earliest times cover (`MAX_RANKED_TIMES`): a larger one is refused."""
+    if within is None:
+        return None
+    if count > MAX_RANKED_TIMES:
+        reason = (
+            f"within needs a count of at most {MAX_RANKED_TIMES} (the service keeps that many "
+            f"earliest times per action), not {count}"
+        )
+        problems.add(f"{path}.within", reason)
+    return parse_duration(within)
 
 
 def _email(where: str, spec: EmailSpec, problems: _Problems) -> EmailAction:

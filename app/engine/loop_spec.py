@@ -4,7 +4,7 @@ is generated from them: `loop_schema`), each field's rules where it is declared.
 import difflib
 import re
 from collections.abc import Callable, Hashable, Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -111,34 +111,51 @@ Count = Annotated[
 
 
 class _Spec(BaseModel):
-    """A mapping in a loop file: unknown keys and empty values are errors, never ignored."""
+    """A mapping in a loop file: unknown keys and empty values are errors, never ignored.
+    `misplaced`: keys that belong elsewhere, with the reason said instead of "unknown key"."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    misplaced: ClassVar[Mapping[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key, value in data.items():
-                _check_key(cls.model_fields, key, value)
+                _check_key(cls.model_fields, key, value, cls.misplaced)
         return data
 
 
-def _check_key(fields: Mapping[str, Any], key: Hashable, value: Any) -> None:
+def _check_key(
+    fields: Mapping[str, Any], key: Hashable, value: Any, misplaced: Mapping[str, str]
+) -> None:
     if key not in fields:
         close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.65)
         hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(fields)}"
-        reason = f"unknown key; {hint}"
+        reason = misplaced.get(str(key), f"unknown key; {hint}")
         raise PydanticCustomError("unknown_key", "{reason}", {"key": key, "reason": reason})
     if value is None:
         reason = "empty: give a value or leave the key out"
         raise PydanticCustomError("empty_value", "{reason}", {"key": key, "reason": reason})
 
 
+# `within` counts from the signup: a registration trigger is the signup itself.
+_WITHIN_ON_REGISTRATION = (
+    "a registration trigger has no window: it is the signup `within` counts from; put within on "
+    "the step's action condition (or on an action trigger, in a milestone loop)"
+)
+_WITHIN_ON_QUERY = "within goes on a type: action condition (or an action trigger), not a query"
+_WITHIN_DESCRIPTION = (
+    "Only actions that happened (occurred_at) within this long after signup count; after it "
+    "the step can no longer fire."
+)
+
+
 class DatabaseTriggerSpec(_Spec):
     """A row inserted in the users table: the user registered (a verified Clerk user.created)."""
 
     model_config = ConfigDict(title="User registered (database)")
+    misplaced: ClassVar[Mapping[str, str]] = {"within": _WITHIN_ON_REGISTRATION}
 
     type: Literal["database"]
     table: Literal["users"]
@@ -149,6 +166,7 @@ class ClerkTriggerSpec(_Spec):
     """The user registered: Clerk's user.created webhook (same as the database trigger)."""
 
     model_config = ConfigDict(title="User registered (Clerk)")
+    misplaced: ClassVar[Mapping[str, str]] = {"within": _WITHIN_ON_REGISTRATION}
 
     type: Literal["clerk"]
     event: Literal["user.created"]
@@ -163,6 +181,7 @@ class ActionTriggerSpec(_Spec):
     action: ActionName = Field(description="The action name your app sends to POST /v1/actions.")
     count: Count = 1
     where: Where | None = Field(None, description="Only actions whose properties match count.")
+    within: Duration | None = Field(None, description=_WITHIN_DESCRIPTION)
 
 
 TriggerSpec = Annotated[
@@ -188,6 +207,7 @@ class ActionConditionSpec(_Spec):
     timeout: Duration | None = Field(
         None, description="Give up this long after the step started; then on_timeout is sent."
     )
+    within: Duration | None = Field(None, description=_WITHIN_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_way_to_name_actions(self) -> Self:
@@ -204,6 +224,7 @@ class QueryConditionSpec(_Spec):
     """A SQL query over user_actions(user_id, action_type, created_at, properties)."""
 
     model_config = ConfigDict(title="Query condition")
+    misplaced: ClassVar[Mapping[str, str]] = {"within": _WITHIN_ON_QUERY}
 
     type: Literal["query"]
     query: str = Field(

@@ -14,6 +14,9 @@
   least `count` times, each action counted on its own (never summed); actions done before the step
   started count too. `action: x` gives one action, `any_of: [a, b]` several, and a `type: query`
   SQL condition is translated to the same shape (see `app.engine.conditions`).
+- `within_ms` on an action trigger or condition (`within: 7d`): only actions that happened (by
+  `occurred_at`) no later than that long after the signup count; the signup is when the user
+  registered. Actions stamped before the signup count too, as they do for a condition.
 - `EmailAction(template, personalization)`: `template` names `<LOOPS_DIR>/templates/<name>.html`
   (checked to exist); `personalization` maps template variable names to Jinja strings.
 - `Recovery(retries, backoff, initial_delay_ms, max_delay_ms)`: a failed email's retry policy;
@@ -86,6 +89,21 @@ class UserRegistered:
 FILTERED = "#"  # never in an action name (ACTION_NAME_PATTERN)
 
 
+# Each action keeps its earliest occurred-at times up to the largest count a loop waits for, so
+# the n-th action by time is exact; past this many (14 bytes each, read by every evaluation) a
+# count's time is the latest action's when it was reached, an upper bound (record_actions.lua).
+# A `within` window needs the exact time, so it takes counts up to this many.
+MAX_RANKED_TIMES = 1000
+
+
+def window_end(within_ms: int | None, registered_at: int | None) -> int | None:
+    """When a `within` window ends: `within_ms` after the signup; None without a window or
+    without a known signup."""
+    if within_ms is None or registered_at is None:
+        return None
+    return registered_at + within_ms
+
+
 def counted_name(action: str, where: Filter | None) -> str:
     """The name a user's count is kept under: the action's own, or, for the actions whose
     properties match a filter, `<action>#<filter digest>` (counted apart as they arrive)."""
@@ -99,11 +117,13 @@ def is_filtered(counted: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ActionTrigger:
-    """Fires once, when the user's count of `action` (those matching `where`) reaches `count`."""
+    """Fires once, when the user's count of `action` (those matching `where`) reaches `count`;
+    with `within_ms`, only if it did within that long after the signup (else it closes)."""
 
     action: str
     count: int
     where: Filter | None = None
+    within_ms: int | None = None
 
     @property
     def counted(self) -> str:
@@ -116,12 +136,14 @@ Trigger = UserRegistered | ActionTrigger
 @dataclass(frozen=True, slots=True)
 class ActionCondition:
     """Holds once any one of `actions` was done `count` times (only those whose properties match
-    `where` count); `timeout_ms` None = no deadline."""
+    `where` count; with `within_ms`, only those within that long after the signup);
+    `timeout_ms` None = no deadline."""
 
     actions: tuple[str, ...]
     count: int
     timeout_ms: int | None
     where: Filter | None = None
+    within_ms: int | None = None
 
     @property
     def counted(self) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from app.engine.filters import Filter
 from app.engine.job_ids import evaluation_id
+from app.engine.loops import MAX_RANKED_TIMES  # how many earliest times an action keeps
 from app.storage.connections import Connection
 from app.storage.keys import IDS_LIMIT, LOG_LENGTH, Keys, oldest_minute, recent_entry
 from app.storage.records import NewAction, timeline_entry
@@ -13,10 +14,6 @@ from app.storage.scripts import RECORD_ACTIONS, ScriptRunner
 
 # Upstash refuses a request over 1 MB (its smallest plan's limit); stay well under it.
 MAX_SCRIPT_PAYLOAD_BYTES = 512 * 1024
-# Each action keeps its earliest occurred-at times up to the largest count a loop waits for, so
-# the n-th action by time is exact; past this many (14 bytes each, read by every evaluation) a
-# count's time is the latest action's when it was reached, an upper bound (record_actions.lua).
-MAX_RANKED_TIMES = 1000
 
 
 class Actions(ScriptRunner):

@@ -54,7 +54,9 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   was reached, an upper bound).
 - `s:<loop_id>/<step>`: that step's state (engine.StepState):
   `<status>,<started_at>,<deadline>,<met>,<decided>,<email kind>`, the three times after the
-  first as ms after it, empty when unknown; the kind names the step's own email job.
+  first as ms after it, empty when unknown; the kind names the step's own email job. The status
+  is `waiting`, `fired`, `timed_out`, `excluded` or `closed` (a trigger's `within` window ended:
+  its started_at is the signup, its deadline the window's end).
 - `j:<loop_id>|<step>|<kind>`: the email job `email|<uid>|<loop_id>|<step>|<kind>` (EmailJob JSON
   without the parts its field name says, its defaults, or a due time equal to when it was
   queued). The user's send ledger: queued once, never sent twice. A queued job carries its

@@ -353,7 +353,7 @@ def _items(text: str) -> list[str]:
 # At one moment, what comes first: a signup, then actions, steps, emails, then the rest.
 _RANK = {"user.created": 0, "user.updated": 1, "action": 2, "unsubscribed": 3, "suppressed": 3}
 _STEP_RANK, _EMAIL_RANK, _OTHER_RANK = 4, 5, 6
-_STEP_ORDER = {"waiting": 0, "fired": 1, "timed_out": 1, "activated_late": 2}
+_STEP_ORDER = {"waiting": 0, "fired": 1, "timed_out": 1, "closed": 1, "activated_late": 2}
 
 
 def timeline_of(record: UserRecord) -> list[dict[str, Any]]:
@@ -413,12 +413,14 @@ def _action_entries(name: str, stats: ActionStats) -> Iterator[dict[str, Any]]:
 
 def _step_entries(steps: Mapping[str, StepState]) -> Iterable[dict[str, Any]]:
     """Each step's moves: waiting (when the step was set up: its trigger, or the previous step's
-    decision), then fired or timed out, then a late activation (the condition met after)."""
+    decision), then fired or timed out, then a late activation (the condition met after). A
+    closed step (its trigger's window ended first) never waited: it only closed."""
     for name, state in steps.items():
         loop_id, _, index = name.rpartition("/")
         previous = steps.get(f"{loop_id}/{int(index) - 1}") if index.isdigit() else None
         set_up = previous.decided_at if previous and previous.decided_at else state.started_at
-        yield {"at": set_up, "event": "step.waiting", "step": name}
+        if state.status is not StepStatus.CLOSED:
+            yield {"at": set_up, "event": "step.waiting", "step": name}
         if state.final and state.decided_at is not None:
             event = f"step.{state.status.value}"
             yield {"at": state.decided_at, "event": event, "step": name, "email": state.email_job}

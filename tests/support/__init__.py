@@ -11,5 +11,6 @@ services the app talks to live apart, in tests/standins/ (tests/test_suite_layou
 - `timing`: bounded waits, and Resend's pacing on the fake clock
 - `gate`: the hot routes beside the routed ones, and a request body sent in chunks
 - `growth`: loop files for the growth features
+- `within`: loop files with `within:` windows
 - `browser`: a headless Chromium
 """

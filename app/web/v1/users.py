@@ -7,8 +7,8 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
 from app.engine.email_jobs import EmailJob, JobStatus
-from app.engine.evaluate import StepState, step_field
-from app.engine.loops import Loop, is_filtered
+from app.engine.evaluate import StepState, StepStatus, step_field
+from app.engine.loops import ActionTrigger, Loop, Step, is_filtered, window_end
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
 from app.web import auth
@@ -21,9 +21,14 @@ router = APIRouter(prefix="/v1", tags=["users"], dependencies=[OPENAPI_BEARER])
 
 class StepProgress(BaseModel):
     step: int
-    status: str  # not_started | waiting | fired | timed_out | excluded (not in the audience)
+    # not_started | waiting | fired | timed_out | excluded (not in the audience) | closed (its
+    # trigger's `within` window ended before the count was reached)
+    status: str
     started_at: int | None = None
     waiting_until: int | None = None
+    # the end of the `within` window that decides the step now: its trigger's until step 0
+    # fires, then its condition's (None: no window, or no signup known yet)
+    window_until: int | None = None
     condition_met_at: int | None = None
     decided_at: int | None = None
     email_job: str | None = None
@@ -97,31 +102,48 @@ def describe(record: UserRecord, loops: Mapping[str, Loop]) -> UserState:
         profile={**profile.model_dump(), "name": profile.name} if profile else None,
         actions={n: s.count for n, s in sorted(record.actions.items()) if not is_filtered(n)},
         filtered_actions={n: s.count for n, s in sorted(record.actions.items()) if is_filtered(n)},
-        loops=[loop_progress(loop, record.steps) for loop in loops.values()],
+        loops=[
+            loop_progress(loop, record.steps, record.registered_at_ms) for loop in loops.values()
+        ],
         emails=sorted((email_view(job) for job in record.jobs.values()), key=lambda e: e.queued_at),
         timeline=record.timeline,
     )
 
 
-def loop_progress(loop: Loop, states: Mapping[str, StepState]) -> LoopProgress:
+def loop_progress(
+    loop: Loop, states: Mapping[str, StepState], registered_at: int | None
+) -> LoopProgress:
     steps = [
-        step_progress(step.index, states.get(step_field(loop.id, step.index)))
+        step_progress(step, states.get(step_field(loop.id, step.index)), registered_at)
         for step in loop.steps
     ]
     return LoopProgress(loop=loop.id, type=str(loop.type), steps=steps)
 
 
-def step_progress(index: int, state: StepState | None) -> StepProgress:
+def window_until(step: Step, state: StepState | None, registered_at: int | None) -> int | None:
+    """The end of the `within` window deciding the step: its trigger's while step 0 has not
+    started (or once it closed), else its condition's once the step started."""
+    trigger, condition = step.trigger, step.condition
+    if isinstance(trigger, ActionTrigger) and (state is None or state.status is StepStatus.CLOSED):
+        return window_end(trigger.within_ms, registered_at)
+    if state is None or condition is None:
+        return None
+    return window_end(condition.within_ms, registered_at)
+
+
+def step_progress(step: Step, state: StepState | None, registered_at: int | None) -> StepProgress:
+    window = window_until(step, state, registered_at)
     if state is None:
-        return StepProgress(step=index, status="not_started")
+        return StepProgress(step=step.index, status="not_started", window_until=window)
     waiting_until = None
-    if not state.final:
-        waiting_until = state.deadline_at or state.started_at
+    if not state.final:  # decided at the latest at its deadline, else its window's end
+        waiting_until = state.deadline_at or window or state.started_at
     return StepProgress(
-        step=index,
+        step=step.index,
         status=state.status.value,
         started_at=state.started_at,
         waiting_until=waiting_until,
+        window_until=window,
         condition_met_at=state.met_at,
         decided_at=state.decided_at,
         email_job=state.email_job,
