@@ -23,6 +23,7 @@ from tests.conftest import (
 )
 from tests.standins.upstash import serve
 from tests.support.processes import seed_activated_user
+from tests.support.within import write_loops
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -200,6 +201,49 @@ def test_simulate_a_milestone(run: Run) -> None:
     assert code == 0
     assert "     +1h  does project_created (x10)" in out
     assert '"Ten projects, Ada! 🎉"' in out
+
+
+def test_simulate_shows_a_window_and_the_step_it_closes(run: Run, tmp_path: Path) -> None:
+    folder = str(write_loops(tmp_path / "loops"))
+    code, out, _ = run("simulate", "--loop", "three_projects", "--actions",
+                       "project_created*2@1d,project_created@8d", loops_dir=folder)  # fmt: skip
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "     +0s  signs up (Clerk user.created)",
+        "     +0s  step three_projects/0 trigger counts project_created x3 within 7d of signup: "
+        "until +7d",
+        "     +1d  does project_created (x2)",
+        "     +7d  step three_projects/0 closed (its within window ended before the count was "
+        "reached: never entered)",
+        "     +8d  does project_created",
+    ]
+
+    code, out, _ = run("simulate", "--loop", "three_projects", "--actions",
+                       "project_created*2@1d,project_created@6d", loops_dir=folder)  # fmt: skip
+    assert code == 0
+    assert "     +6d  step three_projects/0 fired -> email three_projects queued" in out
+    assert "closed" not in out
+
+
+def test_preview_shows_the_window_of_the_step_that_sends_the_template(
+    run: Run, tmp_path: Path
+) -> None:
+    folder = str(write_loops(tmp_path / "loops"))
+    clerk_user = str(FIXTURES / "clerk_user_created.json")  # created 2022-05-31 15:56:31 UTC
+    code, out, _ = run("preview", "three_projects", "--loop", "three_projects", "--user",
+                       clerk_user, loops_dir=folder)  # fmt: skip
+    assert code == 0
+    assert "Loop:    three_projects step 0 (action)\n" in out
+    assert (
+        "Window:  trigger: project_created x3 within 7d of signup: until 2022-06-07 15:56 UTC\n"
+    ) in out
+
+    code, out, _ = run("preview", "nudge", "--loop", "invited", loops_dir=folder)
+    assert code == 0
+    assert "Window:  condition: invite_sent or link_shared within 1d of signup: until 20" in out
+
+    code, out, _ = run("preview", "tips", loops_dir=folder)  # first_week's step 1: no window
+    assert (code, "Window:" in out) == (0, False)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app.cli.samples import SAMPLE_EMAIL, sample_profile, with_profile
+from app.cli.windows import step_windows
 from app.clock import system_clock_ms
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.templates import TemplateSet
@@ -80,7 +81,8 @@ def read_user_file(path: Path) -> UserProfile:
         ) from None
 
 
-async def stored_user(settings: Settings, user_id: str) -> UserProfile:
+async def stored_user(settings: Settings, user_id: str) -> tuple[UserProfile, int | None]:
+    """A stored user's profile, and when they registered (None: not yet)."""
     store = build_store(settings)
     try:
         found = await store.users.get(user_id)
@@ -90,7 +92,7 @@ async def stored_user(settings: Settings, user_id: str) -> UserProfile:
         raise ActivationError(
             f"no stored user {user_id!r} in {settings.storage_kind.value} storage"
         )
-    return found.profile
+    return found.profile, found.registered_at_ms
 
 
 def preview_tokens(settings: Settings) -> UnsubscribeTokens:
@@ -139,21 +141,24 @@ def run(args: argparse.Namespace) -> int:
     loops, templates = load_loop_files(settings)
     require_template(templates, args.template)  # before anything is said about it
     order = email_use(loops, args.template, args.loop)
+    signup_ms: int | None = None
     if args.user is not None:
         profile = read_user_file(args.user)
     elif args.user_id is not None:
-        profile = asyncio.run(stored_user(settings, args.user_id))
+        profile, signup_ms = asyncio.run(stored_user(settings, args.user_id))
     else:
         profile = sample_profile(created_at_ms=system_clock_ms())
     profile = with_profile(profile, args.profile)
+    signup_ms = signup_ms if signup_ms is not None else profile.created_at
     picked = picked_template(loops[order.loop_id], order, profile)
     if picked != order.template:
         print(f"note: this user gets {picked!r} from this step (its variants or experiment)")
     email = render_preview(settings, loops, templates, order, profile)
     print(f"From:    {email.sender}\nTo:      {email.to}\nSubject: {email.subject}")
-    print(
-        f"Loop:    {order.loop_id} step {order.step} ({order.kind})\n\n--- text ---\n{email.text}"
-    )
+    print(f"Loop:    {order.loop_id} step {order.step} ({order.kind})")
+    for window in step_windows(loops[order.loop_id].steps[order.step]):
+        print(f"Window:  {window.on}: {window.said(signup_ms)}")
+    print(f"\n--- text ---\n{email.text}")
     if args.out is None:
         print(f"\n--- html ---\n{email.html}")
         return 0

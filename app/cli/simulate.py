@@ -11,6 +11,7 @@ from typing import Any
 
 from app.cli.preview import preview_tokens
 from app.cli.samples import json_object, sample_profile, with_profile
+from app.cli.windows import span, step_windows
 from app.clock import system_clock_ms
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import OutboxMailer
@@ -150,6 +151,7 @@ async def simulate(
         f"{offset(entry['at'] - start):>8}  {describe(entry, record, start)}"
         for entry in reversed(record.timeline)
     ]
+    lines[1:1] = [f"{offset(0):>8}  {line}" for line in window_lines(loop)]  # after the signup
     failed = [
         job.last_error or f"template {job.template!r}"
         for job in record.jobs.values()
@@ -214,12 +216,17 @@ async def run_clock(run: Run, plans: Sequence[Planned], start: int, until: int) 
 
 def offset(elapsed_ms: int) -> str:
     """`+0s`, `+2m`, `+2d5m`: the time since the simulated sign-up."""
-    seconds, parts = max(elapsed_ms, 0) // 1000, []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "+" + ("".join(parts) or "0s")
+    return "+" + span(elapsed_ms)
+
+
+def window_lines(loop: Loop) -> list[str]:
+    """The loop's `within` windows, from the simulated signup: what counts, and until when."""
+    return [
+        f"step {loop.id}/{step.index} {window.on} counts {window.counted} within "
+        f"{span(window.within_ms)} of signup: until {offset(window.within_ms)}"
+        for step in loop.steps
+        for window in step_windows(step)
+    ]
 
 
 def describe(entry: dict[str, Any], record: UserRecord, start: int) -> str:
@@ -241,6 +248,8 @@ def describe_step(status: str, entry: dict[str, Any], record: UserRecord, start:
     text = f"step {name} {status.replace('_', ' ')}"
     if status == "excluded":
         text += " (not in the loop's audience: never entered)"
+    if status == "closed":
+        text += " (its within window ended before the count was reached: never entered)"
     if state is not None and state.arm:
         text += f" [arm {state.arm}]"
     if state is not None and state.held_out:
