@@ -1,8 +1,9 @@
 """Growth features end to end, on all three transports: conditions on what the action was
 (`where:`, and the SQL form over `properties`), audiences and variants on the Clerk profile,
-holdouts and experiments with their figures (`GET /v1/loops`); and properties (hypothesis) that
-a filtered condition decides as the filter over the whole sorted history would, and that the
-holdout's share holds over many users."""
+holdouts and experiments with their figures (`GET /v1/loops`: the pooled uplift against the
+holdout, and an experiment's arms against each other, `vs_arms`); and properties (hypothesis)
+that a filtered condition decides as the filter over the whole sorted history would, that the
+holdout's share holds over many users, and which arms `vs_arms` compares."""
 
 import json
 import math
@@ -22,16 +23,25 @@ from hypothesis import strategies as st
 
 from app.engine.assign import PLACES, arm_of, place
 from app.engine.evaluate import condition_met_at, tracked_counts, watched_filters
-from app.engine.funnel import loop_summary
+from app.engine.funnel import compared_arms, loop_summary
 from app.engine.loop_loading import load_loop, load_loops
 from app.engine.loops import ActionCondition
+from app.engine.measure import Rate, uplift
 from app.errors import LoopFileError
 from app.settings import Settings
 from app.storage.records import NewAction
-from tests.conftest import AUTH, FakeClock, load_fixture, post_webhook, store_of, worker_of
+from tests.conftest import (
+    AUTH,
+    FakeClock,
+    load_fixture,
+    post_webhook,
+    running,
+    store_of,
+    worker_of,
+)
 from tests.support.constants import DAY, MIN
 from tests.support.flow import act, state, step
-from tests.support.growth import LOOPS, write_loops
+from tests.support.growth import EXPERIMENTS, LOOPS, users_in_arm, write_loops
 
 
 @pytest.fixture
@@ -247,6 +257,151 @@ def test_the_uplift_interval_matches_a_hand_computed_example(growth_dir: Path) -
     assert (round(uplift["low"], 4), round(uplift["high"], 4)) == (0.0524, 0.3339)
     assert found["arms"]["treatment"]["activation_rate"] == 0.8
     assert found["activation_rate"] == pytest.approx(104 / 150)
+
+
+# --- an experiment's arms against each other (`vs_arms`) ----------------------------------------
+
+VS_ARMS_KEYS = {"a", "b", "estimate", "low", "high"}
+
+
+async def test_an_experiments_arms_are_compared_arm_against_arm(
+    make_settings: Callable[..., Settings], clock: FakeClock, tmp_path: Path
+) -> None:
+    """Seeded: welcome_a 3 of 4 activated, welcome_b 1 of 5. Before anyone entered both arms
+    are empty and the figures null; after, welcome_a's rate minus welcome_b's, 0.55, with
+    Newcombe's interval (worked by hand in the next test), and no uplift: there is no holdout."""
+    folder = write_loops(tmp_path, EXPERIMENTS)
+    async with running(make_settings(loops_dir=folder), clock) as (app, client):
+        empty = (await figures(client))["trial"]["vs_arms"]
+        assert empty == {"a": "welcome_a", "b": "welcome_b", "estimate": None, "low": None,
+                         "high": None}  # fmt: skip
+        trial = app.state.runtime.loops["trial"]
+        a_users, b_users = users_in_arm(trial, "welcome_a", 4), users_in_arm(trial, "welcome_b", 5)
+        for user in a_users + b_users:
+            await signup(client, user)
+        for user in a_users[:3] + b_users[:1]:
+            await act(client, "project_created", user)
+        await worker_of(app).drain()
+        found = (await figures(client))["trial"]
+
+    assert found["arms"] == {
+        "welcome_a": {"entered": 4, "activated": 3, "activation_rate": 0.75},
+        "welcome_b": {"entered": 5, "activated": 1, "activation_rate": 0.2},
+    }
+    assert found["uplift"] is None
+    vs_arms = found["vs_arms"]
+    assert set(vs_arms) == VS_ARMS_KEYS
+    assert (vs_arms["a"], vs_arms["b"]) == ("welcome_a", "welcome_b")
+    assert vs_arms["estimate"] == pytest.approx(0.55, abs=1e-12)
+    assert (round(vs_arms["low"], 4), round(vs_arms["high"], 4)) == (-0.0681, 0.8119)
+    expected = uplift(Rate(4, 3), Rate(5, 1))  # the same method as the holdout's uplift
+    assert expected is not None
+    assert (vs_arms["low"], vs_arms["high"]) == (expected.low, expected.high)
+
+
+def test_vs_arms_matches_a_hand_computed_newcombe_interval(tmp_path: Path) -> None:
+    """Newcombe (1998), method 10, from the textbook formulas, z = 1.959964 (z² = 3.841459):
+    Wilson: l, u = (p + z²/2n ∓ z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+      3/4: p = 0.75, z²/n = 0.9603647, centre = (0.75 + 0.4801824) / 1.9603647 = 0.6275273,
+           half = 1.959964 / 1.9603647 · sqrt(0.046875 + 0.0576438) = 0.3268854
+           -> l1 = 0.3006418, u1 = 0.9544127
+      1/5: p = 0.20, z²/n = 0.7682918, centre = (0.20 + 0.3841459) / 1.7682918 = 0.3303447,
+           half = 1.959964 / 1.7682918 · sqrt(0.032 + 0.0384146) = 0.2941206
+           -> l2 = 0.0362241, u2 = 0.6244654
+    d = 0.75 - 0.20 = 0.55
+    low  = d - sqrt((p1 - l1)² + (u2 - p2)²) = 0.55 - sqrt(0.4493582² + 0.4244654²)
+         = 0.55 - 0.6181372 = -0.0681372
+    high = d + sqrt((u1 - p1)² + (p2 - l2)²) = 0.55 + sqrt(0.2044127² + 0.1637759²)
+         = 0.55 + 0.2619296 = 0.8119296"""
+    loop = load_loops(write_loops(tmp_path, EXPERIMENTS))["trial"]
+    counters = {
+        "entered": 9, "activated": 4, "met": 4,
+        "entered:welcome_a": 4, "activated:welcome_a": 3,
+        "entered:welcome_b": 5, "activated:welcome_b": 1,
+    }  # fmt: skip
+    vs_arms = loop_summary(loop, counters)["vs_arms"]
+    assert vs_arms["estimate"] == pytest.approx(0.55, abs=1e-12)
+    assert vs_arms["low"] == pytest.approx(-0.0681372, abs=1e-7)
+    assert vs_arms["high"] == pytest.approx(0.8119296, abs=1e-7)
+
+
+def test_a_holdout_beside_an_experiment_pools_the_arms_and_the_two_largest_are_compared(
+    tmp_path: Path,
+) -> None:
+    """Three arms and a holdout: `uplift` pools all three against the holdout (Newcombe's
+    example (a): 56/70 against 48/80); `vs_arms` compares the two arms with the most entrants,
+    listed as the file lists them (welcome before welcome_b), whatever their sizes' order."""
+    loop = load_loops(write_loops(tmp_path, EXPERIMENTS))["three"]
+    counters = {
+        "entered": 150, "activated": 104,
+        "entered:holdout": 80, "activated:holdout": 48,
+        "entered:welcome": 30, "activated:welcome": 20,
+        "entered:welcome_a": 5, "activated:welcome_a": 5,
+        "entered:welcome_b": 35, "activated:welcome_b": 31,
+    }  # fmt: skip
+    found = loop_summary(loop, counters)
+    assert (round(found["uplift"]["low"], 4), round(found["uplift"]["high"], 4)) == (0.0524, 0.3339)
+    vs_arms = found["vs_arms"]
+    expected = uplift(Rate(30, 20), Rate(35, 31))
+    assert expected is not None
+    assert vs_arms == {"a": "welcome", "b": "welcome_b", "estimate": expected.estimate,
+                       "low": expected.low, "high": expected.high}  # fmt: skip
+    assert vs_arms["estimate"] < 0  # welcome activates less than welcome_b
+
+
+@pytest.mark.parametrize(
+    ("entered", "pair"),
+    [
+        ({"welcome": 0, "welcome_a": 0, "welcome_b": 0}, ("welcome", "welcome_a")),
+        ({"welcome": 0, "welcome_a": 3, "welcome_b": 0}, ("welcome", "welcome_a")),
+        ({"welcome": 0, "welcome_a": 3, "welcome_b": 2}, ("welcome_a", "welcome_b")),
+    ],
+)
+def test_an_arm_with_nobody_leaves_the_figures_null(
+    tmp_path: Path, entered: dict[str, int], pair: tuple[str, str]
+) -> None:
+    """An empty arm has no rate (0 of 0, not 0 %), so no difference: the arms are named, the
+    figures null. Of three arms, an empty one is compared only when at most one has anybody."""
+    loop = load_loops(write_loops(tmp_path, EXPERIMENTS))["three"]
+    counters = {f"entered:{arm}": n for arm, n in entered.items()}
+    counters |= {f"activated:{arm}": n // 2 for arm, n in entered.items()}
+    vs_arms = loop_summary(loop, counters)["vs_arms"]
+    assert (vs_arms["a"], vs_arms["b"]) == pair
+    figures_known = all(entered[arm] for arm in pair)
+    assert (vs_arms["estimate"] is not None) is figures_known
+    assert (vs_arms["low"] is None, vs_arms["high"] is None) == (not figures_known,) * 2
+
+
+def test_loops_without_an_experiment_have_no_vs_arms(growth_dir: Path) -> None:
+    loops = load_loops(growth_dir)
+    assert loop_summary(loops["team"], {})["vs_arms"] is None  # a holdout alone
+    assert loop_summary(loops["upgrade"], {})["vs_arms"] is None
+
+
+@given(st.lists(st.integers(0, 50), min_size=2, max_size=6), st.randoms(use_true_random=False))
+def test_the_compared_arms_are_the_two_largest_in_file_order(sizes: list[int], order: Any) -> None:
+    """Order-sensitive twice over: by size, ties to the arm listed first; and `a` is the arm
+    listed first. Shuffling the file's order changes which arm wins a tie, never the sizes of
+    the two compared."""
+    names = [f"arm{i}" for i in range(len(sizes))]
+    entered = dict(zip(names, sizes, strict=True))
+    a, b = compared_arms(names, entered)
+    assert names.index(a) < names.index(b)
+    for left_out in (name for name in names if name not in (a, b)):
+        for chosen in (a, b):  # smaller, or as large and listed later
+            assert entered[left_out] < entered[chosen] or (
+                entered[left_out] == entered[chosen] and names.index(left_out) > names.index(chosen)
+            )
+    shuffled = list(names)
+    order.shuffle(shuffled)
+    again = compared_arms(shuffled, entered)
+    assert sorted(entered[name] for name in again) == sorted((entered[a], entered[b]))
+    assert shuffled.index(again[0]) < shuffled.index(again[1])
+
+
+def test_an_experiment_has_two_arms_to_compare() -> None:
+    with pytest.raises(ValueError, match="two arms or more"):
+        compared_arms(["alone"], {"alone": 3})
 
 
 # --- assignment: stable, and the shares hold -----------------------------------------------------

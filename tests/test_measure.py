@@ -119,3 +119,15 @@ def test_a_wilson_interval_holds_its_rate(rate: Rate) -> None:
     low, high = wilson(rate)
     assert rate.value is not None
     assert 0 <= low <= rate.value <= high <= 1
+
+
+@given(rates(), rates())
+def test_swapping_the_two_rates_mirrors_the_difference(first: Rate, second: Rate) -> None:
+    """Order-sensitive: `vs_arms` reports `a` minus `b`, so which arm comes first only flips the
+    sign, never the interval's width or where it lies: b - a runs from -high to -low."""
+    forward, backward = uplift(first, second), uplift(second, first)
+    assert forward is not None
+    assert backward is not None
+    assert backward.estimate == pytest.approx(-forward.estimate, abs=1e-12)
+    assert backward.low == pytest.approx(-forward.high, abs=1e-12)
+    assert backward.high == pytest.approx(-forward.low, abs=1e-12)

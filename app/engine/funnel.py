@@ -3,7 +3,7 @@ what a sent email adds (on its day), time-to-activation buckets (keys.py: `stats
 dashboard reads them (`app.web.pages.dashboard`).
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +186,8 @@ def loop_summary(loop: Loop, counters: Mapping[str, int]) -> dict[str, Any]:
     `activated`: step 0's condition met within the loop's `measure` of its start (before or
     after its timeout); `waiting`: entered, neither met nor timed out yet. Per arm for a loop
     with a holdout or an experiment, with the uplift (treatment minus holdout activation rate,
-    Newcombe's 95 % interval) when there is a holdout."""
+    Newcombe's 95 % interval) when there is a holdout, and `vs_arms` (one experiment arm's rate
+    minus another's, the same interval) when there is an experiment."""
     entered = counters.get("entered", 0)
     met, timed_out = counters.get("met", 0), counters.get("timed_out", 0)
     arms = {
@@ -203,6 +204,7 @@ def loop_summary(loop: Loop, counters: Mapping[str, int]) -> dict[str, Any]:
         "activation_rate": _rate(entered, counters.get("activated", 0)),
         "arms": arms,
         "uplift": _uplift(arms) if loop.holdout_bp else None,
+        "vs_arms": _vs_arms(loop, arms),
     }
 
 
@@ -216,12 +218,42 @@ def _arm_figures(entered: int, activated: int) -> dict[str, Any]:
     return {"entered": entered, "activated": activated, "activation_rate": rate}
 
 
+def _arm_rate(figures: Mapping[str, Any]) -> Rate:
+    return Rate(figures["entered"], figures["activated"])
+
+
 def _uplift(arms: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
     """Every arm but the holdout together (the treatment) against the holdout."""
     treated = [figures for arm, figures in arms.items() if arm != HOLDOUT]
     treatment = Rate(sum(f["entered"] for f in treated), sum(f["activated"] for f in treated))
-    holdout = Rate(arms[HOLDOUT]["entered"], arms[HOLDOUT]["activated"])
-    found = uplift(treatment, holdout)
+    found = uplift(treatment, _arm_rate(arms[HOLDOUT]))
     if found is None:
         return None
     return {"vs": HOLDOUT, "estimate": found.estimate, "low": found.low, "high": found.high}
+
+
+def _vs_arms(loop: Loop, arms: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """An experiment's arms against each other (`compared_arms`): `a`'s activation rate minus
+    `b`'s, with the interval the holdout's uplift has (`measure.uplift`), so the two agree.
+    The figures are null while either arm has nobody: an empty arm has no rate (0 of 0), and
+    0 would claim one. None for a loop without an experiment."""
+    names = [arm.template for arm in loop.experiment]
+    if not names:
+        return None
+    a, b = compared_arms(names, {name: arms[name]["entered"] for name in names})
+    found = uplift(_arm_rate(arms[a]), _arm_rate(arms[b]))
+    if found is None:
+        return {"a": a, "b": b, "estimate": None, "low": None, "high": None}
+    return {"a": a, "b": b, "estimate": found.estimate, "low": found.low, "high": found.high}
+
+
+def compared_arms(names: Sequence[str], entered: Mapping[str, int]) -> tuple[str, str]:
+    """The two arms of an experiment that `vs_arms` compares, in the order the loop file lists
+    them: with two arms, both; with more, the two with the most entrants (the narrowest
+    interval), a tie going to the arm listed first. Chosen by entrants, never by outcomes, so
+    the one interval shown keeps its 95 %."""
+    if len(names) < 2:
+        raise ValueError(f"an experiment has two arms or more, got {list(names)}")
+    by_size = sorted(range(len(names)), key=lambda at: (-entered.get(names[at], 0), at))
+    first, second = sorted(by_size[:2])
+    return names[first], names[second]

@@ -1,8 +1,13 @@
 """Loop files for the growth features (`where:`, audiences and variants, holdouts, a query
-condition), and a folder written with them and their templates."""
+condition, experiments), a folder written with them and their templates, and user ids that land
+in a chosen arm."""
 
+import uuid
 from pathlib import Path
 from textwrap import dedent
+
+from app.engine.assign import arm_of
+from app.engine.loops import Loop
 
 LOOPS = {
     "team": """
@@ -46,6 +51,36 @@ LOOPS = {
     """,
 }
 
+# Experiments: two arms alone; a holdout beside three arms.
+EXPERIMENTS = {
+    "trial": """
+        type: activation
+        steps:
+          - trigger: {type: database, table: users, event: insert}
+            condition: {type: action, action: project_created, timeout: 1d}
+            action:
+              type: email
+              template: welcome
+              experiment:
+                - {template: welcome_a, weight: 50}
+                - {template: welcome_b, weight: 50}
+    """,
+    "three": """
+        type: activation
+        holdout: 20%
+        steps:
+          - trigger: {type: database, table: users, event: insert}
+            condition: {type: action, action: project_created, timeout: 1d}
+            action:
+              type: email
+              template: welcome
+              experiment:
+                - {template: welcome, weight: 1}
+                - {template: welcome_a, weight: 1}
+                - {template: welcome_b, weight: 1}
+    """,
+}
+
 TEMPLATES = ("welcome", "welcome_pro", "upgraded", "welcome_a", "welcome_b")
 
 
@@ -56,3 +91,13 @@ def write_loops(folder: Path, loops: dict[str, str]) -> Path:
     for loop_id, text in loops.items():
         (folder / f"{loop_id}.yaml").write_text(dedent(text))
     return folder
+
+
+def users_in_arm(loop: Loop, arm: str, count: int) -> list[str]:
+    """`count` new user ids whose place in `loop` puts them in `arm`."""
+    found: list[str] = []
+    while len(found) < count:
+        user_id = f"user_{arm[:8]}{uuid.uuid4().hex[:12]}"
+        if arm_of(loop, user_id) == arm:
+            found.append(user_id)
+    return found
