@@ -18,6 +18,7 @@ import pytest
 from app.clock import system_clock_ms
 from app.settings import Settings
 from app.storage.connections import ClusterConnection
+from app.storage.records import OutboxFilter
 from tests.conftest import (
     API_KEY,
     AUTH,
@@ -58,6 +59,8 @@ async def test_one_node_is_enough_to_find_the_cluster_and_its_shards(
         ran = await app.state.runtime.worker.drain()
         states = [await http.get(f"/v1/users/{uid}", headers=AUTH) for uid in users[:5]]
         outbox = await store.queries.outbox(limit=1000)
+        pages = [await store.queries.outbox_page(offset, 50) for offset in (0, 50)]
+        theirs = await store.queries.outbox_page(0, 50, OutboxFilter(user_id=users[7]))
         stats = await store.queries.read_stats(["activation"], [])
 
     assert tag_owners == set(redis_cluster.masters())  # one shard on every master
@@ -66,6 +69,11 @@ async def test_one_node_is_enough_to_find_the_cluster_and_its_shards(
     assert ran >= 60  # a turn per user: the welcome decided and sent
     assert all(state.json()["emails"][0]["status"] == "sent" for state in states)
     assert sorted(entry["to"] for entry in outbox).count("example@example.org") == 60
+    paged = [entry for page in pages for entry in page.entries]  # the shards' lists merged
+    assert [page.more for page in pages] == [True, False]
+    assert sorted(entry["job"] for entry in paged) == sorted(entry["job"] for entry in outbox)
+    assert [entry["at"] for entry in paged] == sorted((e["at"] for e in paged), reverse=True)
+    assert [entry["job"] for entry in theirs.entries] == [f"email|{users[7]}|activation|0|action"]
     assert stats.loops["activation"]["emails_sent"] == 60
     assert all(count > 0 for count in redis_cluster.keys_per_master().values())
 

@@ -10,10 +10,23 @@ from app.engine.funnel import funnel_view, parse_counters, split_days
 from app.engine.job_ids import user_of
 from app.storage import keys as k
 from app.storage.connections import Connection
-from app.storage.keys import Keys, ShardKeys
-from app.storage.records import StatsReply, UserRecord, as_fields, decode_job, parse_user
+from app.storage.keys import OUTBOX_LENGTH, Keys, ShardKeys
+from app.storage.records import (
+    ANY_ENTRY,
+    OutboxFilter,
+    OutboxPage,
+    StatsReply,
+    UserRecord,
+    as_fields,
+    decode_job,
+    parse_user,
+)
 from app.storage.redis_client import CommandArg
 from app.storage.scripts import STATS, ScriptRunner
+
+# Outbox entries read per LRANGE while looking for a filter's matches: the whole capped list
+# (OUTBOX_LENGTH) in four reads at most.
+OUTBOX_SCAN = 250
 
 
 async def read_job(conn: Connection, keys: Keys, job_id: str) -> EmailJob | None:
@@ -98,13 +111,40 @@ class Queries(ScriptRunner):
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         """Emails written to the outbox (no Resend key), newest first, every shard's."""
-        entries = []
-        for shard in self.keys.shards():
-            entries += await self.conn.call("LRANGE", shard.outbox, 0, limit - 1)
-        parsed = [json.loads(entry) for entry in entries]
-        if self.keys.sharded:
-            parsed.sort(key=lambda entry: entry.get("at") or 0, reverse=True)
-        return parsed[:limit]
+        return (await self.outbox_page(0, limit)).entries
+
+    async def outbox_page(
+        self, offset: int, limit: int, only: OutboxFilter = ANY_ENTRY
+    ) -> OutboxPage:
+        """The outbox's entries matching `only`, newest first, from the `offset`th: `limit` of
+        them, and whether more match. Unfiltered on one Redis, one LRANGE of the page. Else each
+        shard in question (a user's only: theirs) is read from its newest, `OUTBOX_SCAN`
+        entries at a time, until the page and one more are found or the capped list ends."""
+        shards = [self.keys.of_user(only.user_id)] if only.user_id else list(self.keys.shards())
+        if only.any and len(shards) == 1:
+            entries = await self._outbox_range(shards[0].outbox, offset, limit + 1)
+            return OutboxPage(entries[:limit], len(entries) > limit)
+        found = []
+        for shard in shards:
+            found += await self._outbox_scan(shard.outbox, only, offset + limit + 1)
+        if len(shards) > 1:
+            found.sort(key=lambda entry: entry.get("at") or 0, reverse=True)
+        return OutboxPage(found[offset : offset + limit], len(found) > offset + limit)
+
+    async def _outbox_scan(self, key: str, only: OutboxFilter, wanted: int) -> list[dict[str, Any]]:
+        """Up to `wanted` matching entries of one outbox list, newest first (at most
+        OUTBOX_LENGTH / OUTBOX_SCAN reads: the list is capped)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, OUTBOX_LENGTH, OUTBOX_SCAN):
+            chunk = await self._outbox_range(key, start, OUTBOX_SCAN)
+            found += [entry for entry in chunk if only.matches(entry)]
+            if len(found) >= wanted or len(chunk) < OUTBOX_SCAN:
+                break
+        return found[:wanted]
+
+    async def _outbox_range(self, key: str, start: int, count: int) -> list[dict[str, Any]]:
+        entries = await self.conn.call("LRANGE", key, start, start + count - 1)
+        return [json.loads(entry) for entry in entries]
 
     async def schedule_size(self) -> int:
         """Users with a turn on the schedule (due or not), every shard's: the queue depth."""

@@ -212,6 +212,39 @@ def outbox_entry(job: EmailJob) -> str:
     return json.dumps(entry, separators=(",", ":"))
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxFilter:
+    """Which outbox entries a page shows: one user's, one loop's, both, or (None) any."""
+
+    user_id: str | None = None
+    loop_id: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.user_id is None and self.loop_id is None
+
+    def matches(self, entry: Mapping[str, Any]) -> bool:
+        """Whether an entry (`outbox_entry`, decoded) is one of these, read from its job id."""
+        if self.any:
+            return True
+        try:
+            job = JobId.parse(str(entry.get("job", "")))
+        except ValueError:
+            return False
+        return self.user_id in (None, job.user_id) and self.loop_id in (None, job.loop_id)
+
+
+ANY_ENTRY = OutboxFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPage:
+    """One page of the outbox, newest first; `more`: older entries match past it."""
+
+    entries: list[dict[str, Any]]
+    more: bool
+
+
 def outbox_prefix(user_id: str) -> str:
     """How the user's outbox entries begin (`outbox_entry`), so `user.deleted` finds them
     without decoding every entry."""
