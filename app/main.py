@@ -33,7 +33,7 @@ from app.web.errors import (
     invalid_request_response,
 )
 from app.web.gate import Endpoint, Gate, RouteTable, Traffic, declare_framework_routes
-from app.web.pages import dashboard, unsubscribe
+from app.web.pages import dashboard, outbox, unsubscribe
 from app.web.v1 import action_health, actions, loops, users
 from app.web.webhooks import clerk, resend
 
@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.given_settings = settings
     app.state.given_clock = clock
     declare_framework_routes(app)
-    for module in (clerk, resend, actions, users, loops, action_health, dashboard, unsubscribe,
-                   health, metrics):  # fmt: skip
+    for module in (clerk, resend, actions, users, loops, action_health, dashboard, outbox,
+                   unsubscribe, health, metrics):  # fmt: skip
         app.include_router(module.router)
     add_error_handlers(app)
     app.hot_routes = clerk.HOT_ROUTES | actions.HOT_ROUTES

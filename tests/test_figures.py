@@ -1,6 +1,7 @@
 """The dashboard's experiment and action-health parts: `app.web.pages.panels` (points, sentences,
-the uplift chart's geometry, the action problems) and the two partials rendered with the dashboard's
-Jinja2 settings, read back with the standard library's HTML parser."""
+the uplift chart's geometry, which arms the pooled uplift joins, an experiment's arms against each
+other, the action problems) and the two partials rendered with the dashboard's Jinja2 settings,
+read back with the standard library's HTML parser."""
 
 from html.parser import HTMLParser
 from typing import Any
@@ -8,8 +9,16 @@ from typing import Any
 import jinja2
 import pytest
 
+from app.engine.measure import Uplift
 from app.web.pages import panels as figures
-from app.web.pages.panels import MINUS, action_problems, experiment_views, points, uplift_view
+from app.web.pages.panels import (
+    MINUS,
+    action_problems,
+    arms_sentence,
+    experiment_views,
+    points,
+    uplift_view,
+)
 from tests.support.constants import DAY
 
 HOSTILE = '<script>alert("x")</script>'
@@ -85,12 +94,24 @@ def loop(loop_id: str, **extra: Any) -> dict[str, Any]:
     return {"id": loop_id, "type": "activation", **counts, "activation_rate": 104 / 150, **extra}
 
 
+NOBODY = {"estimate": None, "low": None, "high": None}
 LOOPS = [
     loop("holdout_loop", arms={"holdout": arm(80, 48), "treatment": arm(70, 56)}, uplift=RAISE),
-    loop("templates", arms={"short": arm(40, 10), "long": arm(0, 0)}, uplift=None),
+    loop(
+        "templates",
+        arms={"short": arm(40, 10), "long": arm(0, 0)},
+        uplift=None,
+        vs_arms={"a": "short", "b": "long", **NOBODY},
+    ),
     loop("plain"),
     loop("no_arms", arms={}, uplift=None),
 ]
+BOTH = loop(
+    "both",
+    arms={"holdout": arm(20, 5), "short": arm(40, 10), "long": arm(42, 21), "tiny": arm(3, 1)},
+    uplift={"vs": "holdout", "estimate": 0.1, "low": -0.3, "high": 0.4},
+    vs_arms={"a": "short", "b": "long", "estimate": -0.25, "low": -0.45, "high": -0.04},
+)
 
 
 def test_points_are_signed_with_a_true_minus() -> None:
@@ -177,7 +198,10 @@ def test_the_experiments_part_shows_arms_side_by_side_and_draws_the_uplift() -> 
     words = page.words()
     assert "Emails raise activation by 5.2 points (95 % interval +1.0 to +9.4)." in words
     assert "Entered 70 80 Activated 56 48 Activation rate 80.0% 60.0%" in words
-    assert "No uplift to show yet." in words  # the template experiment
+    assert "No comparison yet: long has nobody in it." in words  # the template experiment
+    assert "Pooled uplift" not in words  # one arm against the holdout: nothing is pooled
+    assert "Uplift against the holdout treatment against holdout" in words
+    assert "short \u2212 long" in words
     assert not page.find("section", id="experiment-plain")
     assert not page.find("section", id="experiment-no_arms")
     [svg] = page.find("svg")
@@ -185,6 +209,56 @@ def test_the_experiments_part_shows_arms_side_by_side_and_draws_the_uplift() -> 
     assert page.find("circle", **{"class": "estimate", "cx": "261.1"})
     assert page.find("rect", **{"class": "interval", "x": "195.6", "width": "131.0"})
     assert page.find("line", **{"class": "zero", "x1": "180.0", "x2": "180.0"})
+
+
+@pytest.mark.parametrize(
+    ("uplift", "sentence"),
+    [
+        (
+            Uplift(0.1, 0.02, 0.18),
+            "a activates 10.0 points higher than b (95 % interval +2.0 to +18.0).",
+        ),
+        (
+            Uplift(-0.1, -0.18, -0.02),
+            f"a activates 10.0 points lower than b (95 % interval {MINUS}18.0 to {MINUS}2.0).",
+        ),
+        (
+            Uplift(0.1, -0.02, 0.18),
+            "a against b: not yet distinguishable, the 95 % interval of the difference runs "
+            f"from {MINUS}2.0 to +18.0 points.",
+        ),
+    ],
+)
+def test_an_arm_against_another_in_words(uplift: Uplift, sentence: str) -> None:
+    assert arms_sentence(uplift, "a", "b") == sentence
+
+
+def test_an_experiment_beside_a_holdout_pools_its_arms_and_compares_the_largest_two() -> None:
+    [both] = experiment_views([BOTH])
+    assert [a.name for a in both.arms] == ["short", "long", "tiny", "holdout"]
+    assert both.pooled == ("short", "long", "tiny")
+    assert both.vs_arms is not None
+    assert (both.vs_arms.a, both.vs_arms.b, both.vs_arms.of_arms) == ("short", "long", 3)
+    assert both.vs_arms.view is not None
+    assert both.vs_arms.view.direction == "lower"
+    assert both.uplift is not None
+    # one axis for both: the wider interval's (±50 points), so the two widths compare
+    assert both.uplift.span_points == both.vs_arms.view.span_points == 50
+
+    words = Page(render("experiments.html", loops=[BOTH])).words()
+    assert "Pooled uplift against the holdout short + long + tiny against holdout" in words
+    assert "Arm against arm short \u2212 long (of 3 arms, the two with the most entrants)" in words
+    assert "short activates 25.0 points lower than long" in words
+
+
+def test_an_arm_comparison_without_figures_names_the_empty_arms() -> None:
+    empty = {**BOTH, "arms": {"short": arm(0, 0), "long": arm(0, 0)}, "uplift": None,
+             "vs_arms": {"a": "short", "b": "long", **NOBODY}}  # fmt: skip
+    [shown] = experiment_views([empty])
+    assert shown.vs_arms is not None
+    assert (shown.vs_arms.view, shown.vs_arms.empty) == (None, ("short", "long"))
+    words = Page(render("experiments.html", loops=[empty])).words()
+    assert "No comparison yet: short and long have nobody in them." in words
 
 
 def test_the_experiments_part_runs_nothing_and_loads_nothing() -> None:

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
 def write_preview_page(
     path: Path, template: str, email: RenderedEmail, profile: UserProfile
 ) -> None:
-    from app.web.pages.dashboard import PAGE_ENV  # the pages' templates and styling
+    from app.web.pages.layout import PAGE_ENV  # the pages' templates and styling
 
     page = PAGE_ENV.get_template("preview.html").render(
         title=f"Preview: {template}",

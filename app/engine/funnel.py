@@ -10,7 +10,7 @@ from typing import Any
 from app.clock import DAY_MS, utc_day
 from app.engine.evaluate import ActionStats, StepState, StepStatus, condition_met_at, step_field
 from app.engine.job_ids import EmailKind, JobId
-from app.engine.loops import HOLDOUT, Loop
+from app.engine.loops import HOLDOUT, Loop, LoopType
 from app.engine.measure import Rate, uplift
 
 # The stored counters (a loop's `stats` hash, storage.keys): whole names, then the two families.
@@ -28,6 +28,10 @@ TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
     ("1w", "< 1 week", 7 * DAY_MS),
     ("more", "1 week +", None),
 )
+# The rows of a loop's card on the dashboard, by its type: (a counter as `funnel_view` names it,
+# its label). A milestone's step 0 starts and fires at once, when the milestone is reached: it has
+# no deadline, so nothing times out, nobody is nudged and there is no rate to activate.
+# A new per-loop row (held emails, say) is one more counter of the loop's stats hash, named here.
 FUNNEL: tuple[tuple[str, str], ...] = (
     ("entered", "Entered (step 0 started)"),
     ("met", "Condition met (fired)"),
@@ -36,6 +40,15 @@ FUNNEL: tuple[tuple[str, str], ...] = (
     ("nudged", "Nudged (on_timeout sent)"),
     ("activated_after_nudge", "Activated after timing out"),
 )
+MILESTONE_ROWS: tuple[tuple[str, str], ...] = (
+    ("entered", "Reached (milestone hit)"),
+    ("sent", "Email sent"),
+    (EMAILS_FAILED, "Emails failed for good"),
+)
+CARD_ROWS: Mapping[LoopType, tuple[tuple[str, str], ...]] = {
+    LoopType.ACTIVATION: FUNNEL,
+    LoopType.MILESTONE: MILESTONE_ROWS,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
-"""Operator pages, server-rendered (Jinja2, no JavaScript): `GET /dashboard` (each loop's funnel,
-activation rate, time to activation, sends and failures per day, dead letters), `GET /outbox` (the
-emails the outbox mode kept instead of sending) and the login form that opens them in a browser.
+"""Operator pages, server-rendered (Jinja2, no JavaScript): `GET /dashboard` (each loop's rows:
+an activation loop's funnel, activation rate and time to activation, a milestone's reached, sent
+and failed; sends and failures per day, dead letters, experiments) and the login form that opens
+it and `GET /outbox` (`app.web.pages.outbox`) in a browser.
 
 Who may see them is decided by `app.web.gate` (the `OPERATOR` policy: the API key as a bearer token,
 or a session cookie that was not revoked); a refused caller gets this module's login form. Login
@@ -14,15 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.clock import last_days
 from app.engine.email_jobs import EmailJob
-from app.engine.funnel import FUNNEL, TTA_BUCKETS, dead_loop, loop_summary
-from app.engine.job_ids import JobId
-from app.engine.loops import Loop
+from app.engine.funnel import CARD_ROWS, TTA_BUCKETS, dead_loop, loop_summary
+from app.engine.loops import Loop, LoopType
 from app.errors import StorageError
 from app.settings import Settings
 from app.signing import secret_matches
@@ -33,6 +32,7 @@ from app.web import auth, sessions
 from app.web.auth import Access, Verdict
 from app.web.deps import ClockDep, SettingsDep, StoreDep, services_of
 from app.web.pages import panels
+from app.web.pages.layout import PAGE_ENV, page
 from app.web.v1.action_health import action_health
 
 logger = logging.getLogger(__name__)
@@ -41,26 +41,8 @@ router = APIRouter(tags=["operator"])
 
 DAYS_SHOWN = 14
 DEAD_SHOWN = 3
-OUTBOX_SHOWN = 50
 LOGIN_MAX_BODY_BYTES = 4096  # the form: a key and a page name
 PAGES = ("/dashboard", "/outbox")
-# Email HTML is shown in sandboxed iframes (no scripts, no same-origin); the pages run no script.
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "img-src https: data:; form-action 'self'; base-uri 'none'",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-
-PAGE_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("app.web.pages", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-PAGE_ENV.globals.update(panels.TEMPLATE_GLOBALS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +66,14 @@ class LoopStats:
         return self.counters.get(name, 0)
 
     @property
-    def funnel(self) -> list[tuple[str, str, int]]:
-        return [(name, label, self.count(name)) for name, label in FUNNEL]
+    def rows(self) -> list[tuple[str, str, int]]:
+        """The card's counters for the loop's type (`funnel.CARD_ROWS`): name, label, value."""
+        return [(name, label, self.count(name)) for name, label in CARD_ROWS[self.loop.type]]
+
+    @property
+    def measures_activation(self) -> bool:
+        """A rate and a time to activation: an activation loop's (a milestone has no deadline)."""
+        return self.loop.type is LoopType.ACTIVATION
 
     @property
     def activation_rate(self) -> float | None:
@@ -111,11 +99,6 @@ def day_counts(
         )
         for day in days
     ]
-
-
-def page(name: str, status_code: int = 200, **variables: Any) -> HTMLResponse:
-    body = PAGE_ENV.get_template(name).render(**variables)
-    return HTMLResponse(body, status_code=status_code, headers=HEADERS)
 
 
 def refusal(
@@ -205,7 +188,7 @@ async def dashboard(
     dead = await dead_by_loop(store, reply.dead_ids)
     return page(
         "dashboard.html",
-        title="Activation loops",
+        title="Dashboard",
         loops=[loop_stats(loop, reply, dead) for loop in loops.values()],
         figures=[loop_summary(loop, reply.loops.get(loop.id, {})) for loop in loops.values()],
         health=await health_of(request),
@@ -225,29 +208,6 @@ async def health_of(request: Request) -> dict[str, Any] | None:
         logger.warning("dashboard: action health not read: %s", exc)
         return None
     return action_health(services.watched_actions, seen, services.clock()).model_dump()
-
-
-@router.get("/outbox", response_class=HTMLResponse, responses={401: {"description": "log in"}})
-@auth.policy(Access.OPERATOR, refuse=refusal)
-async def outbox(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
-    """The emails that would have been sent (no RESEND_API_KEY), rendered, newest first."""
-    entries = await store.queries.outbox(limit=OUTBOX_SHOWN)
-    return page(
-        "outbox.html",
-        title="Outbox",
-        emails=[outbox_email(entry) for entry in entries],
-        outbox_mode=settings.resend_api_key is None,
-    )
-
-
-def outbox_email(entry: dict[str, Any]) -> dict[str, Any]:
-    """An outbox entry as the page shows it: the job id's parts named."""
-    try:
-        job = JobId.parse(str(entry.get("job", "")))
-        loop_id, step, kind = str(job.loop_id), str(job.step), str(job.kind)
-    except ValueError:
-        loop_id, step, kind = "?", "?", "?"
-    return {**entry, "loop": loop_id, "step": step, "kind": kind, "sent": when(entry.get("at"))}
 
 
 @router.post("/dashboard/login", response_class=HTMLResponse, include_in_schema=False)

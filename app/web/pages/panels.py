@@ -1,6 +1,7 @@
 """What the dashboard's experiment and action-health parts show (`pages/experiments.html`,
 `pages/action_health.html`), worked out from the loops and health JSON shapes: rates and
-percentage points as text, an uplift's sentence and its chart's geometry, the action problems.
+percentage points as text, the sentences and charts of an uplift against the holdout (which arms
+it pools) and of an experiment's arms against each other (`vs_arms`), the action problems.
 Pure; `TEMPLATE_GLOBALS` is what a page environment needs to render the two parts.
 """
 
@@ -21,6 +22,7 @@ AXIS_Y = 24.0
 SPANS_POINTS = (5, 10, 20, 25, 50, 100)
 # arms of a holdout first; an experiment's arms keep their order
 ARM_ORDER = ("treatment", "holdout")
+HOLDOUT = "holdout"
 PROBLEM_STATUSES = ("never_seen", "silent")
 
 
@@ -60,13 +62,28 @@ class Arm:
 
 
 @dataclass(frozen=True, slots=True)
+class ArmsCompared:
+    """An experiment's `vs_arms`: which two arms, and the difference as shown (None while one
+    of them has nobody: `empty` names it)."""
+
+    a: str
+    b: str
+    of_arms: int  # how many arms the experiment has: with more than two, these are the largest
+    view: UpliftView | None
+    empty: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
-    """One loop with a holdout or an experiment: its arms side by side and the uplift."""
+    """One loop with a holdout or an experiment: its arms side by side, the uplift against the
+    holdout (`pooled`: the arms it joins) and the experiment's arms against each other."""
 
     loop_id: str
     loop_type: str
     arms: tuple[Arm, ...]
     uplift: UpliftView | None
+    pooled: tuple[str, ...] = ()
+    vs_arms: ArmsCompared | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,20 +157,69 @@ def sentence(uplift: Uplift, vs: str) -> str:
     return f"Emails {verb} activation by {size} points{against} (95 % interval {low} to {high})."
 
 
-def uplift_view(uplift: Mapping[str, Any] | None) -> UpliftView | None:
+def arms_sentence(uplift: Uplift, a: str, b: str) -> str:
+    """An arm against another in words: which one activates more, or that it is not yet told."""
+    low, high = points(uplift.low), points(uplift.high)
+    verb = direction(uplift)
+    if verb == "unclear":
+        return (
+            f"{a} against {b}: not yet distinguishable, "
+            f"the 95 % interval of the difference runs from {low} to {high} points."
+        )
+    size = points(abs(uplift.estimate)).lstrip("+")
+    than = "higher" if verb == "raise" else "lower"
+    return f"{a} activates {size} points {than} than {b} (95 % interval {low} to {high})."
+
+
+def as_uplift(figures: Mapping[str, Any]) -> Uplift:
+    return Uplift(float(figures["estimate"]), float(figures["low"]), float(figures["high"]))
+
+
+def uplift_view(uplift: Mapping[str, Any] | None, span: int | None = None) -> UpliftView | None:
     """The loops endpoint's `uplift` ({"vs", "estimate", "low", "high"}, fractions) as shown."""
     if not uplift:
         return None
-    found = Uplift(float(uplift["estimate"]), float(uplift["low"]), float(uplift["high"]))
-    vs = str(uplift.get("vs", "holdout"))
-    span = span_points(found.low, found.high)
+    found = as_uplift(uplift)
+    vs = str(uplift.get("vs", HOLDOUT))
+    return chart(found, vs, sentence(found, vs), span)
+
+
+def compared_view(
+    vs_arms: Mapping[str, Any] | None, arms: tuple[Arm, ...], span: int | None = None
+) -> ArmsCompared | None:
+    """The loops endpoint's `vs_arms` ({"a", "b", "estimate", "low", "high"}) as shown."""
+    if not vs_arms:
+        return None
+    a, b = str(vs_arms["a"]), str(vs_arms["b"])
+    treated = sum(1 for arm in arms if arm.name != HOLDOUT)
+    if vs_arms.get("estimate") is None:
+        empty = tuple(arm.name for arm in arms if arm.name in (a, b) and not arm.entered)
+        return ArmsCompared(a, b, treated, None, empty or (a, b))
+    found = as_uplift(vs_arms)
+    return ArmsCompared(a, b, treated, chart(found, b, arms_sentence(found, a, b), span))
+
+
+def shared_span(*differences: Mapping[str, Any] | None) -> int | None:
+    """One axis for the charts drawn side by side, so their widths compare: the widest's."""
+    ends = [
+        span_points(float(d["low"]), float(d["high"]))
+        for d in differences
+        if d and d.get("estimate") is not None
+    ]
+    return max(ends, default=None)
+
+
+def chart(found: Uplift, vs: str, words: str, span: int | None = None) -> UpliftView:
+    """A difference of rates drawn around zero (± `span` points, else its own), with its
+    sentence."""
+    span = span or span_points(found.low, found.high)
     return UpliftView(
         vs=vs,
         estimate=points(found.estimate),
         low=points(found.low),
         high=points(found.high),
         direction=direction(found),
-        sentence=sentence(found, vs),
+        sentence=words,
         span_points=span,
         x_zero=x_of(0.0, span),
         x_low=x_of(found.low, span),
@@ -180,18 +246,23 @@ def arms(by_name: Mapping[str, Mapping[str, Any]]) -> tuple[Arm, ...]:
     return tuple(arm(name, by_name[name]) for name in names)
 
 
+def experiment_view(loop: Mapping[str, Any]) -> Experiment:
+    shown = arms(loop["arms"])
+    held_out = any(arm.name == HOLDOUT for arm in shown)
+    span = shared_span(loop.get("uplift"), loop.get("vs_arms"))
+    return Experiment(
+        str(loop["id"]),
+        str(loop.get("type", "")),
+        shown,
+        uplift_view(loop.get("uplift"), span),
+        tuple(arm.name for arm in shown if arm.name != HOLDOUT) if held_out else (),
+        compared_view(loop.get("vs_arms"), shown, span),
+    )
+
+
 def experiment_views(loops: Iterable[Mapping[str, Any]]) -> list[Experiment]:
     """The loops that have arms (a holdout or an experiment), as the experiments part shows them."""
-    return [
-        Experiment(
-            str(loop["id"]),
-            str(loop.get("type", "")),
-            arms(loop["arms"]),
-            uplift_view(loop.get("uplift")),
-        )
-        for loop in loops
-        if loop.get("arms")
-    ]
+    return [experiment_view(loop) for loop in loops if loop.get("arms")]
 
 
 def watched_problem(watched: Mapping[str, Any], reported: Iterable[str] = ()) -> ActionProblem:

@@ -7,9 +7,9 @@ links; they must not unsubscribe anyone); `POST` (the button, or the mail client
 POST) unsubscribes: no further loop email, and pending emails are dropped and recorded.
 """
 
-import html
 import logging
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -19,6 +19,7 @@ from app.web import auth
 from app.web.auth import Access
 from app.web.deps import ClockDep, StoreDep
 from app.web.errors import error_responses
+from app.web.pages.layout import page
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +30,12 @@ TOKEN_ERRORS = error_responses(
     {400: "a forged, altered or malformed token", 422: "no token, or one too short or long"},
     page=True,
 )
+SITE = "Email preferences"  # what the user sees in the tab and the bar: not our operator pages
 
 
-def _page(title: str, body: str) -> HTMLResponse:
-    document = (
-        "<!doctype html><html lang=en><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        '<body style="font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;'
-        f'padding:0 1rem"><h1>{html.escape(title)}</h1>{body}</body></html>'
-    )
-    return HTMLResponse(document)
+def _page(title: str, action: str | None = None) -> HTMLResponse:
+    """The pages' shared layout and stylesheet (`templates/unsubscribe.html`)."""
+    return page("unsubscribe.html", title=title, site=SITE, action=action)
 
 
 def tokens_of(request: Request) -> UnsubscribeTokens:
@@ -52,12 +48,7 @@ def tokens_of(request: Request) -> UnsubscribeTokens:
 async def confirm_page(request: Request, token: TokenQuery) -> HTMLResponse:
     """A confirmation page: following the link alone unsubscribes nobody."""
     tokens_of(request).verify(token)
-    action = html.escape(f"/unsubscribe?token={token}", quote=True)
-    return _page(
-        "Unsubscribe",
-        "<p>Stop receiving these emails?</p>"
-        f'<form method=post action="{action}"><button type=submit>Unsubscribe</button></form>',
-    )
+    return _page("Unsubscribe", action=f"/unsubscribe?{urlencode({'token': token})}")
 
 
 @router.post("/unsubscribe", response_class=HTMLResponse, responses=TOKEN_ERRORS)
@@ -72,4 +63,4 @@ async def unsubscribe(
         logger.info("unsubscribe for user %s: not stored (deleted); nothing to do", user_id)
     else:
         logger.info("user %s unsubscribed; %d pending email(s) dropped", user_id, dropped)
-    return _page("You are unsubscribed", "<p>You will not receive these emails again.</p>")
+    return _page("You are unsubscribed")
