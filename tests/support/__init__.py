@@ -10,7 +10,8 @@ services the app talks to live apart, in tests/standins/ (tests/test_suite_layou
 - `processes`: the `activation` command and a worker process, with their environment
 - `timing`: bounded waits, and Resend's pacing on the fake clock
 - `gate`: the hot routes beside the routed ones, and a request body sent in chunks
-- `growth`: loop files for the growth features
+- `growth`: loop files for the growth features, and user ids that land in a chosen arm
 - `within`: loop files with `within:` windows
+- `pages`: the operator pages filled by a realistic flow or the outbox's writer, and read back
 - `browser`: a headless Chromium
 """
