@@ -28,9 +28,18 @@ from app.engine.loop_loading import load_loops
 from app.errors import LoopFolderError
 from app.runtime import build_store, build_worker
 from app.settings import Settings, parse_cap_rules
-from tests.conftest import FakeClock, clerk_event, post_webhook, store_of, worker_of, write_files
+from tests.conftest import (
+    AUTH,
+    FakeClock,
+    clerk_event,
+    post_webhook,
+    store_of,
+    worker_of,
+    write_files,
+)
 from tests.support.constants import DAY, HOUR, MIN
 from tests.support.flow import act, state
+from tests.support.pages import card, funnel
 
 UTC_ZONE = ZoneInfo("UTC")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -303,6 +312,10 @@ async def test_the_held_counts_are_kept_per_loop(
     stats = await store_of(app).queries.read_stats(["welcome", "vip"], [])
     assert stats.loops["welcome"].get("held:cap") == 1
     assert "held:cap" not in stats.loops["vip"]
+    page = (await client.get("/dashboard", headers=AUTH)).text
+    assert funnel(page, "welcome")["held:cap"] == 1
+    assert "Held by the frequency cap" in card(page, "welcome")
+    assert "held:cap" not in funnel(page, "vip")  # a row shown once it counted any
 
 
 async def test_a_frozen_workers_attempt_still_counts_when_another_takes_over(

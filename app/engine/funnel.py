@@ -45,10 +45,16 @@ MILESTONE_ROWS: tuple[tuple[str, str], ...] = (
     ("sent", "Email sent"),
     (EMAILS_FAILED, "Emails failed for good"),
 )
+# emails that waited for the frequency cap or quiet hours (`engine.holds`): shown once any did
+HELD_ROWS: tuple[tuple[str, str], ...] = (
+    (f"{HELD}cap", "Held by the frequency cap"),
+    (f"{HELD}quiet_hours", "Held for quiet hours"),
+)
 CARD_ROWS: Mapping[LoopType, tuple[tuple[str, str], ...]] = {
-    LoopType.ACTIVATION: FUNNEL,
-    LoopType.MILESTONE: MILESTONE_ROWS,
+    LoopType.ACTIVATION: FUNNEL + HELD_ROWS,
+    LoopType.MILESTONE: MILESTONE_ROWS + HELD_ROWS,
 }
+OPTIONAL_ROWS = frozenset(name for name, _ in HELD_ROWS)
 
 
 @dataclass(frozen=True, slots=True)

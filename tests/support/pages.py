@@ -90,7 +90,7 @@ def card(page: str, loop_id: str) -> str:
 
 def funnel(page: str, loop_id: str) -> dict[str, int]:
     """The rows a person reads in one loop's card: counter name to number."""
-    rows = re.findall(r'data-counter="(\w+)">.*?<td class="n">(\d+)</td>', card(page, loop_id),
+    rows = re.findall(r'data-counter="([\w:]+)">.*?<td class="n">(\d+)</td>', card(page, loop_id),
                       re.DOTALL)  # fmt: skip
     return {name: int(value) for name, value in rows}
 
