@@ -30,7 +30,10 @@ def admit(
         zone = zone_of(profile.public_metadata.get("timezone") if profile else None,
                        holds.default_zone)  # fmt: skip
         candidates = [candidate(job, loops, holds) for job in first]
-        verdicts = holds.admit(candidates, counted(record.jobs.values(), loops), zone, now)
+        # the turn's jobs, not the stored ones: a job freed from a batch never recorded
+        # (`turns.turn_jobs`) never reached Resend, and must not count against itself
+        jobs = {**record.jobs, **{job.id: job for job in ready}}
+        verdicts = holds.admit(candidates, counted(jobs.values(), loops), zone, now)
     for job in ready:
         verdict = verdicts.get(job.id)
         yield job, None if verdict is None or verdict.reason is None else verdict
