@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from tests.soak.checker import Cap
 from tests.soak.session import Options, run, summary
+from tests.soak.workload import CAP_MIX, Mix
 from tests.support.constants import REPO
 
 
@@ -24,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--fault-every-s", type=float, default=4.0, help="mean seconds between faults")
     cli.add_argument("--no-faults", action="store_true", help="no nemesis, no stand-in faults")
     cli.add_argument("--log-level", default="WARNING", help="the app processes' LOG_LEVEL")
+    cli.add_argument(
+        "--cap",
+        metavar="RULES",
+        type=cap_rules,
+        help="run with FREQUENCY_CAP=RULES (e.g. 1/20s), more users upgrading, and check the cap",
+    )
     cli.add_argument("--json", action="store_true", help="print the counts as JSON")
     return cli
 
@@ -41,10 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         faults=not args.no_faults,
         fault_every_s=args.fault_every_s,
         log_level=args.log_level,
+        cap=args.cap,
+        mix=CAP_MIX if args.cap else Mix(),
     )
     outcome = run(options)
     print(json.dumps(outcome.as_dict(), indent=2) if args.json else summary(outcome))
     return 0 if outcome.ok else 1
+
+
+def cap_rules(text: str) -> str:
+    """A FREQUENCY_CAP the checker can read (an argparse error otherwise)."""
+    try:
+        Cap.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def stop(signum: int, frame: object) -> NoReturn:

@@ -41,6 +41,13 @@ EXPECTED_LOOPS = {
     "milestone_ten_projects": ["milestone_ten_projects"],
     "milestone_upgraded": ["milestone_upgraded"],
 }
+# With a cap (`--cap`, FREQUENCY_CAP): the thank-you for upgrading goes first when the cap lets
+# only one of several emails due through, and may wait at most its `measure` (the cap's longest
+# window x 9/10: held behind the welcome, most upgrades are dropped, the later ones go); the
+# tenth project's milestone neither counts nor waits (`cap: false`).
+CAP_PRIORITY = {"milestone_upgraded": 10}
+CAP_MEASURED = "milestone_upgraded"
+UNCAPPED = ("milestone_ten_projects",)
 STOP_GRACE_S = 3.0
 HEALTH_TIMEOUT_S = 30.0
 
@@ -56,6 +63,8 @@ class Setup:
     lease_s: float = SHORTEST_LEASE_S
     nudge_s: float = 10.0
     log_level: str = "WARNING"
+    cap: str | None = None  # FREQUENCY_CAP, `"1/20s"`; None: off
+    cap_measure_s: int = 0  # with a cap, CAP_MEASURED's `measure`
 
 
 class Service:
@@ -180,7 +189,10 @@ class Harness:
         self.stack.callback(self.redis.stop)
         self.standin = self.stack.enter_context(run_standin())
         shipped, copy = self.setup.app_dir / "loops", self.setup.run_dir / "loops"
-        env = self.env(soak_loops(shipped, copy, self.setup.nudge_s))
+        loops = soak_loops(shipped, copy, self.setup.nudge_s)
+        if self.setup.cap is not None:
+            cap_loops(loops, self.setup.cap_measure_s)
+        env = self.env(loops)
         python = str(self.setup.app_dir / ".venv" / "bin" / "python")
         web_env = {**env, "WORKER_IN_PROCESS": "true"}
         self.web = self.service("web", [python, "-m", "uvicorn", *self.uvicorn_args()], web_env)
@@ -225,6 +237,7 @@ class Harness:
             "WORKER_IN_PROCESS": "false",
             "PUBLIC_URL": self.web_url,
             "LOG_LEVEL": self.setup.log_level,
+            "FREQUENCY_CAP": self.setup.cap or "off",
         }
 
     def restart_web(self) -> None:
@@ -269,3 +282,17 @@ def soak_loops(shipped: Path, target: Path, nudge_s: float) -> Path:
     if found != EXPECTED_LOOPS:
         raise RuntimeError(f"the checker's rules are written for {EXPECTED_LOOPS}, not {found}")
     return target
+
+
+def cap_loops(loops_dir: Path, measure_s: int) -> None:
+    """The soak's loops for a run with a cap: `CAP_PRIORITY`, `CAP_MEASURED`'s `measure` and
+    `UNCAPPED`'s `cap: false`, written into the copy."""
+    for path in sorted(loops_dir.glob("*.yaml")):
+        loop: dict[str, Any] = yaml.safe_load(path.read_text())
+        if path.stem in CAP_PRIORITY:
+            loop["priority"] = CAP_PRIORITY[path.stem]
+        if path.stem == CAP_MEASURED:
+            loop["measure"] = f"{measure_s}s"
+        if path.stem in UNCAPPED:
+            loop["cap"] = False
+        path.write_text(yaml.safe_dump(loop, sort_keys=False))

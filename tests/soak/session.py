@@ -16,9 +16,17 @@ import httpx
 import uvloop
 
 from tests.conftest import AUTH
-from tests.soak.checker import EXAMPLES, Timing, Verdict, check
-from tests.soak.harness import MAX_RETRY_DELAY_S, SHORTEST_LEASE_S, Harness, Setup
+from tests.soak.checker import EXAMPLES, Cap, Service, Timing, Verdict, check
+from tests.soak.harness import (
+    KEY_PREFIX,
+    MAX_RETRY_DELAY_S,
+    SHORTEST_LEASE_S,
+    UNCAPPED,
+    Harness,
+    Setup,
+)
 from tests.soak.history import History, now_ms
+from tests.soak.jobs import read_holds, read_jobs
 from tests.soak.ledger import Ledger
 from tests.soak.nemesis import Nemesis
 from tests.soak.workload import REQUEST_TIMEOUT_S, Connections, Mix, Workload
@@ -43,6 +51,11 @@ class Options:
     max_settle_s: float = 60.0
     log_level: str = "WARNING"
     mix: Mix = field(default_factory=Mix)
+    cap: str | None = None  # FREQUENCY_CAP for the app, `"1/20s"`: the cap's rules are checked
+
+    @property
+    def frequency_cap(self) -> Cap | None:
+        return None if self.cap is None else Cap.parse(self.cap, UNCAPPED)
 
 
 @dataclass
@@ -72,6 +85,8 @@ class Outcome:
             "faults": self.faults,
             "violations": verdict.by_type,
             "excused": len(verdict.excused),
+            "excused_by_type": verdict.excused_by_type,
+            "cap": verdict.cap,
             "examples": {
                 kind: [example.as_dict() for example in examples]
                 for kind, examples in verdict.examples().items()
@@ -87,6 +102,7 @@ class Outcome:
 def run(options: Options, run_dir: Path | None = None) -> Outcome:
     """One soak; its processes' logs stay in `run_dir` (a new temporary folder by default)."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="soak-"))
+    cap = options.frequency_cap
     setup = Setup(
         app_dir=options.app_dir.resolve(),
         run_dir=run_dir,
@@ -94,6 +110,8 @@ def run(options: Options, run_dir: Path | None = None) -> Outcome:
         lease_s=options.lease_s,
         nudge_s=options.nudge_s,
         log_level=options.log_level,
+        cap=options.cap,
+        cap_measure_s=0 if cap is None else max(cap.longest_ms * 9 // 10_000, 1),
     )
     started = time.monotonic()
     with Harness(setup) as harness:
@@ -121,7 +139,9 @@ class Session:
     def longest_s(self) -> float:
         options = self.options
         load_s = 2 * options.seconds + GIVE_UP_S + REQUEST_TIMEOUT_S
-        return load_s + options.lease_s + 3 + options.max_settle_s + 60
+        cap = options.frequency_cap
+        waits_s = 0 if cap is None else cap.longest_ms / 1000
+        return load_s + options.lease_s + 3 + options.max_settle_s + waits_s + 60
 
     async def steps(self) -> Outcome:
         follow = asyncio.create_task(self.ledger.follow())
@@ -134,16 +154,26 @@ class Session:
             follow.cancel()
         self.ledger.refresh()
         nudge_ms = int(self.options.nudge_s * 1000)
-        timing = Timing(nudge_ms, end_ms, tuple(self.nemesis.freezes))
-        verdict = check(self.ledger, self.history, timing)
-        await self.keep_evidence(verdict)
+        cap = self.options.frequency_cap
+        timing = Timing(nudge_ms, end_ms, tuple(self.nemesis.freezes), cap)
+        service = await asyncio.to_thread(self.service) if cap is not None else None
+        verdict = check(self.ledger, self.history, timing, service)
+        await self.keep_evidence(verdict, service)
         run_dir = str(self.harness.setup.run_dir)
         answers = self.history.answer_times_ms()
         return Outcome(verdict, self.nemesis.faults(), self.seconds, exited, run_dir, answers)
 
-    async def keep_evidence(self, verdict: Verdict) -> None:
+    def service(self) -> Service:
+        """The service's ledger in Redis: every user's jobs, and the loops' held counters."""
+        url = self.harness.redis.url
+        users = self.history.addresses
+        loops = [path.stem for path in (self.harness.setup.run_dir / "loops").glob("*.yaml")]
+        return Service(read_jobs(url, KEY_PREFIX, users), read_holds(url, KEY_PREFIX, loops))
+
+    async def keep_evidence(self, verdict: Verdict, service: Service | None = None) -> None:
         """The run's history, ledger and faults, and the service's view of the first users with
-        a violation (GET /v1/users/{id}), as files in the run's folder."""
+        a violation (GET /v1/users/{id}; with a cap, their jobs as Redis keeps them too), as
+        files in the run's folder."""
         run_dir = self.harness.setup.run_dir
         write_lines(run_dir / "history.jsonl", (asdict(op) for op in self.history.ops))
         write_lines(run_dir / "ledger.jsonl", (asdict(d) for d in self.ledger))
@@ -151,6 +181,8 @@ class Session:
             {"at_ms": at, "what": what, "process": name} for at, what, name in self.nemesis.log
         )
         write_lines(run_dir / "nemesis.jsonl", faults)
+        write_lines(run_dir / "violations.jsonl", (v.as_dict() for v in verdict.violations))
+        write_lines(run_dir / "excused.jsonl", (v.as_dict() for v in verdict.excused))
         users = list(dict.fromkeys(violation.user for violation in verdict.violations))
         states = {}
         async with httpx.AsyncClient(base_url=self.harness.web_url, timeout=10) as client:
@@ -158,6 +190,12 @@ class Session:
                 response = await client.get(f"/v1/users/{user}", headers=AUTH)
                 states[user] = response.json() if response.is_success else response.text
         (run_dir / "violating_users.json").write_text(json.dumps(states, indent=1))
+        if service is not None:
+            jobs = {
+                user: {name: asdict(job) for name, job in service.jobs.get(user, {}).items()}
+                for user in users[:EVIDENCE_USERS]
+            }
+            (run_dir / "violating_jobs.json").write_text(json.dumps(jobs, indent=1))
 
     async def load(self) -> Workload:
         """The workload and the nemesis, for the run's length (plus the workload's retries)."""
@@ -185,13 +223,16 @@ class Session:
         start = time.monotonic()
         options = self.options
         nudges_due_s = (workload.last_signup_ms - now_ms()) / 1000 + options.nudge_s + 2
+        cap = options.frequency_cap
+        if cap is not None:  # the last nudges may wait for a window
+            nudges_due_s += cap.longest_ms / 1000
         least_s = max(options.lease_s + MAX_RETRY_DELAY_S + 2, nudges_due_s)
         while True:
             await asyncio.sleep(0.25)
             self.ledger.refresh()
             waited_s = time.monotonic() - start
             quiet = time.monotonic() - self.ledger.last_change_s >= QUIET_S
-            if waited_s >= options.max_settle_s or (waited_s >= least_s and quiet):
+            if waited_s >= max(options.max_settle_s, least_s) or (waited_s >= least_s and quiet):
                 break
         self.seconds["settle"] = round(time.monotonic() - start, 1)
         return now_ms()
@@ -215,11 +256,13 @@ def summary(outcome: Outcome) -> str:
         f"faults injected: {fmt(data['faults']) or 'none'}",
         f"violations: {fmt(data['violations']) or 'none'}",
     ]
+    if data["cap"]:
+        lines.append(f"cap: {json.dumps(data['cap'])}")
     for kind, examples in data["examples"].items():
         for example in examples:
             lines.append(f"  {kind}: {json.dumps(example)}")
     if data["excused"]:
-        lines.append(f"excused (after a stop, sent on waking from a freeze): {data['excused']}")
+        lines.append(f"excused: {fmt(data['excused_by_type'])}")
         lines += [f"  {json.dumps(example)}" for example in data["excused_examples"]]
     if outcome.exited:
         lines.append(f"processes that exited on their own: {', '.join(outcome.exited)}")

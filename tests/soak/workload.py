@@ -81,6 +81,11 @@ class Mix:
         return None
 
 
+# With a frequency cap: more users upgrade, so that many have two capped emails due seconds apart
+# (the welcome or the nudge, and the thank-you), which is where the cap has something to decide.
+CAP_MIX = Mix(upgrade=0.4)
+
+
 def user_id(seed: int, n: int) -> str:
     return f"user_soak{seed}_{n:06d}"
 
