@@ -8,6 +8,7 @@ latency and rate beside the stand-in's own rate; the same intake and costs with 
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -596,6 +597,10 @@ def soak(report: Report) -> None:
 
 
 def main() -> None:
+    missing = [tool for tool in ("wrk", "redis-server") if shutil.which(tool) is None]
+    if missing:  # said before anything starts, not as a traceback minutes in
+        needs = " and ".join(missing)
+        sys.exit(f"make bench needs {needs} on PATH (apt-get install -y wrk redis-server)")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="activation-bench-"))
     report = Report()
