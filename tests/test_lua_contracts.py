@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.email_jobs import EmailJob
+from app.engine.email_jobs import EmailJob, JobStatus, RenderedEmail
 from app.engine.job_ids import batch_member, evaluation_id
 from app.storage import keys as k
 from app.storage import scripts
 from app.storage.batches import BatchRecord
-from app.storage.records import encode_job
+from app.storage.records import decode_job, encode_job
 
 STORAGE = Path(scripts.__file__).parent
 LUA_FILES = sorted((STORAGE / "lua").glob("*.lua"))
@@ -203,6 +203,19 @@ def test_a_stored_job_writes_every_field_a_script_reads_that_has_a_default() -> 
     defaulted = {name for name in read if EmailJob.model_fields[name].default is not None}
     assert defaulted == {"status", "seq"}
     assert defaulted <= set(json.loads(encode_job(job)))
+
+
+def test_a_sent_job_stores_its_summary_and_nothing_empty() -> None:
+    """A sent job keeps to whom and the subject, and round-trips: no empty sender, body or
+    headers (they cost every sent email a size class of Redis memory)."""
+    rendered = RenderedEmail(sender="Team <t@example.org>", to="ada@example.org", subject="Hi",
+                             html="<p>Hi</p>", text="Hi", headers={"X": "1"})  # fmt: skip
+    job = EmailJob(id="email|u|l|0|action", user_id="u", loop_id="l", step=0, kind="action",
+                   template="welcome", queued_at=1, due_at=1, status=JobStatus.SENT,
+                   rendered=rendered.summary())  # fmt: skip
+    stored = json.loads(encode_job(job))
+    assert stored["rendered"] == {"to": "ada@example.org", "subject": "Hi"}
+    assert decode_job("u", "j:l|0|action", encode_job(job)) == job
 
 
 def test_the_checker_sees_a_drifted_field() -> None:

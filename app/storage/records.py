@@ -357,9 +357,12 @@ def encode_job(job: EmailJob) -> str:
     """A job as stored in its `j:` field: JSON without what the field name says, a field that
     holds nothing (null), or a due time equal to when it was queued; every other field written,
     its default too (`status`, `seq`, `attempts`: the scripts read them and never guess). A sent
-    job keeps no personalization (its rendered summary says what went out)."""
+    job keeps no personalization (its rendered summary says what went out), and its summary only
+    what it holds (no script reads inside it: empty parts cost every sent email 64 bytes)."""
     leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
     data = job.model_dump(mode="json", exclude=set(leave_out), exclude_none=True)
+    if job.rendered is not None:
+        data["rendered"] = job.rendered.model_dump(mode="json", exclude_defaults=True)
     if data.get("due_at") == job.queued_at:
         del data["due_at"]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
