@@ -407,7 +407,8 @@ def _order(entry: Mapping[str, Any]) -> tuple[int, int, int, int]:
     if event.startswith("step."):
         index = int(str(entry.get("step", "/0")).rpartition("/")[2] or 0)
         return entry["at"], _STEP_RANK, index, _STEP_ORDER.get(event[5:], 3)
-    rank = _RANK.get(event, _EMAIL_RANK if event.startswith("email.") else _OTHER_RANK)
+    sent = event.startswith(("email.", "webhook."))
+    rank = _RANK.get(event, _EMAIL_RANK if sent else _OTHER_RANK)
     return entry["at"], rank, 0, 0
 
 
@@ -421,7 +422,8 @@ def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
     for job in record.jobs.values():
         ended = job.sent_at if job.status is JobStatus.SENT else job.ended_at
         if job.terminal and ended is not None:
-            yield {"at": ended, "event": f"email.{job.status.value}", "email": job.id,
+            channel = job.channel.value  # `email.sent`, `webhook.failed`, ...
+            yield {"at": ended, "event": f"{channel}.{job.status.value}", channel: job.id,
                    "attempts": job.attempts, "error": job.last_error}  # fmt: skip
         elif not job.terminal and job.held is not None and job.held_at is not None:
             yield {"at": job.held_at, "event": "email.held", "email": job.id,

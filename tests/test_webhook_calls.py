@@ -1,0 +1,371 @@
+"""Webhook steps end to end, through the worker, on every transport (embedded, Redis, the Upstash
+REST stand-in and a Redis Cluster), against a real local receiver (tests/standins/webhook_receiver):
+Standard Webhooks headers that svix verifies, the event's exact body and Slack's, one `webhook-id`
+for every retry of a step for a user (a 5xx, a hang bounded by WEBHOOK_TIMEOUT_S, an operator's
+retry of a dead letter), a 4xx dead-lettered, an email step and a webhook step of one loop each
+done once, a webhook neither held by nor counted toward the frequency cap and quiet hours, racing
+workers calling each once, and what the timeline and the dashboard show of it."""
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.engine.email_jobs import JobStatus
+from app.engine.job_ids import email_id
+from app.runtime import build_store, build_worker
+from app.settings import Settings
+from tests.conftest import (
+    AUTH,
+    TRANSPORTS,
+    FakeClock,
+    clerk_event,
+    post_webhook,
+    running,
+    store_of,
+    worker_of,
+    write_files,
+)
+from tests.standins.webhook_receiver import WebhookReceiver, run_receiver
+from tests.support.constants import MIN
+from tests.support.flow import act, state
+from tests.support.pages import funnel
+
+LOOPS = {
+    "first_project.yaml": """
+        type: milestone
+        recovery: {retries: 2, initial_delay: 10s, max_delay: 1m}
+        steps:
+          - trigger: {type: action, action: first_project_created}
+            action:
+              type: webhook
+              url: "${TEAM_HOOK_URL}/events"
+              secret: "${TEAM_HOOK_SECRET}"
+    """,
+    "slack.yaml": """
+        type: milestone
+        steps:
+          - trigger: {type: action, action: invited}
+            action:
+              type: webhook
+              url: "${TEAM_HOOK_URL}/slack"
+              format: slack
+              text: "{{ user.name }} ({{ user.email }}) invited a teammate"
+    """,
+    "onboarding.yaml": """
+        type: activation
+        steps:
+          - trigger: {type: clerk, event: user.created}
+            action: {type: email, template: welcome}
+          - condition: {type: action, action: upgraded, timeout: 1d}
+            action:
+              type: webhook
+              url: "${TEAM_HOOK_URL}/upgraded"
+    """,
+    "templates/welcome.html": "---\nsubject: Welcome\n---\n<p>Hi {{ user.first_name }}</p>\n",
+}
+TEAM_HOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXJlY2VpdmVyLWtleQ=="
+SHORT_TIMEOUT_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def receiver_server() -> Iterator[WebhookReceiver]:
+    with run_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def receiver(receiver_server: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> WebhookReceiver:
+    """The receiver, emptied, and the environment the loops' `${...}` read."""
+    receiver_server.reset()
+    monkeypatch.setenv("TEAM_HOOK_URL", receiver_server.url)
+    monkeypatch.setenv("TEAM_HOOK_SECRET", TEAM_HOOK_SECRET)
+    assert receiver_server.secret == TEAM_HOOK_SECRET
+    return receiver_server
+
+
+@pytest.fixture(params=[*TRANSPORTS, "cluster"])
+def transport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_webhook_settings(
+    make_settings: Callable[..., Settings],
+    transport: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+) -> Callable[..., Settings]:
+    folder = write_files(tmp_path / "loops", LOOPS)
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"loops_dir": folder, "webhook_timeout_s": SHORT_TIMEOUT_S}
+        if transport == "cluster":
+            values["redis_url"] = request.getfixturevalue("redis_cluster").url
+        return make_settings(**(values | overrides))
+
+    return build
+
+
+@pytest.fixture
+async def served(
+    make_webhook_settings: Callable[..., Settings], clock: FakeClock
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running(make_webhook_settings(), clock) as parts:
+        yield parts
+
+
+async def signup(client: httpx.AsyncClient, user_id: str) -> None:
+    response = await post_webhook(client, _created(user_id))
+    assert response.status_code == 200, response.text
+
+
+def _created(user_id: str) -> bytes:
+    return json.dumps(clerk_event("created", user_id)).encode()
+
+
+def message_id(user_id: str, loop_id: str, step: int = 0, kind: str = "action") -> str:
+    """The `webhook-id` the contract promises: the same for every retry of one step for one user."""
+    job_id = email_id(user_id, loop_id, step, kind)
+    return "msg_" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def webhook_jobs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["loop"]: e for e in body["emails"] if e["channel"] == "webhook"}
+
+
+async def test_a_signed_event_goes_once_with_standard_webhooks_headers(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    app, client = served
+    await signup(client, "user_hook1")
+    await act(client, "first_project_created", "user_hook1")
+    await worker_of(app).drain()
+    await worker_of(app).drain()  # nothing more to do
+    assert len(receiver.requests) == 1
+    request = receiver.requests[0]
+    assert request.path == "/events"
+    assert request.verified is True
+    assert request.headers["webhook-id"] == message_id("user_hook1", "first_project")
+    assert request.headers["webhook-timestamp"] == str(clock() // 1000)
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert request.headers["content-type"] == "application/json"
+    job = webhook_jobs(await state(client, "user_hook1"))["first_project"]
+    assert request.json() == {
+        "type": "loop.step",
+        "loop": "first_project",
+        "step": 0,
+        "kind": "action",
+        "user": {
+            "id": "user_hook1",
+            "email": "example@example.org",
+            "first_name": "Example",
+            "last_name": "Example",
+        },
+        "occurred_at": _iso(job["queued_at"]),
+    }
+    assert (job["status"], job["attempts"], job["template"]) == ("sent", 1, "")
+
+
+def _iso(at_ms: int) -> str:
+    seconds, ms = divmod(at_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+async def test_a_slack_webhook_posts_its_text_unsigned_without_a_secret(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver
+) -> None:
+    app, client = served
+    await signup(client, "user_hook2")
+    await act(client, "invited", "user_hook2")
+    await worker_of(app).drain()
+    [request] = receiver.requests
+    assert request.path == "/slack"
+    assert request.json() == {"text": "Example Example (example@example.org) invited a teammate"}
+    assert "webhook-signature" not in request.headers
+    assert request.id == message_id("user_hook2", "slack")
+
+
+async def test_a_5xx_is_retried_under_the_same_webhook_id(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    app, client = served
+    receiver.answer(503, 500)
+    await signup(client, "user_hook3")
+    await act(client, "first_project_created", "user_hook3")
+    await worker_of(app).drain()
+    job = webhook_jobs(await state(client, "user_hook3"))["first_project"]
+    assert (job["status"], job["last_error"]) == ("queued", "the endpoint answered 503")
+    for _ in range(2):
+        clock.advance(MIN)
+        await worker_of(app).drain()
+    job = webhook_jobs(await state(client, "user_hook3"))["first_project"]
+    assert (job["status"], job["attempts"]) == ("sent", 3)
+    assert receiver.ids() == [message_id("user_hook3", "first_project")] * 3
+    assert all(request.verified for request in receiver.requests)
+    assert len({request.body for request in receiver.requests}) == 1  # the same body each time
+
+
+async def test_a_4xx_is_dead_lettered_and_an_operators_retry_keeps_the_webhook_id(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    app, client = served
+    receiver.answer(410)
+    await signup(client, "user_hook4")
+    await act(client, "first_project_created", "user_hook4")
+    await worker_of(app).drain()
+    body = await state(client, "user_hook4")
+    job = webhook_jobs(body)["first_project"]
+    assert (job["status"], job["attempts"]) == ("failed", 1)
+    assert job["last_error"] == "the endpoint answered 410"
+    assert any(e["event"] == "webhook.failed" for e in body["timeline"])
+    store = store_of(app)
+    [dead] = await store.queue.dead_jobs()
+    assert dead.id == email_id("user_hook4", "first_project", 0, "action")
+    assert dead.is_webhook
+    page = (await client.get("/dashboard", headers=AUTH)).text
+    assert funnel(page, "first_project")["webhooks_failed"] == 1
+
+    assert (await store.queue.retry_dead(dead, now_ms=clock())).value == "queued"
+    await worker_of(app).drain()
+    job = webhook_jobs(await state(client, "user_hook4"))["first_project"]
+    assert job["status"] == "sent"
+    assert receiver.ids() == [message_id("user_hook4", "first_project")] * 2
+    assert await store.queue.dead_jobs() == []
+
+
+async def test_an_endpoint_that_hangs_is_cut_off_by_the_timeout_and_retried(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    app, client = served
+    receiver.hang()
+    await signup(client, "user_hook5")
+    await act(client, "first_project_created", "user_hook5")
+    began = time.monotonic()
+    await worker_of(app).drain()
+    assert time.monotonic() - began < SHORT_TIMEOUT_S + 2
+    job = webhook_jobs(await state(client, "user_hook5"))["first_project"]
+    assert (job["status"], job["last_error"]) == ("queued", f"no answer within {SHORT_TIMEOUT_S} s")
+    clock.advance(MIN)
+    await worker_of(app).drain()
+    job = webhook_jobs(await state(client, "user_hook5"))["first_project"]
+    assert (job["status"], job["attempts"]) == ("sent", 2)
+    assert receiver.ids() == [message_id("user_hook5", "first_project")] * 2
+
+
+async def test_an_email_step_then_a_webhook_step_of_one_loop_each_go_once(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    app, client = served
+    await signup(client, "user_hook6")
+    await worker_of(app).drain()
+    clock.advance(MIN)
+    await act(client, "upgraded", "user_hook6")
+    for _ in range(3):
+        await worker_of(app).drain()
+        clock.advance(MIN)
+    body = await state(client, "user_hook6")
+    mine = [(e["channel"], e["step"], e["status"], e["attempts"]) for e in body["emails"]]
+    assert sorted(mine) == [("email", 0, "sent", 1), ("webhook", 1, "sent", 1)]
+    assert [r.path for r in receiver.requests] == ["/upgraded"]
+    events = [e["event"] for e in body["timeline"]]
+    assert events.count("email.sent") == 1
+    assert events.count("webhook.sent") == 1
+    page = (await client.get("/dashboard", headers=AUTH)).text
+    rows = funnel(page, "onboarding")
+    assert (rows["webhooks_sent"], rows["sent"]) == (1, 1)
+    assert "webhooks_failed" not in rows  # a row shown once it counted any
+
+
+async def test_the_cap_and_quiet_hours_neither_hold_nor_count_a_webhook(
+    make_webhook_settings: Callable[..., Settings], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    """A cap of one email a day, and quiet hours from a minute ago for half an hour: the
+    webhooks go at once, and, not counted, leave the day's one email its place."""
+    minute = clock() // MIN
+    quiet = f"{_hh_mm(minute - 1)}-{_hh_mm(minute + 30)}"
+    settings = make_webhook_settings(frequency_cap="1/1d", quiet_hours=quiet)
+    async with running(settings, clock) as (app, client):
+        await signup(client, "user_hook7")
+        await act(client, "first_project_created", "user_hook7")
+        await worker_of(app).drain()
+        body = await state(client, "user_hook7")
+        welcome = next(e for e in body["emails"] if e["channel"] == "email")
+        assert welcome["held"] == "quiet_hours"
+        assert webhook_jobs(body)["first_project"]["status"] == "sent"
+        clock.advance(31 * MIN)
+        await worker_of(app).drain()
+        await act(client, "invited", "user_hook7")  # the day's one email has gone by now
+        await worker_of(app).drain()
+        body = await state(client, "user_hook7")
+        welcome = next(e for e in body["emails"] if e["channel"] == "email")
+        assert (welcome["status"], welcome["held"]) == ("sent", None)  # no webhook counted
+        assert webhook_jobs(body)["slack"]["status"] == "sent"  # nor waited for the cap
+    assert sorted(r.path for r in receiver.requests) == ["/events", "/slack"]
+
+
+def _hh_mm(minute: int) -> str:
+    """The UTC time of day of an epoch minute, HH:MM."""
+    hours, minutes = divmod(minute % (24 * 60), 60)
+    return f"{hours:02d}:{minutes:02d}"
+
+
+async def test_a_user_who_stopped_loop_email_still_tells_the_team(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    """A webhook notifies the team, not the user: an unsubscribe does not stop it."""
+    app, client = served
+    await signup(client, "user_hook8")
+    await act(client, "upgraded", "user_hook8")
+    await store_of(app).users.unsubscribe("user_hook8", now_ms=clock())
+    await act(client, "first_project_created", "user_hook8")
+    await worker_of(app).drain()
+    assert sorted(r.path for r in receiver.requests) == ["/events", "/upgraded"]
+    body = await state(client, "user_hook8")
+    assert [e["loop"] for e in body["emails"] if e["channel"] == "email"] == []  # no welcome
+
+
+@pytest.mark.parametrize("transport", ["redis", "cluster"], indirect=True)
+async def test_racing_workers_call_each_webhook_once(
+    make_webhook_settings: Callable[..., Settings], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    """Three workers, each with its own connection, drain 30 users at once, each with a webhook
+    due (some answered 503 first): every step's webhook-id reaches the receiver, each once a
+    successful attempt."""
+    settings = make_webhook_settings()
+    receiver.answer(*[503] * 5)
+    async with running(settings, clock) as (app, client):
+        users = [f"user_race{i}" for i in range(30)]
+        for user_id in users:
+            await signup(client, user_id)
+            await act(client, "first_project_created", user_id)
+        runtime = app.state.runtime
+        parts = (runtime.loops, runtime.worker.evaluator.composer, runtime.mailer, clock)
+        workers = [
+            build_worker(settings, build_store(settings), *parts, webhooks=runtime.webhooks)
+            for _ in range(3)
+        ]
+        for worker in workers:
+            await worker.store.open()
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(worker.drain() for worker in workers))
+                clock.advance(MIN)
+        finally:
+            for worker in workers:
+                await worker.store.close()
+        for user_id in users:
+            record = await store_of(app).queries.snapshot(user_id)
+            [job] = [job for job in record.jobs.values() if job.is_webhook]
+            assert job.status is JobStatus.SENT
+    answered = [r.id for r in receiver.requests[5:]]  # after the five 503s: all 200
+    assert sorted(answered) == sorted(message_id(u, "first_project") for u in users)
