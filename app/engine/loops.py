@@ -50,7 +50,7 @@ TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # A webhook's url and secret as written: the value, or a whole `${ENV_NAME}` reference
 ENV_REFERENCE_PATTERN = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
-WEBHOOK_URL_PATTERN = rf"^(https?://\S+|{ENV_REFERENCE_PATTERN})$"
+WEBHOOK_URL_PATTERN = rf"^(https?://\S+|{ENV_REFERENCE_PATTERN}\S*)$"
 WEBHOOK_SECRET_PATTERN = rf"^(whsec_[A-Za-z0-9+/=]+|{ENV_REFERENCE_PATTERN})$"
 DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
 MAX_HOLDOUT_PERCENT = 50
