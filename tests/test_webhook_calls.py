@@ -18,8 +18,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.cli.simulate import parse_actions, simulate
+from app.delivery.attempts import Lease
 from app.engine.email_jobs import JobStatus
-from app.engine.job_ids import email_id
+from app.engine.job_ids import email_id, evaluation_id
 from app.runtime import build_store, build_worker
 from app.settings import Settings
 from tests.conftest import (
@@ -369,3 +371,60 @@ async def test_racing_workers_call_each_webhook_once(
             assert job.status is JobStatus.SENT
     answered = [r.id for r in receiver.requests[5:]]  # after the five 503s: all 200
     assert sorted(answered) == sorted(message_id(u, "first_project") for u in users)
+
+
+async def test_a_frozen_workers_call_is_made_by_the_worker_that_takes_over_and_counted_once(
+    served: tuple[FastAPI, httpx.AsyncClient], receiver: WebhookReceiver, clock: FakeClock
+) -> None:
+    """A worker begins a webhook's attempt and freezes before it posts; its lease runs out and
+    another worker takes the user's turn: the call is made then. When the frozen worker wakes
+    and posts after all, the receiver sees the same webhook-id (its idempotency key), and the
+    fence keeps the job sent once and counted once."""
+    app, client = served
+    await signup(client, "user_frozen")
+    await act(client, "first_project_created", "user_frozen")
+    store, evaluator = store_of(app), worker_of(app).evaluator
+    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=MIN, limit=10)
+    lease = Lease(job_id=evaluation_id("user_frozen"), lease_ms=MIN, claim=claim)
+    delivery, evaluator.delivery = evaluator.delivery, None  # begins the attempt, never posts
+    try:
+        await evaluator.run("user_frozen", lease)
+    finally:
+        evaluator.delivery = delivery
+    jobs = (await store.queries.snapshot("user_frozen")).jobs.values()
+    [begun] = [job for job in jobs if job.is_webhook]
+    assert (begun.attempts, begun.started_at, receiver.requests) == (1, clock(), [])
+
+    clock.advance(2 * evaluator.lease_ms)  # the turn is anyone's to claim
+    await worker_of(app).drain()
+    job = webhook_jobs(await state(client, "user_frozen"))["first_project"]
+    assert (job["status"], job["attempts"]) == ("sent", 2)
+    assert delivery is not None
+    await delivery.deliver([begun], lease, None)  # the frozen worker wakes and posts after all
+    assert receiver.ids() == [message_id("user_frozen", "first_project")] * 2
+    job = webhook_jobs(await state(client, "user_frozen"))["first_project"]
+    assert (job["status"], job["attempts"]) == ("sent", 2)
+    page = (await client.get("/dashboard", headers=AUTH)).text
+    assert funnel(page, "first_project")["webhooks_sent"] == 1
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+async def test_a_simulation_posts_nothing(
+    make_webhook_settings: Callable[..., Settings], receiver: WebhookReceiver
+) -> None:
+    settings = make_webhook_settings()
+    run = await simulate(settings, "onboarding", "user_sim", parse_actions("upgraded@1h"), None)
+    assert "     +1h  step onboarding/1 fired -> webhook queued" in run.lines
+    assert any("webhook ready, not posted (dry run)" in line for line in run.lines)
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize("transport", ["embedded"], indirect=True)
+def test_the_webhook_timeout_defaults_to_resends_and_the_lease_must_outlast_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    assert make_settings(resend_timeout_s=4).webhook_timeout == 4
+    assert make_settings(resend_timeout_s=4, webhook_timeout_s="").webhook_timeout == 4
+    assert make_settings(webhook_timeout_s=3).webhook_timeout == 3
+    with pytest.raises(ValueError, match=r"at least twice WEBHOOK_TIMEOUT_S \+ 2 x STORAGE"):
+        make_settings(webhook_timeout_s=60, worker_lease_s=60)

@@ -243,6 +243,10 @@ def describe(entry: dict[str, Any], record: UserRecord, start: int) -> str:
         return describe_step(event.removeprefix("step."), entry, record, start)
     if event.startswith("email."):
         return describe_email(event.removeprefix("email."), entry, record)
+    if event.startswith("webhook."):
+        status = event.removeprefix("webhook.")
+        shown = "ready, not posted (dry run)" if status == "sent" else status
+        return f"webhook {shown}: {entry.get('webhook')} {entry.get('error') or ''}".rstrip()
     return event
 
 
@@ -264,6 +268,8 @@ def describe_step(status: str, entry: dict[str, Any], record: UserRecord, start:
         if state.deadline_at is not None:
             text += f"; deadline {offset(state.deadline_at - start)}"
     job = record.jobs.get(str(email)) if email else None
+    if job is not None and job.is_webhook:
+        return text + " -> webhook queued"
     return text + (f" -> email {job.template} queued" if job else "")
 
 
