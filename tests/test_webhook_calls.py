@@ -10,13 +10,17 @@ import asyncio
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from fastapi import FastAPI
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 
 from app.cli.simulate import parse_actions, simulate
 from app.delivery.attempts import Lease
@@ -428,3 +432,51 @@ def test_the_webhook_timeout_defaults_to_resends_and_the_lease_must_outlast_it(
     assert make_settings(webhook_timeout_s=3).webhook_timeout == 3
     with pytest.raises(ValueError, match=r"at least twice WEBHOOK_TIMEOUT_S \+ 2 x STORAGE"):
         make_settings(webhook_timeout_s=60, worker_lease_s=60)
+
+
+# --- a property: whatever the endpoint answers, in whatever order ---------------------------------
+
+PROPERTY = hypothesis.settings(
+    deadline=None,
+    database=None,
+    max_examples=20,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+ANSWER = st.sampled_from([200, 201, 204, 301, 400, 404, 408, 410, 422, 429, 500, 502, 503])
+ATTEMPTS = 3  # the first_project loop's first attempt and its 2 retries
+
+
+def expected(answers: list[int]) -> tuple[str, int]:
+    """The job's end and the POSTs made, from the answers alone: the first 2xx sends it, the
+    first 4xx other than 408/429 fails it for good, and after ATTEMPTS retryable ones it fails."""
+    for attempt, status in enumerate(answers[:ATTEMPTS], start=1):
+        if 200 <= status < 300:
+            return "sent", attempt
+        if 400 <= status < 500 and status not in (408, 429):
+            return "failed", attempt
+    return ("failed", ATTEMPTS) if len(answers) >= ATTEMPTS else ("sent", len(answers) + 1)
+
+
+@pytest.mark.parametrize("transport", ["embedded", "redis"], indirect=True)
+@PROPERTY
+@given(answers=st.lists(ANSWER, max_size=4))
+async def test_whatever_the_answers_one_step_is_posted_under_one_id_and_ends_by_the_rules(
+    served: tuple[FastAPI, httpx.AsyncClient],
+    receiver: WebhookReceiver,
+    clock: FakeClock,
+    answers: list[int],
+) -> None:
+    app, client = served
+    receiver.reset()
+    receiver.answer(*answers)
+    user = f"user_p{uuid.uuid4().hex[:10]}"
+    await signup(client, user)
+    await act(client, "first_project_created", user)
+    for _ in range(ATTEMPTS + 1):
+        await worker_of(app).drain()
+        clock.advance(MIN)
+    job = webhook_jobs(await state(client, user))["first_project"]
+    status, posts = expected(answers)
+    assert (job["status"], job["attempts"]) == (status, posts)
+    assert receiver.ids() == [message_id(user, "first_project")] * posts
+    assert len({request.body for request in receiver.requests}) == 1
