@@ -9,6 +9,7 @@ workers calling each once, and what the timeline and the dashboard show of it.""
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -480,3 +481,20 @@ async def test_whatever_the_answers_one_step_is_posted_under_one_id_and_ends_by_
     assert (job["status"], job["attempts"]) == (status, posts)
     assert receiver.ids() == [message_id(user, "first_project")] * posts
     assert len({request.body for request in receiver.requests}) == 1
+
+
+async def test_no_log_line_names_the_webhooks_url(
+    served: tuple[FastAPI, httpx.AsyncClient],
+    receiver: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A webhook's URL may carry a token (a Slack hook's path is one): never logged, not even by
+    httpx's own request line."""
+    caplog.set_level(logging.DEBUG)
+    app, client = served
+    await signup(client, "user_quiet")
+    await act(client, "first_project_created", "user_quiet")
+    await worker_of(app).drain()
+    assert len(receiver.requests) == 1
+    assert caplog.records
+    assert receiver.url.removeprefix("http://") not in caplog.text
