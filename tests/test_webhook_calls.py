@@ -219,6 +219,13 @@ async def test_a_5xx_is_retried_under_the_same_webhook_id(
     assert (job["status"], job["attempts"]) == ("sent", 3)
     assert receiver.ids() == [message_id("user_hook3", "first_project")] * 3
     assert all(request.verified for request in receiver.requests)
+    registry = app.state.runtime.metrics.registry
+    calls = {
+        outcome: registry.get_sample_value("activation_webhook_calls_total", {"outcome": outcome})
+        for outcome in ("retry", "sent")
+    }
+    assert calls == {"retry": 2, "sent": 1}
+    assert registry.get_sample_value("activation_emails_total", {"outcome": "retry"}) == 0
     assert len({request.body for request in receiver.requests}) == 1  # the same body each time
 
 

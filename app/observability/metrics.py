@@ -65,6 +65,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.webhook_calls = Counter(
+            "activation_webhook_calls",
+            "Webhook steps' calls by outcome (sent, retry, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.job_latency = Histogram(
             "activation_job_latency_seconds",
             "From a job's due time to its outcome",
@@ -178,6 +184,12 @@ class Metrics:
         self.emails.labels(outcome).inc()
         if due_at_ms is not None:
             self.job_latency.labels("email").observe(max(now_ms - due_at_ms, 0) / 1000)
+
+    def webhook_call(self, outcome: str, *, due_at_ms: int | None = None, now_ms: int = 0) -> None:
+        """One outcome of a webhook step's call; a final one also times the job."""
+        self.webhook_calls.labels(outcome).inc()
+        if due_at_ms is not None:
+            self.job_latency.labels("webhook").observe(max(now_ms - due_at_ms, 0) / 1000)
 
     def storage_error(self, exc: StorageError) -> None:
         kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"
