@@ -356,9 +356,11 @@ _SPENT = frozenset({"personalization", "started_at", "seq", "batch"})
 def encode_job(job: EmailJob) -> str:
     """A job as stored in its `j:` field: JSON without what the field name says, a field that
     holds nothing (null), or a due time equal to when it was queued; every other field written,
-    its default too (`status`, `seq`, `attempts`: the scripts read them and never guess). A sent
-    job keeps no personalization (its rendered summary says what went out)."""
+    its default too (`status`, `seq`, `attempts`: the scripts read them and never guess), but an
+    email's `channel` (no script reads it, and every user has emails). A sent job keeps no
+    personalization (its rendered summary says what went out)."""
     leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
+    leave_out |= {"channel"} if not job.is_webhook else frozenset()
     data = job.model_dump(mode="json", exclude=set(leave_out), exclude_none=True)
     if data.get("due_at") == job.queued_at:
         del data["due_at"]
