@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.clock import Clock
-from app.delivery.attempts import BatchPlacer, Delivery, Lease
+from app.delivery.attempts import NO_WEBHOOK_STEP, BatchPlacer, Delivery, Lease
 from app.delivery.batch import freed
 from app.delivery.compose import Composer
 from app.delivery.holding import admit, dropped_reason, held, hold_counters
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 MAX_CONFLICTS = 5
 NO_ADDRESS = "the user has no primary email address"
 NO_PROFILE = "the user's profile is gone"
-NO_WEBHOOK = "its loop no longer has this webhook step"
 
 
 @dataclass(slots=True)
@@ -223,7 +222,7 @@ class Evaluator:
         loop = self.loops.get(job.loop_id)
         webhook = loop.webhook(job.step, job.kind) if loop is not None else None
         if record.profile is None or webhook is None:
-            reason = NO_PROFILE if webhook is not None else NO_WEBHOOK
+            reason = NO_PROFILE if webhook is not None else NO_WEBHOOK_STEP
             return failed(job, reason, now)
         try:
             body = self.composer.webhook_body(job, record.profile, webhook)
