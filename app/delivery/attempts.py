@@ -279,8 +279,8 @@ class Delivery:
         )
         if settled is Settled.SETTLED and ending.metric is not None:
             due_at_ms = job.due_at if job.terminal else None  # a final outcome times the job
-            count = self.metrics.webhook_call if job.is_webhook else self.metrics.email
-            count(ending.metric, due_at_ms=due_at_ms, now_ms=now)
+            kind = job.channel.value
+            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now, kind=kind)
         channel = job.channel.value
         logger.info("%s %s %s%s", channel, job.id, describe(ending), _unless_settled(settled))
 
