@@ -505,3 +505,91 @@ async def test_no_log_line_names_the_webhooks_url(
     assert len(receiver.requests) == 1
     assert caplog.records
     assert receiver.url.removeprefix("http://") not in caplog.text
+
+
+# --- a property: a frozen worker and another, in any order ----------------------------------------
+
+A_BEGINS, A_POSTS, B_DRAINS, LEASE_ENDS = "a begins", "a posts", "b drains", "lease ends"
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> list[str]:
+    """Worker A's turn (it begins the attempt, then, later, posts and settles it), worker B's
+    drains and the end of A's lease, in any order: A begins before it posts."""
+    events = draw(st.permutations([A_BEGINS, A_POSTS, B_DRAINS, LEASE_ENDS, B_DRAINS]))
+    if events.index(A_POSTS) < events.index(A_BEGINS):
+        events.remove(A_POSTS)
+        events.append(A_POSTS)
+    return events
+
+
+@pytest.mark.parametrize("transport", ["embedded", "redis"], indirect=True)
+@PROPERTY
+@given(events=schedules(), answers=st.lists(st.sampled_from([200, 503]), max_size=3))
+async def test_two_workers_in_any_order_post_under_one_id_and_record_one_call(
+    served: tuple[FastAPI, httpx.AsyncClient],
+    receiver: WebhookReceiver,
+    clock: FakeClock,
+    events: list[str],
+    answers: list[int],
+) -> None:
+    """Whatever the order of a worker that begins a call and freezes, the end of its lease,
+    another worker's drains and the frozen one's late POST: every POST carries the step's one
+    webhook-id and body, and the call ends sent, recorded and counted once (a POST the fence
+    refuses to record is the receiver's to deduplicate, by that id)."""
+    app, client = served
+    receiver.reset()
+    receiver.answer(*answers[:1])  # at most one 503: the loop's retries always suffice
+    user = f"user_o{uuid.uuid4().hex[:10]}"
+    await signup(client, user)
+    await act(client, "first_project_created", user)
+    worker = worker_of(app)
+    before = await counted_calls(app)  # the examples before this one share the loop's counters
+    frozen: tuple[Lease, list[Any], Any] | None = None
+    for event in events:
+        if event == A_BEGINS:
+            frozen = await begin_and_freeze(app, user, clock)
+        elif event == A_POSTS and frozen is not None:
+            lease, begun, delivery = frozen
+            await delivery.deliver(begun, lease, None)
+        elif event == B_DRAINS:
+            await worker.drain()
+        else:
+            clock.advance(2 * worker.evaluator.lease_ms)
+    for _ in range(ATTEMPTS):
+        clock.advance(2 * worker.evaluator.lease_ms)
+        await worker.drain()
+
+    job = webhook_jobs(await state(client, user))["first_project"]
+    assert job["status"] == "sent"
+    assert set(receiver.ids()) == {message_id(user, "first_project")}
+    assert len({request.body for request in receiver.requests}) == 1
+    after = await counted_calls(app)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 0)  # one call, counted once
+
+
+async def counted_calls(app: FastAPI) -> tuple[int, int]:
+    """The first_project loop's webhook calls counted sent and failed so far."""
+    stats = (await store_of(app).queries.read_stats(["first_project"], [])).loops["first_project"]
+    return stats.get("webhooks_sent", 0), stats.get("webhooks_failed", 0)
+
+
+async def begin_and_freeze(
+    app: FastAPI, user: str, clock: FakeClock
+) -> tuple[Lease, list[Any], Any] | None:
+    """Worker A claims the user's turn and begins its attempts, then freezes before sending:
+    its lease, the jobs it began, and the delivery it would send them with; None when the turn
+    was not A's to claim (another holds it, or nothing is due)."""
+    store, evaluator = store_of(app), worker_of(app).evaluator
+    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=evaluator.lease_ms, limit=100)
+    if evaluation_id(user) not in claim.job_ids:
+        return None
+    lease = Lease(job_id=evaluation_id(user), lease_ms=evaluator.lease_ms, claim=claim)
+    delivery, evaluator.delivery = evaluator.delivery, None
+    try:
+        await evaluator.run(user, lease)
+    finally:
+        evaluator.delivery = delivery
+    record = await store.queries.snapshot(user)
+    begun = [job for job in record.jobs.values() if job.is_webhook and job.started_at == clock()]
+    return lease, begun, delivery
