@@ -593,3 +593,36 @@ async def begin_and_freeze(
     record = await store.queries.snapshot(user)
     begun = [job for job in record.jobs.values() if job.is_webhook and job.started_at == clock()]
     return lease, begun, delivery
+
+
+@pytest.mark.parametrize("transport", ["redis"], indirect=True)
+async def test_a_call_whose_step_is_no_longer_a_webhook_fails_for_good(
+    make_webhook_settings: Callable[..., Settings],
+    receiver: WebhookReceiver,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A call waiting for its retry when the loop file changed its step to an email: it fails
+    for good, saying why, and posts nothing more (the URL and secret are the loaded loop's)."""
+    receiver.answer(503)
+    async with running(make_webhook_settings(), clock) as (app, client):
+        await signup(client, "user_changed")
+        await act(client, "first_project_created", "user_changed")
+        await worker_of(app).drain()
+    changed = dict(LOOPS)
+    changed["first_project.yaml"] = """
+        type: milestone
+        steps:
+          - trigger: {type: action, action: first_project_created}
+            action: {type: email, template: welcome}
+    """
+    folder = write_files(tmp_path / "changed", changed)
+    async with running(make_webhook_settings(loops_dir=folder), clock) as (app, client):
+        clock.advance(MIN)
+        await worker_of(app).drain()
+        job = webhook_jobs(await state(client, "user_changed"))["first_project"]
+    assert (job["status"], job["last_error"]) == (
+        "failed",
+        "its loop no longer has this webhook step",
+    )
+    assert len(receiver.requests) == 1
