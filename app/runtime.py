@@ -28,6 +28,7 @@ from app.delivery.resend_api import ResendMailer
 from app.delivery.templates import TemplateSet
 from app.delivery.turns import Evaluator
 from app.delivery.unsubscribe_links import UnsubscribeTokens
+from app.delivery.webhook_client import WebhookClient
 from app.delivery.worker import Worker, WorkerConfig
 from app.engine.evaluate import tracked_counts, watched_actions, watched_filters
 from app.engine.filters import Filter
@@ -74,6 +75,7 @@ class Runtime:
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
     sightings_flush_s: float = SIGHTINGS_FLUSH_S  # how often the sightings go to storage
     session_tokens: SessionTokens | None = None  # browsers' Clerk sessions; None: not accepted
+    webhooks: WebhookClient | None = None  # webhook steps' POSTs
     worker_task: "asyncio.Task[None] | None" = None
     _first_sighting: "asyncio.Task[None] | None" = None
     _tasks: list["asyncio.Task[None]"] = dataclasses.field(default_factory=list)
@@ -228,6 +230,8 @@ class Runtime:
             await self.session_tokens.close()
         if isinstance(self.mailer, ResendMailer):
             await self.mailer.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         await self.store.close()
 
 
@@ -314,10 +318,15 @@ def build_runtime(
     metrics = Metrics()
     if clock is None:
         clock = ServerClock(store.server_time_ms, on_skew=metrics.clock_skew.set)
-    worker = build_worker(settings, store, loops, composer, mailer, clock, metrics, busy)
+    webhooks = WebhookClient(settings.webhook_timeout, clock)
+    worker = build_worker(
+        settings, store, loops, composer, mailer, clock, metrics, busy, webhooks=webhooks
+    )
     parts = (settings, store, loops, templates, tokens, mailer, worker, clock, metrics)
     browsers = session_tokens(settings, clock)
-    return Runtime(*parts, sightings_flush_s=sightings_flush_s, session_tokens=browsers)
+    return Runtime(
+        *parts, sightings_flush_s=sightings_flush_s, session_tokens=browsers, webhooks=webhooks
+    )
 
 
 @contextmanager
@@ -383,6 +392,8 @@ def build_worker(
     clock: Clock,
     metrics: Metrics | None = None,
     busy: Callable[[], bool] | None = None,
+    *,
+    webhooks: WebhookClient | None = None,
 ) -> Worker:
     config = WorkerConfig(
         lease_ms=int(settings.worker_lease_s * 1000),
@@ -392,7 +403,13 @@ def build_worker(
     metrics = metrics or Metrics()
     # a send waits at most a quarter of its lease for a rate-limit slot (see Settings)
     delivery = Delivery(
-        store, loops, mailer, clock, metrics, max_wait_s=settings.worker_lease_s / 4
+        store,
+        loops,
+        mailer,
+        clock,
+        metrics,
+        max_wait_s=settings.worker_lease_s / 4,
+        webhooks=webhooks,
     )
     evaluator = Evaluator(
         store, loops, composer, clock, metrics, delivery, config.lease_ms, holds_of(settings)

@@ -7,12 +7,14 @@ the app it starts). Unsafe combinations are refused at startup with a message na
 
 import base64
 import binascii
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     unsubscribe_secret: SecretStr | None = None
     resend_rate_limit_per_s: float = Field(default=5.0, ge=0)
     resend_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # the longest a webhook step's POST may take, whole (None: RESEND_TIMEOUT_S's)
+    webhook_timeout_s: float | None = Field(default=None, gt=0, le=120)
     app_url: str = "http://localhost:3000"
     public_url: str | None = None  # None: links use the address served on (`links_url`)
     # where `activation serve` listens (its --host/--port win), and links' address without
@@ -115,6 +119,7 @@ class Settings(BaseSettings):
         "clerk_jwt_key",
         "clerk_jwks_url",
         "public_url",
+        "webhook_timeout_s",
         mode="before",
     )
     @classmethod
@@ -180,7 +185,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe_combinations(self) -> Self:
         """Every unsafe combination named at once, in one message."""
-        problems = [*self._half_configured(), *self._lease_shorter_than_an_attempt()]
+        problems = [*self._half_configured(), *lease_shorter_than_an_attempt(self)]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -195,18 +200,10 @@ class Settings(BaseSettings):
             problems.append("EMAIL_FROM is required when RESEND_API_KEY is set")
         return problems
 
-    def _lease_shorter_than_an_attempt(self) -> list[str]:
-        """One send attempt (a rate-limit wait of at most a quarter of the lease, the request,
-        a storage call on either side) must end well inside its lease: renewals then only cover
-        slow claims, and a worker that misses them is fenced off, never racing a newer one."""
-        attempt_s = self.resend_timeout_s + 2 * self.storage_timeout_s
-        if self.worker_lease_s >= 2 * attempt_s:
-            return []
-        return [
-            f"WORKER_LEASE_S ({self.worker_lease_s:g}) must be at least twice "
-            f"RESEND_TIMEOUT_S + 2 x STORAGE_TIMEOUT_S ({attempt_s:g} s), so a send can "
-            "never outlive its lease"
-        ]
+    @property
+    def webhook_timeout(self) -> float:
+        """A webhook step's POST's bound: WEBHOOK_TIMEOUT_S, else RESEND_TIMEOUT_S."""
+        return self.webhook_timeout_s or self.resend_timeout_s
 
     @property
     def links_url(self) -> str:
@@ -244,6 +241,31 @@ def parse_cap_rules(text: str) -> tuple[tuple[int, int], ...]:
             raise ValueError(f"{part.strip()!r} is not a cap like 2/1d (emails per window) or off")
         rules.append((int(match[1]), parse_duration(match[2])))
     return tuple(rules)
+
+
+def lease_shorter_than_an_attempt(settings: Settings) -> list[str]:
+    """One send attempt (a rate-limit wait of at most a quarter of the lease, the request,
+    a storage call on either side) must end well inside its lease: renewals then only cover
+    slow claims, and a worker that misses them is fenced off, never racing a newer one."""
+    timeout_s = max(settings.resend_timeout_s, settings.webhook_timeout)
+    attempt_s = timeout_s + 2 * settings.storage_timeout_s
+    if settings.worker_lease_s >= 2 * attempt_s:
+        return []
+    name = "RESEND_TIMEOUT_S" if timeout_s == settings.resend_timeout_s else "WEBHOOK_TIMEOUT_S"
+    return [
+        f"WORKER_LEASE_S ({settings.worker_lease_s:g}) must be at least twice "
+        f"{name} + 2 x STORAGE_TIMEOUT_S ({attempt_s:g} s), so a send can "
+        "never outlive its lease"
+    ]
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The variables the settings are read from (`.env`'s, the process environment's over
+    them): what a loop file's `${NAME}` references (webhook URLs and secrets) resolve to."""
+    env_file = settings.model_config.get("env_file")
+    dotenv = dotenv_values(env_file) if isinstance(env_file, str | Path) else {}
+    given = {name: value for name, value in dotenv.items() if value is not None}
+    return given | dict(os.environ)
 
 
 def given_settings() -> frozenset[str]:

@@ -1,9 +1,9 @@
 """Every secret the service compares or signs with: bearer keys and tokens compared in constant
 time (as bytes), the dashboard session cookie's serializer and the unsubscribe links' tokens, both
 signed by itsdangerous (HMAC-SHA256, a salt per use), the check of Svix webhook signatures
-(svix computes the signature, compared here) and of Clerk session tokens' signatures (PyJWT,
-RS256), their times judged on the service's clock. No other module compares a secret or checks a
-signature (tests/test_signing.py checks).
+(svix computes the signature, compared here), the signature of a webhook step's POST (svix too),
+and of Clerk session tokens' signatures (PyJWT, RS256), their times judged on the service's
+clock. No other module compares a secret or checks a signature (tests/test_signing.py checks).
 """
 
 import base64
@@ -152,6 +152,19 @@ def webhook_signature_holds(
     expected = verifier.sign(msg_id, signed_at, body).encode()
     given = signatures.split(" ")
     return any(hmac.compare_digest(expected, signature.encode()) for signature in given)
+
+
+def sign_webhook(secret: str, msg_id: str, timestamp_s: int, body: str) -> str:
+    """The `webhook-signature` of a webhook step's POST (Standard Webhooks: `v1,<base64
+    HMAC-SHA256 of "id.timestamp.body">` under the `whsec_` key), computed by svix."""
+    signed_at = datetime.fromtimestamp(timestamp_s, tz=UTC)
+    return Webhook(secret).sign(msg_id, signed_at, body)
+
+
+def webhook_message_id(job_id: str) -> str:
+    """A webhook step's `webhook-id`: from its job's id, so every retry, by any worker, carries
+    the same (the receiver's idempotency key), and the user id is not spelled in it."""
+    return "msg_" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
 
 
 # --- Clerk session tokens (RS256 JWTs, checked with the instance's public keys) ----------------

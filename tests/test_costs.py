@@ -19,8 +19,10 @@ from tests.conftest import (
     resend_settings,
     running,
     worker_of,
+    write_files,
 )
 from tests.standins.resend import ResendStandin
+from tests.standins.webhook_receiver import run_receiver
 from tests.support.constants import DAY
 from tests.support.growth import LOOPS, write_loops
 from tests.support.storage import Meter
@@ -152,3 +154,54 @@ async def test_a_filtered_condition_costs_what_any_watched_action_costs(
         assert missed == {"hmget": 1, "hset": 1}
         matched = per_user(await meter.of(lambda: act("pro")), {"evalsha": 1})
         assert matched == {"hmget": 1, "hset": 1, "zadd": 1}  # the trigger's count: woken
+
+
+WEBHOOK_LOOP = {
+    "team.yaml": """
+        type: milestone
+        steps:
+          - trigger: {type: action, action: first_project_created}
+            action: {type: webhook, url: "${TEAM_HOOK_URL}", secret: "${TEAM_HOOK_SECRET}"}
+    """,
+}
+
+
+async def test_a_webhook_call_costs_what_an_email_sent_alone_does(
+    make_settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The turn that decides and calls a webhook step, per user, the claim's share apart: the
+    claim's lease on the user; read; apply (the user with its lease, write, `entered`, `tta`,
+    `activated`); the POST (no command); settle (the user with its lease, write with the lease
+    released, the day's `webhook_sent`, off the schedule: nothing more to do): 13 commands, what
+    an email sent alone costs (13.1), the webhook never going in a batch."""
+    meter = Meter(redis_client)
+    users = [f"user_hookcost{i:02d}" for i in range(USERS)]
+    with run_receiver() as receiver:
+        monkeypatch.setenv("TEAM_HOOK_URL", receiver.url)
+        monkeypatch.setenv("TEAM_HOOK_SECRET", receiver.secret)
+        settings = make_settings(loops_dir=write_files(tmp_path / "loops", WEBHOOK_LOOP))
+        async with running(settings, FakeClock(1_800_000_000_000)) as (app, http):
+
+            async def act(uids: list[str]) -> None:
+                body = {
+                    "actions": [{"user_id": u, "action": "first_project_created"} for u in uids]
+                }
+                assert (await http.post("/v1/actions", json=body, headers=AUTH)).status_code == 202
+
+            for uid in [*WARM, *users]:
+                await post_webhook(http, json.dumps(clerk_event("created", uid)).encode())
+            await act(list(WARM))  # scripts loaded, the day's counter created
+            await worker_of(app).drain()
+            await act(users)
+            await app.state.runtime.flush_sightings()  # the action-health counts: not the turn's
+            raw = await meter.of(lambda: worker_of(app).drain())
+            called = per_user(raw, CLAIM)
+        assert len(receiver.requests) == USERS + len(WARM)
+    assert called == {"hset": 3, "hgetall": 1, "evalsha": 2, "hmget": 2, "hincrby": 4, "zrem": 1}
+    assert sum(called.values()) == WEBHOOK_CALL_COMMANDS
+
+
+WEBHOOK_CALL_COMMANDS = 13  # per webhook call (docs/performance.md)

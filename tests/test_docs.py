@@ -46,6 +46,12 @@ RUN = {"sh", "python", "yaml", "html+jinja", "ini", "json", "text"}  # `text`: i
 SHOWN_NOT_RUN = {"ts", "tsx", "mermaid"}
 DIRECTIVES = {"skip", "setup", "same-as", "loops", "template", "yaml-only", "startup-log"}
 TIMEOUT_S = 60
+# What the docs' webhook steps read from the environment (`${NAME}`), as a reader's would hold
+DOCS_ENVIRONMENT = {
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXX",
+    "CRM_WEBHOOK_URL": "https://crm.example.com/hooks/activation",
+    "TEAM_WEBHOOK_SECRET": SIGNING_SECRET,
+}
 
 
 # --- the blocks -----------------------------------------------------------------------------------
@@ -155,7 +161,7 @@ def run_yaml(block: Block, tmp_path: Path) -> None:
     same_as = block.says.get("same-as")
     path = folder / (Path(same_as).name if same_as else "docs_example.yaml")
     path.write_text(block.body, encoding="utf-8")
-    loop = load_loop(path, folder / "templates")
+    loop = load_loop(path, folder / "templates", DOCS_ENVIRONMENT)
     if same_as:
         shipped = load_loop(ROOT / same_as, ROOT / "loops" / "templates")
         assert dataclasses.replace(loop, source=shipped.source) == shipped, (

@@ -18,7 +18,7 @@ from app.delivery.unsubscribe_links import UnsubscribeTokens
 from app.engine.assign import arm_of
 from app.engine.email_jobs import RenderedEmail
 from app.engine.evaluate import EmailOrder, choose_template
-from app.engine.loops import Loop
+from app.engine.loops import EmailAction, Loop
 from app.errors import ActivationError, TemplateRenderError
 from app.runtime import build_composer, build_store
 from app.settings import Settings, load_settings
@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def picked_template(loop: Loop, order: EmailOrder, profile: UserProfile) -> str:
     """The template the loop's step would send this user: a variant or an experiment's arm."""
     step = loop.steps[order.step]
-    email = step.action if order.kind == "action" else step.on_timeout
-    if email is None or order.template not in email.templates():
+    email = step.action_of(order.kind)
+    if not isinstance(email, EmailAction) or order.template not in email.templates():
         return order.template  # no step sends it: rendered as it is
     return choose_template(email, profile.view(), arm_of(loop, profile.id))
 
@@ -56,7 +56,7 @@ def email_use(loops: dict[str, Loop], template: str, loop_id: str | None) -> Ema
     for loop in chosen:
         for step in loop.steps:
             for kind, email in (("action", step.action), ("timeout", step.on_timeout)):
-                if email is not None and template in email.templates():
+                if isinstance(email, EmailAction) and template in email.templates():
                     personalization = dict(email.personalization)
                     return EmailOrder(
                         "preview", loop.id, step.index, kind, template, personalization, 0

@@ -16,6 +16,7 @@ from app.clock import system_clock_ms
 from app.delivery.loop_folder import load_loop_files
 from app.delivery.outbox import OutboxMailer
 from app.delivery.templates import TemplateSet
+from app.delivery.webhook_client import dry_run_client
 from app.delivery.worker import Worker
 from app.engine.email_jobs import JobStatus
 from app.engine.evaluate import StepState, tracked_counts, watched_filters
@@ -135,7 +136,9 @@ async def simulate(
     start = clock.now_ms
     store = build_store(settings)
     composer = build_composer(settings, only, templates, preview_tokens(settings))
-    worker = build_worker(settings, store, only, composer, OutboxMailer(), clock)
+    # nothing leaves: the outbox for emails, an answer in process for webhooks
+    webhooks = dry_run_client(settings.webhook_timeout, clock)
+    worker = build_worker(settings, store, only, composer, OutboxMailer(), clock, webhooks=webhooks)
     try:
         sample = sample or Sample(user_id)
         profile = with_profile(sample_profile(user_id, created_at_ms=start), sample.profile)
@@ -147,6 +150,7 @@ async def simulate(
         record = await store.queries.snapshot(user_id)
     finally:
         await store.close()
+        await webhooks.close()
     lines = [
         f"{offset(entry['at'] - start):>8}  {describe(entry, record, start)}"
         for entry in reversed(record.timeline)
@@ -239,6 +243,10 @@ def describe(entry: dict[str, Any], record: UserRecord, start: int) -> str:
         return describe_step(event.removeprefix("step."), entry, record, start)
     if event.startswith("email."):
         return describe_email(event.removeprefix("email."), entry, record)
+    if event.startswith("webhook."):
+        status = event.removeprefix("webhook.")
+        shown = "ready, not posted (dry run)" if status == "sent" else status
+        return f"webhook {shown}: {entry.get('webhook')} {entry.get('error') or ''}".rstrip()
     return event
 
 
@@ -260,6 +268,8 @@ def describe_step(status: str, entry: dict[str, Any], record: UserRecord, start:
         if state.deadline_at is not None:
             text += f"; deadline {offset(state.deadline_at - start)}"
     job = record.jobs.get(str(email)) if email else None
+    if job is not None and job.is_webhook:
+        return text + " -> webhook queued"
     return text + (f" -> email {job.template} queued" if job else "")
 
 

@@ -1,4 +1,5 @@
-"""Sends one email job: through Resend (or the outbox), exactly once in effect, retried by policy.
+"""Sends one email job: through Resend (or the outbox), exactly once in effect, retried by policy;
+and a webhook step's call (`webhook_client`), under the same fence and settle.
 
 At most once: the job id is Resend's Idempotency-Key and the payload was rendered once, so a retry
 after a crash is deduplicated by Resend for 24 hours; past that window, counted from the first
@@ -21,6 +22,7 @@ from typing import Protocol
 
 from app.clock import HOUR_MS, Clock
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
+from app.delivery.webhook_client import WebhookClient
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.loops import Loop, Recovery
 from app.errors import NotSent, PermanentSendError, TransientSendError
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_WINDOW_MS = 23 * HOUR_MS
 # A deferred attempt (429 without retry-after, a concurrent request) comes back after this at least.
 MIN_DEFER_MS = 1000
+NO_WEBHOOK_STEP = "its loop no longer has this webhook step"
 # What the metrics call a job queued again (the job's status stays `queued`)
 RETRY, DEFER = "retry", "defer"
 TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -125,8 +128,10 @@ class Delivery:
         metrics: Metrics | None = None,
         *,
         max_wait_s: float = math.inf,
+        webhooks: WebhookClient | None = None,
     ) -> None:
         self.store = store
+        self.webhooks = webhooks
         self.loops = loops
         self.mailer = mailer
         self.clock = clock
@@ -159,6 +164,8 @@ class Delivery:
     async def _attempt(self, job: EmailJob) -> Settling:
         if job.terminal:  # ended already (no address, no template): recorded as is
             return Settling(job, job.seq, job.status.value, metric=job.status)
+        if job.is_webhook:
+            return await self._call(job)
         if self._past_window(job):
             error = (
                 "an earlier attempt's outcome is unknown and past Resend's 24 h idempotency window"
@@ -193,6 +200,22 @@ class Delivery:
             return self.ended(job, JobStatus.FAILED, str(exc), known=not job.attempts > 1)
         return self.sent(job, provider_id)
 
+    async def _call(self, job: EmailJob) -> Settling:
+        """A webhook step's POST, its body as rendered at its first attempt, its `webhook-id`
+        the job's on every retry: the receiver deduplicates (no 24 h window to keep here)."""
+        loop = self.loops.get(job.loop_id)
+        webhook = loop.webhook(job.step, job.kind) if loop is not None else None
+        if webhook is None or job.payload is None or self.webhooks is None:
+            reason = "no webhook client" if webhook is not None else NO_WEBHOOK_STEP
+            return self.ended(job, JobStatus.FAILED, reason, known=False)
+        try:
+            await self.webhooks.post(webhook, job.id, job.payload)
+        except TransientSendError as exc:
+            return self._retry_or_fail(job, str(exc), exc.retry_after_s)
+        except PermanentSendError as exc:
+            return self.ended(job, JobStatus.FAILED, str(exc), known=False)
+        return self.sent(job, None)
+
     def stopped(self, job: EmailJob, reason: str) -> Settling:
         """An attempt that no longer goes: its user was deleted (nothing to record), stopped
         loop email (dropped) or the attempt moved on (not this attempt's to record)."""
@@ -205,6 +228,7 @@ class Delivery:
         entry = outbox_entry(sent) if self.outbox and sent.rendered is not None else ""
         if sent.rendered is not None:
             sent = sent.model_copy(update={"rendered": sent.rendered.summary()})
+        sent = sent.model_copy(update={"payload": None})  # posted: never needed again
         return Settling(sent, job.seq, "sent", entry, metric=JobStatus.SENT)
 
     def _deferred(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
@@ -255,8 +279,10 @@ class Delivery:
         )
         if settled is Settled.SETTLED and ending.metric is not None:
             due_at_ms = job.due_at if job.terminal else None  # a final outcome times the job
-            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now)
-        logger.info("email %s %s%s", job.id, describe(ending), _unless_settled(settled))
+            kind = job.channel.value
+            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now, kind=kind)
+        channel = job.channel.value
+        logger.info("%s %s %s%s", channel, job.id, describe(ending), _unless_settled(settled))
 
 
 def describe(ending: Settling) -> str:

@@ -21,9 +21,9 @@ from app.storage.records import UserRecord
 def admit(
     record: UserRecord, ready: list[EmailJob], loops: Mapping[str, Loop], holds: Holds, now: int
 ) -> Iterator[tuple[EmailJob, Verdict | None]]:
-    """Each job due now with its verdict (None: it goes now). A retry, or any email when
-    neither a cap nor quiet hours are set, goes at once."""
-    first = [job for job in ready if job.first_attempt_at is None]
+    """Each job due now with its verdict (None: it goes now). A retry, a webhook call, or any
+    email when neither a cap nor quiet hours are set, goes at once."""
+    first = [job for job in ready if job.first_attempt_at is None and not job.is_webhook]
     verdicts: dict[str, Verdict] = {}
     if holds.active and first:
         profile = record.profile
@@ -63,8 +63,8 @@ def counted(jobs: Iterable[EmailJob], loops: Mapping[str, Loop]) -> list[int]:
     times = []
     for job in jobs:
         loop = loops.get(job.loop_id)
-        if loop is not None and not loop.capped:
-            continue
+        if (loop is not None and not loop.capped) or job.is_webhook:
+            continue  # the cap counts emails to the user; a webhook tells the team
         if job.status is JobStatus.SENT:
             times.append(job.sent_at if job.sent_at is not None else job.queued_at)
         elif job.status is JobStatus.QUEUED and job.first_attempt_at is not None:

@@ -224,9 +224,26 @@ class TemplateSet:
             raise TemplateRenderError(f"template {name!r}: the rendered subject is empty")
         return Content(subject=subject, html=rendered.html, text=rendered.text)
 
+    def text_problems(self, source: str, where: str) -> list[TemplateError]:
+        """What is wrong with a webhook's `text` (at `where`): the variables a value may use."""
+        try:
+            self._check_source(source, "text", f"{where}.text")
+        except TemplateError as exc:
+            return [exc]
+        return []
+
+    def render_text(self, source: str, context: RenderContext) -> str:
+        """A webhook's `text` rendered against the user (plain text, never escaped)."""
+        try:
+            return self._value(source).render(context.variables())
+        except Exception as exc:  # as a template's: it would fail on every retry
+            raise TemplateRenderError(f"webhook text: {type(exc).__name__}: {exc}") from exc
+
     def _check_value(self, key: str, source: str, where: str) -> None:
-        origin = f"{where}: personalization.{key}"
-        part = _compile(self._env, source, f"personalization.{key}", origin)
+        self._check_source(source, f"personalization.{key}", f"{where}: personalization.{key}")
+
+    def _check_source(self, source: str, name: str, origin: str) -> None:
+        part = _compile(self._env, source, name, origin)
         allowed = frozenset(CONTEXT_NAMES) | self._env.globals.keys()
         problems = _unknown_variables(part.tree, allowed, _VALUE_HINT)
         _refuse(part, [*_static_problems(part.tree), *problems], prefix="")

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.clock import Clock
-from app.delivery.attempts import BatchPlacer, Delivery, Lease
+from app.delivery.attempts import NO_WEBHOOK_STEP, BatchPlacer, Delivery, Lease
 from app.delivery.batch import freed
 from app.delivery.compose import Composer
 from app.delivery.holding import admit, dropped_reason, held, hold_counters
-from app.engine.email_jobs import EmailJob, JobStatus
+from app.engine.email_jobs import Channel, EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import Counter, late_activations, step_counters
 from app.engine.holds import Holds
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONFLICTS = 5
 NO_ADDRESS = "the user has no primary email address"
+NO_PROFILE = "the user's profile is gone"
 
 
 @dataclass(slots=True)
@@ -128,7 +129,7 @@ class Evaluator:
                 turn.deliver.append(job)  # recorded as it ended (dead letters, counters)
             elif job.terminal:
                 continue
-            elif stopped:
+            elif stopped and not job.is_webhook:  # a webhook tells the team, not the user
                 turn.writes.append(dropped(job, stop_reason(record), now))
             elif job.started_at is not None and job.started_at + self.lease_ms > now:
                 wakes.append(job.started_at + self.lease_ms)  # another lane's attempt in flight
@@ -171,12 +172,12 @@ class Evaluator:
         """The job with an attempt begun now (rendered again if it never was: a dead letter
         retried after its template was fixed), in one of `batcher`'s batches unless an earlier
         attempt may have reached Resend alone (its own id is then the key that deduplicates)."""
-        if job.rendered is None:
+        if job.rendered is None and job.payload is None:
             job = self._rendered(record, job, now)
             if job.terminal:
                 return job
-        if batcher is None or job.first_attempt_at is not None:
-            return begin_attempt(job, now)
+        if batcher is None or job.first_attempt_at is not None or job.is_webhook:
+            return begin_attempt(job, now)  # a webhook goes alone, to its own endpoint
         return begin_attempt(job, now, batcher.place(job.id))
 
     async def _apply(
@@ -202,6 +203,8 @@ class Evaluator:
         return self._rendered(record, new_job(record.user_id, order, now), now)
 
     def _rendered(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
+        if job.is_webhook:
+            return self._webhook_body(record, job, now)
         profile = record.profile
         if profile is None or profile.email is None:
             return dropped(job, NO_ADDRESS, now)
@@ -210,9 +213,22 @@ class Evaluator:
         try:
             rendered = self.composer.compose(order, profile)
         except TemplateRenderError as exc:
-            update = {"status": JobStatus.FAILED, "last_error": str(exc), "ended_at": now}
-            return job.model_copy(update=update)
+            return failed(job, str(exc), now)
         return job.model_copy(update={"rendered": rendered})
+
+    def _webhook_body(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
+        """The webhook job with its body, posted as is on every retry (or failed: its loop no
+        longer has the step, or the user's data breaks its text)."""
+        loop = self.loops.get(job.loop_id)
+        webhook = loop.webhook(job.step, job.kind) if loop is not None else None
+        if record.profile is None or webhook is None:
+            reason = NO_PROFILE if webhook is not None else NO_WEBHOOK_STEP
+            return failed(job, reason, now)
+        try:
+            body = self.composer.webhook_body(job, record.profile, webhook)
+        except TemplateRenderError as exc:
+            return failed(job, str(exc), now)
+        return job.model_copy(update={"payload": body})
 
 
 def turn_jobs(
@@ -246,6 +262,12 @@ def stop_reason(record: UserRecord) -> str:
     return "unsubscribed" if record.unsubscribed_at_ms is not None else "suppressed"
 
 
+def failed(job: EmailJob, reason: str, now: int) -> EmailJob:
+    return job.model_copy(
+        update={"status": JobStatus.FAILED, "last_error": reason, "ended_at": now}
+    )
+
+
 def dropped(job: EmailJob, reason: str, now: int) -> EmailJob:
     return job.model_copy(
         update={"status": JobStatus.DROPPED, "last_error": reason, "ended_at": now}
@@ -263,6 +285,7 @@ def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
         personalization=dict(order.personalization),
         queued_at=now,
         due_at=order.due_at,
+        channel=Channel(order.channel),
     )
 
 

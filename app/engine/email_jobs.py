@@ -1,4 +1,5 @@
-"""Email jobs as data: their lifecycle, stored as JSON in a `j:` field of the user's hash.
+"""Email jobs as data: their lifecycle, stored as JSON in a `j:` field of the user's hash. A
+webhook step's call is a job too (`channel` webhook), through the same turns and settles.
 
 A job's id is deterministic (`email|<uid>|<loop>|<step>|<kind>`): the same decision queues it once,
 and the id doubles as Resend's Idempotency-Key.
@@ -17,6 +18,14 @@ class JobStatus(StrEnum):
     SENT = "sent"  # accepted by Resend, or written to the outbox
     FAILED = "failed"  # permanent error or retries exhausted: in the dead-letter set
     DROPPED = "dropped"  # not sent on purpose: the user unsubscribed or has no email
+
+
+class Channel(StrEnum):
+    """How a job reaches its end: an email through Resend, or a POST to the team's webhook
+    (`engine.loops.WebhookAction`): never batched, held, or stopped by the user's unsubscribe."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.SENT, JobStatus.FAILED, JobStatus.DROPPED})
@@ -73,6 +82,13 @@ class EmailJob(BaseModel):
     # waiting for the frequency cap or quiet hours (`engine.holds`) until its `due_at`, since
     held: str | None = None
     held_at: int | None = None
+    channel: Channel = Channel.EMAIL
+    # a webhook's body (JSON), rendered at its first attempt and posted as is on every retry
+    payload: str | None = None
+
+    @property
+    def is_webhook(self) -> bool:
+        return self.channel is Channel.WEBHOOK
 
     @property
     def terminal(self) -> bool:

@@ -31,16 +31,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from app.engine.assign import arm_of
+from app.engine.email_jobs import Channel
 from app.engine.filters import Filter
 from app.engine.job_ids import EmailKind, email_id
 from app.engine.loops import (
     HOLDOUT,
+    Action,
     ActionCondition,
     ActionTrigger,
     EmailAction,
     Loop,
     Step,
     Trigger,
+    WebhookAction,
     counted_name,
     window_end,
 )
@@ -104,7 +107,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class EmailOrder:
-    """An email the engine decided to send: its job id is deterministic, so it is queued once."""
+    """An email (or, `channel` webhook, a webhook call: no template) the engine decided to
+    send: its job id is deterministic, so it is queued once."""
 
     job_id: str
     loop_id: str
@@ -113,6 +117,7 @@ class EmailOrder:
     template: str
     personalization: Mapping[str, str]
     due_at: int
+    channel: str = "email"  # a `Channel`
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +250,14 @@ class _LoopRun:
         self, step: Step, state: StepState, status: StepStatus, met_at: int | None
     ) -> StepState:
         fired = status is StepStatus.FIRED
-        email = step.action if fired else step.on_timeout
+        action = step.action if fired else step.on_timeout
         job_id = None
-        held_out = email is not None and self.arm == HOLDOUT
-        if email is not None and not held_out and not self.snapshot.suppressed:
+        # A webhook tells the team, not the user: the holdout and a stop of loop email skip it.
+        email = isinstance(action, EmailAction)
+        held_out = email and self.arm == HOLDOUT
+        if action is not None and not held_out and not (email and self.snapshot.suppressed):
             reason = EmailKind.ACTION if fired else EmailKind.TIMEOUT
-            job_id = self._order(step, reason, email)
+            job_id = self._order(step, reason, action)
         update = {
             "status": status,
             "met_at": met_at,
@@ -260,8 +267,15 @@ class _LoopRun:
         }
         return state.model_copy(update=update)
 
-    def _order(self, step: Step, kind: str, email: EmailAction) -> str:
+    def _order(self, step: Step, kind: str, action: Action) -> str:
         job_id = email_id(self.snapshot.user_id, self.loop.id, step.index, kind)
+        if isinstance(action, WebhookAction):
+            order = EmailOrder(
+                job_id, self.loop.id, step.index, kind, "", {}, self.now, Channel.WEBHOOK
+            )
+            self.out.emails.append(order)
+            return job_id
+        email = action
         personalization = dict(email.personalization)
         template = choose_template(email, self.snapshot.profile, self.arm)
         order = EmailOrder(

@@ -15,9 +15,11 @@ from app.engine.measure import Rate, uplift
 
 # The stored counters (a loop's `stats` hash, storage.keys): whole names, then the two families.
 ENTERED, TIMED_OUT, AFTER_NUDGE = "entered", "timed_out", "activated_after_nudge"
-EMAILS_FAILED = "emails_failed"
+EMAILS_FAILED, WEBHOOKS_FAILED = "emails_failed", "webhooks_failed"
 TTA, SENT, HELD = "tta:", "sent:", "held:"  # `tta:<bucket>`, `sent:<step>:<kind>`, `held:<why>`
-STORED_COUNTERS = (ENTERED, TIMED_OUT, AFTER_NUDGE, EMAILS_FAILED)
+WEBHOOK_SENT = "webhook_sent:"  # `webhook_sent:<step>:<kind>`: a webhook step's calls answered 2xx
+STORED_COUNTERS = (ENTERED, TIMED_OUT, AFTER_NUDGE, EMAILS_FAILED, WEBHOOKS_FAILED)
+WEBHOOKS_SENT = "webhooks_sent"  # their sum, as the dashboard reads it
 
 # Time-to-activation buckets: (field suffix, label, upper bound in ms; None = unbounded).
 TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
@@ -50,11 +52,16 @@ HELD_ROWS: tuple[tuple[str, str], ...] = (
     (f"{HELD}cap", "Held by the frequency cap"),
     (f"{HELD}quiet_hours", "Held for quiet hours"),
 )
+# a loop's webhook steps' calls: shown once any was made
+WEBHOOK_ROWS: tuple[tuple[str, str], ...] = (
+    (WEBHOOKS_SENT, "Webhooks sent"),
+    (WEBHOOKS_FAILED, "Webhooks failed for good"),
+)
 CARD_ROWS: Mapping[LoopType, tuple[tuple[str, str], ...]] = {
-    LoopType.ACTIVATION: FUNNEL + HELD_ROWS,
-    LoopType.MILESTONE: MILESTONE_ROWS + HELD_ROWS,
+    LoopType.ACTIVATION: FUNNEL + HELD_ROWS + WEBHOOK_ROWS,
+    LoopType.MILESTONE: MILESTONE_ROWS + HELD_ROWS + WEBHOOK_ROWS,
 }
-OPTIONAL_ROWS = frozenset(name for name, _ in HELD_ROWS)
+OPTIONAL_ROWS = frozenset(name for name, _ in HELD_ROWS + WEBHOOK_ROWS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,11 @@ def sent_field(step: int, reason: str) -> str:
     return f"{SENT}{step}:{reason}"
 
 
+def webhook_sent_field(step: int, reason: str) -> str:
+    """The stored counter of a loop's webhook calls answered 2xx for one step and reason."""
+    return f"{WEBHOOK_SENT}{step}:{reason}"
+
+
 def kept_days_from(now_ms: int) -> str:
     """The oldest UTC day whose email counts are kept apart (`<counter>@<day>`)."""
     return utc_day(now_ms - KEPT_DAYS * DAY_MS)
@@ -95,7 +107,7 @@ def split_days(stored: Mapping[str, int]) -> tuple[dict[str, int], dict[str, dic
     for name, value in stored.items():
         counter, _, day = name.partition("@")
         totals[counter] = totals.get(counter, 0) + value
-        if day:
+        if day and not is_webhook_counter(counter):  # the days count emails
             event = "failed" if counter == EMAILS_FAILED else "sent"
             per_day = days.setdefault(day, {})
             per_day[event] = per_day.get(event, 0) + value
@@ -107,14 +119,23 @@ def funnel_view(stored: Mapping[str, int]) -> dict[str, int]:
     the sum of the time-to-activation buckets, `sent` and `nudged` step 0's emails
     (`sent:0:action`, `sent:0:timeout`), `emails_sent` all of them. Counters never bumped are
     left out."""
-    view = {name: value for name, value in stored.items() if not name.startswith(SENT)}
+    view = {
+        name: value
+        for name, value in stored.items()
+        if not name.startswith(SENT) and not name.startswith(WEBHOOK_SENT)
+    }
     derived = {
         "met": sum(value for name, value in stored.items() if name.startswith(TTA)),
         "sent": stored.get(sent_field(0, EmailKind.ACTION), 0),
         "nudged": stored.get(sent_field(0, EmailKind.TIMEOUT), 0),
         "emails_sent": sum(value for name, value in stored.items() if name.startswith(SENT)),
+        WEBHOOKS_SENT: sum(v for name, v in stored.items() if name.startswith(WEBHOOK_SENT)),
     }
     return view | {name: value for name, value in derived.items() if value}
+
+
+def is_webhook_counter(counter: str) -> bool:
+    return counter == WEBHOOKS_FAILED or counter.startswith(WEBHOOK_SENT)
 
 
 def late_activations(

@@ -4,22 +4,20 @@
 (an unknown key hides nothing beside it); a folder, one `LoopFolderError` holding each bad
 file's."""
 
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
-from pydantic import (
-    ValidationError,
-)
-from pydantic_core import ErrorDetails
+from pydantic import ValidationError
 
 from app.clock import HOUR_MS
 from app.engine.backoff import Growth
 from app.engine.conditions import translate_query
 from app.engine.filters import Filter, filter_from_spec
 from app.engine.holds import OFF, QuietHours
+from app.engine.loop_errors import KEY_ERRORS, error_reason, field_path, without_keys
 from app.engine.loop_spec import (
     ActionTriggerSpec,
     ConditionSpec,
@@ -29,6 +27,7 @@ from app.engine.loop_spec import (
     RecoverySpec,
     StepSpec,
     TriggerSpec,
+    WebhookSpec,
 )
 from app.engine.loops import (
     _LOOP_ID,
@@ -39,6 +38,7 @@ from app.engine.loops import (
     MAX_RETRY_SPAN_MS,
     PROFILE_FIELDS,
     PROFILE_OBJECTS,
+    Action,
     ActionCondition,
     ActionTrigger,
     Arm,
@@ -53,6 +53,7 @@ from app.engine.loops import (
     parse_duration,
     parse_percent,
 )
+from app.engine.webhook_steps import webhook_action
 from app.errors import LoopFileError, LoopFolderError
 
 # --- loading ------------------------------------------------------------------------------------
@@ -104,16 +105,22 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_loops(loops_dir: Path) -> dict[str, Loop]:
+Environment = Mapping[str, str]  # what a webhook's `${NAME}` references read (`webhook_steps`)
+_NONE: Environment = MappingProxyType({})
+
+
+def load_loops(loops_dir: Path, environment: Environment = _NONE) -> dict[str, Loop]:
     """Every `*.yaml` / `*.yml` loop in `loops_dir` by id, in file-name order; none is fine. A
     `LoopFolderError` holds a `LoopFileError` for each bad file, every problem of each."""
-    loops, problems = read_loops(loops_dir)
+    loops, problems = read_loops(loops_dir, environment)
     if problems:
         raise LoopFolderError(problems)
     return loops
 
 
-def read_loops(loops_dir: Path) -> tuple[dict[str, Loop], list[LoopFileError]]:
+def read_loops(
+    loops_dir: Path, environment: Environment = _NONE
+) -> tuple[dict[str, Loop], list[LoopFileError]]:
     """The loops in `loops_dir` that load, by id, and a `LoopFileError` for each file that does
     not: one bad file never hides another's mistakes."""
     if not loops_dir.is_dir():
@@ -128,7 +135,7 @@ def read_loops(loops_dir: Path) -> tuple[dict[str, Loop], list[LoopFileError]]:
             continue
         sources[path.stem] = path
         try:
-            loops[path.stem] = load_loop(path, loops_dir / "templates")
+            loops[path.stem] = load_loop(path, loops_dir / "templates", environment)
         except LoopFileError as exc:
             problems.append(exc)
     return loops, problems
@@ -142,18 +149,21 @@ def _loop_files(loops_dir: Path) -> list[Path]:
     )
 
 
-def load_loop(path: Path, templates_dir: Path) -> Loop:
+def load_loop(path: Path, templates_dir: Path, environment: Environment = _NONE) -> Loop:
     """One loop file, checked whole (templates included), or a `LoopFileError` naming every
-    problem found in it: each schema error, and the templates it names that are missing."""
+    problem found in it: each schema error, the templates it names that are missing, the
+    `${NAME}` its webhooks read that `environment` lacks."""
     problems = _Problems()
     _check_loop_id(path.stem, problems)
-    loop = _parse(path, templates_dir, problems)
+    loop = _parse(path, templates_dir, problems, environment)
     if problems or loop is None:
         raise problems.error(path)
     return loop
 
 
-def _parse(path: Path, templates_dir: Path, problems: _Problems) -> Loop | None:
+def _parse(
+    path: Path, templates_dir: Path, problems: _Problems, environment: Environment
+) -> Loop | None:
     try:
         data = _read_yaml(path)
         _check_mapping(data)
@@ -161,7 +171,7 @@ def _parse(path: Path, templates_dir: Path, problems: _Problems) -> Loop | None:
         problems.add(None, invalid.reason)
         return None
     spec = _validate(data, problems)
-    loop = _build(path.stem, spec, path, problems) if spec is not None else None
+    loop = _build(path.stem, spec, path, problems, environment) if spec is not None else None
     _check_templates(data, templates_dir, problems)
     return loop
 
@@ -215,13 +225,13 @@ def _validate(data: dict[Any, Any], problems: _Problems) -> LoopSpec | None:
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
-                found.setdefault(_field_path(error), _reason(error))
+                found.setdefault(field_path(error), error_reason(error))
             # An unknown or empty key stops its mapping's check: drop it and look again, so
             # one run reports the file's other mistakes too.
-            skipped = [error for error in errors if error["type"] in _KEY_ERRORS]
+            skipped = [error for error in errors if error["type"] in KEY_ERRORS]
             if not skipped:
                 break
-            data = _without_keys(data, skipped)
+            data = without_keys(data, skipped)
         else:
             if not found:
                 return spec
@@ -231,86 +241,18 @@ def _validate(data: dict[Any, Any], problems: _Problems) -> LoopSpec | None:
     return None
 
 
-def _child(node: Any, part: int | str) -> Any:
-    """The item `part` names in the file's data; `node` itself for a part that names none (a
-    union's tag, which the file never spelled)."""
-    if isinstance(node, list) and isinstance(part, int) and part < len(node):
-        return node[part]
-    if isinstance(node, dict) and part in node:
-        return node[part]
-    return node
-
-
 MAX_PASSES = 20
 MAX_REPORTED = 20  # problems listed after the first; the rest are counted
-_KEY_ERRORS = ("unknown_key", "empty_value")
 
 
-def _without_keys(data: Any, errors: Sequence[ErrorDetails]) -> Any:
-    """The file's data without the keys these errors name (their `ctx['key']`): the mappings
-    and lists on the way to each are copied, nothing else (a file's YAML aliases may share a
-    huge structure, which must not be expanded)."""
-    root: Any = _shallow(data)
-    for error in errors:
-        node = root
-        loc = error["loc"]
-        for i, part in enumerate(loc):
-            if _is_union_tag(loc, i):
-                continue  # `action` is a tag and a key of an action condition: never follow it
-            child = _child(node, part)
-            if child is not node:
-                child = _shallow(child)
-                node[part] = child
-            node = child
-        if isinstance(node, dict):
-            node.pop(error.get("ctx", {}).get("key"), None)
-    return root
-
-
-def _shallow(node: Any) -> Any:
-    return dict(node) if isinstance(node, dict) else list(node) if isinstance(node, list) else node
-
-
-# Discriminated unions put the chosen `type` in an error's location; a reader never wrote it.
-_UNION_FIELDS = {"trigger": "database, clerk, action", "condition": "action, query"}
-
-
-def _field_path(error: ErrorDetails) -> str:
-    loc = error["loc"]
-    parts = [part for i, part in enumerate(loc) if part != "[key]" and not _is_union_tag(loc, i)]
-    if error["type"] in ("unknown_key", "empty_value"):
-        parts.append(str(error.get("ctx", {})["key"]))
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
-    return path
-
-
-def _is_union_tag(loc: tuple[int | str, ...], i: int) -> bool:
-    return i >= 3 and loc[i - 3] == "steps" and loc[i - 1] in _UNION_FIELDS
-
-
-def _reason(error: ErrorDetails) -> str:
-    kind, ctx = error["type"], error.get("ctx", {})
-    if kind == "value_error":
-        return str(ctx["error"])
-    if kind == "missing":
-        return "required, but missing"
-    if kind == "union_tag_not_found":
-        return f"needs a type: one of {_UNION_FIELDS[str(error['loc'][-1])]}"
-    if kind == "union_tag_invalid":
-        return f"unknown type {ctx['tag']!r}: expected one of {ctx['expected_tags']}"
-    if kind == "literal_error":
-        return f"{error['input']!r} is not allowed: expected {ctx['expected']}"
-    if kind in ("model_attributes_type", "model_type", "dict_type"):
-        return "should be a mapping (key: value lines)"
-    return error["msg"]
-
-
-def _build(loop_id: str, spec: LoopSpec, source: Path, problems: _Problems) -> Loop:
+def _build(
+    loop_id: str, spec: LoopSpec, source: Path, problems: _Problems, environment: Environment
+) -> Loop:
     """The loop a valid spec states; what the schema cannot see goes to `problems`."""
     loop_type = LoopType(spec.type)
-    steps = tuple(_step(i, step, loop_type, problems) for i, step in enumerate(spec.steps))
+    steps = tuple(
+        _step(i, step, loop_type, problems, environment) for i, step in enumerate(spec.steps)
+    )
     audience = _profile_filter("audience", spec.audience, problems) if spec.audience else None
     loop = Loop(
         loop_id,
@@ -350,7 +292,9 @@ def _profile_filter(where: str, spec: Mapping[str, Any], problems: _Problems) ->
     return filter_from_spec(spec)
 
 
-def _step(index: int, spec: StepSpec, loop_type: LoopType, problems: _Problems) -> Step:
+def _step(
+    index: int, spec: StepSpec, loop_type: LoopType, problems: _Problems, environment: Environment
+) -> Step:
     condition = _condition(spec.condition, f"steps[{index}].condition", problems)
     if spec.on_timeout is not None and (condition is None or condition.timeout_ms is None):
         reason = "only a condition with a timeout can time out: add condition.timeout"
@@ -359,9 +303,9 @@ def _step(index: int, spec: StepSpec, loop_type: LoopType, problems: _Problems) 
         index=index,
         trigger=_trigger(index, spec.trigger, loop_type, problems),
         condition=condition,
-        action=_email(f"steps[{index}].action", spec.action, problems),
+        action=_action(f"steps[{index}].action", spec.action, problems, environment),
         on_timeout=(
-            _email(f"steps[{index}].on_timeout", spec.on_timeout, problems)
+            _action(f"steps[{index}].on_timeout", spec.on_timeout, problems, environment)
             if spec.on_timeout is not None
             else None
         ),
@@ -422,6 +366,17 @@ def _within(path: str, within: str | None, count: int, problems: _Problems) -> i
         )
         problems.add(f"{path}.within", reason)
     return parse_duration(within)
+
+
+def _action(
+    where: str, spec: EmailSpec | WebhookSpec, problems: _Problems, environment: Environment
+) -> Action:
+    if isinstance(spec, EmailSpec):
+        return _email(where, spec, problems)
+    webhook, found = webhook_action(where, spec, environment)
+    for path, reason in found:
+        problems.add(path, reason)
+    return webhook
 
 
 def _email(where: str, spec: EmailSpec, problems: _Problems) -> EmailAction:

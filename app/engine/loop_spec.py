@@ -10,7 +10,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -27,6 +29,8 @@ from app.engine.loops import (
     PERCENT_PATTERN,
     TEMPLATE_NAME_PATTERN,
     VARIABLE_NAME_PATTERN,
+    WEBHOOK_SECRET_PATTERN,
+    WEBHOOK_URL_PATTERN,
     parse_duration,
     parse_percent,
 )
@@ -300,6 +304,50 @@ class EmailSpec(_Spec):
         return self
 
 
+class WebhookSpec(_Spec):
+    """A signed POST to your endpoint (Slack, a CRM, your own API), with the loop's retries."""
+
+    model_config = ConfigDict(title="Webhook")
+
+    type: Literal["webhook"]
+    url: str = Field(
+        min_length=1,
+        description="An http(s) URL, or ${ENV_NAME} to read it from the service's environment.",
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN},
+    )
+    format: Literal["json", "slack"] = Field(
+        "json", description='json: the step\'s event; slack: {"text": ...} rendered from text.'
+    )
+    text: str | None = Field(
+        None, min_length=1, description="A Jinja string (user.*, loop.*): a slack webhook's text."
+    )
+    secret: str | None = Field(
+        None,
+        min_length=1,
+        description="A whsec_ key (or ${ENV_NAME}): signs with Standard Webhooks headers.",
+        json_schema_extra={"pattern": WEBHOOK_SECRET_PATTERN},
+    )
+
+    @model_validator(mode="after")
+    def _slack_has_text(self) -> Self:
+        if self.format == "slack" and self.text is None:
+            raise ValueError("a slack webhook needs text: the message it posts")
+        return self
+
+
+def _action_kind(data: Any) -> str:
+    """Which spec an action is: a webhook says so; anything else is read as an email, whose
+    errors (a missing or unknown `type`) say what an email needs, as before webhooks existed."""
+    kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
+    return "webhook" if kind == "webhook" else "email"
+
+
+ActionSpec = Annotated[
+    Annotated[EmailSpec, Tag("email")] | Annotated[WebhookSpec, Tag("webhook")],
+    Discriminator(_action_kind),
+]
+
+
 class StepSpec(_Spec):
     """One step: (trigger or previous step) -> delay -> condition -> action, or on_timeout."""
 
@@ -312,8 +360,8 @@ class StepSpec(_Spec):
     condition: ConditionSpec | None = Field(
         None, description="What the user must do first; without one the step acts at once."
     )
-    action: EmailSpec = Field(description="What to do when the condition holds.")
-    on_timeout: EmailSpec | None = Field(
+    action: ActionSpec = Field(description="What to do when the condition holds.")
+    on_timeout: ActionSpec | None = Field(
         None, description="What to do when the condition's timeout passes first."
     )
 

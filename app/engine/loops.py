@@ -19,6 +19,9 @@
   registered. Actions stamped before the signup count too, as they do for a condition.
 - `EmailAction(template, personalization)`: `template` names `<LOOPS_DIR>/templates/<name>.html`
   (checked to exist); `personalization` maps template variable names to Jinja strings.
+- `WebhookAction(url, format, text, secret)`: a signed POST to the team's endpoint
+  (`engine.webhook_steps` loads it, `delivery.webhook_client` sends it); a step's `action` and
+  `on_timeout` are either kind (`Action`).
 - `Recovery(retries, backoff, initial_delay_ms, max_delay_ms)`: a failed email's retry policy;
   `delay_ms(retry)` is the wait before a retry, without jitter.
 
@@ -45,6 +48,10 @@ from app.engine.holds import QuietHours
 LOOP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A webhook's url and secret as written: the value, or a whole `${ENV_NAME}` reference
+ENV_REFERENCE_PATTERN = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+WEBHOOK_URL_PATTERN = rf"^(https?://\S+|{ENV_REFERENCE_PATTERN}\S*)$"
+WEBHOOK_SECRET_PATTERN = rf"^(whsec_[A-Za-z0-9+/=]+|{ENV_REFERENCE_PATTERN})$"
 DEFAULT_MEASURE_MS = 7 * UNIT_MS["d"]
 MAX_HOLDOUT_PERCENT = 50
 HOLDOUT = "holdout"
@@ -186,6 +193,26 @@ class EmailAction:
         yield from (arm.template for arm in self.experiment)
 
 
+class WebhookFormat(StrEnum):
+    JSON = "json"  # the step's event (`delivery.webhook_client.event_body`)
+    SLACK = "slack"  # {"text": ...} rendered from `text`
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAction:
+    """A POST to the team's endpoint (Slack, a CRM, their API): `url` and `secret` (a `whsec_`
+    key: Standard Webhooks signatures) as resolved from the environment at load, never shown;
+    `text` a Jinja string, the body of a `slack` one."""
+
+    url: str = field(repr=False)
+    format: WebhookFormat = WebhookFormat.JSON
+    text: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+Action = EmailAction | WebhookAction
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One step of a loop; `index` is its place in `Loop.steps` (and in the file's `steps`)."""
@@ -193,9 +220,13 @@ class Step:
     index: int
     trigger: Trigger | None
     condition: ActionCondition | None
-    action: EmailAction
-    on_timeout: EmailAction | None
+    action: Action
+    on_timeout: Action | None
     delay_ms: int
+
+    def action_of(self, kind: str) -> Action | None:
+        """The action a job of this kind (`action` or `timeout`) does."""
+        return self.action if kind == "action" else self.on_timeout
 
 
 # Retries must fit well inside Resend's 24 h idempotency window: the rest of it is for outages
@@ -268,9 +299,26 @@ class Loop:
             return (HOLDOUT, *treated)
         return treated if self.experiment else ()
 
-    def emails(self) -> Iterator[tuple[str, EmailAction]]:
-        """Every email the loop can send, with its field path (`steps[0].on_timeout`)."""
+    def actions(self) -> Iterator[tuple[str, Action]]:
+        """Every action the loop can do, with its field path (`steps[0].on_timeout`)."""
         for step in self.steps:
             yield f"steps[{step.index}].action", step.action
             if step.on_timeout is not None:
                 yield f"steps[{step.index}].on_timeout", step.on_timeout
+
+    def emails(self) -> Iterator[tuple[str, EmailAction]]:
+        """Every email the loop can send, with its field path."""
+        for where, action in self.actions():
+            if isinstance(action, EmailAction):
+                yield where, action
+
+    def webhooks(self) -> Iterator[tuple[str, WebhookAction]]:
+        """Every webhook the loop can call, with its field path."""
+        for where, action in self.actions():
+            if isinstance(action, WebhookAction):
+                yield where, action
+
+    def webhook(self, step: int, kind: str) -> WebhookAction | None:
+        """The webhook a job of (`step`, `kind`) calls; None when the loop no longer has one."""
+        action = self.steps[step].action_of(kind) if step < len(self.steps) else None
+        return action if isinstance(action, WebhookAction) else None

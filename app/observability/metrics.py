@@ -23,9 +23,7 @@ LATENCY_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 
 
 
 class Metrics:
-    """Every metric the service exports, registered in a registry of its own.
-
-    One method registers each family, in the order they are exported."""
+    """Every metric the service exports, in a registry of its own; a method per family, in order."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -62,6 +60,12 @@ class Metrics:
         self.emails = Counter(
             "activation_emails",
             "Email job outcomes (sent, retry, failed, dropped)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_calls = Counter(
+            "activation_webhook_calls",
+            "Webhook steps' calls by outcome (sent, retry, failed)",
             ["outcome"],
             registry=self.registry,
         )
@@ -173,11 +177,13 @@ class Metrics:
             loop_id = name.rpartition("/")[0]
             self.step_transitions.labels(loop_id, state.status.value).inc()
 
-    def email(self, outcome: str, *, due_at_ms: int | None = None, now_ms: int = 0) -> None:
-        """One email outcome; a final one (with its due time) also times the job."""
-        self.emails.labels(outcome).inc()
+    def email(
+        self, outcome: str, *, due_at_ms: int | None = None, now_ms: int = 0, kind: str = "email"
+    ) -> None:
+        """An email's outcome (or a webhook call's: `kind`); a final one also times the job."""
+        (self.webhook_calls if kind == "webhook" else self.emails).labels(outcome).inc()
         if due_at_ms is not None:
-            self.job_latency.labels("email").observe(max(now_ms - due_at_ms, 0) / 1000)
+            self.job_latency.labels(kind).observe(max(now_ms - due_at_ms, 0) / 1000)
 
     def storage_error(self, exc: StorageError) -> None:
         kind = "unavailable" if isinstance(exc, StorageUnavailable) else "error"

@@ -17,6 +17,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
     if not root.handlers and not logging.getLogger().handlers:
         root.addHandler(build_handler(log_format, LOG_FORMAT))
+    # httpx says each request's URL at INFO, and a webhook step's URL may carry a token (Slack's)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(known, RedactTokens) for known in access.filters):
         access.addFilter(RedactTokens())

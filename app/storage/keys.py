@@ -66,7 +66,8 @@ The user hash `P{<uid>}` (field names are short: Redis keeps them once per user)
   attempt in flight started, `seq` the attempt's number (a worker settles only its own attempt),
   `batch` the batch its attempts go in (`delivery.batch`), when they go in one; `held`
   (`cap` or `quiet_hours`) and `held_at` while its first attempt waits for the frequency cap or
-  quiet hours, its `due_at` then when it may go.
+  quiet hours, its `due_at` then when it may go. A webhook step's call is such a job too,
+  `channel` `webhook` (absent: an email), its `payload` the body it posts, until it was sent.
 - `log`: JSON lines, newest first, at most `LOG_LENGTH`: what nothing else records (an action's
   properties, Resend's delivery events, an operator lifting a suppression). The timeline of
   `GET /v1/users` is built from it and from the fields above (`records.timeline_of`).
@@ -105,7 +106,8 @@ What the shard keys hold:
   `emails_failed`. An email is counted on its UTC day, `<counter>@<yyyy-mm-dd>` (one HINCRBY);
   the first count of a day folds the days older than `funnel.KEPT_DAYS` into `<counter>`.
   `held:cap`, `held:quiet_hours`: emails that waited for the frequency cap or quiet hours (each
-  email once per reason).
+  email once per reason). A webhook step's calls: `webhook_sent:<step>:<kind>` answered 2xx and
+  `webhooks_failed` dead-lettered, on their days as emails are (the days' chart counts emails).
 - `seen` and `seen:<yyyy-mm-dd>` (shard 0's only: one slot for all of them, whatever the user):
   the actions reported to the service, for `GET /v1/actions/health`
   (`storage.action_sightings`). Each process counts the actions it accepts in memory and adds
@@ -133,7 +135,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from app.engine.funnel import HELD, SENT, STORED_COUNTERS, TTA
+from app.engine.funnel import HELD, SENT, STORED_COUNTERS, TTA, WEBHOOK_SENT
 from app.engine.job_ids import SEPARATOR, email_id_prefix
 
 SCHEMA_VERSION = "2"
@@ -195,7 +197,7 @@ BATCH_FIELDS = ("members", "first", "attempts", "body", "error", "outcome", "lea
 
 # A loop's `stats` hash: the funnel's counters, and schema 1's (moved by migrate_stats.lua).
 STATS_FIELDS = STORED_COUNTERS
-STATS_FIELD_PREFIXES = (TTA, SENT, HELD)
+STATS_FIELD_PREFIXES = (TTA, SENT, HELD, WEBHOOK_SENT)
 V1_STATS_FIELDS = ("met", "sent", "nudged", "emails_sent")
 
 

@@ -9,7 +9,14 @@ from typing import Any
 from app.clock import utc_day
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import StepState
-from app.engine.funnel import Counter, kept_days_from, sent_field
+from app.engine.funnel import (
+    EMAILS_FAILED,
+    WEBHOOKS_FAILED,
+    Counter,
+    kept_days_from,
+    sent_field,
+    webhook_sent_field,
+)
 from app.engine.job_ids import batch_member, evaluation_id, is_evaluation, user_of
 from app.storage import keys as k
 from app.storage.keys import OUTBOX_LENGTH
@@ -240,7 +247,7 @@ def settle_args(
         now_ms,
         outbox_entry,
         OUTBOX_LENGTH,
-        sent_field(job.step, job.kind),
+        (webhook_sent_field if job.is_webhook else sent_field)(job.step, job.kind),
         utc_day(now_ms),
         kept_days_from(now_ms),
         seq,
@@ -250,6 +257,7 @@ def settle_args(
         turn.member,
         turn.token,
         "" if wake_at_ms is None else wake_at_ms,
+        WEBHOOKS_FAILED if job.is_webhook else EMAILS_FAILED,
     ]
 
 

@@ -356,10 +356,12 @@ _SPENT = frozenset({"personalization", "started_at", "seq", "batch"})
 def encode_job(job: EmailJob) -> str:
     """A job as stored in its `j:` field: JSON without what the field name says, a field that
     holds nothing (null), or a due time equal to when it was queued; every other field written,
-    its default too (`status`, `seq`, `attempts`: the scripts read them and never guess). A sent
-    job keeps no personalization (its rendered summary says what went out), and its summary only
-    what it holds (no script reads inside it: empty parts cost every sent email 64 bytes)."""
+    its default too (`status`, `seq`, `attempts`: the scripts read them and never guess), but an
+    email's `channel` (no script reads it, and every user has emails). A sent job keeps no
+    personalization (its rendered summary says what went out), and its summary only what it
+    holds (no script reads inside it: empty parts cost every sent email 64 bytes)."""
     leave_out = _NAMED | (_SPENT if job.status is JobStatus.SENT else frozenset())
+    leave_out |= {"channel"} if not job.is_webhook else frozenset()
     data = job.model_dump(mode="json", exclude=set(leave_out), exclude_none=True)
     if job.rendered is not None:
         data["rendered"] = job.rendered.model_dump(mode="json", exclude_defaults=True)
@@ -410,7 +412,8 @@ def _order(entry: Mapping[str, Any]) -> tuple[int, int, int, int]:
     if event.startswith("step."):
         index = int(str(entry.get("step", "/0")).rpartition("/")[2] or 0)
         return entry["at"], _STEP_RANK, index, _STEP_ORDER.get(event[5:], 3)
-    rank = _RANK.get(event, _EMAIL_RANK if event.startswith("email.") else _OTHER_RANK)
+    sent = event.startswith(("email.", "webhook."))
+    rank = _RANK.get(event, _EMAIL_RANK if sent else _OTHER_RANK)
     return entry["at"], rank, 0, 0
 
 
@@ -424,7 +427,8 @@ def _derived(record: UserRecord) -> Iterator[dict[str, Any]]:
     for job in record.jobs.values():
         ended = job.sent_at if job.status is JobStatus.SENT else job.ended_at
         if job.terminal and ended is not None:
-            yield {"at": ended, "event": f"email.{job.status.value}", "email": job.id,
+            channel = job.channel.value  # `email.sent`, `webhook.failed`, ...
+            yield {"at": ended, "event": f"{channel}.{job.status.value}", channel: job.id,
                    "attempts": job.attempts, "error": job.last_error}  # fmt: skip
         elif not job.terminal and job.held is not None and job.held_at is not None:
             yield {"at": job.held_at, "event": "email.held", "email": job.id,

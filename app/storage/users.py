@@ -132,10 +132,11 @@ class Users(ScriptRunner):
 
 
 def dropped_jobs(jobs: Iterable[EmailJob], now_ms: int) -> list[CommandArg]:
-    """(field, the job as dropped) for each job not ended yet: what an unsubscribe drops."""
+    """(field, the job as dropped) for each email not ended yet: what an unsubscribe drops (a
+    webhook step's call tells the team, not the user: it goes on)."""
     pairs: list[CommandArg] = []
     for job in jobs:
-        if not job.terminal:
+        if not job.terminal and not job.is_webhook:
             update = {"status": JobStatus.DROPPED, "last_error": "unsubscribed", "ended_at": now_ms}
             pairs += [k.job_field(job.id), encode_job(job.model_copy(update=update))]
     return pairs

@@ -12,7 +12,8 @@
 -- in: batch|<id>) and the caller's token for it ("" when acting for no claim)
 -- ARGV[14], ARGV[15] the user's turn (eval|<uid>) and the caller's token for it ("" if none);
 -- ARGV[16] the next turn: "keep" (more of this turn's emails to settle: the turn stays held),
--- "" (none) or epoch ms
+-- "" (none) or epoch ms; ARGV[17] the counter a failure for good bumps (emails_failed, or
+-- webhooks_failed for a webhook step's call)
 -- Returns "settled"; "gone" (the user was deleted meanwhile); "final" (the job was already sent,
 -- or ended otherwise: nothing written); "stale" (the caller's lease is not current, or a newer
 -- attempt was begun since: nothing written). A send is a fact, so "sent" lands whoever began it,
@@ -66,7 +67,7 @@ else
   add(fields, ARGV[1], ARGV[2])
   add(fields, 'rev', bumped(user[2]))
   if action == 'failed' and redis.call('ZADD', KEYS[3], ARGV[4], ARGV[11]) == 1 then
-    count('emails_failed')
+    count(ARGV[17])
   end
 end
 if next ~= 'keep' then

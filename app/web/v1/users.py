@@ -47,7 +47,8 @@ class EmailView(BaseModel):
     loop: str
     step: int
     kind: str
-    template: str
+    template: str  # "" for a webhook step's call
+    channel: str = "email"  # "email" | "webhook"
     status: str
     queued_at: int
     due_at: int
@@ -159,6 +160,7 @@ def email_view(job: EmailJob) -> EmailView:
         step=job.step,
         kind=job.kind,
         template=job.template,
+        channel=job.channel.value,
         status=job.status.value,
         queued_at=job.queued_at,
         due_at=job.due_at,
