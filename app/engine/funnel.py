@@ -62,6 +62,23 @@ CARD_ROWS: Mapping[LoopType, tuple[tuple[str, str], ...]] = {
     LoopType.MILESTONE: MILESTONE_ROWS + HELD_ROWS + WEBHOOK_ROWS,
 }
 OPTIONAL_ROWS = frozenset(name for name, _ in HELD_ROWS + WEBHOOK_ROWS)
+EMAIL_ROWS = frozenset({"sent", EMAILS_FAILED})  # what only an email step counts
+
+
+def card_rows(loop: Loop, counters: Mapping[str, int]) -> list[tuple[str, str, int]]:
+    """A loop's card rows (name, label, value) by its type (`CARD_ROWS`): an optional row once
+    it counted any, its webhook rows always when it has webhook steps; no email rows for a loop
+    whose steps only call webhooks (an "Email sent 0 %" there would read as a failure)."""
+    emails, webhooks = any(loop.emails()), any(loop.webhooks())
+    rows = []
+    for name, label in CARD_ROWS[loop.type]:
+        value = counters.get(name, 0)
+        if name in EMAIL_ROWS and not emails and not value:
+            continue
+        if name in OPTIONAL_ROWS and not value and not (webhooks and (name, label) in WEBHOOK_ROWS):
+            continue
+        rows.append((name, label, value))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.clock import last_days
 from app.engine.email_jobs import EmailJob
-from app.engine.funnel import CARD_ROWS, OPTIONAL_ROWS, TTA_BUCKETS, dead_loop, loop_summary
+from app.engine.funnel import TTA_BUCKETS, card_rows, dead_loop, loop_summary
 from app.engine.loops import Loop, LoopType
 from app.errors import StorageError
 from app.settings import Settings
@@ -67,10 +67,8 @@ class LoopStats:
 
     @property
     def rows(self) -> list[tuple[str, str, int]]:
-        """The card's counters for the loop's type (`funnel.CARD_ROWS`): name, label, value;
-        an optional one (held emails) once it counted any."""
-        rows = [(name, label, self.count(name)) for name, label in CARD_ROWS[self.loop.type]]
-        return [row for row in rows if row[2] or row[0] not in OPTIONAL_ROWS]
+        """The card's counters (`funnel.card_rows`): name, label, value."""
+        return card_rows(self.loop, self.counters)
 
     @property
     def measures_activation(self) -> bool:
