@@ -22,8 +22,9 @@ UNKNOWN_TYPE = "-"  # a refused webhook's type is not known (or not to be truste
 LATENCY_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
-class Metrics:
-    """Every metric the service exports, in a registry of its own; a method per family, in order."""
+class Families:
+    """Every metric family the service exports, in a registry of its own, registered by a method
+    per group, in order; `Metrics` records the events."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -144,6 +145,10 @@ class Metrics:
         for stage in ("claim", "job"):
             for kind in ("unavailable", "error", "other"):
                 self.worker_errors.labels(stage, kind)
+
+
+class Metrics(Families):
+    """The service's metrics (`Families`), with one method per event the code reports."""
 
     def __repr__(self) -> str:
         return f"Metrics(registry={id(self.registry):#x})"
