@@ -22,7 +22,7 @@ from app.storage.action_sightings import Seen, SightingsBuffer
 from tests.conftest import AUTH, FakeClock, RedisProcess, running
 from tests.standins.redis_cluster import LocalCluster
 from tests.support.constants import DAY, HOUR, MIN
-from tests.support.storage import Meter
+from tests.support.storage import Meter, clear_storage_env
 
 T0 = 1_800_000_000_000 + 30 * 60_000  # 2027-01-15T08:30:00Z
 DAY_FIELD = "2027-01-15"
@@ -405,8 +405,7 @@ def test_check_warns_of_watched_actions_never_reported(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("KEY_PREFIX", key_prefix)
     assert main(["check", str(loops_dir)]) == 0
@@ -441,8 +440,7 @@ def test_check_names_the_reported_action_a_loop_likely_misspells(
     """`project_created` is reported (and watched by another loop): a loop waiting for
     `project_craeted` is told so, from the sightings in storage."""
     monkeypatch.chdir(tmp_path)
-    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("KEY_PREFIX", key_prefix)
     ten = loops_dir / "ten.yaml"
@@ -470,8 +468,7 @@ def test_check_with_the_embedded_store_says_nothing_of_actions(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     assert main(["check", str(loops_dir)]) == 0
     assert capsys.readouterr().err == ""
 

@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.support.constants import REPO
 from tests.support.processes import activation, env_for, seed_activated_user
+from tests.support.storage import clear_storage_env
 
 
 def test_check_accepts_the_shipped_loops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -147,8 +148,7 @@ def test_commands_on_stored_data_refuse_the_embedded_store(
     """With no REDIS_URL or Upstash, each process has its own empty in-memory store: these
     commands would silently work on that, never on the web app's data."""
     monkeypatch.chdir(tmp_path)  # no .env here
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
     assert main(command) == 1
     error = capsys.readouterr().err
@@ -189,8 +189,7 @@ def trial_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env here
     for name in ("PUBLIC_URL", "HOST", "PORT", "RESEND_API_KEY", "EMAIL_FROM"):
         monkeypatch.delenv(name, raising=False)
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
     monkeypatch.setenv("CLERK_WEBHOOK_SIGNING_SECRET", SIGNING_SECRET)
     monkeypatch.setenv("ACTIVATION_API_KEY", API_KEY)

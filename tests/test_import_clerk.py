@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.standins.clerk import SECRET_KEY, ClerkStandin, clerk_user, run_standin
 from tests.support.constants import MIN
+from tests.support.storage import clear_storage_env
 
 # The SDK reads every query parameter of `users.list`, its own deprecated `last_active_at_since`
 # too, and pydantic warns of that read: the SDK's business, not a use of ours.
@@ -84,8 +85,7 @@ def cli_env(
 ) -> None:
     """The command's environment: the test's storage and key prefix, the stand-in's key and URL."""
     monkeypatch.chdir(tmp_path)  # no .env here
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     if settings.redis_url is not None:
         monkeypatch.setenv("REDIS_URL", settings.redis_url.get_secret_value())
     if settings.upstash_redis_rest_url and settings.upstash_redis_rest_token:
@@ -456,8 +456,7 @@ def test_the_embedded_store_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
     monkeypatch.setenv("CLERK_SECRET_KEY", SECRET_KEY)
     assert main(["import-clerk"]) == 1
@@ -469,8 +468,7 @@ def test_the_embedded_store_is_refused(
 def no_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Neither storage nor Clerk's key set, and no .env (but the shipped loops)."""
     monkeypatch.chdir(tmp_path)
-    for name in ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    clear_storage_env(monkeypatch)
     monkeypatch.delenv("CLERK_SECRET_KEY", raising=False)
     monkeypatch.setenv("LOOPS_DIR", str(SHIPPED_LOOPS))
 

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import UPSTASH_TOKEN, RedisProcess, free_port
@@ -45,3 +46,13 @@ class Meter:
         after = self.calls()
         delta = {name: after[name] - before.get(name, 0) for name in after if name != "info"}
         return {name: count for name, count in delta.items() if count}
+
+
+STORAGE_ENV = ("REDIS_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN")
+
+
+def clear_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No storage setting in the process environment: a command falls back to the embedded store
+    unless the test sets one."""
+    for name in STORAGE_ENV:
+        monkeypatch.delenv(name, raising=False)
