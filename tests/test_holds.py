@@ -20,10 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.clock import parse_duration
-from app.delivery.attempts import Lease
 from app.engine.email_jobs import JobStatus
 from app.engine.holds import Candidate, CapRule, FrequencyCap, HoldReason, Holds, QuietHours
-from app.engine.job_ids import evaluation_id
 from app.engine.loop_loading import load_loops
 from app.errors import LoopFolderError
 from app.runtime import build_store, build_worker
@@ -38,7 +36,7 @@ from tests.conftest import (
     write_files,
 )
 from tests.support.constants import DAY, HOUR, MIN
-from tests.support.flow import act, state
+from tests.support.flow import act, freeze_mid_turn, state
 from tests.support.pages import card, funnel
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -325,16 +323,7 @@ async def test_a_frozen_workers_attempt_still_counts_when_another_takes_over(
     another worker takes the user's turn while a new email is due: the attempt in flight counts
     (it may have reached Resend), so only it goes, again under its key."""
     await signup(client, "user_frozen")
-    store = store_of(app)
-    evaluator = worker_of(app).evaluator
-    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=MIN, limit=10)
-    assert evaluation_id("user_frozen") in claim.job_ids
-    lease = Lease(job_id=evaluation_id("user_frozen"), lease_ms=MIN, claim=claim)
-    delivery, evaluator.delivery = evaluator.delivery, None  # begins the attempts, never sends
-    try:
-        await evaluator.run("user_frozen", lease)
-    finally:
-        evaluator.delivery = delivery
+    assert await freeze_mid_turn(app, "user_frozen", clock, MIN) is not None
     clock.advance(int(2 * settings.worker_lease_s * 1000))  # the turn is anyone's to claim
     await act(client, "plan_changed", "user_frozen")  # and a new email is due with it
     await worker_of(app).drain()

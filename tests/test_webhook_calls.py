@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from app.cli.simulate import parse_actions, simulate
 from app.delivery.attempts import Lease
 from app.engine.email_jobs import JobStatus
-from app.engine.job_ids import email_id, evaluation_id
+from app.engine.job_ids import email_id
 from app.runtime import build_store, build_worker
 from app.settings import Settings
 from tests.conftest import (
@@ -42,7 +42,7 @@ from tests.conftest import (
 )
 from tests.standins.webhook_receiver import WebhookReceiver, run_receiver
 from tests.support.constants import MIN
-from tests.support.flow import act, state
+from tests.support.flow import act, freeze_mid_turn, state
 from tests.support.pages import funnel
 
 LOOPS = {
@@ -398,13 +398,9 @@ async def test_a_frozen_workers_call_is_made_by_the_worker_that_takes_over_and_c
     await signup(client, "user_frozen")
     await act(client, "first_project_created", "user_frozen")
     store, evaluator = store_of(app), worker_of(app).evaluator
-    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=MIN, limit=10)
-    lease = Lease(job_id=evaluation_id("user_frozen"), lease_ms=MIN, claim=claim)
-    delivery, evaluator.delivery = evaluator.delivery, None  # begins the attempt, never posts
-    try:
-        await evaluator.run("user_frozen", lease)
-    finally:
-        evaluator.delivery = delivery
+    lease = await freeze_mid_turn(app, "user_frozen", clock, MIN)
+    assert lease is not None
+    delivery = evaluator.delivery
     jobs = (await store.queries.snapshot("user_frozen")).jobs.values()
     [begun] = [job for job in jobs if job.is_webhook]
     assert (begun.attempts, begun.started_at, receiver.requests) == (1, clock(), [])
@@ -582,19 +578,13 @@ async def begin_and_freeze(
     """Worker A claims the user's turn and begins its attempts, then freezes before sending:
     its lease, the jobs it began, and the delivery it would send them with; None when the turn
     was not A's to claim (another holds it, or nothing is due)."""
-    store, evaluator = store_of(app), worker_of(app).evaluator
-    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=evaluator.lease_ms, limit=100)
-    if evaluation_id(user) not in claim.job_ids:
+    evaluator = worker_of(app).evaluator
+    lease = await freeze_mid_turn(app, user, clock, evaluator.lease_ms)
+    if lease is None:
         return None
-    lease = Lease(job_id=evaluation_id(user), lease_ms=evaluator.lease_ms, claim=claim)
-    delivery, evaluator.delivery = evaluator.delivery, None
-    try:
-        await evaluator.run(user, lease)
-    finally:
-        evaluator.delivery = delivery
-    record = await store.queries.snapshot(user)
+    record = await store_of(app).queries.snapshot(user)
     begun = [job for job in record.jobs.values() if job.is_webhook and job.started_at == clock()]
-    return lease, begun, delivery
+    return lease, begun, evaluator.delivery
 
 
 @pytest.mark.parametrize("transport", ["redis"], indirect=True)

@@ -5,8 +5,11 @@ import json
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
-from tests.conftest import AUTH, clerk_event, load_fixture, sign
+from app.delivery.attempts import Lease
+from app.engine.job_ids import evaluation_id
+from tests.conftest import AUTH, FakeClock, clerk_event, load_fixture, sign, store_of, worker_of
 from tests.support.constants import USER
 
 
@@ -43,3 +46,21 @@ def step(body: dict[str, Any], loop_id: str, index: int) -> dict[str, Any]:
 
 def emails(body: dict[str, Any]) -> list[tuple[str, int, str, str]]:
     return [(e["loop"], e["step"], e["kind"], e["status"]) for e in body["emails"]]
+
+
+async def freeze_mid_turn(
+    app: FastAPI, user_id: str, clock: FakeClock, lease_ms: int
+) -> Lease | None:
+    """A worker claims the user's turn and begins its attempts, then freezes before it sends: its
+    lease; None when the turn was not its to claim (another holds it, or nothing is due)."""
+    store, evaluator = store_of(app), worker_of(app).evaluator
+    claim = await store.queue.claim_due(now_ms=clock(), lease_ms=lease_ms, limit=100)
+    if evaluation_id(user_id) not in claim.job_ids:
+        return None
+    lease = Lease(job_id=evaluation_id(user_id), lease_ms=lease_ms, claim=claim)
+    delivery, evaluator.delivery = evaluator.delivery, None  # begins the attempts, never sends
+    try:
+        await evaluator.run(user_id, lease)
+    finally:
+        evaluator.delivery = delivery
+    return lease
