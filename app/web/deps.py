@@ -18,7 +18,7 @@ from app.engine.filters import Filter
 from app.engine.loops import Loop
 from app.observability.metrics import Metrics
 from app.settings import Settings
-from app.storage.action_sightings import Seen, SightingsBuffer
+from app.storage.action_sightings import Seen
 from app.storage.store import Store
 from app.web.session_tokens import SessionTokens
 
@@ -41,9 +41,6 @@ class Services(Protocol):
 
     @property
     def watched_actions(self) -> Mapping[str, list[str]]: ...
-
-    @property
-    def sightings(self) -> SightingsBuffer: ...
 
     def saw_actions(self, names: Iterable[str], now_ms: int) -> None: ...
 
