@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from app.engine.loops import HOLDOUT, TREATMENT
 from app.engine.measure import Uplift
 from app.engine.spelling import did_you_mean
 
@@ -21,8 +22,7 @@ AXIS_Y = 24.0
 # the axis runs ± the first of these (points) that holds the interval: round tick labels
 SPANS_POINTS = (5, 10, 20, 25, 50, 100)
 # arms of a holdout first; an experiment's arms keep their order
-ARM_ORDER = ("treatment", "holdout")
-HOLDOUT = "holdout"
+ARM_ORDER = (TREATMENT, HOLDOUT)
 PROBLEM_STATUSES = ("never_seen", "silent")
 
 
@@ -145,7 +145,7 @@ def direction(uplift: Uplift) -> str:
 
 def sentence(uplift: Uplift, vs: str) -> str:
     """The uplift in words, for someone who does not read intervals."""
-    against = "" if vs == "holdout" else f" against {vs}"
+    against = "" if vs == HOLDOUT else f" against {vs}"
     low, high = points(uplift.low), points(uplift.high)
     verb = direction(uplift)
     if verb == "unclear":
@@ -185,13 +185,13 @@ def uplift_view(uplift: Mapping[str, Any] | None, span: int | None = None) -> Up
 
 
 def compared_view(
-    vs_arms: Mapping[str, Any] | None, arms: tuple[Arm, ...], span: int | None = None
+    vs_arms: Mapping[str, Any] | None, arms: tuple[Arm, ...], treated: int, span: int | None = None
 ) -> ArmsCompared | None:
-    """The loops endpoint's `vs_arms` ({"a", "b", "estimate", "low", "high"}) as shown."""
+    """The loops endpoint's `vs_arms` ({"a", "b", "estimate", "low", "high"}) as shown, of an
+    experiment of `treated` arms (the holdout not among them)."""
     if not vs_arms:
         return None
     a, b = str(vs_arms["a"]), str(vs_arms["b"])
-    treated = sum(1 for arm in arms if arm.name != HOLDOUT)
     if vs_arms.get("estimate") is None:
         empty = tuple(arm.name for arm in arms if arm.name in (a, b) and not arm.entered)
         return ArmsCompared(a, b, treated, None, empty or (a, b))
@@ -248,15 +248,16 @@ def arms(by_name: Mapping[str, Mapping[str, Any]]) -> tuple[Arm, ...]:
 
 def experiment_view(loop: Mapping[str, Any]) -> Experiment:
     shown = arms(loop["arms"])
-    held_out = any(arm.name == HOLDOUT for arm in shown)
+    treated = tuple(arm.name for arm in shown if arm.name != HOLDOUT)
+    held_out = len(treated) < len(shown)
     span = shared_span(loop.get("uplift"), loop.get("vs_arms"))
     return Experiment(
         str(loop["id"]),
         str(loop.get("type", "")),
         shown,
         uplift_view(loop.get("uplift"), span),
-        tuple(arm.name for arm in shown if arm.name != HOLDOUT) if held_out else (),
-        compared_view(loop.get("vs_arms"), shown, span),
+        treated if held_out else (),
+        compared_view(loop.get("vs_arms"), shown, len(treated), span),
     )
 
 
