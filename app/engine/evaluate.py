@@ -238,10 +238,7 @@ class _LoopRun:
         return condition_met_at(condition, self.snapshot.actions, self.snapshot.registered_at)
 
     def _closes_at(self, condition: ActionCondition | None, state: StepState) -> int | None:
-        """When a waiting step times out: its deadline, else its condition's window's end."""
-        if state.deadline_at is not None or condition is None:
-            return state.deadline_at
-        return window_end(condition.within_ms, self.snapshot.registered_at)
+        return closes_at(condition, state, self.snapshot.registered_at)
 
     def _stats(self, action: str) -> ActionStats:
         return self.snapshot.actions.get(action, ActionStats())
@@ -374,3 +371,12 @@ def watched_actions(loops: Iterable[Loop]) -> dict[str, list[str]]:
         if wait.loop_id not in watched.setdefault(wait.action, []):
             watched[wait.action].append(wait.loop_id)
     return watched
+
+
+def closes_at(
+    condition: ActionCondition | None, state: StepState, registered_at: int | None
+) -> int | None:
+    """When a waiting step times out: its deadline, else its condition's window's end."""
+    if state.deadline_at is not None or condition is None:
+        return state.deadline_at
+    return window_end(condition.within_ms, registered_at)

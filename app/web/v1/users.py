@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
 from app.engine.email_jobs import EmailJob, JobStatus
-from app.engine.evaluate import StepState, StepStatus, step_field
+from app.engine.evaluate import StepState, StepStatus, closes_at, step_field
 from app.engine.loops import ActionTrigger, Loop, Step, is_filtered, window_end
 from app.storage.keys import USER_ID_PATTERN
 from app.storage.records import UserRecord
@@ -137,8 +137,8 @@ def step_progress(step: Step, state: StepState | None, registered_at: int | None
     if state is None:
         return StepProgress(step=step.index, status="not_started", window_until=window)
     waiting_until = None
-    if not state.final:  # decided at the latest at its deadline, else its window's end
-        waiting_until = state.deadline_at or window or state.started_at
+    if not state.final:  # decided at the latest when it closes (`evaluate.closes_at`)
+        waiting_until = closes_at(step.condition, state, registered_at) or state.started_at
     return StepProgress(
         step=step.index,
         status=state.status.value,
