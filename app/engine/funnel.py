@@ -172,8 +172,10 @@ def late_activations(
         state = steps.get(name)
         if state is None or condition is None or state.status is not StepStatus.TIMED_OUT:
             continue
+        if state.met_at is not None:  # counted once: met_at is then kept
+            continue
         met_at = condition_met_at(condition, actions, registered_at)
-        if met_at is not None and state.met_at is None:  # counted once: met_at is then kept
+        if met_at is not None:
             late[name] = state.model_copy(update={"met_at": met_at})
     return late
 
