@@ -18,8 +18,6 @@ def _child(node: Any, part: int | str) -> Any:
     return node
 
 
-MAX_PASSES = 20
-MAX_REPORTED = 20  # problems listed after the first; the rest are counted
 KEY_ERRORS = ("unknown_key", "empty_value")
 
 

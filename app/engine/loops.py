@@ -35,7 +35,6 @@ from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from app.clock import DURATION_EXAMPLES as DURATION_EXAMPLES  # a loop file's durations
 from app.clock import DURATION_PATTERN as DURATION_PATTERN
 from app.clock import HOUR_MS
 from app.clock import MAX_DURATION_MS as MAX_DURATION_MS
