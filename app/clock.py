@@ -59,6 +59,12 @@ def utc_day(at_ms: int) -> str:
     return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
+def utc_time(at_ms: int, *, seconds: bool = False) -> str:
+    """A moment in UTC as people read it: `2026-01-08 09:00 UTC` (or to the second)."""
+    shape = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime(shape)
+
+
 def last_days(now_ms: int, days: int) -> list[str]:
     """The last `days` UTC days, oldest first, today included."""
     today = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -80,6 +86,12 @@ def parse_duration(text: str) -> int:
 
 _TIME_WINDOW = re.compile(r"\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*")
 TIME_WINDOW_PATTERN = r"^[0-9]{1,2}:[0-9]{2}-[0-9]{1,2}:[0-9]{2}$"
+OFF = "off"  # the word that turns a time setting (quiet hours, the frequency cap) off
+
+
+def is_off(text: str) -> bool:
+    """Whether a setting's text says `off` (any case, any spaces around)."""
+    return text.strip().lower() == OFF
 
 
 def parse_time_window(text: str) -> tuple[int, int]:

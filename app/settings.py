@@ -24,7 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from app.clock import parse_duration, parse_time_window
+from app.clock import is_off, parse_duration, parse_time_window
 from app.errors import ConfigError
 
 
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     @field_validator("quiet_hours", mode="before")
     @classmethod
     def _quiet_hours_is_a_window(cls, value: object) -> object:
-        if value == "" or (isinstance(value, str) and value.strip().lower() == OFF):
+        if value == "" or (isinstance(value, str) and is_off(value)):
             return None
         if isinstance(value, str):
             parse_time_window(value)
@@ -225,14 +225,13 @@ class Settings(BaseSettings):
         return StorageKind.EMBEDDED
 
 
-OFF = "off"
 _CAP_RULE = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+[smhdw])\s*")
 
 
 def parse_cap_rules(text: str) -> tuple[tuple[int, int], ...]:
     """FREQUENCY_CAP, `"2/1d,4/7d"` (emails per window, each rule held at once) or `off`, as
     (emails, window ms) pairs; ValueError naming the part that is wrong."""
-    if text.strip().lower() == OFF:
+    if is_off(text):
         return ()
     rules = []
     for part in text.split(","):

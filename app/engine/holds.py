@@ -18,9 +18,8 @@ from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app.clock import TIME_WINDOW_PATTERN, parse_time_window
+from app.clock import OFF, TIME_WINDOW_PATTERN, parse_time_window
 
-OFF = "off"
 UTC_ZONE = ZoneInfo("UTC")
 QUIET_HOURS_PATTERN = f"{TIME_WINDOW_PATTERN}|^{OFF}$"
 

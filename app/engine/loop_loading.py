@@ -12,11 +12,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from app.clock import HOUR_MS
+from app.clock import HOUR_MS, is_off
 from app.engine.backoff import Growth
 from app.engine.conditions import translate_query
 from app.engine.filters import Filter, filter_from_spec
-from app.engine.holds import OFF, QuietHours
+from app.engine.holds import QuietHours
 from app.engine.loop_errors import KEY_ERRORS, error_reason, field_path, without_keys
 from app.engine.loop_spec import (
     ActionTriggerSpec,
@@ -279,7 +279,7 @@ def _quiet_hours(text: str | None) -> QuietHours | bool:
     """A loop's `quiet_hours`: absent, the service's (True); `off`, none (False); or its own."""
     if text is None:
         return True
-    return False if text.strip().lower() == OFF else QuietHours.parse(text)
+    return False if is_off(text) else QuietHours.parse(text)
 
 
 def _profile_filter(where: str, spec: Mapping[str, Any], problems: _Problems) -> Filter:

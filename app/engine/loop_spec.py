@@ -19,9 +19,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.clock import is_off
 from app.engine.conditions import ACTION_NAME, ACTION_NAME_PATTERN, MAX_COUNT, translate_query
 from app.engine.filters import filter_from_spec
-from app.engine.holds import OFF, QUIET_HOURS_PATTERN, QuietHours
+from app.engine.holds import QUIET_HOURS_PATTERN, QuietHours
 from app.engine.loops import (
     _TEMPLATE_NAME,
     _VARIABLE_NAME,
@@ -386,7 +387,7 @@ def _check_percent(value: Any) -> Any:
 
 
 def _check_quiet_hours(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() != OFF:
+    if isinstance(value, str) and not is_off(value):
         QuietHours.parse(value)
     return value
 
