@@ -3,11 +3,11 @@ the signup, and until when."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from app.clock import DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS, utc_time
 from app.engine.loops import ActionTrigger, Step
 
-_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000))
+_UNITS = (("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Window:
         text = f"{self.counted} within {span(self.within_ms)} of signup"
         if signup_ms is None:
             return f"{text} (no signup known: nothing counts yet)"
-        return f"{text}: until {utc_minute(signup_ms + self.within_ms)}"
+        return f"{text}: until {utc_time(signup_ms + self.within_ms)}"
 
 
 def step_windows(step: Step) -> Iterator[Window]:
@@ -48,7 +48,3 @@ def span(ms: int) -> str:
             parts.append(f"{rest_ms // size}{unit}")
             rest_ms %= size
     return "".join(parts) or "0s"
-
-
-def utc_minute(at_ms: int) -> str:
-    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -7,9 +7,9 @@ Pure; `TEMPLATE_GLOBALS` is what a page environment needs to render the two part
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from app.clock import utc_time
 from app.engine.loops import HOLDOUT, TREATMENT
 from app.engine.measure import Uplift
 from app.engine.spelling import did_you_mean
@@ -112,10 +112,7 @@ def rate_text(rate: float | None) -> str:
 
 def when(at_ms: int | None, *, seconds: bool = False) -> str:
     """A time as the pages show it, UTC, to the minute (or the second); `n/a` for none."""
-    if at_ms is None:
-        return "n/a"
-    shape = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime(shape)
+    return "n/a" if at_ms is None else utc_time(at_ms, seconds=seconds)
 
 
 def span_points(low: float, high: float) -> int:
