@@ -13,7 +13,7 @@ from app.delivery.attempts import NO_WEBHOOK_STEP, BatchPlacer, Delivery, Lease
 from app.delivery.batch import freed
 from app.delivery.compose import Composer
 from app.delivery.holding import admit, dropped_reason, held, hold_counters
-from app.engine.email_jobs import Channel, EmailJob, JobStatus
+from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.evaluate import Decisions, EmailOrder, Snapshot, StepState, evaluate
 from app.engine.funnel import Counter, late_activations, step_counters
 from app.engine.holds import Holds
@@ -285,7 +285,7 @@ def new_job(user_id: str, order: EmailOrder, now: int) -> EmailJob:
         personalization=dict(order.personalization),
         queued_at=now,
         due_at=order.due_at,
-        channel=Channel(order.channel),
+        channel=order.channel,
     )
 
 

@@ -117,7 +117,7 @@ class EmailOrder:
     template: str
     personalization: Mapping[str, str]
     due_at: int
-    channel: str = "email"  # a `Channel`
+    channel: Channel = Channel.EMAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,18 +266,12 @@ class _LoopRun:
 
     def _order(self, step: Step, kind: str, action: Action) -> str:
         job_id = email_id(self.snapshot.user_id, self.loop.id, step.index, kind)
-        if isinstance(action, WebhookAction):
-            order = EmailOrder(
-                job_id, self.loop.id, step.index, kind, "", {}, self.now, Channel.WEBHOOK
-            )
-            self.out.emails.append(order)
-            return job_id
-        email = action
-        personalization = dict(email.personalization)
-        template = choose_template(email, self.snapshot.profile, self.arm)
-        order = EmailOrder(
-            job_id, self.loop.id, step.index, kind, template, personalization, self.now
-        )
+        where = (job_id, self.loop.id, step.index, kind)
+        if isinstance(action, WebhookAction):  # a call: no template
+            order = EmailOrder(*where, "", {}, self.now, Channel.WEBHOOK)
+        else:
+            template = choose_template(action, self.snapshot.profile, self.arm)
+            order = EmailOrder(*where, template, dict(action.personalization), self.now)
         self.out.emails.append(order)
         return job_id
 
