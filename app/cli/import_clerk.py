@@ -24,7 +24,6 @@ from app.storage.records import UserProfile, UserWrite
 from app.storage.store import Store
 from app.web.webhooks.clerk import ClerkUser
 
-# the CLI's settings for shared storage: the command's name, the other settings it needs
 STORAGE_CONCURRENCY = 10  # a page's users are compared and stored this many at a time
 LINE_EVERY = 1_000  # users between progress lines when stderr is not a terminal
 BAR_WIDTH = 30

@@ -35,15 +35,15 @@ TTA_BUCKETS: tuple[tuple[str, str, int | None], ...] = (
 # no deadline, so nothing times out, nobody is nudged and there is no rate to activate.
 # A new per-loop row (held emails, say) is one more counter of the loop's stats hash, named here.
 FUNNEL: tuple[tuple[str, str], ...] = (
-    ("entered", "Entered (step 0 started)"),
+    (ENTERED, "Entered (step 0 started)"),
     ("met", "Condition met (fired)"),
     ("sent", "Email sent"),
-    ("timed_out", "Timed out"),
+    (TIMED_OUT, "Timed out"),
     ("nudged", "Nudged (on_timeout sent)"),
-    ("activated_after_nudge", "Activated after timing out"),
+    (AFTER_NUDGE, "Activated after timing out"),
 )
 MILESTONE_ROWS: tuple[tuple[str, str], ...] = (
-    ("entered", "Reached (milestone hit)"),
+    (ENTERED, "Reached (milestone hit)"),
     ("sent", "Email sent"),
     (EMAILS_FAILED, "Emails failed for good"),
 )
