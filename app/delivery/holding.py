@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from app.engine.email_jobs import EmailJob, JobStatus
 from app.engine.funnel import HELD, Counter
 from app.engine.holds import Candidate, Holds, Verdict, zone_of
-from app.engine.loops import Loop
+from app.engine.loops import DEFAULT_MEASURE_MS, Loop
 from app.storage.records import UserRecord
 
 
@@ -53,7 +53,7 @@ def latest_ms(loop: Loop | None, job: EmailJob) -> int:
     """The last moment an email's step allows it to go: within the loop's measure window
     (`measure`, 7 d unless the loop says) of when it was queued; past that it is no longer the
     email the loop meant to send at that point of the user's journey."""
-    measure_ms = loop.measure_ms if loop is not None else 7 * 24 * 3600 * 1000
+    measure_ms = loop.measure_ms if loop is not None else DEFAULT_MEASURE_MS
     return job.queued_at + measure_ms
 
 
