@@ -112,10 +112,15 @@ class SightingsBuffer:
     def stored(self, batch: Seen) -> None:
         """A batch storage took: its names are known there now (at most `max_names` of those no
         loop watches are remembered, so a client sending made-up names cannot grow this)."""
+        unwatched = len(self._stored - self.watched)
         for name in batch.names():
-            unwatched = len(self._stored - self.watched)
-            if name in self.watched or unwatched < self.max_names:
-                self._stored.add(name)
+            if name in self._stored:
+                continue
+            if name not in self.watched:
+                if unwatched >= self.max_names:
+                    continue
+                unwatched += 1
+            self._stored.add(name)
 
     def _admits(self, name: str, sightings: int) -> bool:
         """Whether a name new to the buffer fits in it."""
