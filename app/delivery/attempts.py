@@ -24,7 +24,7 @@ from app.clock import HOUR_MS, Clock
 from app.delivery.outbox import BatchMailer, Mailer, OutboxMailer
 from app.delivery.webhook_client import WebhookClient
 from app.engine.email_jobs import EmailJob, JobStatus
-from app.engine.loops import Loop, Recovery
+from app.engine.loops import Loop, Recovery, WebhookAction
 from app.errors import NotSent, PermanentSendError, TransientSendError
 from app.observability.metrics import Metrics
 from app.storage.queue import KEEP
@@ -51,6 +51,12 @@ NO_WEBHOOK_STEP = "its loop no longer has this webhook step"
 # What the metrics call a job queued again (the job's status stays `queued`)
 RETRY, DEFER = "retry", "defer"
 TAG_VALUE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def webhook_of(loops: Mapping[str, Loop], job: EmailJob) -> WebhookAction | None:
+    """The webhook a job calls, as its loop has it now; None when the loop no longer has it."""
+    loop = loops.get(job.loop_id)
+    return loop.webhook(job.step, job.kind) if loop is not None else None
 
 
 def retry_delay_ms(
@@ -203,8 +209,7 @@ class Delivery:
     async def _call(self, job: EmailJob) -> Settling:
         """A webhook step's POST, its body as rendered at its first attempt, its `webhook-id`
         the job's on every retry: the receiver deduplicates (no 24 h window to keep here)."""
-        loop = self.loops.get(job.loop_id)
-        webhook = loop.webhook(job.step, job.kind) if loop is not None else None
+        webhook = webhook_of(self.loops, job)
         if webhook is None or job.payload is None or self.webhooks is None:
             reason = "no webhook client" if webhook is not None else NO_WEBHOOK_STEP
             return self.ended(job, JobStatus.FAILED, reason, known=False)
@@ -224,11 +229,11 @@ class Delivery:
     def sent(self, job: EmailJob, provider_id: str | None) -> Settling:
         """The job sent (`provider_id`: Resend's id, when its answer said it)."""
         update = {"status": JobStatus.SENT, "sent_at": self.clock(), "provider_id": provider_id}
-        sent = job.model_copy(update=update | {"last_error": None, "started_at": None})
-        entry = outbox_entry(sent) if self.outbox and sent.rendered is not None else ""
-        if sent.rendered is not None:
+        update |= {"last_error": None, "started_at": None, "payload": None}  # posted: done with
+        sent, entry = job.model_copy(update=update), ""
+        if sent.rendered is not None:  # an email: the outbox gets it whole, the job its summary
+            entry = outbox_entry(sent) if self.outbox else ""
             sent = sent.model_copy(update={"rendered": sent.rendered.summary()})
-        sent = sent.model_copy(update={"payload": None})  # posted: never needed again
         return Settling(sent, job.seq, "sent", entry, metric=JobStatus.SENT)
 
     def _deferred(self, job: EmailJob, error: str, retry_after_s: float | None) -> Settling:
@@ -277,11 +282,10 @@ class Delivery:
             wake_at_ms=wake,
             action=ending.action,
         )
+        channel = job.channel.value
         if settled is Settled.SETTLED and ending.metric is not None:
             due_at_ms = job.due_at if job.terminal else None  # a final outcome times the job
-            kind = job.channel.value
-            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now, kind=kind)
-        channel = job.channel.value
+            self.metrics.email(ending.metric, due_at_ms=due_at_ms, now_ms=now, kind=channel)
         logger.info("%s %s %s%s", channel, job.id, describe(ending), _unless_settled(settled))
 
 

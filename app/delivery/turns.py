@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from app.clock import Clock
-from app.delivery.attempts import NO_WEBHOOK_STEP, BatchPlacer, Delivery, Lease
+from app.delivery.attempts import NO_WEBHOOK_STEP, BatchPlacer, Delivery, Lease, webhook_of
 from app.delivery.batch import freed
 from app.delivery.compose import Composer
 from app.delivery.holding import admit, dropped_reason, held, hold_counters
@@ -219,8 +219,7 @@ class Evaluator:
     def _webhook_body(self, record: UserRecord, job: EmailJob, now: int) -> EmailJob:
         """The webhook job with its body, posted as is on every retry (or failed: its loop no
         longer has the step, or the user's data breaks its text)."""
-        loop = self.loops.get(job.loop_id)
-        webhook = loop.webhook(job.step, job.kind) if loop is not None else None
+        webhook = webhook_of(self.loops, job)
         if record.profile is None or webhook is None:
             reason = NO_PROFILE if webhook is not None else NO_WEBHOOK_STEP
             return failed(job, reason, now)
