@@ -63,17 +63,30 @@ local function holds(lease, token)
   return current == token, asked
 end
 
--- Ask for a user's turn (`member`) at `at` (epoch ms), their `lease` as read: sooner on the
--- schedule or, while a worker holds it, noted on the lease (added to `fields`, the caller's
--- HSET of the user hash) for its release. A held turn is never made due: that would let a
--- second worker claim it while the first still acts.
-local function wake(schedule, member, lease, at, fields)
+-- Ask for a user's turn or a batch (`member`) at `at` (epoch ms), its `lease` as read: sooner on
+-- the schedule or, while a worker holds it, noted on the lease for its release: returns the
+-- lease to write back then (nil: nothing to write). What is held is never made due: that would
+-- let a second worker claim it while the first still acts.
+local function ask(schedule, member, lease, at)
   local token, asked = lease_parts(lease)
   if token == nil then
     redis.call('ZADD', schedule, 'LT', at, member)
   elseif asked == nil or tonumber(at) < asked then
-    add(fields, 'lease', token .. '@' .. at)
+    return token .. '@' .. at
   end
+  return nil
+end
+
+-- `ask` for a user's turn, the lease noted added to `fields` (the caller's HSET of the user hash).
+local function wake(schedule, member, lease, at, fields)
+  local noted = ask(schedule, member, lease, at)
+  if noted then add(fields, 'lease', noted) end
+end
+
+-- A batch's lease (`member`: batch|<id>), read from its record in the `batches` hash.
+local function batch_lease(batches, member)
+  local stored = redis.call('HGET', batches, string.sub(member, 7))
+  return stored and cjson.decode(stored).lease
 end
 
 -- The next turn of a member whose lease ends: at `next` (epoch ms, or "" for none), sooner if

@@ -9,8 +9,7 @@ local renewed, scored = {}, {}
 for i = 3, #ARGV do
   local member, lease = ARGV[i], nil
   if string.sub(member, 1, 6) == 'batch|' then
-    local stored = redis.call('HGET', KEYS[2], string.sub(member, 7))
-    lease = stored and cjson.decode(stored).lease
+    lease = batch_lease(KEYS[2], member)
   else
     lease = redis.call('HGET', KEYS[i], 'lease')
   end

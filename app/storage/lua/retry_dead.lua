@@ -35,11 +35,6 @@ end
 members[#members + 1] = {ARGV[1], tonumber(ARGV[8])}
 batch.members, batch.outcome, batch.error, batch.attempts = members, nil, nil, 0
 -- asked for now: due at once, or, while a worker holds it, noted for the release
-local token, asked = lease_parts(batch.lease)
-if token == nil then
-  redis.call('ZADD', KEYS[2], 'LT', ARGV[4], ARGV[7])
-elseif asked == nil or tonumber(ARGV[4]) < asked then
-  batch.lease = token .. '@' .. ARGV[4]
-end
+batch.lease = ask(KEYS[2], ARGV[7], batch.lease, ARGV[4]) or batch.lease
 redis.call('HSET', KEYS[4], ARGV[6], cjson.encode(batch))
 return 1

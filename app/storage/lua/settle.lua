@@ -42,8 +42,7 @@ local turn, turn_token, next = ARGV[14], ARGV[15], ARGV[16]
 local function fenced()
   local under, token = ARGV[12], ARGV[13]
   if under == turn then return (holds(user[4], token)) end
-  local stored = redis.call('HGET', KEYS[6], string.sub(under, 7))  -- batch|<id>
-  return (holds(stored and cjson.decode(stored).lease, token))
+  return (holds(batch_lease(KEYS[6], under), token))
 end
 local stored = cjson.decode(user[1])
 local status = job_status(stored)
