@@ -133,7 +133,7 @@ def transient_reply(code: str, message: str) -> bool:
 class RedisConnection:
     """Redis over TCP (or TLS, or a unix socket): one connection, concurrent commands pipelined
     (`app.storage.redis_client`), every reply within `timeout_s`. On a node of a Redis Cluster it is
-    only used to find that out (`storage.layout`): a `ClusterConnection` takes over."""
+    only used to find that out (`storage.cluster_shards`): a `ClusterConnection` takes over."""
 
     kind = StorageKind.REDIS
     cluster = False

@@ -324,7 +324,7 @@ class Keys:
 
     @property
     def layout(self) -> str:
-        """Where a cluster's shard tags are kept, once chosen (`storage.layout`)."""
+        """Where a cluster's shard tags are kept, once chosen (`storage.cluster_shards`)."""
         return f"{self.prefix}layout"
 
     def session_revoked(self, session_id: str) -> str:

@@ -63,8 +63,8 @@ class Store:
 
     async def open(self) -> None:
         """Find out what the connection reaches: on a node of a Redis Cluster, the cluster and
-        its shards (`storage.layout`); elsewhere nothing changes. Then check the data is in this
-        schema (`storage.migrate`): data in an older one is refused, every call answering
+        its shards (`storage.cluster_shards`); elsewhere nothing changes. Then check the data is
+        in this schema (`storage.migrate`): data in an older one is refused, every call answering
         `StorageUnavailable`, until `activation migrate` moved it. Call before any use; when
         storage cannot be reached yet, or is refused, `StorageUnavailable` (call again later)."""
         if self._opened is None:

@@ -1,5 +1,5 @@
--- Add one process's sightings of actions (storage.sightings): when each was last reported, and
--- how many times in each UTC hour. Whatever the batch holds, a handful of commands.
+-- Add one process's sightings of actions (storage.action_sightings): when each was last
+-- reported, and how many times in each UTC hour. Whatever the batch holds, a handful of commands.
 -- KEYS[1] P:seen (action -> last reported, epoch ms); KEYS[2..] P:seen:<yyyy-mm-dd>, the days
 --   the batch's hours fall on (field `<action>@<hh>` -> count)
 -- ARGV[1] how many names `seen` may hold that no loop watches; ARGV[2] a day hash's TTL (s),

@@ -1,4 +1,4 @@
--- Read the sightings of actions (storage.sightings); forget the names not reported for long.
+-- Read the sightings of actions (storage.action_sightings); forget the names not reported for long.
 -- KEYS[1] P:seen (action -> last reported, epoch ms); KEYS[2..] P:seen:<yyyy-mm-dd>, the days
 --   to read
 -- ARGV[1] epoch ms: a name last reported before it is removed from `seen`, unless it is one of
