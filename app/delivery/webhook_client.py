@@ -13,7 +13,6 @@ hold a token.
 """
 
 import asyncio
-from typing import Self
 
 import httpx
 
@@ -65,12 +64,6 @@ class WebhookClient:
 
     async def close(self) -> None:
         await self.http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 def outcome(response: httpx.Response) -> int:
