@@ -310,8 +310,9 @@ def _load_email(env: SandboxedEnvironment, path: Path) -> _Email:
             problems,
             lambda: _compile(env, _read(text_path), text_path.name, str(text_path), 1),
         )
-    if problems or subject is None or html is None:
-        raise TemplateError("\n".join(str(problem) for problem in problems))
+    _refuse_all(problems)  # a part that could not be made added its problem
+    assert subject is not None
+    assert html is not None
     return _Email(subject=subject, html=html, text=text)
 
 
